@@ -1,0 +1,23 @@
+"""`hybrid eval [planner|world-model] ...`: offline tier metrics, or closed-loop agent success."""
+
+from __future__ import annotations
+
+import sys
+
+from hybrid.cli import load
+
+# name -> "module:function"; "agents" is what a bare `hybrid eval --episodes N` runs.
+EVALS: dict[str, str] = {
+    "agents": "hybrid.evaluation:main",
+    "planner": "planners.subtask.evaluate:main",
+    "world-model": "planners.subgoal.evaluate:main",
+}
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] in EVALS:
+        return int(load(EVALS[argv[0]])(argv[1:]) or 0)
+    if argv and not argv[0].startswith("-"):
+        print(f"usage: hybrid eval [{'|'.join(EVALS)}] [options]", file=sys.stderr)
+        return 2
+    return int(load(EVALS["agents"])(argv) or 0)

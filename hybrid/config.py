@@ -1,0 +1,40 @@
+"""Hydra composition from the project's `configs/` tree, for the CLI and for Python users alike."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def compose(config_name: str, overrides: list[str] | None = None) -> DictConfig:
+    """Compose `configs/<config_name>.yaml` with Hydra overrides (`planner=vllm`, `executor.steps=4`)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides or []))
+
+
+def instantiate(node: DictConfig | dict[str, Any], **kwargs: Any) -> Any:
+    """Build the object a config node describes (its `_target_`), e.g. a tier or an env."""
+    from hydra.utils import instantiate as hydra_instantiate
+
+    return hydra_instantiate(node, **kwargs)
+
+
+def wants_help(argv: list[str]) -> bool:
+    return any(a in ("-h", "--help") for a in argv)
+
+
+def print_config_help(config_name: str, argv: list[str]) -> None:
+    cfg = compose(config_name, [a for a in argv if a not in ("-h", "--help")])
+    groups = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir())
+    print(f"Hydra overrides, e.g. key=value or group=choice. Groups: {', '.join(groups)}")
+    for group in groups:
+        choices = sorted(f.stem for f in (CONFIG_DIR / group).glob("*.yaml"))
+        print(f"  {group}: {', '.join(choices)}")
+    print("\nComposed config:\n" + OmegaConf.to_yaml(cfg))

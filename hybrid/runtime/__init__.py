@@ -1,0 +1,1 @@
+"""Runtimes that drive a `HybridAgent` against an environment or a robot."""

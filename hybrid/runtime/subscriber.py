@@ -1,0 +1,33 @@
+"""Subscribers watch a run: the Rerun view, the console summary and user hooks are all one of these."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from pydantic import BaseModel, Field
+
+from hybrid.types import StepRecord, TierFault
+
+
+class EpisodeResult(BaseModel):
+    """How an episode ended and what it cost."""
+
+    status: str  # success | done | budget | fault | interrupted | terminated
+    success: bool
+    steps: int
+    instruction: str
+    subtasks_completed: int
+    subtasks: list[str]
+    faults: list[TierFault] = Field(default_factory=list)
+    latency_ms: dict[str, dict[str, float]] = Field(default_factory=dict)  # tier -> {p50, p95, mean, n}
+    info: dict[str, Any] = Field(default_factory=dict)
+
+
+class Subscriber(Protocol):
+    def on_episode_start(self, instruction: str, info: dict[str, Any]) -> None: ...
+
+    def on_step(self, record: StepRecord) -> None: ...
+
+    def on_episode_end(self, result: EpisodeResult) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,139 @@
+"""The synchronous agent loop: plan → imagine → act → execute the chunk → observe (SuSIE-style).
+
+Every tier call blocks the loop. It is the reference behaviour, the loop for tests and debugging,
+and the baseline the asynchronous runtime is measured against.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from hybrid.agent import HybridAgent
+from hybrid.runtime.env_adapter import EnvAdapter, ObservationError
+from hybrid.runtime.safety import SafetyFilter, UnsafeAction
+from hybrid.runtime.subscriber import EpisodeResult, Subscriber
+from hybrid.runtime.telemetry import LatencyLog
+from hybrid.types import Observation, StepRecord, TierFault
+
+log = logging.getLogger(__name__)
+
+
+class SyncLoopConfig(BaseModel):
+    max_steps: int = Field(400, gt=0, description="step budget: env steps per episode")
+    execute_horizon: int | None = Field(None, gt=0, description="actions of each chunk to execute; None = all")
+    replan_every: int = Field(1, gt=0, description="ask the planner before every n-th chunk")
+    max_consecutive_faults: int = Field(3, gt=0, description="end the episode after this many faults in a row")
+    instruction: str | None = Field(None, description="overrides the env's info['instruction']")
+
+
+def run_episode(agent: HybridAgent, env: EnvAdapter, config: SyncLoopConfig | None = None,
+                subscribers: list[Subscriber] = (), seed: int | None = None) -> EpisodeResult:
+    """Run one episode; never raises for a tier fault, a bad observation or Ctrl-C: the result says why it ended."""
+    cfg = config or SyncLoopConfig()
+    safety = SafetyFilter(env.low, env.high)
+    latency = LatencyLog()
+    faults: list[TierFault] = []
+    raw, info = env.env.reset(seed=seed)
+    instruction = cfg.instruction or info.get("instruction") or ""
+    agent.reset(instruction)
+    for sub in subscribers:
+        sub.on_episode_start(instruction, dict(info))
+
+    steps, chunks, streak, status = 0, 0, 0, "budget"
+    step_faults: list[TierFault] = []
+
+    def fault(f: TierFault) -> None:
+        log.warning("%s", f)
+        faults.append(f)
+        step_faults.append(f)
+
+    def publish(obs: Observation | None, action: np.ndarray | None, lat: dict[str, float]) -> None:
+        record = StepRecord(step=steps, wall_time=time.time(), instruction=instruction,
+                            subtasks=list(agent.stack.subtasks), observation=obs, subgoal=agent.stack.subgoal,
+                            chunk=agent.stack.chunk, action=action, latency_ms=lat, faults=list(step_faults))
+        step_faults.clear()
+        for sub in subscribers:
+            sub.on_step(record)
+
+    try:
+        obs = env.observation(raw, instruction)
+        while steps < cfg.max_steps:
+            lat: dict[str, float] = {}
+            if chunks % cfg.replan_every == 0 or agent.stack.current is None:
+                res = agent.plan(obs)
+                lat["planner"] = latency.add("planner", res.latency_ms)
+                if res.fault:
+                    fault(res.fault)
+            if agent.stack.finished:
+                status = "done"
+                publish(obs, None, lat)
+                break
+            if agent.stack.current is None:  # no subtask yet: nothing to act on, hold
+                streak += 1
+                publish(obs, None, lat)
+                if streak >= cfg.max_consecutive_faults:
+                    status = "fault"
+                    break
+                continue
+            if agent.config.use_subgoals and (agent.stack.subgoal is None
+                                              or agent.stack.subgoal.subtask != agent.stack.current.text):
+                res = agent.imagine(obs)
+                lat["world_model"] = latency.add("world_model", res.latency_ms)
+                if res.fault:
+                    fault(res.fault)  # acts on the last subgoal for this subtask, or language-only
+            res = agent.act(obs, env.action_dim)
+            lat["executor"] = latency.add("executor", res.latency_ms)
+            chunks += 1
+            if res.fault:
+                fault(res.fault)
+                streak += 1
+                publish(obs, None, lat)  # hold: no action is sent
+                if streak >= cfg.max_consecutive_faults:
+                    status = "fault"
+                    break
+                continue
+            streak = 0
+            actions = res.value.actions[: cfg.execute_horizon]
+            for action in actions:
+                try:
+                    safe = safety(action)
+                except UnsafeAction as err:
+                    fault(TierFault(tier="executor", kind="bad_output", message=str(err)))
+                    break
+                raw, _, terminated, truncated, info = env.env.step(safe)
+                steps += 1
+                obs = env.observation(raw, instruction)
+                publish(obs, safe, lat)
+                lat = {}
+                if info.get("success"):
+                    status = "success"
+                if terminated or truncated or status == "success" or steps >= cfg.max_steps:
+                    break
+            if status == "success" or terminated or truncated:
+                status = status if status == "success" else "terminated"
+                break
+    except ObservationError as err:
+        fault(TierFault(tier="observation", kind="bad_input", message=str(err)))
+        status = "fault"
+        publish(None, None, {})
+    except KeyboardInterrupt:
+        status = "interrupted"
+    finally:
+        result = EpisodeResult(
+            status=status, success=bool(info.get("success", False)), steps=steps, instruction=instruction,
+            subtasks_completed=sum(s.status == "done" for s in agent.stack.subtasks),
+            subtasks=[s.text for s in agent.stack.subtasks], faults=faults, latency_ms=latency.summary(),
+            info=_jsonable(info),
+        )
+        for sub in subscribers:
+            sub.on_episode_end(result)
+    return result
+
+
+def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in info.items() if isinstance(v, (bool, int, float, str, list))}

@@ -1,0 +1,175 @@
+import numpy as np
+import pytest
+
+from hybrid import HybridAgent
+from hybrid.agent import AgentConfig
+from hybrid.runtime.env_adapter import EnvAdapter
+from hybrid.runtime.sync import SyncLoopConfig, run_episode
+from hybrid.testing import MockExecutor, MockPlanner, MockWorldModel, PointEnv
+from hybrid.viz import RerunView, RerunViewConfig
+from runtime_support import RecordingPointEnv, rrd_entities
+
+PLAN_ENTITIES = {"/instruction", "/plan/subtasks", "/obs/front", "/plan/subgoal/front", "/executor/chunk",
+                 "/executor/action", "/latency/planner", "/latency/world_model", "/latency/executor"}
+RIGHT = np.tile(np.array([[0.05, 0.0]], np.float32), (4, 1))
+
+
+def agent(planner=None, world_model=None, executor=None, **cfg):
+    return HybridAgent(planner or MockPlanner(["go right", "go up"], calls_per_subtask=3),
+                       world_model or MockWorldModel(), executor or MockExecutor(actions=RIGHT), AgentConfig(**cfg))
+
+
+def saved_view(tmp_path):
+    return RerunView(RerunViewConfig(mode="save", path=str(tmp_path / "run.rrd"), position_dims=None))
+
+
+def run(a, env=None, view=None, **loop):
+    env = env or RecordingPointEnv()
+    subs = [view] if view else []
+    result = run_episode(a, EnvAdapter(env), SyncLoopConfig(**loop), subs, seed=0)
+    if view:
+        view.close()
+    a.close()
+    return result, env
+
+
+def test_loop_plans_imagines_acts_and_replans(tmp_path):
+    view = saved_view(tmp_path)
+    result, env = run(agent(), view=view, max_steps=100)
+    assert result.status == "done" and result.subtasks == ["go right", "go up"]
+    assert result.subtasks_completed == 2
+    assert len(env.sent) == result.steps == 3 * 2 * 4  # 3 chunks per subtask, 4 actions each
+    assert set(result.latency_ms) == {"planner", "world_model", "executor"}
+    assert PLAN_ENTITIES <= rrd_entities(tmp_path / "run.rrd")
+
+
+def test_step_budget_ends_episode():
+    result, env = run(agent(planner=MockPlanner(["go right"], calls_per_subtask=1000)), max_steps=10)
+    assert result.status == "budget" and result.steps == 10 == len(env.sent)
+
+
+def test_execute_horizon_replans_mid_chunk():
+    planner = MockPlanner(["go right"], calls_per_subtask=1000)
+    result, env = run(agent(planner=planner), max_steps=8, execute_horizon=2)
+    assert planner.calls == 4 and len(env.sent) == 8
+
+
+def test_new_subtask_gets_a_new_subgoal():
+    wm = MockWorldModel()
+    run(agent(world_model=wm), max_steps=100)
+    assert wm.calls == 2  # once per subtask, not once per chunk
+
+
+def test_language_only_mode_never_calls_world_model():
+    wm = MockWorldModel()
+    result, _ = run(agent(world_model=wm, use_subgoals=False), max_steps=100)
+    assert wm.calls == 0 and result.status == "done"
+
+
+@pytest.mark.parametrize("failure", ["raise", "bad_output"])
+def test_world_model_fault_falls_back_to_language_only(failure):
+    seen = []
+
+    class SpyExecutor(MockExecutor):
+        def act(self, obs, subtask, subgoal):
+            seen.append(subgoal)
+            return super().act(obs, subtask, subgoal)
+
+    result, env = run(agent(world_model=MockWorldModel(fail_on="always", failure=failure),
+                            executor=SpyExecutor(actions=RIGHT)), max_steps=100)
+    assert result.status == "done" and len(env.sent) > 0
+    assert all(s is None for s in seen)
+    assert {f.tier for f in result.faults} == {"world_model"}
+    assert result.faults[0].kind == ("raised" if failure == "raise" else "bad_output")
+
+
+def test_world_model_fault_keeps_last_subgoal_for_same_subtask():
+    wm = MockWorldModel(fail_on=[1])  # the second subtask's subgoal fails
+    seen = []
+
+    class SpyExecutor(MockExecutor):
+        def act(self, obs, subtask, subgoal):
+            seen.append((subtask.text, None if subgoal is None else subgoal.subtask))
+            return super().act(obs, subtask, subgoal)
+
+    run(agent(world_model=wm, executor=SpyExecutor(actions=RIGHT)), max_steps=100)
+    # A subgoal made for "go right" is never used for "go up".
+    assert all(sg in (None, st) for st, sg in seen)
+    assert ("go up", None) in seen
+
+
+def test_planner_fault_keeps_current_subtask():
+    planner = MockPlanner(["go right", "go up"], calls_per_subtask=2, fail_on=[2, 3])
+    result, env = run(agent(planner=planner), max_steps=100)
+    assert [f.tier for f in result.faults] == ["planner", "planner"]
+    assert result.status == "done" and len(env.sent) > 0
+
+
+@pytest.mark.parametrize("failure", ["raise", "bad_output"])
+def test_executor_fault_holds_and_sends_nothing(tmp_path, failure):
+    view = saved_view(tmp_path)
+    result, env = run(agent(executor=MockExecutor(actions=RIGHT, fail_on="always", failure=failure)), view=view,
+                      max_steps=50, max_consecutive_faults=3)
+    assert result.status == "fault" and env.sent == []
+    assert len(result.faults) == 3 and all(f.tier == "executor" for f in result.faults)
+    assert {"/faults", "/plan/subtasks", "/obs/front"} <= rrd_entities(tmp_path / "run.rrd")
+
+
+def test_hanging_tier_times_out_without_blocking_the_loop():
+    ex = MockExecutor(actions=RIGHT, fail_on="always", failure="hang")
+    try:
+        result, env = run(agent(executor=ex, executor_timeout_s=0.05), max_steps=50, max_consecutive_faults=3)
+    finally:
+        ex.release()
+    assert result.status == "fault" and env.sent == []
+    kinds = [f.kind for f in result.faults]
+    assert kinds[0] == "timeout" and ex.calls == 1  # later calls are refused while the first one hangs
+
+
+def test_wrong_action_dim_is_a_fault():
+    result, env = run(agent(executor=MockExecutor(horizon=4, action_dim=3)), max_steps=20)
+    assert result.status == "fault" and env.sent == []
+    assert "expected [H, 2]" in result.faults[0].message
+
+
+@pytest.mark.parametrize("bad,msg", [("nan", "state: expected finite values"),
+                                     ("chw", "images['front']: expected uint8 HxWx3, got float32 (3, 32, 32)")])
+def test_bad_observation_stops_cleanly_with_readable_recording(tmp_path, bad, msg):
+    view = saved_view(tmp_path)
+    result, env = run(agent(), env=RecordingPointEnv(bad_obs_at=2, bad=bad), view=view, max_steps=100)
+    assert result.status == "fault" and len(env.sent) == 2  # nothing sent after the bad observation
+    assert msg in result.faults[-1].message and result.faults[-1].tier == "observation"
+    assert {"/faults", "/obs/front", "/episode/summary"} <= rrd_entities(tmp_path / "run.rrd")
+
+
+def test_unsafe_actions_never_reach_the_env():
+    big = np.full((4, 2), 5.0, np.float32)
+    result, env = run(agent(executor=MockExecutor(actions=big)), max_steps=8)
+    assert env.sent and np.abs(np.stack(env.sent)).max() <= 0.1 + 1e-6  # clamped to the action space
+
+
+def test_keyboard_interrupt_ends_episode_and_keeps_recording(tmp_path):
+    class Interrupting(MockExecutor):
+        def act(self, obs, subtask, subgoal):
+            if self.calls == 2:
+                raise KeyboardInterrupt
+            return super().act(obs, subtask, subgoal)
+
+    view = saved_view(tmp_path)
+    result, env = run(agent(executor=Interrupting(actions=RIGHT), executor_timeout_s=None), view=view, max_steps=100)
+    assert result.status == "interrupted" and len(env.sent) == 8
+    assert {"/episode/summary", "/obs/front"} <= rrd_entities(tmp_path / "run.rrd")
+
+
+def test_agent_rejects_objects_that_do_not_meet_the_interface():
+    with pytest.raises(TypeError, match="world_model: object does not meet WorldModel; missing imagine"):
+        HybridAgent(MockPlanner(["a"]), object(), MockExecutor())
+
+
+def test_env_success_ends_episode():
+    class Solved(PointEnv):
+        def _info(self):
+            return {**super()._info(), "success": self.steps >= 3}
+
+    result, _ = run(agent(planner=MockPlanner(["go"], calls_per_subtask=100)), env=Solved(), max_steps=50)
+    assert result.status == "success" and result.success and result.steps == 3
