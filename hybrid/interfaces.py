@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+import numpy as np
+
 from hybrid.types import ActionChunk, Observation, PlanStep, Subgoal, Subtask
 
 
@@ -35,6 +37,21 @@ class Executor(Protocol):
     def act(self, obs: Observation, subtask: Subtask, subgoal: Subgoal | None) -> ActionChunk: ...
 
     def reset(self) -> None: ...
+
+
+@runtime_checkable
+class PrefixConditionedExecutor(Executor, Protocol):
+    """An executor that can continue a chunk already in motion (real-time chunking, RTC).
+
+    ``prefix`` holds the actions already committed to the robot that the new chunk must start with
+    ([d, A], in the action space); the returned chunk's first d actions reproduce them and the rest
+    continue smoothly from them. The async runtime uses this when an executor offers it.
+    """
+
+    supports_prefix: bool
+
+    def act(self, obs: Observation, subtask: Subtask, subgoal: Subgoal | None,
+            prefix: np.ndarray | None = None) -> ActionChunk: ...
 
 
 TIER_INTERFACES: dict[str, type] = {
