@@ -74,10 +74,14 @@ class HybridAgent:
     """Planner → world model → executor, each swappable by any object that meets its interface."""
 
     def __init__(self, planner, world_model, executor, config: AgentConfig | None = None):
-        for tier, obj in (("planner", planner), ("world_model", world_model), ("executor", executor)):
-            check_tier(tier, obj)
-        self.planner, self.world_model, self.executor = planner, world_model, executor
+        """``world_model`` may be None for an agent that acts language-only (``use_subgoals=False``)."""
         self.config = config or AgentConfig()
+        if world_model is None and self.config.use_subgoals:
+            raise TypeError("world_model: None is only allowed with use_subgoals=False (a language-only agent)")
+        for tier, obj in (("planner", planner), ("world_model", world_model), ("executor", executor)):
+            if obj is not None:
+                check_tier(tier, obj)
+        self.planner, self.world_model, self.executor = planner, world_model, executor
         self._call = {
             "planner": TierCaller("planner", PlanStep, self.config.planner_timeout_s),
             "world_model": TierCaller("world_model", Subgoal, self.config.world_model_timeout_s),
@@ -88,7 +92,8 @@ class HybridAgent:
     def reset(self, instruction: str) -> None:
         self.stack = PlanStack(instruction=instruction)
         for tier in (self.planner, self.world_model, self.executor):
-            tier.reset()
+            if tier is not None:
+                tier.reset()
 
     def plan(self, obs: Observation) -> TierResult[PlanStep]:
         """Ask the planner; on a fault the current subtask is kept."""

@@ -8,7 +8,7 @@ from hybrid.cli import load
 
 # name -> "module:function"; "agents" is what a bare `hybrid eval --episodes N` runs.
 EVALS: dict[str, str] = {
-    "agents": "hybrid.evaluation:main",
+    "agents": "hybrid.eval.closed_loop:main",
     "planner": "planners.subtask.evaluate:main",
     "world-model": "planners.subgoal.evaluate:main",
 }

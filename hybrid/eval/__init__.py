@@ -1,0 +1,1 @@
+"""Closed-loop evaluation of agents side by side (`hybrid eval --episodes N --json`)."""

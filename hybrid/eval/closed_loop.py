@@ -1,0 +1,106 @@
+"""`hybrid eval [--episodes N] [--json] [overrides]`: success per agent per task family, side by side.
+
+Composes `configs/eval.yaml`: the env, the held-out split and seeds, and one entry per agent (three tier
+nodes + whether it uses subgoals + the families it applies to). Tiers shared by several agents are
+loaded once. Every agent meets the same seeds, so the table compares like with like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+
+import numpy as np
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from hybrid.agent import AgentConfig, HybridAgent
+from hybrid.config import compose, instantiate
+from hybrid.runtime.env_adapter import EnvAdapter, EnvAdapterConfig
+from hybrid.runtime.sync import SyncLoopConfig, run_episode
+
+
+class _TierCache:
+    """Instantiate each distinct tier config once (the hierarchical, oracle and language-only agents share tiers)."""
+
+    def __init__(self):
+        self.built: dict[str, object] = {}
+
+    def __call__(self, node):
+        if node is None:
+            return None
+        key = OmegaConf.to_yaml(node, resolve=True)
+        if key not in self.built:
+            self.built[key] = instantiate(node)
+        return self.built[key]
+
+
+def evaluate(cfg) -> dict:
+    tiers = _TierCache()
+    loop = SyncLoopConfig(**OmegaConf.to_container(cfg.loop))
+    adapter_cfg = EnvAdapterConfig(**OmegaConf.to_container(cfg.adapter))
+    report: dict = {"episodes": cfg.episodes, "split": cfg.split, "agents": {}}
+    for name, spec in cfg.agents.items():
+        families = [f for f in cfg.families if f in spec.get("families", cfg.families)]
+        agent = HybridAgent(tiers(spec.planner), tiers(spec.get("world_model")), tiers(spec.executor),
+                            AgentConfig(**OmegaConf.to_container(cfg.agent), use_subgoals=bool(spec.use_subgoals)))
+        per_family: dict[str, dict] = {}
+        latency: dict[str, list[float]] = defaultdict(list)
+        for family in families:
+            env = EnvAdapter(instantiate(cfg.env, task=family, split=cfg.split), adapter_cfg)
+            results = []
+            for ep in tqdm(range(cfg.episodes), desc=f"{name}/{family}", leave=False):
+                seed = cfg.seed + ep
+                _, info = env.env.reset(seed=seed)
+                bind = getattr(agent.world_model, "bind", None)
+                if callable(bind):
+                    bind(env.env, info["subtasks"])
+                results.append(run_episode(agent, env, loop, seed=seed))
+            env.env.close()
+            per_family[family] = {
+                "success": float(np.mean([r.success for r in results])),
+                "subtasks_completed": float(np.mean([_completed(r) for r in results])),
+                "faults": int(sum(len(r.faults) for r in results)),
+            }
+            for r in results:
+                for tier, stats in r.latency_ms.items():
+                    latency[tier].append(stats["p50"])
+        agent.close()
+        report["agents"][name] = {"families": per_family,
+                                  "latency_ms_p50": {t: float(np.median(v)) for t, v in latency.items()}}
+    return report
+
+
+def _completed(result) -> float:
+    """Subtasks the physics says are done (the planner's own bookkeeping is what is being judged)."""
+    done = result.info.get("subtask_success")
+    return float(sum(done)) if isinstance(done, list) else float(result.subtasks_completed)
+
+
+def print_table(report: dict) -> None:
+    agents = report["agents"]
+    families = sorted({f for a in agents.values() for f in a["families"]})
+    print(f"{'agent':<18}" + "".join(f"{f:>12}" for f in families))
+    for name, a in agents.items():
+        cells = [f"{a['families'][f]['success']:>12.2f}" if f in a["families"] else f"{'-':>12}" for f in families]
+        print(f"{name:<18}" + "".join(cells))
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="hybrid eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--episodes", type=int, default=None, help="episodes per agent per family")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of configs/eval.yaml")
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides) + ([f"episodes={args.episodes}"] if args.episodes else [])
+    cfg = compose("eval", overrides)
+    start = time.perf_counter()
+    report = evaluate(cfg)
+    report["wall_s"] = round(time.perf_counter() - start, 1)
+    print_table(report)
+    if args.json:
+        print(json.dumps(report))
+    return 0

@@ -1,0 +1,43 @@
+"""Tiers that exist only to build the evaluation's reference agents.
+
+`OracleWorldModel` renders the true end-of-subtask scene from the simulator (the upper bound on what a
+world model can give the executor); `InstructionPlanner` hands the raw instruction to the executor as
+its only "subtask" (the flat-VLA baseline, which has no planner).
+"""
+
+from __future__ import annotations
+
+from hybrid.types import Observation, PlanStep, Subgoal, Subtask
+
+
+class OracleWorldModel:
+    """Subgoal = what the simulator renders once the subtask is done (needs an env with `render_subgoal`)."""
+
+    def __init__(self):
+        self.env = None
+        self.plan: list[str] = []
+
+    def bind(self, env, plan: list[str]) -> None:
+        """Called by the evaluator at every episode start with the env and its reference plan."""
+        self.env, self.plan = env.unwrapped, list(plan)
+
+    def imagine(self, obs: Observation, subtask: Subtask) -> Subgoal:
+        if self.env is None:
+            raise RuntimeError("OracleWorldModel: bind(env, plan) must be called before imagine()")
+        # The planner's text names the subtask; when it paraphrases, its position in the plan does.
+        index = self.plan.index(subtask.text) if subtask.text in self.plan else min(subtask.index, len(self.plan) - 1)
+        images = self.env.render_subgoal(index)
+        return Subgoal(images={c: images[c] for c in obs.images}, subtask=subtask.text, model="oracle")
+
+    def reset(self) -> None:
+        pass
+
+
+class InstructionPlanner:
+    """The flat baseline's "planner": the whole instruction is the one subtask, never marked done."""
+
+    def plan(self, obs: Observation, instruction: str, history: list[Subtask]) -> PlanStep:
+        return PlanStep(subtask=instruction)
+
+    def reset(self) -> None:
+        pass
