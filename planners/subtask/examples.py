@@ -1,0 +1,67 @@
+"""Planner examples from a recorded dataset: (frame, instruction, done subtasks, current) -> reply.
+
+At frame i of subtask k of a plan P (canonical phrasings), the runtime may be up to date
+(done P[:k], current P[k]), starting afresh (done P[:k], no current), or one subtask behind (done
+P[:k-1], current P[k-1]: the image shows P[k-1] finished). All three must answer P[k], so the model
+has to look at the image to tell "still working on P[k-1]" from "P[k-1] is finished". Frames in the
+last ``done_tail_s`` of an episode whose last subtask is under way are labelled done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hybrid.data import SubtaskIndex
+from hybrid.types import PlanStep
+
+VARIANTS = ("current", "fresh", "behind")
+
+
+@dataclass(frozen=True)
+class Example:
+    frame: int
+    instruction: str
+    done: list[str]
+    current: str | None
+    target: PlanStep
+    accepted: frozenset[str]  # subtasks that count as right (order-free placements allow any remaining)
+
+
+class ExampleBuilder:
+    def __init__(self, index: SubtaskIndex, canonical=lambda s: s, done_tail_s: float = 0.5):
+        self.index = index
+        self.plans = {ep: [canonical(s) for s in plan] for ep, plan in index.plans.items()}
+        self.tail = max(1, int(round(done_tail_s * index.fps)))
+
+    def is_done_frame(self, i: int) -> bool:
+        return self.index.is_last_subtask(i) and i > self.index.episode_end[i] - self.tail
+
+    def example(self, i: int, variant: str) -> Example | None:
+        """The example of frame ``i`` in ``variant`` (None where the variant does not apply)."""
+        plan = self.plans[int(self.index.episode[i])]
+        k, n, instr = int(self.index.subtask_index[i]), len(plan), self.index.instruction[i]
+        if self.is_done_frame(i):
+            if variant == "current":
+                return Example(i, instr, plan[:n - 1], plan[n - 1], PlanStep(done=True), frozenset())
+            if variant == "fresh":
+                return Example(i, instr, plan, None, PlanStep(done=True), frozenset())
+            return None
+        target = PlanStep(subtask=plan[k])
+        # Placing blocks in bowls can be done in any order (sorting), stacking cannot.
+        order_free = all(" bowl" in s for s in plan[k:])
+        if variant == "current":
+            return Example(i, instr, plan[:k], plan[k], target, frozenset({plan[k]}))
+        accepted = frozenset(plan[k:]) if order_free else frozenset({plan[k]})
+        if variant == "fresh":
+            return Example(i, instr, plan[:k], None, target, accepted)
+        if variant == "behind" and k >= 1:
+            return Example(i, instr, plan[:k - 1], plan[k - 1], target, accepted)
+        return None
+
+    def sample(self, rng: np.random.Generator, frames: np.ndarray, weights=(0.4, 0.2, 0.4)) -> Example:
+        while True:
+            ex = self.example(int(rng.choice(frames)), VARIANTS[int(rng.choice(3, p=weights))])
+            if ex is not None:
+                return ex

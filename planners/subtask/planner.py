@@ -1,0 +1,84 @@
+"""`VLMPlanner`: prompt a vision-language backend, validate its reply, retry, or fault cleanly."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Protocol
+
+import numpy as np
+
+from hybrid.types import Observation, PlanStep, Subtask
+from planners.subtask.prompting import PromptConfig, build_messages, pick_image, resize
+from planners.subtask.replan import ReplanPolicy
+from planners.subtask.reply import BadReply, PlannerFault, make_vocabulary, parse_reply
+
+log = logging.getLogger(__name__)
+
+
+class BackendError(RuntimeError):
+    """A backend call that failed before giving a reply (timeout, server error, connection)."""
+
+    def __init__(self, message: str, kind: str = "server_error", retryable: bool = True):
+        self.kind, self.retryable = kind, retryable
+        super().__init__(message)
+
+
+class Backend(Protocol):
+    def complete(self, messages: list[dict], image: np.ndarray) -> str: ...
+
+
+class VLMPlanner:
+    """A `SubtaskPlanner` over any backend that turns (messages, image) into reply text.
+
+    The planner remembers the subtask it last asked for: the runtime's history holds only finished
+    subtasks, and the model needs to know which one is under way to judge from the image whether it
+    is finished. Each bad reply (invalid JSON, schema violation, empty or unknown subtask) and each
+    retryable backend error costs one of ``max_attempts``; then `PlannerFault` is raised.
+    """
+
+    def __init__(self, backend: Backend, prompt: PromptConfig | dict | None = None,
+                 vocabulary: list[str] | None = None, max_attempts: int = 3, retry_backoff_s: float = 0.0,
+                 replan: ReplanPolicy | dict | None = None):
+        if max_attempts < 1:
+            raise ValueError("max_attempts: expected >= 1")
+        self.backend = backend
+        self.prompt = prompt if isinstance(prompt, PromptConfig) else PromptConfig.model_validate(dict(prompt or {}))
+        self.vocabulary = make_vocabulary(None if vocabulary is None else list(vocabulary))
+        self.max_attempts, self.retry_backoff_s = int(max_attempts), float(retry_backoff_s)
+        self.replan = replan if isinstance(replan, ReplanPolicy) else ReplanPolicy.model_validate(dict(replan or {}))
+        self.current: str | None = None
+
+    def reset(self) -> None:
+        self.current = None
+
+    def messages(self, instruction: str, history: list[Subtask]) -> list[dict]:
+        done = [s.text for s in history if s.status == "done"]
+        current = self.current if self.current is not None and self.current not in done else None
+        return build_messages(self.prompt, instruction, done, current)
+
+    def plan(self, obs: Observation, instruction: str, history: list[Subtask]) -> PlanStep:
+        messages = self.messages(instruction, history)
+        image = resize(pick_image(obs, self.prompt.camera), self.prompt.image_size)
+        attempts: list[str] = []
+        kind = "bad_reply"
+        for attempt in range(self.max_attempts):
+            if attempt and self.retry_backoff_s:
+                time.sleep(self.retry_backoff_s * 2 ** (attempt - 1))
+            try:
+                step = parse_reply(self.backend.complete(messages, image), self.vocabulary)
+            except BadReply as err:
+                kind = "bad_reply"
+                attempts.append(str(err))
+                log.warning("planner: bad reply on attempt %d: %s", attempt + 1, err)
+                continue
+            except BackendError as err:
+                kind = err.kind
+                attempts.append(str(err))
+                log.warning("planner: backend error on attempt %d: %s", attempt + 1, err)
+                if not err.retryable:
+                    break
+                continue
+            self.current = step.subtask
+            return step
+        raise PlannerFault(kind, attempts)

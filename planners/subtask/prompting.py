@@ -1,0 +1,68 @@
+"""The chat a planner sends: a system line, then one user turn with the camera image and the state.
+
+The same messages serve every backend: the in-process processor renders them with the model's chat
+template, the HTTP backend turns the image item into an inline data URL. A model trained here is
+trained on exactly these messages (its prompt settings are saved beside its weights).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from hybrid.types import Observation, PlanStep
+
+DEFAULT_SYSTEM = (
+    "You are the high-level planner of a robot arm. Look at the camera image and decide the one subtask the "
+    "robot should work on now to accomplish the instruction, or reply done when it is accomplished. "
+    "Reply with a JSON object only."
+)
+
+
+class PromptConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    system: str | None = Field(DEFAULT_SYSTEM, description="system message; None sends none")
+    schema_in_prompt: bool = Field(True, description="append PlanStep's JSON schema to the user turn")
+    camera: str = Field("front", description="which camera the planner looks at")
+    image_size: int | None = Field(None, gt=0, description="resize so the longer side is this many pixels")
+
+
+def pick_image(obs: Observation, camera: str) -> np.ndarray:
+    """The planner's camera; recorded frames name it `observation.images.<camera>`."""
+    for key in (camera, f"observation.images.{camera}"):
+        if key in obs.images:
+            return obs.images[key]
+    return next(iter(obs.images.values()))
+
+
+def resize(image: np.ndarray, size: int | None) -> np.ndarray:
+    if size is None or max(image.shape[:2]) == size:
+        return image
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    scale = size / max(h, w)
+    new = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(image).resize(new, Image.BILINEAR))
+
+
+def user_text(instruction: str, done: list[str], current: str | None, schema_in_prompt: bool) -> str:
+    lines = [f"Instruction: {instruction.strip()}",
+             f"Done: {'; '.join(done) if done else 'nothing'}",
+             f"Current: {current or 'none'}"]
+    if schema_in_prompt:
+        lines.append("Reply with JSON matching this schema: " + json.dumps(PlanStep.model_json_schema()))
+    return "\n".join(lines)
+
+
+def build_messages(cfg: PromptConfig, instruction: str, done: list[str], current: str | None) -> list[dict]:
+    """OpenAI-style messages; the image is a `{"type": "image"}` placeholder the backend fills in."""
+    messages = []
+    if cfg.system:
+        messages.append({"role": "system", "content": [{"type": "text", "text": cfg.system}]})
+    text = user_text(instruction, done, current, cfg.schema_in_prompt)
+    messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]})
+    return messages

@@ -1,0 +1,38 @@
+"""When the runtime should ask the planner again."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ReplanPolicy(BaseModel):
+    """Replanning triggers a runtime reads from the planner's config.
+
+    The planner decides subtask completion from the image, so it is asked again when the executor
+    reports its subtask done, on a timer (completion can happen between reports), and when progress
+    stalls (a stuck subtask may need another one).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    on_subtask_done: bool = Field(True, description="replan when the current subtask is reported done")
+    every_s: float | None = Field(2.0, gt=0, description="replan at least this often (None: no timer)")
+    on_stall_s: float | None = Field(5.0, gt=0, description="replan once progress has stalled this long")
+
+    def should_replan(self, now: float, last_plan_time: float | None, subtask_changed: bool = False,
+                      stalled: bool | float = False) -> bool:
+        """True when the planner should be asked now.
+
+        ``last_plan_time`` is None before the first plan (always replan); ``subtask_changed`` means
+        the current subtask was reported done; ``stalled`` is either a flag from the runtime or how
+        many seconds progress has stalled (compared with ``on_stall_s``).
+        """
+        if last_plan_time is None:
+            return True
+        if subtask_changed and self.on_subtask_done:
+            return True
+        if self.every_s is not None and now - last_plan_time >= self.every_s:
+            return True
+        if self.on_stall_s is not None and stalled is not False:
+            return stalled is True or float(stalled) >= self.on_stall_s
+        return False

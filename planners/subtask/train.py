@@ -1,0 +1,141 @@
+"""`hybrid train planner=tabletop data=DIR out=DIR`: train the small tabletop planner from scratch.
+
+Examples come from `examples.py`; the target is the JSON reply text, the loss is next-token cross
+entropy on the reply only. `accelerate` places the model; checkpoints (weights + optimizer + step)
+are written every ``checkpoint_every`` steps and a run resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hybrid.data import FEATURES, SubtaskIndex, open_dataset
+from planners.subtask.examples import ExampleBuilder
+from planners.subtask.prompting import PromptConfig, build_messages, user_text
+from planners.subtask.reply import reply_text
+from planners.subtask.tabletop_language import canonical_subtask, colours_in, vocabulary
+from planners.subtask.tabletop_model import TabletopModelConfig, build, save
+from planners.subtask.transformers_backend import SETTINGS_FILE
+
+log = logging.getLogger(__name__)
+STATE_DIR = "trainer_state"
+
+
+def tokenizer_corpus(index: SubtaskIndex, vocab: list[str], prompt: PromptConfig) -> list[str]:
+    from hybrid.types import PlanStep
+
+    instructions = sorted(set(index.instruction))
+    replies = [reply_text(PlanStep(subtask=s)) for s in vocab] + [reply_text(PlanStep(done=True))]
+    states = [user_text(i, vocab[:2], vocab[0], prompt.schema_in_prompt) for i in instructions[:50]]
+    return instructions * 4 + vocab + replies + states + ["user assistant system Done: nothing Current: none"]
+
+
+def collate(processor, builder: ExampleBuilder, frames: np.ndarray, examples, prompt: PromptConfig):
+    """Processor inputs for a batch with labels on the reply tokens only (right padding)."""
+    from PIL import Image
+
+    texts, reply_lens = [], []
+    for ex in examples:
+        chat = processor.apply_chat_template(build_messages(prompt, ex.instruction, ex.done, ex.current),
+                                             add_generation_prompt=True, tokenize=False)
+        reply = reply_text(ex.target) + "<|im_end|>"
+        texts.append(chat + reply)
+        reply_lens.append(len(processor.tokenizer(reply, add_special_tokens=False)["input_ids"]))
+    images = [Image.fromarray(frames[ex.frame]) for ex in examples]
+    batch = processor(text=texts, images=images, padding=True, padding_side="right", return_tensors="pt")
+    labels = batch["input_ids"].clone()
+    lengths = batch["attention_mask"].sum(1)
+    for row, (length, r) in enumerate(zip(lengths.tolist(), reply_lens)):
+        labels[row, : length - r] = -100
+        labels[row, length:] = -100
+    batch["labels"] = labels
+    return batch
+
+
+def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: float = 1e-3,
+          warmup_steps: int = 100, weight_decay: float = 0.01, checkpoint_every: int = 250,
+          resume: bool = True, seed: int = 0, done_tail_s: float = 0.5, camera: str = "front",
+          canonical: bool = True, model: dict | None = None, max_minutes: float | None = None,
+          threads: int | None = None, log_every: int = 25) -> Path:
+    import torch
+    from accelerate import Accelerator
+    from tqdm import tqdm
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from planners.subtask.frames import decode_frames
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    out = Path(out)
+    cfg = TabletopModelConfig.model_validate(dict(model or {}))
+    prompt = PromptConfig(system=None, schema_in_prompt=False, camera=camera, image_size=cfg.image_size)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+
+    dataset = open_dataset(data)
+    index = SubtaskIndex.from_dataset(dataset)
+    to_canonical = canonical_subtask if canonical else (lambda s: " ".join(s.split()))
+    builder = ExampleBuilder(index, to_canonical, done_tail_s)
+    seen = sorted({s for plan in builder.plans.values() for s in plan})
+    vocab = vocabulary(colours_in(seen)) if canonical else seen
+    vocab += [s for s in seen if s not in vocab]
+    key = next((k for k in FEATURES["cameras"] if k.endswith("." + camera)), FEATURES["cameras"][0])
+    frames = decode_frames(dataset, key, cfg.image_size)
+
+    state_dir = out / STATE_DIR
+    start = 0
+    if resume and (state_dir / "step.json").is_file():
+        start = json.loads((state_dir / "step.json").read_text())["step"]
+        processor = AutoProcessor.from_pretrained(out)
+        net = AutoModelForImageTextToText.from_pretrained(out)
+        log.info("resuming from step %d in %s", start, out)
+    else:
+        net, processor = build(tokenizer_corpus(index, vocab, prompt), cfg)
+        save(net, processor, out)
+    (out / SETTINGS_FILE).write_text(json.dumps({"prompt": prompt.model_dump(), "vocabulary": vocab}, indent=1))
+
+    accelerator = Accelerator()
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    # Linear warmup, then cosine decay to 10% over the whole run.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup_steps) * (
+        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps))))))
+    net, opt, sched = accelerator.prepare(net, opt, sched)
+    if start:
+        accelerator.load_state(str(state_dir))
+        rng = np.random.default_rng([seed, start])
+
+    def checkpoint(step: int) -> None:
+        accelerator.save_state(str(state_dir))
+        accelerator.unwrap_model(net).save_pretrained(out)
+        (state_dir / "step.json").write_text(json.dumps({"step": step}))
+
+    all_frames = np.arange(len(index))
+    net.train()
+    t0, losses, step = time.monotonic(), [], start
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc="planner", disable=not accelerator.is_main_process)
+    for step in bar:
+        batch = collate(processor, builder, frames, [builder.sample(rng, all_frames) for _ in range(batch_size)],
+                        prompt).to(accelerator.device)
+        loss = net(**batch).loss
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if (step + 1) % log_every == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-log_every:]):.4f}")
+            log.info("step %d loss %.4f", step + 1, np.mean(losses[-log_every:]))
+        if (step + 1) % checkpoint_every == 0:
+            checkpoint(step + 1)
+        if max_minutes is not None and time.monotonic() - t0 > 60 * max_minutes:
+            log.warning("stopping at step %d: max_minutes=%s reached", step + 1, max_minutes)
+            break
+    checkpoint(step + 1 if steps > start else start)
+    return out
