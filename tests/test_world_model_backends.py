@@ -1,0 +1,162 @@
+"""Each diffusers backend round-trips from a saved directory and imagines a subgoal of the right shape.
+
+The pipelines are built from tiny random components and locally built tokenizers (no hub access),
+saved with `save_pretrained` and loaded back through `SubgoalWorldModel.from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hybrid.interfaces import WorldModel
+from hybrid.testing import fake_observation
+from hybrid.types import Subgoal, Subtask
+
+torch = pytest.importorskip("torch")
+
+WORDS = ["pick", "up", "the", "red", "block", "put", "it", "in", "blue", "bowl", "front", "wrist", ":"]
+
+
+def _clip_text_encoder(vocab_size: int, eos_token_id: int, hidden: int = 32):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=37,
+                                        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=32,
+                                        projection_dim=hidden, bos_token_id=2, eos_token_id=eos_token_id,
+                                        pad_token_id=0))
+
+
+def tiny_instruct_pix2pix():
+    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
+    from diffusers import UNet2DConditionModel
+
+    from planners.subgoal.tabletop_model import build_word_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_word_tokenizer(WORDS, max_length=16)
+    unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=8,
+                                out_channels=4, norm_num_groups=4, cross_attention_dim=32, attention_head_dim=4,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+    vae = AutoencoderKL(block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=4,
+                        norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2)
+    return StableDiffusionInstructPix2PixPipeline(
+        vae=vae, text_encoder=_clip_text_encoder(len(tokenizer), tokenizer.eos_token_id), tokenizer=tokenizer,
+        unet=unet, scheduler=EulerAncestralDiscreteScheduler(), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+
+
+def tiny_flux_kontext():
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    from planners.subgoal.tabletop_model import build_word_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_word_tokenizer(WORDS, max_length=16)
+    tokenizer_2 = build_word_tokenizer(WORDS, max_length=16)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                         pooled_projection_dim=32, axes_dims_rope=[4, 4, 8])
+    text_encoder_2 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=37, num_layers=2,
+                                             num_heads=4, pad_token_id=0, eos_token_id=tokenizer_2.eos_token_id))
+    vae = AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
+                        latent_channels=1, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+                        shift_factor=0.0609, scaling_factor=1.5035)
+    return FluxKontextPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, transformer=transformer,
+                               text_encoder=_clip_text_encoder(len(tokenizer), tokenizer.eos_token_id),
+                               tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
+
+
+def tiny_qwen_image_edit():
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageEditPipeline
+    from diffusers import QwenImageTransformer2DModel
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2TokenizerFast
+    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+
+    from planners.subgoal.tabletop_model import build_word_tokenizer
+
+    torch.manual_seed(0)
+    vision = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    words = WORDS + ["system", "user", "assistant", "describe", "image", "."]
+    tokenizer = build_word_tokenizer(words, max_length=256, tokenizer_class=Qwen2TokenizerFast,
+                                     extra_special_tokens=vision)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in vision}
+    text_encoder = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "num_key_value_heads": 2, "vocab_size": len(tokenizer), "rope_theta": 1e6,
+                     "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"}},
+        vision_config={"depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16},
+        hidden_size=16, vocab_size=len(tokenizer), image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"]))
+    # Few vision tokens: the edit pipeline hands the VLM a ~1 Mpx image; the processor shrinks it.
+    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=56 * 56),
+                                 tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor())
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
+                                              attention_head_dim=16, num_attention_heads=3, joint_attention_dim=16,
+                                              guidance_embeds=False, axes_dims_rope=(8, 4, 4))
+    # The edit pipeline always VAE-encodes the condition image at ~1 Mpx: a thin VAE that downsamples 16x keeps it cheap.
+    vae = AutoencoderKLQwenImage(base_dim=4, z_dim=4, dim_mult=[1, 1, 1, 1, 1], num_res_blocks=1,
+                                 temperal_downsample=[False] * 4, latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+    return QwenImageEditPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+                                 tokenizer=tokenizer, processor=processor, transformer=transformer)
+
+
+def tiny_tabletop():
+    from planners.subgoal.tabletop_model import build_tabletop_pipeline
+
+    return build_tabletop_pipeline(WORDS, sample_size=16, channels=(8, 16), text_dim=16, text_layers=1)
+
+
+# backend -> (builder, world-model overrides: small generation size, few steps)
+BACKENDS = {
+    "tabletop": (tiny_tabletop, dict(num_inference_steps=2)),
+    "instruct_pix2pix": (tiny_instruct_pix2pix, dict(num_inference_steps=2, resolution=32, guidance_scale=3.0,
+                                                     image_guidance_scale=1.5)),
+    "flux_kontext": (tiny_flux_kontext, dict(num_inference_steps=2, resolution=32,
+                                             call_kwargs={"max_sequence_length": 16})),
+    "qwen_image_edit": (tiny_qwen_image_edit, dict(num_inference_steps=2, resolution=32, guidance_scale=2.0,
+                                                   call_kwargs={"max_sequence_length": 16})),
+}
+
+
+@pytest.fixture(scope="module", params=list(BACKENDS))
+def saved(request, tmp_path_factory):
+    builder, overrides = BACKENDS[request.param]
+    path = tmp_path_factory.mktemp(request.param)
+    builder().save_pretrained(str(path))
+    return request.param, path, overrides
+
+
+def test_backend_round_trips_and_imagines_one_subgoal_per_camera(saved):
+    from planners.subgoal import SubgoalWorldModel
+
+    backend, path, overrides = saved
+    wm = SubgoalWorldModel.from_pretrained(path, device="cpu", **overrides)
+    assert wm.config.backend == backend  # detected from model_index.json
+    assert isinstance(wm, WorldModel)
+    obs = fake_observation(cameras=("front", "wrist"), size=24)
+    goal = wm.imagine(obs, Subtask(text="pick up the red block", index=0))
+    assert isinstance(goal, Subgoal) and set(goal.images) == {"front", "wrist"}
+    for cam, img in goal.images.items():
+        assert img.dtype == np.uint8 and img.shape == obs.images[cam].shape
+    assert goal.subtask == "pick up the red block" and goal.model.startswith(backend)
+
+
+def test_saved_world_model_keeps_its_config(saved, tmp_path):
+    from planners.subgoal import SubgoalWorldModel
+
+    backend, path, overrides = saved
+    wm = SubgoalWorldModel.from_pretrained(path, device="cpu", prompt_template="{camera}: {subtask}", **overrides)
+    wm.save_pretrained(tmp_path / "copy")
+    again = SubgoalWorldModel.from_pretrained(tmp_path / "copy")
+    assert again.config.prompt_template == "{camera}: {subtask}"
+    assert again.config.num_inference_steps == overrides["num_inference_steps"]
+    obs = fake_observation(cameras=("front",), size=32, seed=3)
+    a = wm.imagine(obs, Subtask(text="put it in the blue bowl", index=1)).images["front"]
+    b = again.imagine(obs, Subtask(text="put it in the blue bowl", index=1)).images["front"]
+    # Same weights, same seed: the same subgoal (up to resampling noise of float kernels).
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
