@@ -1,0 +1,88 @@
+"""Configuration of the flow-matching action expert: one dataclass, a comment per field."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CONFIG_NAME = "config.json"
+
+
+@dataclass
+class FlowConfig:
+    # --- embodiment (filled in from the dataset by the trainer)
+    cameras: list[str] = field(default_factory=lambda: ["front", "wrist"])  # cameras read each chunk, in order
+    subgoal_cameras: list[str] = field(default_factory=lambda: ["front"])  # cameras a subgoal image comes for
+    state_dim: int = 4  # proprioceptive state size
+    action_dim: int = 4  # action size A
+    chunk: int = 16  # actions per chunk H
+    dt: float = 0.1  # seconds between two actions of a chunk (1 / dataset fps)
+
+    # --- what conditions the expert
+    conditioning: str = "subtask"  # text read: the current "subtask", or the episode "instruction" (flat VLA)
+    subgoal_dropout: float = 0.25  # training probability of hiding the subgoal; 1.0 never uses one
+    image_size: int = 64  # images (observation and subgoal) are resized to this square side
+
+    # --- vision encoder, shared by observation and subgoal images
+    vision: str = "scratch"  # "scratch": a small ViT trained here; "siglip": transformers' SiglipVisionModel
+    vision_path: str | None = None  # local directory of a pretrained SigLIP (vision tower or full model)
+    vision_tower: dict | None = None  # SiglipVisionConfig as a dict; saved so a checkpoint needs no vision_path
+    freeze_vision: bool = False  # keep the vision encoder's weights fixed
+    patch_size: int = 8  # scratch ViT patch side (tokens per image = (image_size / patch_size)^2)
+    vision_width: int = 128  # scratch ViT width
+    vision_depth: int = 2  # scratch ViT blocks
+
+    # --- text encoder
+    text: str = "bytes"  # "bytes": UTF-8 bytes + a small transformer; "siglip": transformers' SiglipTextModel
+    text_path: str | None = None  # local directory of a pretrained SigLIP (text tower or full model) + tokenizer
+    text_tower: dict | None = None  # SiglipTextConfig as a dict; saved so a checkpoint needs no text_path
+    freeze_text: bool = False  # keep the text encoder's weights fixed
+    max_text_len: int = 48  # text tokens (bytes) per prompt, padded or cut to this length
+    text_width: int = 128  # byte encoder width
+    text_depth: int = 2  # byte encoder blocks
+
+    # --- prefix mixer and action expert
+    width: int = 256  # token width of the prefix and of the action expert
+    depth: int = 6  # action-expert blocks, each attending to the cached prefix
+    heads: int = 4  # attention heads (everywhere but inside a pretrained tower)
+    mlp_ratio: float = 4.0  # MLP hidden size / width
+    prefix_depth: int = 1  # blocks that mix the prefix tokens (vision, text, state) once per chunk
+
+    # --- flow matching
+    flow_steps: int = 10  # Euler steps K at inference
+    time_beta: tuple[float, float] = (1.5, 1.0)  # Beta(a, b) of training flow times, skewed toward noise
+    time_max: float = 0.999  # flow times are (time_max - Beta sample) / time_max, in [0, 1)
+
+    def __post_init__(self):
+        self.cameras, self.subgoal_cameras = list(self.cameras), list(self.subgoal_cameras)
+        self.time_beta = tuple(float(x) for x in self.time_beta)
+        checks = {
+            "conditioning": self.conditioning in ("subtask", "instruction"),
+            "vision": self.vision in ("scratch", "siglip"),
+            "text": self.text in ("bytes", "siglip"),
+            "subgoal_dropout": 0.0 <= self.subgoal_dropout <= 1.0,
+            "subgoal_cameras": set(self.subgoal_cameras) <= set(self.cameras),
+            "width": self.width % self.heads == 0,
+            "image_size": self.vision != "scratch" or self.image_size % self.patch_size == 0,
+            "flow_steps": self.flow_steps >= 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"FlowConfig: invalid {', '.join(bad)} ({ {b: getattr(self, b) for b in bad} })")
+
+    @property
+    def use_subgoal(self) -> bool:
+        """False for the flat baseline: the model then has no subgoal slots at all."""
+        return self.subgoal_dropout < 1.0 and bool(self.subgoal_cameras)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, directory: str | Path) -> None:
+        (Path(directory) / CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> FlowConfig:
+        return cls(**json.loads((Path(directory) / CONFIG_NAME).read_text()))

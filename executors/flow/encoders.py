@@ -1,0 +1,174 @@
+"""Prefix encoders: images and text to tokens.
+
+Two kinds of each. For the built-in tabletop, small encoders trained from scratch (a ViT over
+patches, a transformer over UTF-8 bytes: the tabletop language is a few dozen words). For real
+robots, SigLIP's towers loaded with transformers from a local directory, frozen or fine-tuned.
+Every encoder takes images as float [0, 1] ``(N, 3, S, S)`` or token ids ``(N, L)`` and returns
+``(N, tokens, out_dim)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hybrid.attention import attention
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, w = x.shape
+        q, k, v = self.qkv(x).view(b, s, 3, self.heads, w // self.heads).unbind(2)
+        return self.proj(attention(q, k, v).reshape(b, s, w))
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, ratio: float):
+        super().__init__()
+        self.fc = nn.Linear(width, int(width * ratio))
+        self.out = nn.Linear(int(width * ratio), width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(nn.functional.gelu(self.fc(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (vision, text, prefix mixer)."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.attn = SelfAttention(width, heads)
+        self.mlp = MLP(width, mlp_ratio)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class ScratchVision(nn.Module):
+    """A small ViT: non-overlapping patches, learned positions, a few blocks."""
+
+    def __init__(self, image_size: int, patch: int, width: int, depth: int, heads: int):
+        super().__init__()
+        self.patchify = nn.Conv2d(3, width, kernel_size=patch, stride=patch)
+        self.pos = nn.Parameter(torch.randn(1, (image_size // patch) ** 2, width) * 0.02)
+        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(depth))
+        self.norm = nn.LayerNorm(width)
+        self.out_dim = width
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.patchify(images * 2 - 1).flatten(2).transpose(1, 2) + self.pos
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+
+def _tower_config(config_cls, path: str | None, stored: dict | None, tower: str):
+    """The tower's config: from ``path`` (a tower or a full SigLIP model) else the stored dict."""
+    if path is not None:
+        from transformers import AutoConfig
+
+        full = AutoConfig.from_pretrained(path)
+        return getattr(full, tower, full)
+    if stored is None:
+        raise ValueError(f"a pretrained {tower} needs its local directory or a stored tower config")
+    return config_cls(**stored)
+
+
+def _plain(config) -> dict:
+    """A tower config as plain JSON-able keyword arguments of its config class."""
+    skip = {"model_type", "transformers_version", "_attn_implementation_autoset", "architectures", "torch_dtype",
+            "dtype"}
+    return {k: v for k, v in config.to_dict().items() if k not in skip}
+
+
+class SiglipVision(nn.Module):
+    """SigLIP's vision tower (transformers). Patch tokens of its last layer."""
+
+    def __init__(self, path: str | None, stored: dict | None):
+        super().__init__()
+        from transformers import SiglipVisionConfig, SiglipVisionModel
+
+        config = _tower_config(SiglipVisionConfig, path, stored, "vision_config")
+        config._attn_implementation = "sdpa"
+        # Weights from `path` on first build; a saved executor overwrites them from its own file.
+        self.tower = SiglipVisionModel.from_pretrained(path, config=config) if path else SiglipVisionModel(config)
+        self.size = config.image_size
+        self.out_dim = config.hidden_size
+        self.tower_config = _plain(config)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-1] != self.size:
+            images = nn.functional.interpolate(images, size=(self.size, self.size), mode="bilinear",
+                                               antialias=True, align_corners=False)
+        # SigLIP normalises pixels to [-1, 1] (mean = std = 0.5).
+        return self.tower(pixel_values=images * 2 - 1).last_hidden_state
+
+
+class ByteText(nn.Module):
+    """UTF-8 bytes (0 = padding) -> embedding + positions -> a few blocks."""
+
+    def __init__(self, max_len: int, width: int, depth: int, heads: int):
+        super().__init__()
+        self.embed = nn.Embedding(256, width)
+        self.pos = nn.Parameter(torch.randn(1, max_len, width) * 0.02)
+        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(depth))
+        self.norm = nn.LayerNorm(width)
+        self.out_dim = width
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        # Padding is a token like any other (as in SigLIP's text tower): a fixed-length, mask-free prefix
+        # keeps every attention call on the fast kernels.
+        x = self.embed(ids) + self.pos[:, : ids.shape[1]]
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+
+class SiglipText(nn.Module):
+    """SigLIP's text tower (transformers). Token states of its last layer."""
+
+    def __init__(self, path: str | None, stored: dict | None):
+        super().__init__()
+        from transformers import SiglipTextConfig, SiglipTextModel
+
+        config = _tower_config(SiglipTextConfig, path, stored, "text_config")
+        config._attn_implementation = "sdpa"
+        self.tower = SiglipTextModel.from_pretrained(path, config=config) if path else SiglipTextModel(config)
+        self.out_dim = config.hidden_size
+        self.tower_config = _plain(config)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.tower(input_ids=ids).last_hidden_state
+
+
+def build_vision(cfg) -> nn.Module:
+    if cfg.vision == "scratch":
+        encoder = ScratchVision(cfg.image_size, cfg.patch_size, cfg.vision_width, cfg.vision_depth, cfg.heads)
+    else:
+        encoder = SiglipVision(cfg.vision_path, cfg.vision_tower)
+        cfg.vision_tower = encoder.tower_config
+    return encoder.requires_grad_(not cfg.freeze_vision)
+
+
+def build_text(cfg) -> nn.Module:
+    if cfg.text == "bytes":
+        encoder = ByteText(cfg.max_text_len, cfg.text_width, cfg.text_depth, cfg.heads)
+    else:
+        encoder = SiglipText(cfg.text_path, cfg.text_tower)
+        cfg.text_tower = encoder.tower_config
+    return encoder.requires_grad_(not cfg.freeze_text)
+
+
+def vision_tokens(cfg) -> int:
+    """Tokens per image the vision encoder gives."""
+    if cfg.vision == "scratch":
+        return (cfg.image_size // cfg.patch_size) ** 2
+    return (cfg.vision_tower["image_size"] // cfg.vision_tower["patch_size"]) ** 2

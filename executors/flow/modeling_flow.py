@@ -1,0 +1,266 @@
+"""Flow-matching action expert (the Pi-0 / GR00T recipe) and the executor tier around it.
+
+The conditioning prefix (observation images, subgoal images, text, proprioceptive state) is encoded
+once per chunk; every action-expert block projects it to its own keys/values once, and the K Euler
+flow steps only recompute the H action tokens, which attend jointly to [prefix; action chunk]. Flow
+time enters each block through adaptive layer norm with zero-initialised gates (adaLN-zero, DiT).
+
+Convention (GR00T's): x_t = (1 - t)·noise + t·action, velocity target action - noise, t = 0 is noise.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from executors.flow.configuration_flow import FlowConfig
+from executors.flow.encoders import MLP, Block, build_text, build_vision, vision_tokens
+from executors.flow.processor_flow import Normalizer, load_tokenizer, observation_batch
+from hybrid.attention import attention
+from hybrid.types import ActionChunk, Observation, Subgoal, Subtask
+
+WEIGHTS_NAME = "model.safetensors"
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: a parameter-free layer norm, then a time-dependent scale (stored as 1 + scale) and shift."""
+    x = nn.functional.layer_norm(x, x.shape[-1:])
+    return torch.addcmul(shift[:, None], x, scale[:, None])
+
+
+class FlowTimeEmbedding(nn.Module):
+    """Sinusoidal features of the flow time t ∈ [0, 1], then an MLP."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.width = width
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.width // 2
+        freqs = torch.exp(-math.log(10_000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        angles = 1000 * t.float()[:, None] * freqs[None]
+        return self.mlp(torch.cat([angles.cos(), angles.sin()], dim=-1).to(self.mlp[0].weight.dtype))
+
+
+class ActionBlock(nn.Module):
+    """Action tokens attend to [prefix; action tokens]; flow time modulates norms and gates (adaLN-zero)."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.heads = heads
+        self.prefix_norm = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.prefix_kv = nn.Linear(width, 2 * width)  # the prefix's own projection (Pi-0: its own expert)
+        self.proj = nn.Linear(width, width)
+        self.mlp = MLP(width, mlp_ratio)
+        self.adaln = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
+        nn.init.zeros_(self.adaln[1].weight)
+        nn.init.zeros_(self.adaln[1].bias)  # zero gates: each block starts as the identity
+
+    def modulation(self, time: torch.Tensor) -> torch.Tensor:
+        """Shift, 1 + scale and gate of both sub-layers, ``(N, 6W)``; depends on the flow time only."""
+        mod = self.adaln(time)
+        w = mod.shape[-1] // 6
+        mod[:, w : 2 * w] += 1
+        mod[:, 4 * w : 5 * w] += 1
+        return mod
+
+    def prefix_cache(self, prefix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This block's keys and values of the prefix, computed once per chunk."""
+        b, s, w = prefix.shape
+        return self.prefix_kv(self.prefix_norm(prefix)).view(b, s, 2, self.heads, w // self.heads).unbind(2)
+
+    def forward(self, x: torch.Tensor, mod: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        b, s, w = x.shape
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)
+        q, k, v = self.qkv(modulate(x, shift1, scale1)).view(b, s, 3, self.heads, w // self.heads).unbind(2)
+        k, v = torch.cat([cache[0], k], dim=1), torch.cat([cache[1], v], dim=1)
+        x = torch.addcmul(x, gate1[:, None], self.proj(attention(q, k, v).reshape(b, s, w)))
+        return torch.addcmul(x, gate2[:, None], self.mlp(modulate(x, shift2, scale2)))
+
+
+class VelocityHead(nn.Module):
+    """Final adaLN and projection of action tokens to velocities (zero-initialised, as in DiT)."""
+
+    def __init__(self, width: int, action_dim: int):
+        super().__init__()
+        self.adaln = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        self.out = nn.Linear(width, action_dim)
+        for layer in (self.adaln[1], self.out):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def modulation(self, time: torch.Tensor) -> torch.Tensor:
+        mod = self.adaln(time)
+        mod[:, mod.shape[-1] // 2 :] += 1
+        return mod
+
+    def forward(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+        shift, scale = mod.chunk(2, dim=-1)
+        return self.out(modulate(x, shift, scale))
+
+
+class FlowModel(nn.Module):
+    """The whole network: prefix encoders, prefix mixer, action expert, normalisation statistics."""
+
+    def __init__(self, cfg: FlowConfig):
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.width
+        self.normalizer = Normalizer(cfg.state_dim, cfg.action_dim)
+        self.vision = build_vision(cfg)
+        self.text = build_text(cfg)
+        n_img = len(cfg.cameras) + (len(cfg.subgoal_cameras) if cfg.use_subgoal else 0)
+        self.vision_proj = nn.Linear(self.vision.out_dim, w)
+        self.text_proj = nn.Linear(self.text.out_dim, w)
+        self.state_proj = nn.Linear(cfg.state_dim, w)
+        # Which slot an image token fills: (camera, observation) or (camera, subgoal).
+        self.image_slot = nn.Parameter(torch.randn(n_img, 1, w) * 0.02)
+        if cfg.use_subgoal:
+            # Stands in for the subgoal's tokens when there is none (dropout in training, language-only acting).
+            self.no_subgoal = nn.Parameter(torch.randn(len(cfg.subgoal_cameras), vision_tokens(cfg), w) * 0.02)
+        self.prefix_blocks = nn.ModuleList(Block(w, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.prefix_depth))
+        self.prefix_norm = nn.LayerNorm(w)
+
+        self.action_in = nn.Linear(cfg.action_dim, w)
+        self.action_pos = nn.Parameter(torch.randn(1, cfg.chunk, w) * 0.02)
+        self.time_embed = FlowTimeEmbedding(w)
+        self.blocks = nn.ModuleList(ActionBlock(w, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.head = VelocityHead(w, cfg.action_dim)
+        self.time_dist = torch.distributions.Beta(*cfg.time_beta)
+
+    # --- prefix: once per chunk
+    def encode_prefix(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Prefix tokens ``(B, P, W)`` from uint8 images ``(B, C, 3, S, S)``, token ids and the raw state."""
+        cfg, images = self.cfg, batch["images"]
+        b, n_cam = images.shape[:2]
+        dtype = self.vision_proj.weight.dtype
+        subgoal = batch.get("subgoal") if cfg.use_subgoal else None
+        if subgoal is not None:
+            images = torch.cat([images, subgoal], dim=1)
+        feats = self.vision((images.flatten(0, 1).to(dtype) / 255))
+        tokens = self.vision_proj(feats).unflatten(0, (b, images.shape[1])) + self.image_slot[: images.shape[1]]
+        if cfg.use_subgoal:
+            missing = self.no_subgoal.to(tokens.dtype).expand(b, -1, -1, -1)
+            if subgoal is None:
+                tokens = torch.cat([tokens, missing + self.image_slot[n_cam:]], dim=1)
+            else:
+                has = batch["has_subgoal"].to(tokens.device).view(b, 1, 1, 1)
+                goal = tokens[:, n_cam:]
+                tokens = torch.cat([tokens[:, :n_cam], torch.where(has, goal, missing + self.image_slot[n_cam:])], 1)
+        text = self.text_proj(self.text(batch["text_ids"]))
+        state = self.state_proj(self.normalizer.state(batch["state"].float()).to(dtype))[:, None]
+        x = torch.cat([tokens.flatten(1, 2), text, state], dim=1)
+        for block in self.prefix_blocks:
+            x = block(x)
+        return self.prefix_norm(x)
+
+    def prefix_caches(self, prefix: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [block.prefix_cache(prefix) for block in self.blocks]
+
+    # --- action expert: once per flow step
+    def modulations(self, t: torch.Tensor) -> list[torch.Tensor]:
+        """Every block's adaLN parameters for flow times ``t`` ``(N,)``: the head's last."""
+        time = self.time_embed(t)
+        return [block.modulation(time) for block in self.blocks] + [self.head.modulation(time)]
+
+    def velocity(self, x_t: torch.Tensor, mods: list[torch.Tensor], caches) -> torch.Tensor:
+        x = self.action_in(x_t) + self.action_pos[:, : x_t.shape[1]]
+        for block, mod, cache in zip(self.blocks, mods, caches):
+            x = block(x, mod, cache)
+        return self.head(x, mods[-1])
+
+    def sample_time(self, n: int, device: torch.device) -> torch.Tensor:
+        """Flow times skewed toward noise (t = 0), as Pi-0 and GR00T train them."""
+        return (self.cfg.time_max - self.time_dist.sample((n,)).to(device)) / self.cfg.time_max
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Flow-matching loss on a training batch (raw ``actions`` ``(B, H, A)``, ``action_is_pad``)."""
+        actions = self.normalizer.action(batch["actions"].float())
+        caches = self.prefix_caches(self.encode_prefix(batch))
+        noise = torch.randn_like(actions)
+        t = self.sample_time(actions.shape[0], actions.device)
+        x_t = (1 - t[:, None, None]) * noise + t[:, None, None] * actions
+        velocity = self.velocity(x_t.to(caches[0][0].dtype), self.modulations(t), caches)
+        error = (velocity.float() - (actions - noise)) ** 2
+        valid = (~batch["action_is_pad"]).float()[..., None].expand_as(error)
+        return (error * valid).sum() / valid.sum().clamp_min(1)
+
+    @torch.inference_mode()
+    def sample_actions(self, batch: dict[str, torch.Tensor], steps: int | None = None,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """Raw action chunks ``(B, H, A)``: K Euler steps from noise along the learned velocity."""
+        steps = steps or self.cfg.flow_steps
+        caches = self.prefix_caches(self.encode_prefix(batch))
+        b, dtype = batch["state"].shape[0], caches[0][0].dtype
+        device = caches[0][0].device
+        x = torch.randn(b, self.cfg.chunk, self.cfg.action_dim, device=device, generator=generator).to(dtype)
+        # The K flow times are known in advance: their adaLN parameters come from one batched call.
+        mods = self.modulations(torch.arange(steps, device=device, dtype=torch.float32) / steps)
+        for k in range(steps):
+            x = x + self.velocity(x, [m[k : k + 1].expand(b, -1) for m in mods], caches) / steps
+        return self.normalizer.unaction(x.float())
+
+    # --- checkpoint: safetensors weights + JSON config (+ the tokenizer of a pretrained text tower)
+    def save_pretrained(self, directory: str | Path) -> None:
+        from safetensors.torch import save_model
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.cfg.save(directory)
+        save_model(self, str(directory / WEIGHTS_NAME))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> FlowModel:
+        from safetensors.torch import load_model
+
+        cfg = FlowConfig.load(directory)
+        # Towers are rebuilt from their stored configs; the weights all come from this checkpoint.
+        cfg.vision_path = cfg.text_path = None
+        model = cls(cfg)
+        load_model(model, str(Path(directory) / WEIGHTS_NAME), device=str(device))
+        return model.to(device).eval()
+
+
+class FlowExecutor:
+    """The executor tier: ``act(obs, subtask, subgoal) -> ActionChunk`` with a `FlowModel`."""
+
+    def __init__(self, model: FlowModel, tokenizer=None, device: str | torch.device = "cpu",
+                 flow_steps: int | None = None, dtype: torch.dtype | str = torch.float32, seed: int = 0):
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        self.device = torch.device(device)
+        self.model = model.to(self.device, dtype).eval()
+        self.model.normalizer.float()  # statistics stay float32 whatever the compute dtype
+        self.cfg = model.cfg
+        self.tokenizer = tokenizer or load_tokenizer(self.cfg)
+        self.flow_steps = flow_steps or self.cfg.flow_steps
+        self.seed = seed
+        self.reset()
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str = "cpu", flow_steps: int | None = None,
+                        dtype: str = "float32", seed: int = 0) -> FlowExecutor:
+        model = FlowModel.from_pretrained(path)
+        return cls(model, load_tokenizer(model.cfg, path), device, flow_steps, dtype, seed)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+
+    def reset(self) -> None:
+        """Restart the noise stream, so an episode's chunks are reproducible."""
+        self.generator = torch.Generator(self.device).manual_seed(self.seed)
+
+    @torch.inference_mode()
+    def act(self, obs: Observation, subtask: Subtask | None, subgoal: Subgoal | None = None) -> ActionChunk:
+        batch = observation_batch(self.cfg, self.tokenizer, obs, subtask, subgoal)
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        actions = self.model.sample_actions(batch, self.flow_steps, self.generator)[0].cpu().numpy()
+        used_subgoal = subgoal is not None and self.cfg.use_subgoal
+        return ActionChunk(actions=actions, dt=self.cfg.dt, start_time=obs.timestamp,
+                           subtask=None if subtask is None else subtask.text,
+                           subgoal_created_at=subgoal.created_at if used_subgoal else None)

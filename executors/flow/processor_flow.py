@@ -1,0 +1,132 @@
+"""Everything between plan-stack records / dataset frames and the network's tensors.
+
+Normalisation of state and actions (dataset statistics, kept as buffers so they are saved with the
+weights), image resizing, tokenisation, and the checks that turn a bad observation into a ValueError
+naming what is wrong.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from hybrid.types import Observation, Subgoal, Subtask, check_image, check_vector
+
+TOKENIZER_DIR = "tokenizer"
+
+
+class Normalizer(nn.Module):
+    """Mean/std normalisation of state and actions. Constant dimensions (std ≈ 0) are only centred."""
+
+    def __init__(self, state_dim: int, action_dim: int):
+        super().__init__()
+        self.register_buffer("state_mean", torch.zeros(state_dim))
+        self.register_buffer("state_std", torch.ones(state_dim))
+        self.register_buffer("action_mean", torch.zeros(action_dim))
+        self.register_buffer("action_std", torch.ones(action_dim))
+
+    def set_stats(self, stats: dict, state_key: str, action_key: str) -> None:
+        """Take LeRobot's ``dataset.meta.stats`` (feature -> {"mean", "std", ...})."""
+        for prefix, key in (("state", state_key), ("action", action_key)):
+            mean = torch.as_tensor(np.asarray(stats[key]["mean"], np.float32)).reshape(-1)
+            std = torch.as_tensor(np.asarray(stats[key]["std"], np.float32)).reshape(-1)
+            getattr(self, f"{prefix}_mean").copy_(mean)
+            getattr(self, f"{prefix}_std").copy_(torch.where(std < 1e-6, torch.ones_like(std), std))
+
+    def state(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.state_mean) / self.state_std
+
+    def action(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.action_mean) / self.action_std
+
+    def unaction(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.action_std + self.action_mean
+
+
+class ByteTokenizer:
+    """UTF-8 bytes, cut or padded with 0 to a fixed length."""
+
+    def __init__(self, max_len: int):
+        self.max_len = max_len
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        ids = torch.zeros(len(texts), self.max_len, dtype=torch.long)
+        for row, text in enumerate(texts):
+            data = text.encode("utf-8")[: self.max_len]
+            ids[row, : len(data)] = torch.tensor(list(data), dtype=torch.long)
+        return ids
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Nothing to save: the byte vocabulary is fixed."""
+
+
+class HFTokenizer:
+    """A transformers tokenizer padded to a fixed length (SigLIP's text tower is trained that way)."""
+
+    def __init__(self, path: str | Path, max_len: int):
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.max_len = max_len
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        return self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=self.max_len,
+                              return_tensors="pt")["input_ids"]
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        self.tokenizer.save_pretrained(str(Path(directory) / TOKENIZER_DIR))
+
+
+def load_tokenizer(cfg, checkpoint: str | Path | None = None):
+    """The tokenizer of ``cfg.text``; a saved executor carries its own copy under ``tokenizer/``."""
+    if cfg.text == "bytes":
+        return ByteTokenizer(cfg.max_text_len)
+    saved = Path(checkpoint) / TOKENIZER_DIR if checkpoint is not None else None
+    return HFTokenizer(saved if saved is not None and saved.is_dir() else cfg.text_path, cfg.max_text_len)
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 or float [0, 1] ``(N, 3, H, W)`` -> uint8 ``(N, 3, size, size)``; the one resize of training
+    and inference, so both see the same pixels."""
+    x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    if x.shape[-2:] != (size, size):
+        x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def _stack_images(field: str, images: dict, cameras: list[str], size: int) -> torch.Tensor:
+    missing = [cam for cam in cameras if cam not in images]
+    if missing:
+        raise ValueError(f"{field}: missing camera(s) {missing}; expected {cameras}, got {sorted(images)}")
+    chw = [torch.from_numpy(np.ascontiguousarray(check_image(f"{field}[{cam!r}]", images[cam]))).permute(2, 0, 1)
+           for cam in cameras]
+    return torch.stack([resize(img[None], size)[0] for img in chw])
+
+
+def observation_batch(cfg, tokenizer, obs: Observation, subtask: Subtask | None,
+                      subgoal: Subgoal | None) -> dict[str, torch.Tensor]:
+    """A batch of one from the plan-stack records, or a ValueError naming what is wrong."""
+    state = check_vector("observation.state", obs.state)
+    if state.shape != (cfg.state_dim,):
+        raise ValueError(f"observation.state: expected {cfg.state_dim} values, got shape {tuple(state.shape)}")
+    if cfg.conditioning == "instruction" or subtask is None:
+        text = obs.instruction
+        if not text:
+            need = "an instruction" if cfg.conditioning == "instruction" else "a subtask or an instruction"
+            raise ValueError(f"observation.instruction: this executor needs {need}, got none")
+    else:
+        text = subtask.text
+    batch = {
+        "images": _stack_images("observation.images", obs.images, cfg.cameras, cfg.image_size)[None],
+        "state": torch.from_numpy(state)[None],
+        "text_ids": tokenizer([text]),
+    }
+    if cfg.use_subgoal:
+        if subgoal is not None:
+            batch["subgoal"] = _stack_images("subgoal.images", subgoal.images, cfg.subgoal_cameras,
+                                             cfg.image_size)[None]
+        batch["has_subgoal"] = torch.tensor([subgoal is not None])
+    return batch

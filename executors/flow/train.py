@@ -1,0 +1,193 @@
+"""Training of the flow-matching executor on a LeRobot dataset.
+
+`hybrid train executor=<config> data=DIR out=DIR [key=value ...]` composes
+`configs/train/executor/<config>.yaml` and calls `train` with its keys. AdamW with warmup + cosine,
+an EMA of the weights (what checkpoints hold), gradient clipping, bf16 autocast and multi-GPU through
+`accelerate` (`accelerate launch -m hybrid.cli train ...`), periodic checkpoints and `resume=true`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from executors.flow.configuration_flow import FlowConfig
+from executors.flow.modeling_flow import FlowModel
+from executors.flow.processor_flow import load_tokenizer, resize
+from hybrid.data import FEATURES, SubtaskIndex, open_dataset
+
+log = logging.getLogger(__name__)
+CAMERA_PREFIX = "observation.images."
+STATE_FILE = "training_state.pt"
+
+
+class FlowDataset(Dataset):
+    """Training samples: observation, text, hindsight subgoal (or none), action chunk and its padding.
+
+    With ``cache`` every frame is decoded once into uint8 tensors at the model's image size (video
+    decoding on the CPU is far slower than a training step on a small model); without it, frames are
+    decoded per sample (large datasets, data-loader workers).
+    """
+
+    def __init__(self, dataset, index: SubtaskIndex, cfg: FlowConfig, tokenizer, cache: bool = True):
+        self.dataset, self.index, self.cfg, self.tokenizer = dataset, index, cfg, tokenizer
+        self.texts = index.subtask_text if cfg.conditioning == "subtask" else index.instruction
+        self.subgoal_rows = [cfg.cameras.index(cam) for cam in cfg.subgoal_cameras]
+        self.frames = None
+        if cache:
+            items = [self._decode(i) for i in range(len(dataset))]
+            self.frames = {k: torch.stack([item[k] for item in items]) for k in items[0]}
+
+    def _decode(self, i: int) -> dict[str, torch.Tensor]:
+        item = self.dataset[i]
+        images = torch.stack([item[CAMERA_PREFIX + cam] for cam in self.cfg.cameras])
+        return {
+            "images": resize(images, self.cfg.image_size),
+            "state": item[FEATURES["state"]].float(),
+            "actions": item[FEATURES["action"]].float(),
+            "action_is_pad": item[FEATURES["action"] + "_is_pad"].bool(),
+        }
+
+    def _frame(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[i] for k, v in self.frames.items()} if self.frames is not None else self._decode(i)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        sample = self._frame(i)
+        sample["text_ids"] = self.tokenizer([self.texts[i]])[0]
+        if self.cfg.use_subgoal:
+            # torch's RNG: seeded per run in the main process and per worker by the DataLoader.
+            rng = np.random.default_rng(int(torch.randint(2**62, ())))
+            goal = self.index.hindsight_goal(i, rng)
+            sample["subgoal"] = self._frame(goal)["images"][self.subgoal_rows]
+            sample["has_subgoal"] = torch.tensor(bool(rng.random() >= self.cfg.subgoal_dropout))
+        return sample
+
+
+def dataset_config(dataset, model: dict) -> FlowConfig:
+    """The model config with the embodiment (cameras, state/action sizes, control period) from the dataset."""
+    features = dataset.meta.features
+    fields = dict(model)
+    fields.setdefault("cameras", [k.removeprefix(CAMERA_PREFIX) for k in features if k.startswith(CAMERA_PREFIX)])
+    fields.setdefault("subgoal_cameras", fields["cameras"][:1])
+    fields.setdefault("state_dim", int(np.prod(features[FEATURES["state"]]["shape"])))
+    fields.setdefault("action_dim", int(np.prod(features[FEATURES["action"]]["shape"])))
+    fields.setdefault("dt", 1.0 / float(dataset.fps))
+    return FlowConfig(**fields)
+
+
+def warmup_cosine(warmup: int, steps: int, floor: float = 0.05):
+    """Learning-rate factor: linear warmup, then cosine decay to ``floor``."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+def last_checkpoint(out: Path) -> Path | None:
+    steps = sorted((out / "checkpoints").glob("step_*"))
+    return steps[-1] if steps else None
+
+
+def train(data: str, out: str, model: dict | None = None, steps: int = 20_000, batch_size: int = 64,
+          lr: float = 3e-4, weight_decay: float = 1e-4, warmup: int = 500, grad_clip: float = 1.0,
+          ema_decay: float = 0.999, save_every: int = 2_000, log_every: int = 50, resume: bool = False,
+          cache: bool = True, num_workers: int = 0, mixed_precision: str = "bf16", seed: int = 0) -> Path:
+    """Train a `FlowModel` on the LeRobot dataset at ``data``; checkpoints go to ``out``.
+
+    Returns the directory of the final model (``out/model``, loadable with `FlowExecutor.from_pretrained`).
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    accelerator = Accelerator(mixed_precision=mixed_precision if torch.cuda.is_available() else "no")
+    torch.manual_seed(seed + accelerator.process_index)
+
+    probe = open_dataset(data)
+    cfg = FlowConfig.load(out / "model") if resume and (out / "model").is_dir() else dataset_config(probe, model or {})
+    delta = {FEATURES["action"]: [k / probe.fps for k in range(cfg.chunk)]}
+    dataset = open_dataset(data, delta_timestamps=delta)
+    index = SubtaskIndex.from_dataset(dataset)
+
+    net = FlowModel(cfg)
+    net.normalizer.set_stats(dataset.meta.stats, FEATURES["state"], FEATURES["action"])
+    tokenizer = load_tokenizer(cfg)
+    ema = copy.deepcopy(net).requires_grad_(False)
+    samples = FlowDataset(dataset, index, cfg, tokenizer, cache=cache)
+    loader = DataLoader(samples, batch_size=batch_size, shuffle=True, drop_last=len(samples) > batch_size,
+                        num_workers=num_workers, persistent_workers=num_workers > 0)
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.ndim >= 2]
+    no_decay = [p for p in trainable if p.ndim < 2]  # biases, norms, learned tokens
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, steps))
+
+    step = 0
+    if resume and (ckpt := last_checkpoint(out)) is not None:
+        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
+        net.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = state["step"]
+        accelerator.print(f"resuming from {ckpt.name} (step {step})")
+
+    net, optimizer, loader, scheduler = accelerator.prepare(net, optimizer, loader, scheduler)
+    ema.to(accelerator.device)
+
+    def save(step: int) -> None:
+        if not accelerator.is_main_process:
+            return
+        ckpt = out / "checkpoints" / f"step_{step:07d}"
+        ema.save_pretrained(ckpt)
+        tokenizer.save_pretrained(ckpt)
+        raw = accelerator.unwrap_model(net)
+        torch.save({"model": raw.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "step": step}, ckpt / STATE_FILE)
+        ema.save_pretrained(out / "model")
+        tokenizer.save_pretrained(out / "model")
+
+    bar = tqdm(total=steps, initial=step, disable=not accelerator.is_local_main_process, desc="executor")
+    net.train()
+    while step < steps:
+        for batch in loader:
+            loss = net(batch)  # accelerate wraps forward in bf16 autocast on GPU
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and grad_clip:
+                accelerator.clip_grad_norm_(net.parameters(), grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            # EMA warm-up: early on the average follows the weights closely (short runs stay useful).
+            update_ema(ema, accelerator.unwrap_model(net), min(ema_decay, (1 + step) / (10 + step)))
+            bar.update(1)
+            if step % log_every == 0 or step == 1:
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            if step % save_every == 0 or step == steps:
+                save(step)
+            if step >= steps:
+                break
+    bar.close()
+    accelerator.wait_for_everyone()
+    return out / "model"
