@@ -31,3 +31,12 @@ class Subscriber(Protocol):
     def on_episode_end(self, result: EpisodeResult) -> None: ...
 
     def close(self) -> None: ...
+
+
+class RuntimeSubscriber(Subscriber, Protocol):
+    """A subscriber that also watches the async runtime's own gauges (queue depth, seams, deadlines).
+
+    Optional: the async runtime calls ``on_runtime`` only on subscribers that define it.
+    """
+
+    def on_runtime(self, step: int, metrics: dict[str, float]) -> None: ...

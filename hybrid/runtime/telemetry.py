@@ -1,8 +1,10 @@
-"""Per-tier latency bookkeeping, summarised as percentiles at the end of a run."""
+"""Per-tier latency and runtime bookkeeping, summarised at the end of a run."""
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
+from typing import Any
 
 import numpy as np
 
@@ -15,10 +17,53 @@ class LatencyLog:
         self.samples[name].append(ms)
         return ms
 
+    def recent_max(self, name: str, n: int = 10) -> float | None:
+        """The slowest of the last ``n`` samples: a cautious estimate of the next call's latency."""
+        xs = self.samples.get(name)
+        return max(xs[-n:]) if xs else None
+
     def summary(self) -> dict[str, dict[str, float]]:
         out = {}
         for name, xs in self.samples.items():
             a = np.asarray(xs)
             out[name] = {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
                          "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "n": int(a.size)}
+        return out
+
+
+class RuntimeTelemetry:
+    """What the async runtime measures about itself: queue depth, seams, deadlines, stale inputs, overhead.
+
+    Counters may be bumped from worker threads, hence the lock; samples are appended by one thread each.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.counts: dict[str, int] = defaultdict(int)
+        self.queue_depth: list[int] = []
+        self.seams: list[float] = []
+        self.overhead_ms: list[float] = []
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[name] += n
+
+    @property
+    def missed_deadlines(self) -> int:
+        return self.counts["late_steps"] + self.counts["skipped_steps"] + self.counts["dry_steps"]
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(sorted(self.counts.items()))
+        out["missed_deadlines"] = self.missed_deadlines
+        if self.queue_depth:
+            depth = np.asarray(self.queue_depth)
+            out["queue_depth"] = {"min": int(depth.min()), "mean": float(depth.mean()), "max": int(depth.max())}
+        if self.seams:
+            seams = np.asarray(self.seams)
+            out["seam"] = {"mean": float(seams.mean()), "p95": float(np.percentile(seams, 95)),
+                           "max": float(seams.max()), "n": int(seams.size)}
+        if self.overhead_ms:
+            ms = np.asarray(self.overhead_ms)
+            out["overhead_ms"] = {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
+                                  "max": float(ms.max())}
         return out

@@ -2,13 +2,16 @@
 
 A tier that raises, overruns its deadline, or returns the wrong type becomes a `TierFault` value,
 never an exception in the control loop. A call that overran keeps its worker thread busy; until it
-returns, further calls to that tier fault at once instead of piling up behind it.
+returns, further calls to that tier fault at once instead of piling up behind it. That thread is a
+daemon: a tier that never returns cannot keep the process alive after Ctrl-C.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
@@ -30,7 +33,7 @@ class TierCaller:
 
     def __init__(self, tier: str, expected: type, timeout_s: float | None = None):
         self.tier, self.expected, self.timeout_s = tier, expected, timeout_s
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"hybrid-{tier}") if timeout_s else None
+        self._pool = _DaemonWorker(f"hybrid-{tier}") if timeout_s else None
         self._pending: Future | None = None
 
     def __call__(self, fn: Callable[..., Any], *args: Any) -> TierResult:
@@ -61,7 +64,34 @@ class TierCaller:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.close()
+
+
+class _DaemonWorker:
+    """One daemon thread running submitted calls in order (a one-thread pool whose thread never blocks exit)."""
+
+    def __init__(self, name: str):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+        self._jobs.put((future, fn, args))
+        return future
+
+    def _loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn, args = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as err:  # handed to the caller, who decides what is fatal
+                future.set_exception(err)
+
+    def close(self) -> None:
+        self._jobs.put(None)
 
 
 class _StillBusy(Exception):

@@ -11,6 +11,7 @@ Entity hierarchy:
   executor/chunk_path          the chunk as a 3-D effector path, where the action is a position
   latency/<tier>               per-tier latency in ms (time series)
   faults                       tier faults (text log)
+  runtime/<gauge>              async runtime gauges: queue_depth, missed_deadlines, seam (time series)
 Timelines: `step` (control step) and `time` (wall clock).
 """
 
@@ -114,6 +115,14 @@ class RerunView:
         for fault in record.faults:
             rec.log("faults", rr.TextLog(str(fault), level=rr.TextLogLevel.WARN))
 
+    def on_runtime(self, step: int, metrics: dict[str, float]) -> None:
+        """Async runtime gauges, on the step timeline (the step's other entities were just logged)."""
+        if not self.enabled:
+            return
+        self.rec.set_time("step", sequence=step)
+        for name, value in metrics.items():
+            self.rec.log(f"runtime/{name}", self.rr.Scalars(float(value)))
+
     def _log_chunk(self, actions: np.ndarray, dt: float, state: np.ndarray | None) -> None:
         rr, cfg = self.rr, self.config
         t = np.arange(len(actions)) * dt
@@ -157,5 +166,6 @@ class RerunView:
         actions = rrb.Vertical(rrb.TimeSeriesView(origin="executor/action", name="executed action"),
                                rrb.Spatial2DView(origin="executor/chunk", name="action chunk"),
                                rrb.Spatial3DView(origin="executor/chunk_path", name="chunk path"),
-                               rrb.TimeSeriesView(origin="latency", name="tier latency (ms)"))
+                               rrb.TimeSeriesView(origin="latency", name="tier latency (ms)"),
+                               rrb.TimeSeriesView(origin="runtime", name="runtime"))
         return rrb.Blueprint(rrb.Horizontal(text, cams, actions, column_shares=[1, 2, 2]), collapse_panels=True)
