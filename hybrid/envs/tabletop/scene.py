@@ -116,7 +116,7 @@ class Scene:
         return float(self.data.ctrl[self.suction])
 
     def block_pos(self, i: int, data: mujoco.MjData | None = None) -> np.ndarray:
-        return (data or self.data).xpos[self.block_body[i]].copy()
+        return (self.data if data is None else data).xpos[self.block_body[i]].copy()
 
     def bowl_pos(self, b: int) -> np.ndarray:
         return self.model.body_pos[self.bowl_body[b]].copy()
@@ -143,7 +143,7 @@ class Scene:
         """Block i rests on bowl b's floor: inside the rim, at floor height, still, and let go of."""
         p, c = self.block_pos(i), self.bowl_pos(b)
         held = self.held_blocks() if held is None else held
-        return (
+        return bool(
             np.linalg.norm(p[:2] - c[:2]) < BOWL_INNER
             and abs(p[2] - (BOWL_FLOOR + BLOCK_HALF)) < 0.01
             and self._resting(i)
@@ -154,7 +154,7 @@ class Scene:
         """Block i rests on top of block j: centred within half a block, one block higher, let go of."""
         p, q = self.block_pos(i), self.block_pos(j)
         held = self.held_blocks() if held is None else held
-        return (
+        return bool(
             np.linalg.norm(p[:2] - q[:2]) < BLOCK_HALF
             and abs(p[2] - q[2] - 2 * BLOCK_HALF) < 0.008
             and self._resting(i)
@@ -171,7 +171,7 @@ class Scene:
 
     def subtask_success(self) -> list[bool]:
         held = self.held_blocks()
-        return [self.goal_done(g, held) for g in self.spec.goals]
+        return [bool(self.goal_done(g, held)) for g in self.spec.goals]
 
     # ---- goal poses (for the expert and the oracle subgoal) -------------------------------------
     def place_target(self, goal: Goal, data: mujoco.MjData | None = None) -> np.ndarray:
@@ -186,8 +186,12 @@ class Scene:
         return centre + (0.0, 0.0, BOWL_FLOOR + BLOCK_HALF)
 
     def set_block_pose(self, data: mujoco.MjData, i: int, pos: np.ndarray) -> None:
+        """Teleport block i upright to `pos`, keeping its yaw."""
         adr, vadr = self.block_qpos[i], self.block_qvel[i]
+        w, x, y, z = data.qpos[adr + 3 : adr + 7]
+        yaw = np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
         data.qpos[adr : adr + 3] = pos
+        data.qpos[adr + 3 : adr + 7] = (np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2))
         data.qvel[vadr : vadr + 6] = 0.0
 
     def stack_top(self) -> float:

@@ -1,0 +1,137 @@
+"""A scripted expert for the tabletop: waypoint pick-and-place with privileged state, plus noise.
+
+It works through the episode's subtasks in order. Each is one pick-and-place, a fixed sequence of
+phases (rise, over the block, descend, grip, lift, over the goal, lower, release, retreat) whose
+waypoints are recomputed from the physics state every step, so it is closed-loop: a dropped block
+sends it back to pick it again, and an unfinished subtask after the retreat is retried. It labels
+each step with the subtask it is working on; the label advances only after the retreat that ends a
+subtask, so a subtask's last frames show it done.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hybrid.envs.tabletop.scene import BLOCK_HALF, Scene
+from hybrid.envs.tabletop.tasks import StackOn
+
+PHASES = ("rise", "over_block", "descend", "grip", "lift", "over_goal", "lower", "release", "retreat")
+MAX_DELTA = 0.05  # the env's per-axis action limit (metres per step)
+REACHED = 0.004  # metres: close enough to a waypoint
+FINE_SPEED = 0.02  # metres per step for the last centimetres of a descent
+DWELL = 2  # control steps to let the suction build up or let go
+
+
+class ScriptedExpert:
+    """`act(obs) -> action`; `subtask_index` / `subtask_text` say what it is doing now."""
+
+    def __init__(self, scene: Scene, rng: np.random.Generator, noise: float = 0.002) -> None:
+        self.scene, self.rng, self.noise = scene, rng, noise
+        self.spec = scene.spec
+        self.speed = rng.uniform(0.035, MAX_DELTA)  # per-episode pace, for diversity
+        self.subtask_index = 0
+        self.done = False
+        self._start_subtask()
+
+    @property
+    def subtask_text(self) -> str:
+        return self.spec.subtasks[self.subtask_index]
+
+    def _start_subtask(self) -> None:
+        self._phase = 0
+        self._dwell = 0
+        # Clear everything on the table, plus the block we will carry under the cup.
+        self._travel_z = max(self.scene.stack_top(), 2 * BLOCK_HALF) + 2 * BLOCK_HALF + self.rng.uniform(0.03, 0.06)
+        self._grasp_offset = self.rng.uniform(-0.003, 0.003, size=2)
+        tol = 0.002 if isinstance(self.goal, StackOn) else 0.006
+        self._place_offset = self.rng.uniform(-tol, tol, size=2)
+
+    @property
+    def goal(self):
+        return self.spec.goals[self.subtask_index]
+
+    def act(self, obs: dict) -> np.ndarray:
+        ee = np.asarray(obs["agent_pos"][:3], dtype=np.float64)
+        for _ in range(len(PHASES) + 1):  # advance through phases already satisfied, then move
+            step = self._phase_step(ee)
+            if step is not None:
+                return step
+        return self._move(ee, ee, 0.0)
+
+    def _next(self) -> None:
+        self._phase += 1
+        self._dwell = 0
+        if self._phase == len(PHASES):
+            if self.scene.goal_done(self.goal):
+                if self.subtask_index == len(self.spec.goals) - 1:
+                    self.done = True
+                    self._phase = len(PHASES) - 1
+                    return
+                self.subtask_index += 1
+            self._start_subtask()
+
+    def _phase_step(self, ee: np.ndarray) -> np.ndarray | None:
+        """The action for the current phase, or None after advancing to the next one."""
+        if self.done:
+            return self._move(ee, ee, 0.0)
+        name = PHASES[self._phase]
+        block = self.goal.block
+        b = self.scene.block_pos(block)
+        held = block in self.scene.held_blocks()
+        if name in ("lift", "over_goal", "lower") and not held and ee[2] > b[2] + 0.03:
+            self._phase = 0  # dropped it: start this subtask over
+            return None
+        if name == "rise":
+            if ee[2] >= self._travel_z - 0.01:
+                return self._next()
+            return self._move(ee, np.array([ee[0], ee[1], self._travel_z]), 0.0)
+        if name == "over_block":
+            wp = np.array([*(b[:2] + self._grasp_offset), self._travel_z])
+            if np.linalg.norm(wp[:2] - ee[:2]) < REACHED:
+                return self._next()
+            return self._move(ee, wp, 0.0)
+        if name == "descend":
+            top = b[2] + BLOCK_HALF
+            if block in self.scene.touching_cup() or ee[2] < top - 0.004:
+                return self._next()
+            return self._move(ee, np.array([*(b[:2] + self._grasp_offset), top - 0.01]), 0.0, fine_z=top)
+        if name in ("grip", "release"):
+            suction = 1.0 if name == "grip" else 0.0
+            self._dwell += 1
+            if self._dwell > DWELL:
+                return self._next()
+            return self._move(ee, ee, suction, noise=False)
+        if name == "lift":
+            if ee[2] >= self._travel_z - 0.01:
+                return self._next()
+            return self._move(ee, np.array([ee[0], ee[1], self._travel_z]), 1.0)
+        target = self.scene.place_target(self.goal)
+        under = b - ee  # where the held block sits relative to the cup
+        if name == "over_goal":
+            wp = np.array([*(target[:2] - under[:2] + self._place_offset), self._travel_z])
+            if np.linalg.norm(wp[:2] - ee[:2]) < REACHED * 0.75:
+                return self._next()
+            return self._move(ee, wp, 1.0)
+        if name == "lower":
+            z = target[2] + 0.004 - under[2]  # the block's bottom 4 mm above its support
+            if ee[2] <= z + 0.002:
+                return self._next()
+            wp = np.array([*(target[:2] - under[:2] + self._place_offset), z])
+            return self._move(ee, wp, 1.0, fine_z=z + 0.02)
+        # retreat
+        if ee[2] >= self._travel_z - 0.01:
+            return self._next()
+        return self._move(ee, np.array([ee[0], ee[1], self._travel_z]), 0.0)
+
+    def _move(self, ee, wp, suction: float, fine_z: float | None = None, noise: bool = True) -> np.ndarray:
+        delta = wp - ee
+        speed = self.speed
+        if fine_z is not None and ee[2] < fine_z + 0.03:
+            speed = FINE_SPEED  # slow down for the last few centimetres above a contact
+        norm = np.linalg.norm(delta)
+        if norm > speed:
+            delta *= speed / norm
+        if noise:
+            delta += self.rng.normal(0.0, self.noise, size=3)
+        delta = np.clip(delta, -MAX_DELTA, MAX_DELTA)
+        return np.array([*delta, suction], np.float32)

@@ -1,0 +1,109 @@
+"""Record scripted-expert episodes of the tabletop as a LeRobot v3 dataset, through LeRobot's own API.
+
+Per frame: both camera images (stored as video), `observation.state` (the env's `agent_pos`), the
+`action` the expert took, LeRobot's `task` (the instruction), `subtask` (the text the expert was
+working on) and `subtask_index` (its index in the episode's plan). A subtask's frames run until the
+effector has retreated from the finished placement, so the frame at the end of a subtask shows it done;
+the episode's plan is the `subtask` column grouped by `subtask_index`. Episodes the expert fails are
+dropped and replaced by the next seed, so the dataset holds exactly `episodes` successes.
+
+`subtask_index` is per-episode, so no `meta/subtasks.parquet` is written: LeRobot would otherwise
+read that column as an index into it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hybrid.envs.tabletop.env import TabletopEnv
+
+log = logging.getLogger(__name__)
+
+ROBOT_TYPE = "hybrid_tabletop"
+
+
+def dataset_features(env: TabletopEnv) -> dict[str, dict[str, Any]]:
+    """The LeRobot feature spec of a recording (the names trainers read)."""
+    features: dict[str, dict[str, Any]] = {
+        f"observation.images.{cam}": {
+            "dtype": "video",
+            "shape": (env.height, env.width, 3),
+            "names": ["height", "width", "channels"],
+        }
+        for cam in env.cameras
+    }
+    features["observation.state"] = {"dtype": "float32", "shape": (4,), "names": ["x", "y", "z", "gripper"]}
+    features["action"] = {"dtype": "float32", "shape": (4,), "names": ["dx", "dy", "dz", "gripper"]}
+    features["subtask"] = {"dtype": "string", "shape": (1,), "names": None}
+    features["subtask_index"] = {"dtype": "int64", "shape": (1,), "names": None}
+    return features
+
+
+def run_episode(env: TabletopEnv, seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Roll the expert out for one episode; return LeRobot frames and the final info."""
+    obs, info = env.reset(seed=seed)
+    expert = env.expert()
+    frames = []
+    while True:
+        action = expert.act(obs)
+        frame = {f"observation.images.{cam}": img for cam, img in obs["pixels"].items()}
+        frame["observation.state"] = obs["agent_pos"]
+        frame["action"] = action
+        frame["subtask"] = expert.subtask_text
+        frame["subtask_index"] = np.array([expert.subtask_index], dtype=np.int64)
+        frame["task"] = info["instruction"]
+        frames.append(frame)
+        obs, _, _, truncated, info = env.step(action)
+        if expert.done or truncated:
+            return frames, info
+
+
+def record(
+    out: str | Path,
+    env: TabletopEnv,
+    episodes: int,
+    seed: int = 0,
+    repo_id: str = "hybrid/tabletop",
+    vcodec: str = "h264",
+    max_failures: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write `episodes` successful expert episodes to a new LeRobot dataset at `out`."""
+    import av
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from tqdm import tqdm
+
+    av.logging.set_libav_level(av.logging.ERROR)  # FFmpeg would otherwise print a report per video file
+    dataset = LeRobotDataset.create(
+        repo_id,
+        fps=round(env.control_hz),
+        features=dataset_features(env),
+        root=out,
+        robot_type=ROBOT_TYPE,
+        use_videos=True,
+        vcodec=vcodec,
+        streaming_encoding=True,  # encode while stepping instead of writing PNGs first
+    )
+    max_failures = episodes if max_failures is None else max_failures
+    failures, frames_written, next_seed = 0, 0, seed
+    with tqdm(total=episodes, desc="recording", unit="episode", disable=not progress) as bar:
+        while bar.n < episodes:
+            frames, info = run_episode(env, next_seed)
+            next_seed += 1
+            if not info["success"]:
+                failures += 1
+                log.warning("expert failed seed %d (%s); skipping it", next_seed - 1, info["family"])
+                if failures > max_failures:
+                    raise RuntimeError(f"the expert failed {failures} episodes; giving up")
+                continue
+            for frame in frames:
+                dataset.add_frame(frame)
+            dataset.save_episode()
+            frames_written += len(frames)
+            bar.update(1)
+    dataset.finalize()
+    return {"out": str(out), "episodes": episodes, "frames": frames_written, "failed_seeds": failures}
