@@ -32,7 +32,8 @@ def rerun_overrides(argv: list[str]) -> list[str]:
 
 def execute(cfg, banner: str | None = None) -> int:
     """Build everything the config names, run its episodes, print the summary; 0 on success."""
-    from hybrid.api import load_agent, make_env, run
+    from hybrid.api import load_agent, make_env, run, run_async
+    from hybrid.runtime.async_runtime import AsyncRuntimeConfig
     from hybrid.runtime.summary import ConsoleSummary
     from hybrid.runtime.sync import SyncLoopConfig
     from hybrid.viz import RerunView, RerunViewConfig
@@ -43,13 +44,16 @@ def execute(cfg, banner: str | None = None) -> int:
     view = RerunView(RerunViewConfig(**OmegaConf.to_container(cfg.viz)))
     summary = ConsoleSummary()
     try:
-        loop = SyncLoopConfig(**OmegaConf.to_container(cfg.runtime.loop))
-        results = run(agent, env, cfg.episodes, cfg.seed, loop, [view, summary])
+        loop_cfg = OmegaConf.to_container(cfg.runtime.loop)
+        if cfg.runtime.get("kind", "sync") == "async":
+            results = run_async(agent, env, cfg.episodes, cfg.seed, AsyncRuntimeConfig(**loop_cfg), [view, summary])
+        else:
+            results = run(agent, env, cfg.episodes, cfg.seed, SyncLoopConfig(**loop_cfg), [view, summary])
     finally:
         summary.close()
         view.close()
         agent.close()
-        env.env.close()
+        (env.close if hasattr(env, "close") else env.env.close)()  # a robot disconnects here
     if view.config.mode == "save":
         print(f"Rerun recording: {view.config.path}")
     return 130 if results and results[-1].status == "interrupted" else 0
