@@ -53,7 +53,7 @@ class FlowConfig:
     # --- flow matching
     flow_steps: int = 10  # Euler steps K at inference
     time_beta: tuple[float, float] = (1.5, 1.0)  # Beta(a, b) of training flow times, skewed toward noise
-    time_max: float = 0.999  # flow times are (time_max - Beta sample) / time_max, in [0, 1)
+    time_max: float = 0.999  # flow times are time_max · (1 - Beta sample), in [0, time_max]
 
     def __post_init__(self):
         self.cameras, self.subgoal_cameras = list(self.cameras), list(self.subgoal_cameras)

@@ -176,7 +176,7 @@ class FlowModel(nn.Module):
 
     def sample_time(self, n: int, device: torch.device) -> torch.Tensor:
         """Flow times skewed toward noise (t = 0), as Pi-0 and GR00T train them."""
-        return (self.cfg.time_max - self.time_dist.sample((n,)).to(device)) / self.cfg.time_max
+        return self.cfg.time_max * (1 - self.time_dist.sample((n,)).to(device))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Flow-matching loss on a training batch (raw ``actions`` ``(B, H, A)``, ``action_is_pad``)."""

@@ -1,0 +1,257 @@
+"""The flow-matching executor on tiny random models: shapes, flow steps, checkpoints, conditioning, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from executors.flow import FlowConfig, FlowExecutor, FlowModel
+from executors.flow.processor_flow import Normalizer
+from hybrid.interfaces import Executor
+from hybrid.testing import fake_observation
+from hybrid.types import Observation, Subgoal, Subtask
+
+SUBTASK = Subtask(text="pick up the red block", index=0)
+
+
+def tiny_config(**overrides) -> FlowConfig:
+    fields = dict(cameras=["front", "wrist"], subgoal_cameras=["front"], state_dim=4, action_dim=3, chunk=6,
+                  image_size=16, patch_size=8, vision_width=16, vision_depth=1, text_width=16, text_depth=1,
+                  max_text_len=24, width=32, depth=2, heads=2, mlp_ratio=2.0, flow_steps=4)
+    return FlowConfig(**(fields | overrides))
+
+
+def tiny_model(seed: int = 0, **overrides) -> FlowModel:
+    """A random model whose zero-initialised (DiT) output layers are randomised, so inputs matter."""
+    torch.manual_seed(seed)
+    model = FlowModel(tiny_config(**overrides))
+    with torch.no_grad():
+        for block in [*model.blocks, model.head]:
+            block.adaln[1].weight.normal_(0, 0.1)
+        model.head.out.weight.normal_(0, 0.5)
+        model.normalizer.action_mean.copy_(torch.tensor([0.5, -1.0, 2.0]))
+        model.normalizer.action_std.copy_(torch.tensor([2.0, 0.5, 1.0]))
+    return model
+
+
+def observation(seed: int = 0, size: int = 24, **kw) -> Observation:
+    return fake_observation(cameras=("front", "wrist"), size=size, seed=seed, **kw)
+
+
+def subgoal_for(obs: Observation, seed: int = 5) -> Subgoal:
+    rng = np.random.default_rng(seed)
+    return Subgoal(images={"front": rng.integers(0, 256, obs.images["front"].shape, dtype=np.uint8)},
+                   subtask=SUBTASK.text, created_at=12.5)
+
+
+def training_batch(model: FlowModel, n: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    cfg, g = model.cfg, torch.Generator().manual_seed(seed)
+    images = lambda k: torch.randint(0, 256, (n, k, 3, cfg.image_size, cfg.image_size), generator=g,  # noqa: E731
+                                     dtype=torch.uint8)
+    pad = torch.zeros(n, cfg.chunk, dtype=torch.bool)
+    pad[0, -2:] = True  # a chunk running past its episode's end
+    return {"images": images(2), "subgoal": images(1), "has_subgoal": torch.tensor([True, False] * (n // 2)),
+            "text_ids": torch.randint(1, 256, (n, cfg.max_text_len), generator=g),
+            "state": torch.randn(n, cfg.state_dim, generator=g),
+            "actions": torch.randn(n, cfg.chunk, cfg.action_dim, generator=g), "action_is_pad": pad}
+
+
+def test_act_returns_a_chunk_of_the_configured_shape():
+    executor = FlowExecutor(tiny_model())
+    assert isinstance(executor, Executor)
+    obs = observation()
+    chunk = executor.act(obs, SUBTASK, subgoal_for(obs))
+    assert chunk.actions.shape == (6, 3) and chunk.actions.dtype == np.float32
+    assert np.isfinite(chunk.actions).all()
+    assert chunk.dt == pytest.approx(0.1)
+    assert chunk.start_time == obs.timestamp
+    assert chunk.subtask == SUBTASK.text and chunk.subgoal_created_at == 12.5
+
+
+@pytest.mark.parametrize("steps", [1, 4, 10])
+def test_prefix_is_encoded_once_per_chunk_whatever_the_flow_steps(steps, monkeypatch):
+    model = tiny_model()
+    calls = {"prefix": 0, "velocity": 0}
+    for name in calls:
+        original = getattr(model, {"prefix": "encode_prefix", "velocity": "velocity"}[name])
+
+        def counted(*args, _name=name, _original=original, **kw):
+            calls[_name] += 1
+            return _original(*args, **kw)
+
+        monkeypatch.setattr(model, {"prefix": "encode_prefix", "velocity": "velocity"}[name], counted)
+    executor = FlowExecutor(model, flow_steps=steps)
+    assert executor.act(observation(), SUBTASK, None).actions.shape == (6, 3)
+    assert calls == {"prefix": 1, "velocity": steps}
+
+
+def test_cached_prefix_equals_joint_attention_over_prefix_and_chunk():
+    """The cache is an optimisation only: one block's output equals attention over [prefix; chunk] tokens."""
+    model = tiny_model().eval()
+    block, cfg = model.blocks[0], model.cfg
+    with torch.no_grad():
+        prefix = torch.randn(2, 9, cfg.width)
+        x = torch.randn(2, cfg.chunk, cfg.width)
+        mod = block.modulation(model.time_embed(torch.tensor([0.1, 0.7])))
+        cached = block(x, mod, block.prefix_cache(prefix))
+        # Recomputed from scratch: keys/values of the normalised prefix and of the modulated chunk.
+        shift, scale, gate = mod.chunk(6, -1)[:3]
+        h = torch.nn.functional.layer_norm(x, (cfg.width,)) * scale[:, None] + shift[:, None]
+        q, k, v = block.qkv(h).chunk(3, -1)
+        pk, pv = block.prefix_kv(block.prefix_norm(prefix)).chunk(2, -1)
+        k, v = torch.cat([pk, k], 1), torch.cat([pv, v], 1)
+        split = lambda t: t.unflatten(-1, (cfg.heads, -1)).transpose(1, 2)  # noqa: E731
+        att = (split(q) @ split(k).transpose(-1, -2) / (cfg.width // cfg.heads) ** 0.5).softmax(-1) @ split(v)
+        y = x + gate[:, None] * block.proj(att.transpose(1, 2).flatten(2))
+        s2, c2, g2 = mod.chunk(6, -1)[3:]
+        y = y + g2[:, None] * block.mlp(torch.nn.functional.layer_norm(y, (cfg.width,)) * c2[:, None] + s2[:, None])
+    torch.testing.assert_close(cached, y, atol=1e-5, rtol=1e-5)
+
+
+def test_save_load_round_trip_is_exact(tmp_path):
+    executor = FlowExecutor(tiny_model(), seed=3)
+    executor.save_pretrained(tmp_path / "ckpt")
+    loaded = FlowExecutor.from_pretrained(tmp_path / "ckpt", seed=3)
+    assert loaded.cfg == executor.cfg
+    original, restored = executor.model.state_dict(), loaded.model.state_dict()
+    assert original.keys() == restored.keys()
+    assert all(torch.equal(original[k], restored[k]) for k in original)
+    obs = observation()
+    np.testing.assert_array_equal(executor.act(obs, SUBTASK, subgoal_for(obs)).actions,
+                                  loaded.act(obs, SUBTASK, subgoal_for(obs)).actions)
+
+
+def test_reset_makes_chunks_reproducible_and_noise_varies_between_chunks():
+    executor, obs = FlowExecutor(tiny_model()), observation()
+    first, second = executor.act(obs, SUBTASK, None).actions, executor.act(obs, SUBTASK, None).actions
+    assert not np.array_equal(first, second)
+    executor.reset()
+    np.testing.assert_array_equal(executor.act(obs, SUBTASK, None).actions, first)
+
+
+def test_one_training_step_reduces_the_loss_on_a_fixed_batch():
+    model = FlowModel(tiny_config())  # the real (zero-initialised output) init
+    batch = training_batch(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+
+    def loss() -> torch.Tensor:
+        torch.manual_seed(0)  # the same noise and flow times both times
+        return model(batch)
+
+    before = loss()
+    before.backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = loss()
+    assert torch.isfinite(before) and after < before
+
+
+def test_padded_actions_do_not_count_in_the_loss():
+    model = tiny_model()
+    batch = training_batch(model)
+    batch["action_is_pad"][0] = True  # sample 0 lies wholly past its episode's end
+    torch.manual_seed(0)
+    reference = model(batch)
+    batch["actions"][0] = 1e6
+    torch.manual_seed(0)
+    assert torch.equal(model(batch), reference)
+    batch["actions"][1] += 1
+    torch.manual_seed(0)
+    assert not torch.equal(model(batch), reference)
+
+
+def test_flow_times_are_skewed_toward_noise():
+    t = tiny_model().sample_time(20_000, torch.device("cpu"))
+    assert 0 <= t.min() and t.max() < 1
+    assert (t < 0.5).float().mean() > 0.6  # Beta(1.5, 1) reversed: most mass near t = 0 (noise)
+
+
+def test_language_only_mode_acts_and_differs_from_subgoal_mode():
+    executor, obs = FlowExecutor(tiny_model()), observation()
+    without = executor.act(obs, SUBTASK, None)
+    executor.reset()
+    with_goal = executor.act(obs, SUBTASK, subgoal_for(obs))
+    assert without.actions.shape == with_goal.actions.shape == (6, 3)
+    assert without.subgoal_created_at is None
+    assert not np.allclose(without.actions, with_goal.actions)
+
+
+def test_subtask_text_conditions_the_chunk():
+    executor, obs = FlowExecutor(tiny_model()), observation()
+    a = executor.act(obs, SUBTASK, None).actions
+    executor.reset()
+    b = executor.act(obs, Subtask(text="put it in the blue bowl", index=1), None).actions
+    assert not np.allclose(a, b)
+
+
+def test_flat_baseline_reads_the_instruction_and_never_a_subgoal():
+    model = tiny_model(conditioning="instruction", subgoal_dropout=1.0)
+    assert not model.cfg.use_subgoal and not hasattr(model, "no_subgoal")
+    executor = FlowExecutor(model)
+    obs = observation(instruction="put the red block in the blue bowl")
+    a = executor.act(obs, SUBTASK, subgoal_for(obs))
+    executor.reset()
+    b = executor.act(obs, Subtask(text="something else entirely", index=3), None)
+    np.testing.assert_array_equal(a.actions, b.actions)  # neither the subtask nor the subgoal matter
+    assert a.subgoal_created_at is None
+    with pytest.raises(ValueError, match="observation.instruction: this executor needs an instruction"):
+        executor.act(observation(), SUBTASK, None)
+
+
+def test_without_subtask_the_instruction_is_read():
+    executor = FlowExecutor(tiny_model())
+    assert executor.act(observation(instruction="tidy up"), None, None).subtask is None
+    with pytest.raises(ValueError, match="needs a subtask or an instruction"):
+        executor.act(observation(), None, None)
+
+
+def test_bad_inputs_raise_value_errors_that_name_the_problem():
+    executor = FlowExecutor(tiny_model())
+    obs = observation()
+    with pytest.raises(ValueError, match=r"observation.images: missing camera\(s\) \['wrist'\]"):
+        executor.act(Observation(images={"front": obs.images["front"]}, state=obs.state), SUBTASK, None)
+    gray = Observation.model_construct(images={**obs.images, "wrist": np.zeros((24, 24), np.uint8)},
+                                       state=obs.state, timestamp=0.0, instruction=None)
+    with pytest.raises(ValueError, match=r"observation.images\['wrist'\]: expected uint8 HxWx3, got uint8 \(24, 24\)"):
+        executor.act(gray, SUBTASK, None)
+    nan = Observation.model_construct(images=obs.images, state=np.array([0, np.nan, 0, 0], np.float32),
+                                      timestamp=0.0, instruction=None)
+    with pytest.raises(ValueError, match=r"observation.state: expected finite values, got nan at index \[1\]"):
+        executor.act(nan, SUBTASK, None)
+    with pytest.raises(ValueError, match=r"observation.state: expected 4 values, got shape \(3,\)"):
+        executor.act(Observation(images=obs.images, state=[0.0, 1.0, 2.0]), SUBTASK, None)
+    with pytest.raises(ValueError, match=r"subgoal.images: missing camera\(s\) \['front'\]"):
+        executor.act(obs, SUBTASK, Subgoal(images={"wrist": obs.images["wrist"]}, subtask=SUBTASK.text))
+
+
+def test_any_image_size_is_resized_to_the_models():
+    executor = FlowExecutor(tiny_model())
+    obs = observation(size=40)
+    assert executor.act(obs, SUBTASK, subgoal_for(obs)).actions.shape == (6, 3)
+
+
+def test_normalizer_takes_dataset_stats_and_only_centres_constant_dimensions():
+    norm = Normalizer(2, 2)
+    stats = {"s": {"mean": [1.0, 2.0], "std": [2.0, 0.0]}, "a": {"mean": [0.0, 1.0], "std": [0.5, 4.0]}}
+    norm.set_stats(stats, "s", "a")
+    torch.testing.assert_close(norm.state(torch.tensor([3.0, 5.0])), torch.tensor([1.0, 3.0]))
+    x = torch.tensor([[0.3, -2.0]])
+    torch.testing.assert_close(norm.unaction(norm.action(x)), x)
+
+
+def test_config_json_round_trip(tmp_path):
+    cfg = tiny_config(conditioning="instruction", subgoal_dropout=1.0, time_beta=(2.0, 1.0))
+    cfg.save(tmp_path)
+    assert FlowConfig.load(tmp_path) == cfg
+    with pytest.raises(ValueError, match="invalid conditioning"):
+        tiny_config(conditioning="plan")
+    with pytest.raises(ValueError, match="invalid subgoal_cameras"):
+        tiny_config(subgoal_cameras=["top"])
+
+
+def test_bfloat16_inference_runs():
+    executor = FlowExecutor(tiny_model(), dtype="bfloat16")
+    assert executor.model.normalizer.action_std.dtype == torch.float32  # statistics stay float32
+    chunk = executor.act(observation(), SUBTASK, None)
+    assert chunk.actions.dtype == np.float32 and np.isfinite(chunk.actions).all()
