@@ -59,12 +59,12 @@ def train_tokenizer(corpus: list[str], vocab_size: int):
 
 
 def build_processor(tokenizer, image_size: int):
-    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+    from transformers import Qwen2VLImageProcessorFast, Qwen2VLProcessor, Qwen2VLVideoProcessor
 
     pixels = image_size * image_size
     # min = max pixels: every image is resized to image_size^2, so the image token count is fixed.
     size = {"shortest_edge": pixels, "longest_edge": pixels}
-    image_processor = Qwen2VLImageProcessor(size=size, patch_size=14, merge_size=2, temporal_patch_size=2)
+    image_processor = Qwen2VLImageProcessorFast(size=size, patch_size=14, merge_size=2, temporal_patch_size=2)
     video_processor = Qwen2VLVideoProcessor(size=size, patch_size=14, merge_size=2, temporal_patch_size=2)
     return Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
                             video_processor=video_processor, chat_template=CHAT_TEMPLATE)

@@ -1,0 +1,58 @@
+"""`hybrid bench planner --config tabletop --json`: latency of one plan call, as the runtime makes it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="hybrid bench planner", description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="tabletop", help="configs/planner/<config>.yaml")
+    p.add_argument("--calls", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--size", type=int, default=224, help="camera image side fed to the planner")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.add_argument("--model", help="model directory (the config's planner.model)")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. planner.max_new_tokens=32")
+    args = p.parse_args(argv)
+
+    from hybrid.config import compose, instantiate
+    from hybrid.testing.doubles import fake_observation
+    from hybrid.types import Subtask
+    from planners.subtask.reply import PlannerFault
+
+    overrides = list(args.overrides) + ([f"planner.model={args.model}"] if args.model else [])
+    planner = instantiate(compose(f"planner/{args.config}", overrides).planner)
+    obs = fake_observation(size=args.size, seed=0)
+    instruction = "put the red block in the blue bowl"
+    history: list[Subtask] = []
+    times, faults = [], 0
+    for i in range(args.warmup + args.calls):
+        planner.reset()
+        t = time.perf_counter()
+        try:
+            planner.plan(obs, instruction, history)
+        except PlannerFault:  # a fault still costs a call; it is counted, not hidden
+            faults += 1
+        if i >= args.warmup:
+            times.append((time.perf_counter() - t) * 1e3)
+    t = np.asarray(times)
+    result = {"bench": "planner", "config": args.config, "calls": len(t),
+              "latency_ms_p50": round(float(np.percentile(t, 50)), 2),
+              "latency_ms_p90": round(float(np.percentile(t, 90)), 2),
+              "latency_ms_mean": round(float(t.mean()), 2), "faults": faults}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k}: {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

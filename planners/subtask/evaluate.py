@@ -1,0 +1,101 @@
+"""`hybrid eval planner --data DIR --model DIR --json`: next-subtask and done-detection accuracy.
+
+Frames of held-out episodes are turned into the runtime situations of `examples.py` (up to date,
+starting afresh, one subtask behind); the planner answers each from the frame. A reply counts when
+it means an accepted subtask (tabletop subtasks are compared in canonical form, so a paraphrase is
+the same subtask); a `PlannerFault` counts as wrong. Done detection is scored on the frames of each
+episode's last subtask (done or not yet) with the last subtask current.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="hybrid eval planner", description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, help="LeRobot dataset directory (held-out episodes)")
+    p.add_argument("--model", default="data/checkpoints/planner", help="planner model directory")
+    p.add_argument("--examples", type=int, default=600, help="how many examples to score")
+    p.add_argument("--done-tail-s", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--exact", action="store_true", help="compare subtask text exactly, not canonically")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    args = p.parse_args(argv)
+
+    from hybrid.data import FEATURES, SubtaskIndex, open_dataset
+    from hybrid.types import Observation, Subtask
+    from planners.subtask.examples import VARIANTS, ExampleBuilder
+    from planners.subtask.frames import decode_frames
+    from planners.subtask.reply import PlannerFault, normalize
+    from planners.subtask.tabletop_language import canonical_subtask
+    from planners.subtask.transformers_backend import transformers_planner
+
+    planner = transformers_planner(args.model)
+    canon = (lambda s: normalize(s)) if args.exact else canonical_subtask
+    dataset = open_dataset(args.data)
+    index = SubtaskIndex.from_dataset(dataset)
+    builder = ExampleBuilder(index, canon, args.done_tail_s)
+    cam = planner.prompt.camera
+    key = next((k for k in FEATURES["cameras"] if k.endswith("." + cam)), FEATURES["cameras"][0])
+    size = planner.prompt.image_size or 224
+    frames = decode_frames(dataset, key, size)
+
+    rng = np.random.default_rng(args.seed)
+    last = np.flatnonzero([index.is_last_subtask(i) for i in range(len(index))])
+    next_hits = next_n = done_hits = done_n = faults = 0
+    tp = fp = fn = 0
+    latencies = []
+    for j in range(args.examples):
+        # Alternate next-subtask examples (any frame) and done-detection examples (last-subtask frames).
+        scoring_done = j % 3 == 2
+        if scoring_done:
+            ex = builder.example(int(rng.choice(last)), "current")
+        else:
+            ex = builder.example(int(rng.integers(len(index))), VARIANTS[int(rng.integers(3))])
+        if ex is None or (not scoring_done and ex.target.done):
+            continue
+        planner.reset()
+        planner.current = ex.current
+        obs = Observation(images={cam: frames[ex.frame]}, state=np.zeros(1, np.float32))
+        history = [Subtask(text=s, index=k, status="done") for k, s in enumerate(ex.done)]
+        t = time.perf_counter()
+        try:
+            step = planner.plan(obs, ex.instruction, history)
+        except PlannerFault:
+            step, faults = None, faults + 1
+        latencies.append((time.perf_counter() - t) * 1e3)
+        said_done = step is not None and step.done
+        if scoring_done:
+            done_n += 1
+            done_hits += said_done == ex.target.done
+            tp += said_done and ex.target.done
+            fp += said_done and not ex.target.done
+            fn += (not said_done) and ex.target.done
+        else:
+            next_n += 1
+            next_hits += step is not None and not step.done and canon(step.subtask) in ex.accepted
+    result = {
+        "next_subtask_accuracy": round(next_hits / max(next_n, 1), 4),
+        "done_accuracy": round(done_hits / max(done_n, 1), 4),
+        "done_precision": round(tp / max(tp + fp, 1), 4),
+        "done_recall": round(tp / max(tp + fn, 1), 4),
+        "next_examples": next_n, "done_examples": done_n, "faults": faults,
+        "episodes": len(index.plans), "latency_ms_p50": round(float(np.median(latencies)), 2) if latencies else None,
+        "model": str(args.model), "data": str(args.data),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k}: {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

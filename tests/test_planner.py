@@ -1,0 +1,220 @@
+"""Subtask planner: reply validation, retries and faults, replanning, the scripted planner, configs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hybrid.interfaces import SubtaskPlanner
+from hybrid.testing.doubles import fake_observation
+from hybrid.types import PlanStep, Subtask
+from planners.subtask import BadReply, PlannerFault, ReplanPolicy, ScriptedPlanner, VLMPlanner, parse_reply
+from planners.subtask.planner import BackendError
+from planners.subtask.reply import make_vocabulary, reply_text
+from planners.subtask.tabletop_language import canonical_subtask, colours_in, vocabulary
+
+OBS = fake_observation(cameras=("front", "wrist"), size=40)
+VOCAB = ["pick up the red block", "put it in the blue bowl"]
+
+
+class CannedBackend:
+    """Replies from a list, in order (an exception in the list is raised); records what it was sent."""
+
+    def __init__(self, replies):
+        self.replies, self.sent = list(replies), []
+
+    def complete(self, messages, image):
+        self.sent.append((messages, image))
+        reply = self.replies.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+
+def done_history(*texts):
+    return [Subtask(text=t, index=i, status="done") for i, t in enumerate(texts)]
+
+
+# --- replies ------------------------------------------------------------------------------------
+
+def test_parse_reply_accepts_plain_fenced_and_wrapped_json():
+    assert parse_reply('{"subtask": "pick up the red block", "done": false}').subtask == "pick up the red block"
+    assert parse_reply('```json\n{"subtask": "a", "done": false}\n```').subtask == "a"
+    step = parse_reply('Sure: {"done": true, "reason": "all placed"} ok')
+    assert step.done and step.subtask is None and step.reason == "all placed"
+
+
+@pytest.mark.parametrize("text, kind", [
+    ("", "empty"),
+    ("   ", "empty"),
+    ("pick up the red block", "invalid_json"),
+    ('{"subtask": "pick up", "done": fals', "invalid_json"),
+    ('{"subtask": "", "done": false}', "schema"),
+    ('{"subtask": null, "done": false}', "schema"),
+    ('{"subtask": 3, "done": false}', "schema"),
+    ('{"subtask": "x", "done": "maybe"}', "schema"),
+    ('{"subtask": "x", "done": false, "extra": 1}', "schema"),
+])
+def test_parse_reply_rejects_bad_replies(text, kind):
+    with pytest.raises(BadReply) as err:
+        parse_reply(text)
+    assert err.value.kind == kind
+
+
+def test_vocabulary_canonicalises_case_and_space_and_rejects_unknown():
+    vocab = make_vocabulary(VOCAB)
+    assert parse_reply('{"subtask": " Pick up  the RED block. ", "done": false}', vocab).subtask == VOCAB[0]
+    with pytest.raises(BadReply, match="not in the planner's vocabulary") as err:
+        parse_reply('{"subtask": "dance", "done": false}', vocab)
+    assert err.value.kind == "unknown_subtask"
+    assert parse_reply('{"done": true}', vocab).done  # done needs no vocabulary entry
+
+
+def test_reply_text_round_trips_through_the_schema():
+    for step in (PlanStep(subtask="put it in the blue bowl"), PlanStep(done=True)):
+        assert parse_reply(reply_text(step)) == step
+        PlanStep.model_validate(json.loads(reply_text(step)))
+
+
+# --- the VLM planner over a backend ---------------------------------------------------------------
+
+def test_vlm_planner_meets_the_interface_and_tracks_the_current_subtask():
+    backend = CannedBackend(['{"subtask": "pick up the red block", "done": false}',
+                             '{"subtask": "put it in the blue bowl", "done": false}'])
+    planner = VLMPlanner(backend, prompt={"image_size": 28, "system": "be brief"}, vocabulary=VOCAB)
+    assert isinstance(planner, SubtaskPlanner)
+    assert planner.plan(OBS, "put the red block in the blue bowl", []).subtask == VOCAB[0]
+    step = planner.plan(OBS, "put the red block in the blue bowl", done_history())
+    assert step == PlanStep(subtask=VOCAB[1])
+    (first, image), (second, _) = backend.sent
+    assert image.shape == (28, 28, 3) and image.dtype == np.uint8  # resized front camera
+    assert first[0] == {"role": "system", "content": [{"type": "text", "text": "be brief"}]}
+    text = second[-1]["content"][1]["text"]
+    # The runtime only reports finished subtasks; the planner adds the one it asked for last.
+    assert "Current: pick up the red block" in text and "Done: nothing" in text
+    assert '"done"' in text  # the PlanStep schema is in the prompt by default
+    planner.reset()
+    assert planner.current is None
+
+
+@pytest.mark.parametrize("bad", [
+    "not json at all", '{"subtask": "", "done": false}', "", '{"subtask": "juggle", "done": false}',
+    BackendError("no reply within 1 s", kind="timeout"),
+])
+def test_a_bad_reply_is_retried_then_accepted(bad):
+    backend = CannedBackend([bad, '{"subtask": "pick up the red block", "done": false}'])
+    step = VLMPlanner(backend, vocabulary=VOCAB, max_attempts=2).plan(OBS, "go", [])
+    assert step.subtask == VOCAB[0] and len(backend.sent) == 2
+
+
+@pytest.mark.parametrize("bad, kind, words", [
+    ("{not json", "bad_reply", "invalid_json"),
+    ('{"subtask": 1}', "bad_reply", "schema"),
+    ("", "bad_reply", "empty"),
+    ('{"subtask": "juggle", "done": false}', "bad_reply", "unknown_subtask"),
+    (BackendError("no reply within 2 s", kind="timeout"), "timeout", "no reply within 2 s"),
+])
+def test_bounded_retries_end_in_a_planner_fault(bad, kind, words):
+    backend = CannedBackend([bad] * 3)
+    planner = VLMPlanner(backend, vocabulary=VOCAB, max_attempts=3)
+    with pytest.raises(PlannerFault) as err:
+        planner.plan(OBS, "go", [])
+    assert err.value.kind == kind and len(err.value.attempts) == 3 and words in str(err.value)
+    assert len(backend.sent) == 3 and planner.current is None  # a fault keeps no new subtask
+
+
+def test_a_non_retryable_server_error_faults_at_once():
+    backend = CannedBackend([BackendError("server answered 400: bad model", retryable=False)] * 3)
+    with pytest.raises(PlannerFault, match="400: bad model") as err:
+        VLMPlanner(backend, max_attempts=3).plan(OBS, "go", [])
+    assert err.value.kind == "server_error" and len(backend.sent) == 1
+
+
+def test_the_runtime_turns_a_planner_fault_into_a_tier_fault():
+    from hybrid.runtime.tier_call import TierCaller
+
+    planner = VLMPlanner(CannedBackend(["nope"] * 2), max_attempts=2)
+    res = TierCaller("planner", PlanStep)(planner.plan, OBS, "go", [])
+    assert res.value is None and res.fault.kind == "raised" and "PlannerFault" in res.fault.message
+
+
+# --- replanning -----------------------------------------------------------------------------------
+
+def test_replan_policy():
+    policy = ReplanPolicy(on_subtask_done=True, every_s=2.0, on_stall_s=3.0)
+    assert policy.should_replan(now=0.0, last_plan_time=None)
+    assert not policy.should_replan(now=1.0, last_plan_time=0.0)
+    assert policy.should_replan(now=1.0, last_plan_time=0.0, subtask_changed=True)
+    assert policy.should_replan(now=2.5, last_plan_time=0.0)
+    assert policy.should_replan(now=1.0, last_plan_time=0.0, stalled=True)
+    assert policy.should_replan(now=1.0, last_plan_time=0.0, stalled=3.5)
+    assert not policy.should_replan(now=1.0, last_plan_time=0.0, stalled=1.0)
+    quiet = ReplanPolicy(on_subtask_done=False, every_s=None, on_stall_s=None)
+    assert not quiet.should_replan(now=100.0, last_plan_time=0.0, subtask_changed=True, stalled=True)
+    with pytest.raises(ValueError):
+        ReplanPolicy(every_s=0)
+
+
+# --- scripted -------------------------------------------------------------------------------------
+
+def test_scripted_planner_follows_history():
+    planner = ScriptedPlanner(VOCAB)
+    assert isinstance(planner, SubtaskPlanner)
+    assert planner.plan(OBS, "go", []).subtask == VOCAB[0]
+    assert planner.plan(OBS, "go", done_history(VOCAB[0])).subtask == VOCAB[1]
+    assert planner.plan(OBS, "go", done_history(*VOCAB)).done
+
+
+def test_scripted_planner_per_call_and_manual():
+    per_call = ScriptedPlanner(VOCAB, advance="per_call", calls_per_subtask=2)
+    got = [per_call.plan(OBS, "go", []) for _ in range(5)]
+    assert [s.subtask for s in got[:4]] == [VOCAB[0], VOCAB[0], VOCAB[1], VOCAB[1]] and got[4].done
+    manual = ScriptedPlanner(VOCAB, advance="manual")
+    assert manual.plan(OBS, "go", done_history(*VOCAB)).subtask == VOCAB[0]  # only the operator moves it
+    manual.advance()
+    assert manual.plan(OBS, "go", []).subtask == VOCAB[1]
+    manual.advance(5)
+    assert manual.plan(OBS, "go", []).done
+    manual.reset()
+    assert manual.plan(OBS, "go", []).subtask == VOCAB[0]
+    with pytest.raises(ValueError):
+        ScriptedPlanner([])
+
+
+# --- tabletop language and configs ----------------------------------------------------------------
+
+@pytest.mark.parametrize("text, canonical", [
+    ("carry the other red block over to the blue bowl", "put the other red block in the blue bowl"),
+    ("Pick up a green block and put it in the red bowl.", "put a green block in the red bowl"),
+    ("transfer the yellow block to the purple bowl", "put the yellow block in the purple bowl"),
+    ("lay the red cube on top of the blue cube", "put the red block on the blue block"),
+    ("wave hello", "wave hello"),
+])
+def test_canonical_subtask(text, canonical):
+    assert canonical_subtask(text) == canonical
+
+
+def test_tabletop_vocabulary_covers_unseen_pairs():
+    colours = colours_in(["put the red block in the blue bowl", "put the green block on the red block"])
+    assert colours == ["blue", "green", "red"]
+    vocab = vocabulary(colours)
+    assert "put the last blue block in the green bowl" in vocab and "put the blue block on the green block" in vocab
+    assert all(canonical_subtask(v) == v for v in vocab)
+
+
+@pytest.mark.parametrize("name", ["tabletop", "transformers", "vllm", "scripted"])
+def test_planner_configs_compose(name):
+    from hybrid.config import compose
+
+    node = compose(f"planner/{name}").planner
+    assert node._target_.startswith("planners.subtask.")
+
+
+def test_scripted_and_http_configs_instantiate():
+    from hybrid.config import compose, instantiate
+
+    assert isinstance(instantiate(compose("planner/scripted").planner), ScriptedPlanner)
+    planner = instantiate(compose("planner/vllm", ["planner.base_url=http://127.0.0.1:9/v1"]).planner)
+    assert isinstance(planner, VLMPlanner) and planner.replan.every_s == 2.0

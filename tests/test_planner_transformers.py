@@ -1,0 +1,106 @@
+"""The transformers backend and the tabletop trainer on a real tiny Qwen2-VL built and trained here."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hybrid.testing.datasets import PLAN, make_tiny_dataset
+from hybrid.types import Observation, PlanStep, Subtask
+
+TINY = dict(image_size=56, vocab_size=400, hidden_size=64, layers=2, heads=2, kv_heads=1, intermediate_size=128,
+            vision_dim=32, vision_depth=1, vision_heads=2)
+INSTRUCTION = "put the red block in the blue bowl"
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return make_tiny_dataset(tmp_path_factory.mktemp("planner") / "data", episodes=2, frames_per_subtask=4)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    """A tiny planner trained to fit the tiny dataset (a few seconds on a CPU)."""
+    from planners.subtask.train import train
+
+    out = tmp_path_factory.mktemp("planner") / "model"
+    train(str(tiny_data.root), str(out), steps=120, batch_size=8, lr=3e-3, warmup_steps=10,
+          checkpoint_every=60, threads=1, model=TINY)
+    return out
+
+
+def obs_of(image):
+    return Observation(images={"front": image}, state=np.zeros(2, np.float32))
+
+
+def test_random_tiny_vlm_saves_and_reloads_through_the_auto_classes(tmp_path):
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor, Qwen2VLForConditionalGeneration
+
+    from planners.subtask.prompting import PromptConfig, build_messages
+    from planners.subtask.tabletop_model import TabletopModelConfig, build, save
+    from planners.subtask.transformers_backend import TransformersBackend
+
+    model, processor = build(["put the red block in the blue bowl", '{"done": true}'] * 5,
+                             TabletopModelConfig(**TINY))
+    save(model, processor, tmp_path)
+    assert isinstance(AutoModelForImageTextToText.from_pretrained(tmp_path), Qwen2VLForConditionalGeneration)
+    assert type(AutoProcessor.from_pretrained(tmp_path)).__name__ == "Qwen2VLProcessor"
+
+    backend = TransformersBackend(tmp_path, max_new_tokens=8)
+    messages = build_messages(PromptConfig(system=None, schema_in_prompt=False), INSTRUCTION, [], None)
+    image = np.random.default_rng(0).integers(0, 256, (56, 56, 3), dtype=np.uint8)
+    inputs = backend.inputs(messages, [image])
+    # 56x56, patch 14, merge 2: 16 patches, 4 image tokens.
+    assert inputs["pixel_values"].shape[0] == 16
+    assert (inputs["input_ids"] == model.config.image_token_id).sum() == 4
+    with torch.inference_mode():
+        ref = model.eval().generate(**processor(text=[processor.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False)], images=[image], return_tensors="pt"),
+            max_new_tokens=8, do_sample=False)
+    assert backend.complete(messages, image) == processor.batch_decode(ref[:, inputs["input_ids"].shape[1]:],
+                                                                      skip_special_tokens=True)[0]
+
+
+@pytest.mark.slow
+def test_trained_planner_round_trips_and_looks_at_the_image(trained, tiny_data):
+    from planners.subtask.frames import decode_frames
+    from planners.subtask.transformers_backend import transformers_planner
+
+    settings = json.loads((trained / "planner.json").read_text())
+    assert set(PLAN) <= set(settings["vocabulary"]) and settings["prompt"]["image_size"] == 56
+    planner = transformers_planner(str(trained))
+    frames = decode_frames(tiny_data, "observation.images.front", 56)
+    # Episode 0: frames 0-3 pick up, 4-7 put in the bowl (the last 5 frames are labelled done).
+    assert planner.plan(obs_of(frames[0]), INSTRUCTION, []) == PlanStep(subtask=PLAN[0])
+    assert planner.current == PLAN[0]
+    # Later frames, with the first subtask reported done: a valid step from the vocabulary.
+    planner.reset()
+    last = planner.plan(obs_of(frames[7]), INSTRUCTION, [Subtask(text=PLAN[0], index=0, status="done")])
+    assert last.done or last.subtask in PLAN
+
+
+@pytest.mark.slow
+def test_training_resumes_from_its_checkpoint(trained, tiny_data):
+    from planners.subtask.train import STATE_DIR, train
+
+    assert json.loads((trained / STATE_DIR / "step.json").read_text()) == {"step": 120}
+    # Asking for more steps continues from step 120 with the saved tokenizer and optimizer.
+    train(str(tiny_data.root), str(trained), steps=130, batch_size=4, lr=3e-3, warmup_steps=10,
+          checkpoint_every=60, threads=1, model=TINY)
+    assert json.loads((trained / STATE_DIR / "step.json").read_text()) == {"step": 130}
+
+
+@pytest.mark.slow
+def test_eval_and_bench_print_their_json(trained, tiny_data, capsys):
+    from planners.subtask import bench, evaluate
+
+    assert evaluate.main(["--data", str(tiny_data.root), "--model", str(trained), "--examples", "9", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0.0 <= result["next_subtask_accuracy"] <= 1.0 and result["next_examples"] + result["done_examples"] > 0
+    assert bench.main(["--config", "tabletop", "--model", str(trained), "--calls", "3", "--warmup", "1",
+                       "--size", "32", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["latency_ms_p50"] > 0 and result["calls"] == 3 and result["faults"] == 0
