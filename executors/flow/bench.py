@@ -117,11 +117,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="only the final JSON line on stdout")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.json else logging.INFO)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(args.threads or threads)
+        result = run(args)
+    finally:
+        torch.set_num_threads(threads)  # an in-process call leaves the caller's setting as it was
+    if not args.json:
+        print("\n".join(f"{k:>32}: {v}" for k, v in result.items()))
+    print(json.dumps(result))
+    return 0
 
+
+def run(args) -> dict:
     from executors.flow.modeling_flow import FlowExecutor, FlowModel
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cuda = args.device.startswith("cuda")
     dtype = args.dtype or ("bfloat16" if cuda else "float32")
@@ -158,7 +168,4 @@ def main(argv: list[str] | None = None) -> int:
     if cuda:
         result.update({k: round(v, 4) if isinstance(v, float) else v
                        for k, v in attention_report(executor, obs, subtask, subgoal, args.iters).items()})
-    if not args.json:
-        print("\n".join(f"{k:>32}: {v}" for k, v in result.items()))
-    print(json.dumps(result))
-    return 0
+    return result

@@ -1,0 +1,35 @@
+"""`hybrid bench executor` prints one JSON line of speed figures."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from hybrid.cli import main as hybrid
+
+KEYS = {"params_m", "chunk", "flow_steps", "latency_ms_p50", "latency_ms_p95", "latency_ms_1step"}
+
+
+def last_json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_bench_tabletop_config_json_line(capsys):
+    assert hybrid(["bench", "executor", "--config", "tabletop", "--json", "--iters", "3", "--warmup", "1",
+                   "--threads", "1"]) == 0
+    result = last_json(capsys)
+    assert KEYS <= result.keys()
+    assert result["chunk"] == 16 and result["flow_steps"] == 10 and result["device"] == "cpu"
+    assert 0 < result["latency_ms_1step"] and result["latency_ms_p50"] <= result["latency_ms_p95"]
+
+
+def test_bench_custom_yaml_steps_and_language_only(tmp_path, capsys):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({"model": {"chunk": 5, "image_size": 16, "vision_width": 16, "text_width": 16,
+                                              "width": 32, "depth": 1, "heads": 2}}))
+    assert hybrid(["bench", "executor", "--config", str(path), "--steps", "4", "--no-subgoal", "--json",
+                   "--iters", "2", "--warmup", "1", "--threads", "1"]) == 0
+    result = last_json(capsys)
+    assert (result["chunk"], result["flow_steps"], result["subgoal"], result["threads"]) == (5, 4, False, 1)
+    assert result["params_m"] < 1

@@ -1,0 +1,117 @@
+"""Training the flow executor on a tiny recorded LeRobot dataset, end to end through `hybrid train`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from executors.flow import FlowExecutor
+from executors.flow.configuration_flow import FlowConfig
+from executors.flow.processor_flow import ByteTokenizer
+from executors.flow.train import FlowDataset, dataset_config, warmup_cosine
+from hybrid.cli import main as hybrid
+from hybrid.data import FEATURES, SubtaskIndex, open_dataset
+from hybrid.testing.datasets import PLAN, make_tiny_dataset
+from hybrid.types import Observation, Subgoal, Subtask
+
+TINY = ["model.chunk=4", "model.image_size=16", "model.vision_width=16", "model.vision_depth=1",
+        "model.text_width=16", "model.text_depth=1", "model.max_text_len=24", "model.width=32", "model.depth=2",
+        "model.heads=2", "batch_size=8", "warmup=2", "log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data") / "ds"
+    make_tiny_dataset(root)  # 2 episodes x 2 subtasks x 6 frames, 32 px, fps 10
+    return root
+
+
+def observation_from(dataset, i: int) -> Observation:
+    item = dataset[i]
+    images = {cam.removeprefix("observation.images."): (item[cam].permute(1, 2, 0).numpy() * 255).round()
+              .astype(np.uint8) for cam in FEATURES["cameras"]}
+    return Observation(images=images, state=item[FEATURES["state"]].numpy(), instruction=item["task"])
+
+
+def test_hybrid_train_produces_a_loadable_checkpoint_and_resumes(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "executor=tabletop", f"data={tiny_dataset}", f"out={out}", *TINY]
+    assert hybrid([*args, "steps=3", "save_every=2"]) == 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000002", "step_0000003"]
+
+    executor = FlowExecutor.from_pretrained(out / "model")
+    cfg = executor.cfg
+    assert (cfg.cameras, cfg.subgoal_cameras, cfg.state_dim, cfg.action_dim) == (["front", "wrist"], ["front"], 4, 4)
+    assert cfg.dt == pytest.approx(0.1) and cfg.chunk == 4
+    stats = open_dataset(tiny_dataset).meta.stats
+    np.testing.assert_allclose(executor.model.normalizer.state_mean.numpy(),
+                               np.asarray(stats[FEATURES["state"]]["mean"]).reshape(-1), rtol=1e-6)
+    obs = observation_from(open_dataset(tiny_dataset), 3)
+    subgoal = Subgoal(images={"front": obs.images["front"]}, subtask=PLAN[0])
+    chunk = executor.act(obs, Subtask(text=PLAN[0], index=0), subgoal)
+    assert chunk.actions.shape == (4, 4) and np.isfinite(chunk.actions).all()
+
+    assert hybrid([*args, "steps=5", "save_every=100", "resume=true"]) == 0
+    state = torch.load(out / "checkpoints" / "step_0000005" / "training_state.pt", weights_only=False)
+    assert state["step"] == 5 and state["scheduler"]["last_epoch"] == 5
+    assert json.loads((out / "model" / "config.json").read_text())["chunk"] == 4
+
+
+def test_flat_baseline_trains_on_instructions_without_subgoals(tiny_dataset, tmp_path):
+    out = tmp_path / "flat"
+    assert hybrid(["train", "executor=flat", f"data={tiny_dataset}", f"out={out}", *TINY, "steps=2"]) == 0
+    executor = FlowExecutor.from_pretrained(out / "model")
+    assert executor.cfg.conditioning == "instruction" and not executor.cfg.use_subgoal
+    obs = observation_from(open_dataset(tiny_dataset), 0)
+    assert executor.act(obs, None, None).actions.shape == (4, 4)
+
+
+def test_training_samples_carry_chunks_padding_and_hindsight_subgoals(tiny_dataset):
+    dataset = open_dataset(tiny_dataset, delta_timestamps={FEATURES["action"]: [k / 10 for k in range(4)]})
+    cfg = dataset_config(dataset, {"chunk": 4, "image_size": 16, "patch_size": 8, "subgoal_dropout": 0.5})
+    index = SubtaskIndex.from_dataset(dataset)
+    samples = FlowDataset(dataset, index, cfg, ByteTokenizer(cfg.max_text_len))
+    assert samples.frames["images"].shape == (24, 2, 3, 16, 16) and samples.frames["images"].dtype == torch.uint8
+
+    last = int(index.episode_end[0])  # the last frame of episode 0: its chunk runs past the end
+    item = samples[last]
+    assert item["action_is_pad"].tolist() == [False, True, True, True]
+    assert not samples[0]["action_is_pad"].any()
+    torch.testing.assert_close(item["actions"][0], torch.as_tensor(dataset[last][FEATURES["action"]][0]))
+    assert item["text_ids"].shape == (48,)
+    assert bytes(t for t in item["text_ids"].tolist() if t).decode() == index.subtask_text[last]
+
+    # The subgoal is a frame of the same episode at or after the current one (hindsight).
+    torch.manual_seed(0)
+    later = {i: [k for k in range(i, int(index.episode_end[i]) + 1)] for i in (0, 7)}
+    has = []
+    for i, frames in later.items():
+        for _ in range(20):
+            sample = samples[i]
+            has.append(bool(sample["has_subgoal"]))
+            assert any(torch.equal(sample["subgoal"][0], samples.frames["images"][k][0]) for k in frames)
+    assert 0 < sum(has) < len(has)  # subgoal dropout hides some
+
+
+def test_instruction_conditioning_reads_the_episode_task(tiny_dataset):
+    dataset = open_dataset(tiny_dataset, delta_timestamps={FEATURES["action"]: [0.0, 0.1]})
+    cfg = dataset_config(dataset, {"chunk": 2, "image_size": 16, "conditioning": "instruction",
+                                   "subgoal_dropout": 1.0})
+    samples = FlowDataset(dataset, SubtaskIndex.from_dataset(dataset), cfg, ByteTokenizer(48), cache=False)
+    item = samples[5]
+    assert "subgoal" not in item
+    assert bytes(t for t in item["text_ids"].tolist() if t).decode() == "put the red block in the blue bowl"
+
+
+def test_warmup_then_cosine_schedule():
+    factor = warmup_cosine(warmup=10, steps=110, floor=0.1)
+    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
+    assert factor(60) == pytest.approx(0.55) and factor(110) == pytest.approx(0.1)
+
+
+def test_dataset_config_keeps_explicit_fields(tiny_dataset):
+    cfg = dataset_config(open_dataset(tiny_dataset), {"cameras": ["front"], "state_dim": 4})
+    assert isinstance(cfg, FlowConfig) and cfg.cameras == ["front"] and cfg.subgoal_cameras == ["front"]
