@@ -106,18 +106,30 @@ def make_robot(config: dict[str, Any]):
     from lerobot.robots import RobotConfig
     from lerobot.robots.utils import make_robot_from_config
 
-    _register_lerobot_choices()
-    return make_robot_from_config(draccus.decode(RobotConfig, dict(config)))
+    config = dict(config)
+    _register_lerobot_choice("lerobot.robots", RobotConfig, config.get("type"))
+    from lerobot.cameras import CameraConfig
+
+    for cam in (config.get("cameras") or {}).values():
+        _register_lerobot_choice("lerobot.cameras", CameraConfig, cam.get("type"))
+    return make_robot_from_config(draccus.decode(RobotConfig, config))
 
 
-def _register_lerobot_choices() -> None:
-    """LeRobot registers a robot or camera config type when its module is imported: import them all."""
-    import lerobot.cameras
-    import lerobot.robots
-
-    for pkg in (lerobot.robots, lerobot.cameras):
-        for mod in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + "."):
-            try:
-                importlib.import_module(mod.name)
-            except ImportError as err:  # an optional SDK (a camera or robot vendor's) is not installed
-                log.debug("lerobot: skipping %s (%s)", mod.name, err)
+def _register_lerobot_choice(package: str, registry, name: str | None) -> None:
+    """LeRobot registers a robot/camera config type when its module is imported. Import the few modules
+    that may define ``name`` (importing every robot module takes seconds); a type registered by user
+    code is used as is."""
+    if name is None or name in registry.get_known_choices():
+        return
+    pkg = importlib.import_module(package)
+    mods = [m.name for m in pkgutil.iter_modules(pkg.__path__, package + ".")]
+    # so101_follower lives in so_follower, opencv in opencv: try modules whose name shares a word first.
+    words = set(name.split("_"))
+    mods.sort(key=lambda m: not (words & set(m.rsplit(".", 1)[-1].split("_"))))
+    for mod in mods:
+        try:
+            importlib.import_module(mod)
+        except ImportError as err:  # an optional vendor SDK is not installed
+            log.debug("lerobot: skipping %s (%s)", mod, err)
+        if name in registry.get_known_choices():
+            return

@@ -24,8 +24,8 @@ class LatencyLog:
 
     def summary(self) -> dict[str, dict[str, float]]:
         out = {}
-        for name, xs in self.samples.items():
-            a = np.asarray(xs)
+        for name, xs in list(self.samples.items()):  # a worker thread may add a tier meanwhile
+            a = np.asarray(list(xs))
             out[name] = {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
                          "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "n": int(a.size)}
         return out
@@ -53,7 +53,8 @@ class RuntimeTelemetry:
         return self.counts["late_steps"] + self.counts["skipped_steps"] + self.counts["dry_steps"]
 
     def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = dict(sorted(self.counts.items()))
+        with self._lock:
+            out: dict[str, Any] = dict(sorted(self.counts.items()))
         out["missed_deadlines"] = self.missed_deadlines
         if self.queue_depth:
             depth = np.asarray(self.queue_depth)
