@@ -255,3 +255,24 @@ def test_bfloat16_inference_runs():
     assert executor.model.normalizer.action_std.dtype == torch.float32  # statistics stay float32
     chunk = executor.act(observation(), SUBTASK, None)
     assert chunk.actions.dtype == np.float32 and np.isfinite(chunk.actions).all()
+
+
+def test_executor_configs_build_from_a_saved_checkpoint(tmp_path):
+    from hybrid.config import compose, instantiate
+
+    FlowExecutor(tiny_model()).save_pretrained(tmp_path / "ckpt")
+    for name in ("flow_tabletop", "flow_flat", "flow"):
+        cfg = compose("run", [f"executor={name}", f"executor.path={tmp_path / 'ckpt'}", "executor.flow_steps=4"])
+        executor = instantiate(cfg.executor)
+        assert isinstance(executor, FlowExecutor) and executor.flow_steps == 4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_replay_matches_eager():
+    eager = FlowExecutor(tiny_model(), device="cuda", dtype="bfloat16")
+    graphed = FlowExecutor(tiny_model(), device="cuda", dtype="bfloat16", cuda_graph=True)
+    obs = observation()
+    for subgoal in (None, subgoal_for(obs), None):
+        np.testing.assert_allclose(graphed.act(obs, SUBTASK, subgoal).actions,
+                                   eager.act(obs, SUBTASK, subgoal).actions, atol=1e-5)
+    assert len(graphed._graphs) == 2  # one recording per input layout

@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--no-subgoal", action="store_true", help="act language-only")
+    parser.add_argument("--eager", action="store_true", help="on CUDA, do not replay the chunk as a CUDA graph")
     parser.add_argument("--json", action="store_true", help="only the final JSON line on stdout")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.json else logging.INFO)
@@ -148,24 +149,30 @@ def run(args) -> dict:
         executor.flow_steps = k
         return timed(lambda: executor.act(obs, subtask, subgoal), args.iters, args.warmup, cuda)
 
-    chunk_ms, one_step_ms = latency(steps), latency(1)
-    executor.flow_steps = steps
-    result = {
-        "config": args.checkpoint or args.config,
-        "device": args.device,
-        "dtype": dtype,
-        "threads": torch.get_num_threads(),
-        "params_m": round(sum(p.numel() for p in executor.model.parameters()) / 1e6, 2),
-        "chunk": cfg.chunk,
-        "action_dim": cfg.action_dim,
-        "flow_steps": steps,
-        "subgoal": subgoal is not None,
+    result = {"config": args.checkpoint or args.config, "device": args.device, "dtype": dtype,
+              "threads": torch.get_num_threads(),
+              "params_m": round(sum(p.numel() for p in executor.model.parameters()) / 1e6, 2),
+              "chunk": cfg.chunk, "action_dim": cfg.action_dim, "flow_steps": steps, "subgoal": subgoal is not None}
+    eager_ms = latency(steps)
+    chunk_ms, one_step_ms = eager_ms, latency(1)
+    if cuda and not args.eager:
+        executor.cuda_graph = True
+        try:
+            chunk_ms, one_step_ms = latency(steps), latency(1)
+            result["eager_latency_ms_p50"] = round(float(np.percentile(eager_ms, 50)), 2)
+        except Exception as err:  # report eager figures rather than nothing
+            executor.cuda_graph = False
+            result["cuda_graph_error"] = f"{type(err).__name__}: {err}"[:300]
+    result.update({
+        "cuda_graph": executor.cuda_graph,
         "latency_ms_p50": round(float(np.percentile(chunk_ms, 50)), 2),
         "latency_ms_p95": round(float(np.percentile(chunk_ms, 95)), 2),
         "latency_ms_1step": round(float(np.percentile(one_step_ms, 50)), 2),
-    }
+    })
+    executor.flow_steps = steps
     result["steps_cost_ratio"] = round(result["latency_ms_p50"] / result["latency_ms_1step"], 2)
     if cuda:
+        executor.cuda_graph = False  # the kernel comparison switches kernels between calls
         result.update({k: round(v, 4) if isinstance(v, float) else v
                        for k, v in attention_report(executor, obs, subtask, subgoal, args.iters).items()})
     return result

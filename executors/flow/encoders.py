@@ -97,7 +97,6 @@ class SiglipVision(nn.Module):
         from transformers import SiglipVisionConfig, SiglipVisionModel
 
         config = _tower_config(SiglipVisionConfig, path, stored, "vision_config")
-        config._attn_implementation = "sdpa"
         # Weights from `path` on first build; a saved executor overwrites them from its own file.
         self.tower = SiglipVisionModel.from_pretrained(path, config=config) if path else SiglipVisionModel(config)
         self.size = config.image_size
@@ -140,7 +139,6 @@ class SiglipText(nn.Module):
         from transformers import SiglipTextConfig, SiglipTextModel
 
         config = _tower_config(SiglipTextConfig, path, stored, "text_config")
-        config._attn_implementation = "sdpa"
         self.tower = SiglipTextModel.from_pretrained(path, config=config) if path else SiglipTextModel(config)
         self.out_dim = config.hidden_size
         self.tower_config = _plain(config)

@@ -192,18 +192,19 @@ class FlowModel(nn.Module):
 
     @torch.inference_mode()
     def sample_actions(self, batch: dict[str, torch.Tensor], steps: int | None = None,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """Raw action chunks ``(B, H, A)``: K Euler steps from noise along the learned velocity."""
+                       noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw action chunks ``(B, H, A)``: K Euler steps from ``noise`` (default: fresh) along the velocity."""
         steps = steps or self.cfg.flow_steps
         caches = self.prefix_caches(self.encode_prefix(batch))
-        b, dtype = batch["state"].shape[0], caches[0][0].dtype
-        device = caches[0][0].device
-        x = torch.randn(b, self.cfg.chunk, self.cfg.action_dim, device=device, generator=generator).to(dtype)
+        b, dtype, device = batch["state"].shape[0], caches[0][0].dtype, caches[0][0].device
+        # The chunk is integrated in float32 whatever the compute dtype; only the network runs in it.
+        x = torch.randn(b, self.cfg.chunk, self.cfg.action_dim, device=device) if noise is None else noise.float()
         # The K flow times are known in advance: their adaLN parameters come from one batched call.
         mods = self.modulations(torch.arange(steps, device=device, dtype=torch.float32) / steps)
         for k in range(steps):
-            x = x + self.velocity(x, [m[k : k + 1].expand(b, -1) for m in mods], caches) / steps
-        return self.normalizer.unaction(x.float())
+            velocity = self.velocity(x.to(dtype), [m[k : k + 1].expand(b, -1) for m in mods], caches)
+            x = x + velocity.float() / steps
+        return self.normalizer.unaction(x)
 
     # --- checkpoint: safetensors weights + JSON config (+ the tokenizer of a pretrained text tower)
     def save_pretrained(self, directory: str | Path) -> None:
@@ -227,10 +228,15 @@ class FlowModel(nn.Module):
 
 
 class FlowExecutor:
-    """The executor tier: ``act(obs, subtask, subgoal) -> ActionChunk`` with a `FlowModel`."""
+    """The executor tier: ``act(obs, subtask, subgoal) -> ActionChunk`` with a `FlowModel`.
+
+    On CUDA, ``cuda_graph=True`` records a chunk's whole computation (prefix and K flow steps) once per
+    input layout and replays it: at batch 1 the eager model is bound by kernel launches, not arithmetic.
+    """
 
     def __init__(self, model: FlowModel, tokenizer=None, device: str | torch.device = "cpu",
-                 flow_steps: int | None = None, dtype: torch.dtype | str = torch.float32, seed: int = 0):
+                 flow_steps: int | None = None, dtype: torch.dtype | str = torch.float32, seed: int = 0,
+                 cuda_graph: bool = False):
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         self.device = torch.device(device)
         self.model = model.to(self.device, dtype).eval()
@@ -239,13 +245,15 @@ class FlowExecutor:
         self.tokenizer = tokenizer or load_tokenizer(self.cfg)
         self.flow_steps = flow_steps or self.cfg.flow_steps
         self.seed = seed
+        self.cuda_graph = cuda_graph and self.device.type == "cuda"
+        self._graphs: dict[tuple, tuple] = {}
         self.reset()
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "cpu", flow_steps: int | None = None,
-                        dtype: str = "float32", seed: int = 0) -> FlowExecutor:
+                        dtype: str = "float32", seed: int = 0, cuda_graph: bool = False) -> FlowExecutor:
         model = FlowModel.from_pretrained(path)
-        return cls(model, load_tokenizer(model.cfg, path), device, flow_steps, dtype, seed)
+        return cls(model, load_tokenizer(model.cfg, path), device, flow_steps, dtype, seed, cuda_graph)
 
     def save_pretrained(self, directory: str | Path) -> None:
         self.model.save_pretrained(directory)
@@ -259,8 +267,33 @@ class FlowExecutor:
     def act(self, obs: Observation, subtask: Subtask | None, subgoal: Subgoal | None = None) -> ActionChunk:
         batch = observation_batch(self.cfg, self.tokenizer, obs, subtask, subgoal)
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        actions = self.model.sample_actions(batch, self.flow_steps, self.generator)[0].cpu().numpy()
+        noise = torch.randn(1, self.cfg.chunk, self.cfg.action_dim, device=self.device, generator=self.generator)
+        sample = self._replay if self.cuda_graph else self.model.sample_actions
+        actions = sample(batch, self.flow_steps, noise)[0].cpu().numpy()
         used_subgoal = subgoal is not None and self.cfg.use_subgoal
         return ActionChunk(actions=actions, dt=self.cfg.dt, start_time=obs.timestamp,
                            subtask=None if subtask is None else subtask.text,
                            subgoal_created_at=subgoal.created_at if used_subgoal else None)
+
+    def _replay(self, batch: dict[str, torch.Tensor], steps: int, noise: torch.Tensor) -> torch.Tensor:
+        """`sample_actions` through a CUDA graph recorded for this input layout and step count."""
+        key = (steps, *((k, tuple(v.shape), v.dtype) for k, v in sorted(batch.items())))
+        if key not in self._graphs:
+            static = {k: v.clone() for k, v in batch.items()}
+            static_noise = noise.clone()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up outside the graph (kernel selection, workspaces)
+                for _ in range(2):
+                    self.model.sample_actions(static, steps, static_noise)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self.model.sample_actions(static, steps, static_noise)
+            self._graphs[key] = (graph, static, static_noise, out)
+        graph, static, static_noise, out = self._graphs[key]
+        for k, v in batch.items():
+            static[k].copy_(v)
+        static_noise.copy_(noise)
+        graph.replay()
+        return out.clone()
