@@ -47,7 +47,7 @@ def flash_attn_func():
         from flash_attn import flash_attn_func as fn
     except ImportError:
         return None
-    except Exception as err:  # a wheel built against another torch fails with OSError/RuntimeError
+    except (OSError, RuntimeError) as err:  # a wheel built against another torch
         log.warning("attention: flash-attn is installed but does not import (%s); using SDPA", err)
         return None
     return fn

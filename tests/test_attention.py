@@ -82,9 +82,8 @@ def test_bad_calls_raise_clearly():
     q, k, v = qkv(sq=5, sk=9)
     with pytest.raises(ValueError, match="causal needs as many queries as keys"):
         attn.attention(q, k, v, causal=True)
-    with pytest.raises(ValueError, match="expected one of"):
-        with attn.use_backend("triton"):
-            pass
+    with pytest.raises(ValueError, match="expected one of"), attn.use_backend("triton"):
+        pass
     with attn.use_backend("flash_attn"):
         if attn.flash_attn_func() is None:
             with pytest.raises(RuntimeError, match="flash-attn package does not import"):

@@ -16,9 +16,9 @@ SUBTASK = Subtask(text="pick up the red block", index=0)
 
 
 def tiny_config(**overrides) -> FlowConfig:
-    fields = dict(cameras=["front", "wrist"], subgoal_cameras=["front"], state_dim=4, action_dim=3, chunk=6,
-                  image_size=16, patch_size=8, vision_width=16, vision_depth=1, text_width=16, text_depth=1,
-                  max_text_len=24, width=32, depth=2, heads=2, mlp_ratio=2.0, flow_steps=4)
+    fields = {"cameras": ["front", "wrist"], "subgoal_cameras": ["front"], "state_dim": 4, "action_dim": 3, "chunk": 6,
+                  "image_size": 16, "patch_size": 8, "vision_width": 16, "vision_depth": 1, "text_width": 16, "text_depth": 1,
+                  "max_text_len": 24, "width": 32, "depth": 2, "heads": 2, "mlp_ratio": 2.0, "flow_steps": 4}
     return FlowConfig(**(fields | overrides))
 
 
@@ -47,7 +47,7 @@ def subgoal_for(obs: Observation, seed: int = 5) -> Subgoal:
 
 def training_batch(model: FlowModel, n: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
     cfg, g = model.cfg, torch.Generator().manual_seed(seed)
-    images = lambda k: torch.randint(0, 256, (n, k, 3, cfg.image_size, cfg.image_size), generator=g,  # noqa: E731
+    images = lambda k: torch.randint(0, 256, (n, k, 3, cfg.image_size, cfg.image_size), generator=g,
                                      dtype=torch.uint8)
     pad = torch.zeros(n, cfg.chunk, dtype=torch.bool)
     pad[0, -2:] = True  # a chunk running past its episode's end
@@ -101,7 +101,7 @@ def test_cached_prefix_equals_joint_attention_over_prefix_and_chunk():
         q, k, v = block.qkv(h).chunk(3, -1)
         pk, pv = block.prefix_kv(block.prefix_norm(prefix)).chunk(2, -1)
         k, v = torch.cat([pk, k], 1), torch.cat([pv, v], 1)
-        split = lambda t: t.unflatten(-1, (cfg.heads, -1)).transpose(1, 2)  # noqa: E731
+        split = lambda t: t.unflatten(-1, (cfg.heads, -1)).transpose(1, 2)
         att = (split(q) @ split(k).transpose(-1, -2) / (cfg.width // cfg.heads) ** 0.5).softmax(-1) @ split(v)
         y = x + gate[:, None] * block.proj(att.transpose(1, 2).flatten(2))
         s2, c2, g2 = mod.chunk(6, -1)[3:]

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from executors.flow import FlowExecutor, FlowModel
 from test_executor_model import SUBTASK, observation, subgoal_for, tiny_config
 
-TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                   image_size=32, patch_size=8)
-TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                 max_position_embeddings=16)
+from executors.flow import FlowExecutor, FlowModel
+
+TINY_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                   "image_size": 32, "patch_size": 8}
+TINY_TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                 "max_position_embeddings": 16}
 WORDS = ["pick", "up", "the", "red", "block", "put", "it", "in", "blue", "bowl"]
 
 

@@ -142,7 +142,7 @@ class FlowModel(nn.Module):
         subgoal = batch.get("subgoal") if cfg.use_subgoal else None
         if subgoal is not None:
             images = torch.cat([images, subgoal], dim=1)
-        feats = self.vision((images.flatten(0, 1).to(dtype) / 255))
+        feats = self.vision(images.flatten(0, 1).to(dtype) / 255)
         tokens = self.vision_proj(feats).unflatten(0, (b, images.shape[1])) + self.image_slot[: images.shape[1]]
         if cfg.use_subgoal:
             missing = self.no_subgoal.to(tokens.dtype).expand(b, -1, -1, -1)
