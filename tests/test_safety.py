@@ -91,4 +91,4 @@ def test_missed_deadline_skips_elapsed_actions_instead_of_bursting():
         agent.close()
     rt = result.info["runtime"]
     assert rt["skipped_steps"] >= 5 and rt["missed_deadlines"] >= rt["skipped_steps"]
-    assert len(env.sent) + rt["skipped_steps"] == 60  # slots that passed were not made up in a burst
+    assert len(env.sent) + rt["skipped_steps"] + rt.get("warmup_skipped", 0) == 60  # no burst to make them up

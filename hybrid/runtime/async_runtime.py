@@ -143,8 +143,7 @@ class AsyncRuntime:
                 queue.skip(skipped)
                 step += skipped
                 late -= skipped * period
-                if s.first_chunk_step is not None:
-                    tel.count("skipped_steps", skipped)
+                tel.count("skipped_steps" if s.first_chunk_step is not None else "warmup_skipped", skipped)
             if stop.is_set():
                 return "interrupted", info
             if s.stack.finished:

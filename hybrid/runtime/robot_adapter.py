@@ -91,6 +91,7 @@ class RobotEnv:
         """Re-send the hold action, so the arm stops where it is rather than finishing a stale command."""
         if self.robot.is_connected:
             try:
+                self._raw = self.robot.get_observation()  # where the arm is now, after the last command
                 self.send(self.hold_action())
             except Exception as err:  # halting must never prevent disconnecting
                 log.warning("robot: hold on halt failed: %s", err)
