@@ -34,6 +34,7 @@ def execute(cfg, banner: str | None = None) -> int:
     """Build everything the config names, run its episodes, print the summary; 0 on success."""
     from hybrid.api import load_agent, make_env, run, run_async
     from hybrid.runtime.async_runtime import AsyncRuntimeConfig
+    from hybrid.runtime.runtime_summary import RuntimeSummary
     from hybrid.runtime.summary import ConsoleSummary
     from hybrid.runtime.sync import SyncLoopConfig
     from hybrid.viz import RerunView, RerunViewConfig
@@ -46,7 +47,8 @@ def execute(cfg, banner: str | None = None) -> int:
     try:
         loop_cfg = OmegaConf.to_container(cfg.runtime.loop)
         if cfg.runtime.get("kind", "sync") == "async":
-            results = run_async(agent, env, cfg.episodes, cfg.seed, AsyncRuntimeConfig(**loop_cfg), [view, summary])
+            results = run_async(agent, env, cfg.episodes, cfg.seed, AsyncRuntimeConfig(**loop_cfg),
+                                [view, summary, RuntimeSummary()])
         else:
             results = run(agent, env, cfg.episodes, cfg.seed, SyncLoopConfig(**loop_cfg), [view, summary])
     finally:
