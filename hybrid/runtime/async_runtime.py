@@ -136,7 +136,7 @@ class AsyncRuntime:
             wait = slot - time.perf_counter()
             if wait > 0:
                 time.sleep(wait)
-            tick = time.perf_counter()
+            tick, tick_cpu = time.perf_counter(), time.thread_time()
             late = tick - slot
             if late >= period:  # whole control slots passed without a tick: their actions have elapsed
                 skipped = min(int(late // period), cfg.max_steps - step - 1)
@@ -156,9 +156,9 @@ class AsyncRuntime:
                                   message=f"{broken.name} worker crashed: {broken.error!r}"))
                 return "fault", info
 
-            t_env = time.perf_counter()
+            t_env, c_env = time.perf_counter(), time.thread_time()
             obs = env.observe()
-            env_s = time.perf_counter() - t_env
+            env_s, env_cpu = time.perf_counter() - t_env, time.thread_time() - c_env
             if time.monotonic() - obs.timestamp > cfg.max_obs_age_s:
                 tel.count("stale_observations")  # the tiers keep the last fresh one; they refuse it once too old
             else:
@@ -186,12 +186,14 @@ class AsyncRuntime:
             if queue.depth() <= self.jobs.refill_at():
                 workers["executor"].wake()
 
-            t_env = time.perf_counter()
+            t_env, c_env = time.perf_counter(), time.thread_time()
             terminated, truncated, info = env.send(action)
-            env_s += time.perf_counter() - t_env
+            env_s, env_cpu = env_s + time.perf_counter() - t_env, env_cpu + time.thread_time() - c_env
             step += 1
             self._publish(s, step, instruction, obs, action)
+            # Wall time includes being preempted by other processes; CPU time is the loop's own work only.
             tel.overhead_ms.append((time.perf_counter() - tick - env_s) * 1e3)
+            tel.overhead_cpu_ms.append((time.thread_time() - tick_cpu - env_cpu) * 1e3)
             if info.get("success"):
                 return "success", info
             if terminated or truncated:

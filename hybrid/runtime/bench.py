@@ -152,6 +152,7 @@ def bench_async(args) -> dict:
     return {"status": result.status, "steps": result.steps, "wall_s": round(wall, 2),
             "achieved_hz": round(result.steps / wall, 2), "missed_deadlines": rt["missed_deadlines"],
             "overhead_ms_p50": round(rt["overhead_ms"]["p50"], 4), "overhead_ms_p99": round(rt["overhead_ms"]["p99"], 4),
+            "overhead_cpu_ms_p99": round(rt["overhead_cpu_ms"]["p99"], 4),
             "queue_depth": rt.get("queue_depth"), "seam": rt.get("seam"), "chunks": rt.get("chunks", 0),
             "warmup_steps": rt.get("first_chunk_step"),
             "counts": {k: rt[k] for k in ("late_steps", "skipped_steps", "dry_steps", "holds", "stale_observations",

@@ -42,7 +42,8 @@ class RuntimeTelemetry:
         self.counts: dict[str, int] = defaultdict(int)
         self.queue_depth: list[int] = []
         self.seams: list[float] = []
-        self.overhead_ms: list[float] = []
+        self.overhead_ms: list[float] = []  # the control loop's wall time per tick, env step and sleep excluded
+        self.overhead_cpu_ms: list[float] = []  # the same in CPU time of the loop's thread
 
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -63,8 +64,9 @@ class RuntimeTelemetry:
             seams = np.asarray(self.seams)
             out["seam"] = {"mean": float(seams.mean()), "p95": float(np.percentile(seams, 95)),
                            "max": float(seams.max()), "n": int(seams.size)}
-        if self.overhead_ms:
-            ms = np.asarray(self.overhead_ms)
-            out["overhead_ms"] = {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
-                                  "max": float(ms.max())}
+        for name in ("overhead_ms", "overhead_cpu_ms"):
+            ms = np.asarray(getattr(self, name))
+            if ms.size:
+                out[name] = {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
+                             "max": float(ms.max())}
         return out
