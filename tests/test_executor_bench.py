@@ -33,3 +33,28 @@ def test_bench_custom_yaml_steps_and_language_only(tmp_path, capsys):
     result = last_json(capsys)
     assert (result["chunk"], result["flow_steps"], result["subgoal"], result["threads"]) == (5, 4, False, 1)
     assert result["params_m"] < 1
+
+
+def test_bench_and_model_import_without_lerobot_or_hydra(tmp_path):
+    """The GPU check runs where only torch and transformers are installed."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({"model": {"chunk": 3, "image_size": 16, "vision_width": 16, "text_width": 16,
+                                              "width": 32, "depth": 1, "heads": 2}}))
+    script = f"""
+import sys
+class Missing:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("lerobot", "hydra", "omegaconf", "accelerate"):
+            raise ImportError(name + " is not installed here")
+sys.meta_path.insert(0, Missing())
+from hybrid.cli import main
+sys.exit(main(["bench", "executor", "--config", {str(path)!r}, "--json", "--iters", "1", "--warmup", "0",
+               "--threads", "1"]))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["chunk"] == 3

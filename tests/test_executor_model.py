@@ -248,6 +248,8 @@ def test_config_json_round_trip(tmp_path):
         tiny_config(conditioning="plan")
     with pytest.raises(ValueError, match="invalid subgoal_cameras"):
         tiny_config(subgoal_cameras=["top"])
+    with pytest.raises(ValueError, match="invalid text_width"):
+        tiny_config(text_width=15)
 
 
 def test_bfloat16_inference_runs():

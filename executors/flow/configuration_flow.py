@@ -65,6 +65,8 @@ class FlowConfig:
             "subgoal_dropout": 0.0 <= self.subgoal_dropout <= 1.0,
             "subgoal_cameras": set(self.subgoal_cameras) <= set(self.cameras),
             "width": self.width % self.heads == 0,
+            "vision_width": self.vision != "scratch" or self.vision_width % self.heads == 0,
+            "text_width": self.text != "bytes" or self.text_width % self.heads == 0,
             "image_size": self.vision != "scratch" or self.image_size % self.patch_size == 0,
             "flow_steps": self.flow_steps >= 1,
         }
