@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import logging
 
 import torch
@@ -43,11 +44,11 @@ _logged: set[tuple] = set()
 @functools.lru_cache(maxsize=1)
 def flash_attn_func():
     """`flash_attn.flash_attn_func`, or None when the package is absent or built for another torch."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return None
     try:
         from flash_attn import flash_attn_func as fn
-    except ImportError:
-        return None
-    except (OSError, RuntimeError) as err:  # a wheel built against another torch
+    except (ImportError, OSError, RuntimeError) as err:  # e.g. a wheel built against another torch
         log.warning("attention: flash-attn is installed but does not import (%s); using SDPA", err)
         return None
     return fn
