@@ -70,6 +70,19 @@ class PlanStack:
         return True
 
 
+def check_subgoal(obs: Observation, res: TierResult[Subgoal]) -> TierResult[Subgoal]:
+    """A subgoal must have one image per camera of ``obs``, each the camera's shape; else it is a fault."""
+    if res.value is None:
+        return res
+    missing = set(obs.images) - set(res.value.images)
+    if missing:
+        return TierResult(None, res.latency_ms, _bad("world_model", f"subgoal lacks cameras {sorted(missing)}"))
+    if any(res.value.images[c].shape != obs.images[c].shape for c in obs.images):
+        shapes = {c: res.value.images[c].shape for c in obs.images}
+        return TierResult(None, res.latency_ms, _bad("world_model", f"subgoal image shapes {shapes} differ from the cameras'"))
+    return res
+
+
 class HybridAgent:
     """Planner → world model → executor, each swappable by any object that meets its interface."""
 
@@ -107,14 +120,7 @@ class HybridAgent:
     def imagine(self, obs: Observation) -> TierResult[Subgoal]:
         """Ask the world model for the current subtask's subgoal; on a fault keep the last valid one."""
         cur = self.stack.current
-        res = self._call["world_model"](self.world_model.imagine, obs, cur)
-        if res.value is not None:
-            missing = set(obs.images) - set(res.value.images)
-            if missing:
-                res = TierResult(None, res.latency_ms, _bad("world_model", f"subgoal lacks cameras {sorted(missing)}"))
-            elif any(res.value.images[c].shape != obs.images[c].shape for c in obs.images):
-                shapes = {c: res.value.images[c].shape for c in obs.images}
-                res = TierResult(None, res.latency_ms, _bad("world_model", f"subgoal image shapes {shapes} differ from the cameras'"))
+        res = check_subgoal(obs, self._call["world_model"](self.world_model.imagine, obs, cur))
         if res.value is not None:
             self.stack.subgoal = res.value
         elif not self.config.keep_last_subgoal:

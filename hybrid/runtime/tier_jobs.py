@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 
-from hybrid.agent import PlanStack
+from hybrid.agent import PlanStack, check_subgoal
 from hybrid.runtime.chunk_queue import ChunkQueue
 from hybrid.runtime.subgoals import SubgoalBoard
 from hybrid.runtime.telemetry import LatencyLog, RuntimeTelemetry
@@ -125,7 +125,7 @@ class TierJobs:
         obs, _ = self.fresh_observation("world_model")
         if obs is None:
             return
-        res = self._check_subgoal(obs, self.callers["world_model"](self.agent.world_model.imagine, obs, target))
+        res = check_subgoal(obs, self.callers["world_model"](self.agent.world_model.imagine, obs, target))
         self.s.latency_ms("world_model", res.latency_ms)
         if res.fault:  # the executor keeps the last valid subgoal (or none); the worker's timer retries
             self.s.fault(res.fault)
@@ -137,20 +137,6 @@ class TierJobs:
             self.s.refresh_chunk.set()
             self.wake_executor()
         self.wake_world_model()  # a prefetch may be due next
-
-    @staticmethod
-    def _check_subgoal(obs: Observation, res: TierResult[Subgoal]) -> TierResult[Subgoal]:
-        if res.value is None:
-            return res
-        problem = None
-        missing = set(obs.images) - set(res.value.images)
-        if missing:
-            problem = f"subgoal lacks cameras {sorted(missing)}"
-        elif any(res.value.images[c].shape != obs.images[c].shape for c in obs.images):
-            problem = f"subgoal image shapes differ from the cameras' {[obs.images[c].shape for c in obs.images]}"
-        if problem is None:
-            return res
-        return TierResult(None, res.latency_ms, TierFault(tier="world_model", kind="bad_output", message=problem))
 
     # ---- executor -------------------------------------------------------------------------------
 
