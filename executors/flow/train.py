@@ -41,7 +41,10 @@ class FlowDataset(Dataset):
         self.subgoal_rows = [cfg.cameras.index(cam) for cam in cfg.subgoal_cameras]
         self.frames = None
         if cache:
-            items = [self._decode(i) for i in range(len(dataset))]
+            from tqdm.auto import tqdm
+
+            frames = tqdm(range(len(dataset)), desc="decoding frames", disable=len(dataset) < 1000)
+            items = [self._decode(i) for i in frames]
             self.frames = {k: torch.stack([item[k] for item in items]) for k in items[0]}
 
     def _decode(self, i: int) -> dict[str, torch.Tensor]:
@@ -119,11 +122,15 @@ def train(data: str, out: str, model: dict | None = None, steps: int = 20_000, b
     from tqdm.auto import tqdm
 
     out = Path(out)
-    accelerator = Accelerator(mixed_precision=mixed_precision if torch.cuda.is_available() else "no")
+    # The schedule counts optimizer steps, however many processes share them.
+    accelerator = Accelerator(mixed_precision=mixed_precision if torch.cuda.is_available() else "no",
+                              step_scheduler_with_optimizer=False)
     torch.manual_seed(seed + accelerator.process_index)
 
     probe = open_dataset(data)
     cfg = FlowConfig.load(out / "model") if resume and (out / "model").is_dir() else dataset_config(probe, model or {})
+    if cfg.vision == "siglip" and not cfg.vision_path and not resume:
+        log.warning("model.vision_path is not set: the SigLIP vision tower starts from random weights")
     delta = {FEATURES["action"]: [k / probe.fps for k in range(cfg.chunk)]}
     dataset = open_dataset(data, delta_timestamps=delta)
     index = SubtaskIndex.from_dataset(dataset)
