@@ -94,7 +94,7 @@ def test_cached_prefix_equals_joint_attention_over_prefix_and_chunk():
         prefix = torch.randn(2, 9, cfg.width)
         x = torch.randn(2, cfg.chunk, cfg.width)
         mod = block.modulation(model.time_embed(torch.tensor([0.1, 0.7])))
-        cached = block(x, mod, block.prefix_cache(prefix))
+        cached = block(x, mod, block.prefix_cache(prefix, cfg.chunk))
         # Recomputed from scratch: keys/values of the normalised prefix and of the modulated chunk.
         shift, scale, gate = mod.chunk(6, -1)[:3]
         h = torch.nn.functional.layer_norm(x, (cfg.width,)) * scale[:, None] + shift[:, None]

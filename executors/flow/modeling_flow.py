@@ -69,17 +69,21 @@ class ActionBlock(nn.Module):
         mod[:, 4 * w : 5 * w] += 1
         return mod
 
-    def prefix_cache(self, prefix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """This block's keys and values of the prefix, computed once per chunk."""
-        b, s, w = prefix.shape
-        return self.prefix_kv(self.prefix_norm(prefix)).view(b, s, 2, self.heads, w // self.heads).unbind(2)
+    def prefix_cache(self, prefix: torch.Tensor, chunk: int) -> torch.Tensor:
+        """Keys and values ``(B, P + H, 2, heads, D)``: the prefix's, computed once per chunk, then room
+        for the action chunk's, overwritten at every flow step (no per-step copy of the prefix)."""
+        b, p, w = prefix.shape
+        kv = prefix.new_empty(b, p + chunk, 2, self.heads, w // self.heads)
+        kv[:, :p] = self.prefix_kv(self.prefix_norm(prefix)).view(b, p, 2, self.heads, w // self.heads)
+        return kv
 
-    def forward(self, x: torch.Tensor, mod: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mod: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
         b, s, w = x.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)
-        q, k, v = self.qkv(modulate(x, shift1, scale1)).view(b, s, 3, self.heads, w // self.heads).unbind(2)
-        k, v = torch.cat([cache[0], k], dim=1), torch.cat([cache[1], v], dim=1)
-        x = torch.addcmul(x, gate1[:, None], self.proj(attention(q, k, v).reshape(b, s, w)))
+        qkv = self.qkv(modulate(x, shift1, scale1)).view(b, s, 3, self.heads, w // self.heads)
+        kv[:, -s:] = qkv[:, :, 1:]  # the chunk's keys/values join the cached prefix's
+        attended = attention(qkv[:, :, 0], kv[:, :, 0], kv[:, :, 1]).reshape(b, s, w)
+        x = torch.addcmul(x, gate1[:, None], self.proj(attended))
         return torch.addcmul(x, gate2[:, None], self.mlp(modulate(x, shift2, scale2)))
 
 
@@ -159,8 +163,8 @@ class FlowModel(nn.Module):
             x = block(x)
         return self.prefix_norm(x)
 
-    def prefix_caches(self, prefix: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [block.prefix_cache(prefix) for block in self.blocks]
+    def prefix_caches(self, prefix: torch.Tensor) -> list[torch.Tensor]:
+        return [block.prefix_cache(prefix, self.cfg.chunk) for block in self.blocks]
 
     # --- action expert: once per flow step
     def modulations(self, t: torch.Tensor) -> list[torch.Tensor]:
@@ -185,7 +189,7 @@ class FlowModel(nn.Module):
         noise = torch.randn_like(actions)
         t = self.sample_time(actions.shape[0], actions.device)
         x_t = (1 - t[:, None, None]) * noise + t[:, None, None] * actions
-        velocity = self.velocity(x_t.to(caches[0][0].dtype), self.modulations(t), caches)
+        velocity = self.velocity(x_t.to(caches[0].dtype), self.modulations(t), caches)
         error = (velocity.float() - (actions - noise)) ** 2
         valid = (~batch["action_is_pad"]).float()[..., None].expand_as(error)
         return (error * valid).sum() / valid.sum().clamp_min(1)
@@ -196,7 +200,7 @@ class FlowModel(nn.Module):
         """Raw action chunks ``(B, H, A)``: K Euler steps from ``noise`` (default: fresh) along the velocity."""
         steps = steps or self.cfg.flow_steps
         caches = self.prefix_caches(self.encode_prefix(batch))
-        b, dtype, device = batch["state"].shape[0], caches[0][0].dtype, caches[0][0].device
+        b, dtype, device = batch["state"].shape[0], caches[0].dtype, caches[0].device
         # The chunk is integrated in float32 whatever the compute dtype; only the network runs in it.
         x = torch.randn(b, self.cfg.chunk, self.cfg.action_dim, device=device) if noise is None else noise.float()
         # The K flow times are known in advance: their adaLN parameters come from one batched call.
