@@ -210,7 +210,7 @@ class FlowModel(nn.Module):
             x = x + velocity.float() / steps
         return self.normalizer.unaction(x)
 
-    # --- checkpoint: safetensors weights + JSON config (+ the tokenizer of a pretrained text tower)
+    # --- checkpoint: safetensors weights (normalisation statistics included) + JSON config
     def save_pretrained(self, directory: str | Path) -> None:
         from safetensors.torch import save_model
 
