@@ -29,6 +29,9 @@ CAMERAS = ("front", "wrist")
 MAX_DELTA = 0.05  # metres per control step, per axis
 WORKSPACE = np.array([[-0.28, 0.28], [-0.4, 0.4], [0.0, 0.4]])  # tool centre point limits, metres
 WINDUP = 0.02  # the commanded position stays this close to the measured one
+# agent_pos bounds: the gantry's joint ranges, padded for the servo's overshoot and contact penetration.
+STATE_LOW = np.array([-0.31, -0.43, -0.01, 0.0], np.float32)
+STATE_HIGH = np.array([0.31, 0.43, 0.46, 1.0], np.float32)
 ACTION_NAMES = ("dx", "dy", "dz", "gripper")
 
 
@@ -70,11 +73,7 @@ class TabletopEnv(gym.Env):
         self.observation_space = spaces.Dict(
             {
                 "pixels": spaces.Dict({cam: image for cam in self.cameras}),
-                "agent_pos": spaces.Box(
-                    np.append(WORKSPACE[:, 0], 0.0).astype(np.float32),
-                    np.append(WORKSPACE[:, 1], 1.0).astype(np.float32),
-                    dtype=np.float32,
-                ),
+                "agent_pos": spaces.Box(STATE_LOW, STATE_HIGH, dtype=np.float32),
             }
         )
         self.action_space = spaces.Box(

@@ -89,9 +89,9 @@ def record(
         streaming_encoding=True,  # encode while stepping instead of writing PNGs first
     )
     max_failures = episodes if max_failures is None else max_failures
-    failures, frames_written, next_seed = 0, 0, seed
+    saved, failures, frames_written, next_seed = 0, 0, 0, seed
     with tqdm(total=episodes, desc="recording", unit="episode", disable=not progress) as bar:
-        while bar.n < episodes:
+        while saved < episodes:
             frames, info = run_episode(env, next_seed)
             next_seed += 1
             if not info["success"]:
@@ -104,6 +104,7 @@ def record(
                 dataset.add_frame(frame)
             dataset.save_episode()
             frames_written += len(frames)
+            saved += 1
             bar.update(1)
     dataset.finalize()
     return {"out": str(out), "episodes": episodes, "frames": frames_written, "failed_seeds": failures}

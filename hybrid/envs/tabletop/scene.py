@@ -135,43 +135,51 @@ class Scene:
         return self.touching_cup() if self.suction_command >= SUCTION_ON else set()
 
     # ---- predicates ------------------------------------------------------------------------------
-    def _resting(self, i: int) -> bool:
-        adr = self.block_qvel[i]
-        return float(np.linalg.norm(self.data.qvel[adr : adr + 3])) < RESTING_SPEED
+    def _placed(self, held: set[int] | None) -> tuple[np.ndarray, np.ndarray]:
+        """Active block positions, and which of them are let go of and still (may count as placed)."""
+        n = self.n_blocks()
+        pos = self.data.xpos[self.block_body[:n]]
+        vel = self.data.qvel[self.block_qvel[:n, None] + np.arange(3)]
+        free = np.linalg.norm(vel, axis=1) < RESTING_SPEED
+        held = self.held_blocks() if held is None else held
+        free[list(held)] = False
+        return pos, free
+
+    def in_bowls(self, held: set[int] | None = None) -> np.ndarray:
+        """bool[n_blocks, n_bowls]: block rests on the bowl's floor, inside the rim, still, let go of."""
+        pos, free = self._placed(held)
+        centres = self.model.body_pos[self.bowl_body]
+        inside = np.linalg.norm(pos[:, None, :2] - centres[None, :, :2], axis=-1) < BOWL_INNER
+        on_floor = np.abs(pos[:, 2] - (BOWL_FLOOR + BLOCK_HALF)) < 0.01
+        return inside & (on_floor & free)[:, None]
 
     def in_bowl(self, i: int, b: int, held: set[int] | None = None) -> bool:
-        """Block i rests on bowl b's floor: inside the rim, at floor height, still, and let go of."""
-        p, c = self.block_pos(i), self.bowl_pos(b)
-        held = self.held_blocks() if held is None else held
-        return bool(
-            np.linalg.norm(p[:2] - c[:2]) < BOWL_INNER
-            and abs(p[2] - (BOWL_FLOOR + BLOCK_HALF)) < 0.01
-            and self._resting(i)
-            and i not in held
-        )
+        return bool(self.in_bowls(held)[i, b])
 
     def on_block(self, i: int, j: int, held: set[int] | None = None) -> bool:
         """Block i rests on top of block j: centred within half a block, one block higher, let go of."""
-        p, q = self.block_pos(i), self.block_pos(j)
-        held = self.held_blocks() if held is None else held
+        pos, free = self._placed(held)
+        p, q = pos[i], pos[j]
         return bool(
-            np.linalg.norm(p[:2] - q[:2]) < BLOCK_HALF
-            and abs(p[2] - q[2] - 2 * BLOCK_HALF) < 0.008
-            and self._resting(i)
-            and i not in held
+            np.linalg.norm(p[:2] - q[:2]) < BLOCK_HALF and abs(p[2] - q[2] - 2 * BLOCK_HALF) < 0.008 and free[i]
         )
 
     def goal_done(self, goal: Goal, held: set[int] | None = None) -> bool:
-        held = self.held_blocks() if held is None else held
-        if isinstance(goal, StackOn):
-            return self.on_block(goal.block, goal.base, held)
-        colours = self.spec.block_colours
-        inside = sum(self.in_bowl(i, goal.bowl, held) for i in range(len(colours)) if colours[i] == goal.colour)
-        return inside >= goal.count
+        return self.subtask_success(held, goals=(goal,))[0]
 
-    def subtask_success(self) -> list[bool]:
-        held = self.held_blocks()
-        return [bool(self.goal_done(g, held)) for g in self.spec.goals]
+    def subtask_success(self, held: set[int] | None = None, goals=None) -> list[bool]:
+        """One bool per goal (the episode's plan by default), all from one read of the physics state."""
+        held = self.held_blocks() if held is None else held
+        goals = self.spec.goals if goals is None else goals
+        in_bowls = self.in_bowls(held) if any(isinstance(g, PlaceIn) for g in goals) else None
+        colours = np.array(self.spec.block_colours)
+        done = []
+        for goal in goals:
+            if isinstance(goal, StackOn):
+                done.append(self.on_block(goal.block, goal.base, held))
+            else:
+                done.append(int(in_bowls[colours == goal.colour, goal.bowl].sum()) >= goal.count)
+        return done
 
     # ---- goal poses (for the expert and the oracle subgoal) -------------------------------------
     def place_target(self, goal: Goal, data: mujoco.MjData | None = None) -> np.ndarray:
