@@ -112,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="flow steps K (default: the config's)")
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    # One intra-op thread by default: at batch 1 the matrices are small (H action tokens), the hot path is
+    # bound by per-op overhead, and a second thread mostly adds barrier waits, badly so on a shared machine.
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--no-subgoal", action="store_true", help="act language-only")
     parser.add_argument("--eager", action="store_true", help="on CUDA, do not replay the chunk as a CUDA graph")
     parser.add_argument("--json", action="store_true", help="only the final JSON line on stdout")
@@ -152,7 +154,8 @@ def run(args) -> dict:
     result = {"config": args.checkpoint or args.config, "device": args.device, "dtype": dtype,
               "threads": torch.get_num_threads(),
               "params_m": round(sum(p.numel() for p in executor.model.parameters()) / 1e6, 2),
-              "chunk": cfg.chunk, "action_dim": cfg.action_dim, "flow_steps": steps, "subgoal": subgoal is not None}
+              "chunk": cfg.chunk, "action_dim": cfg.action_dim, "flow_steps": steps,
+              "subgoal": subgoal is not None and cfg.use_subgoal}
     eager_ms = latency(steps)
     chunk_ms, one_step_ms = eager_ms, latency(1)
     if cuda and not args.eager:
