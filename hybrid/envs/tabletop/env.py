@@ -6,7 +6,7 @@ Observation (mirrors LeRobot's gym envs):
                and the suction state in [0, 1]
 Action: float32[4] = (dx, dy, dz, gripper)
     dx, dy, dz: change of the commanded tool position, metres per control step, each in [-0.05, 0.05]
-               (0.5 m/s at 10 Hz). The command is clamped to the workspace and kept within 2 cm of the
+               (0.5 m/s at 10 Hz). The command is clamped to the workspace and kept within 5 cm of the
                measured position, so pushing against the table or a block never winds up a large force.
     gripper:   suction command in [0, 1]; it scales the suction force (0 = off, 1 = full, >= 0.5 holds).
 Control runs at `control_hz` (10 Hz default) over 2 ms physics steps.
@@ -28,7 +28,7 @@ from hybrid.envs.tabletop.tasks import FAMILIES, sample_task
 CAMERAS = ("front", "wrist")
 MAX_DELTA = 0.05  # metres per control step, per axis
 WORKSPACE = np.array([[-0.28, 0.28], [-0.4, 0.4], [0.0, 0.4]])  # tool centre point limits, metres
-WINDUP = 0.02  # the commanded position stays this close to the measured one
+WINDUP = 0.05  # the commanded position stays this close to the measured one (servo lag at full speed is ~3 cm)
 # agent_pos bounds: the gantry's joint ranges, padded for the servo's overshoot and contact penetration.
 STATE_LOW = np.array([-0.31, -0.43, -0.01, 0.0], np.float32)
 STATE_HIGH = np.array([0.31, 0.43, 0.46, 1.0], np.float32)
@@ -146,7 +146,7 @@ class TabletopEnv(gym.Env):
 
     def expert(self) -> ScriptedExpert:
         """The scripted expert for the current episode (seeded by it, so its noise is reproducible)."""
-        return ScriptedExpert(self.scene, np.random.default_rng(self._expert_seed))
+        return ScriptedExpert(self.scene, np.random.default_rng(self._expert_seed), lambda: self._target.copy())
 
     def render_subgoal(self, subtask_index: int) -> dict[str, np.ndarray]:
         """Images of the scene once subtasks 0..subtask_index are done (the oracle subgoal).

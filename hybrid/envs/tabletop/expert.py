@@ -10,6 +10,8 @@ subtask, so a subtask's last frames show it done.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from hybrid.envs.tabletop.scene import BLOCK_HALF, Scene
@@ -19,16 +21,29 @@ PHASES = ("rise", "over_block", "descend", "grip", "lift", "over_goal", "lower",
 MAX_DELTA = 0.05  # the env's per-axis action limit (metres per step)
 REACHED = 0.004  # metres: close enough to a waypoint
 FINE_SPEED = 0.02  # metres per step for the last centimetres of a descent
+ACCEL = 0.012  # metres per step per step (1.2 m/s^2): how fast the expert changes speed
+MIN_SPEED = 0.004  # metres per step: the slowest it moves while a waypoint is still ahead
 DWELL = 2  # control steps to let the suction build up or let go
+PHASE_BUDGET = 40  # control steps; a phase that takes longer is stuck, so the subtask starts over
 
 
 class ScriptedExpert:
     """`act(obs) -> action`; `subtask_index` / `subtask_text` say what it is doing now."""
 
-    def __init__(self, scene: Scene, rng: np.random.Generator, noise: float = 0.002) -> None:
-        self.scene, self.rng, self.noise = scene, rng, noise
+    def __init__(
+        self,
+        scene: Scene,
+        rng: np.random.Generator,
+        commanded: Callable[[], np.ndarray],
+        noise: float = 0.004,
+    ) -> None:
+        # `commanded` reads the env's commanded tool position: actions move the command, which the
+        # servo tracks with some lag, so steering the command (not the measured position) avoids
+        # overshooting waypoints at speed.
+        self.scene, self.rng, self.noise, self.commanded = scene, rng, noise, commanded
         self.spec = scene.spec
-        self.speed = rng.uniform(0.035, MAX_DELTA)  # per-episode pace, for diversity
+        self.speed = rng.uniform(0.035, MAX_DELTA)  # per-episode cruise speed, for diversity
+        self._speed_now = 0.0
         self.subtask_index = 0
         self.done = False
         self._start_subtask()
@@ -40,6 +55,8 @@ class ScriptedExpert:
     def _start_subtask(self) -> None:
         self._phase = 0
         self._dwell = 0
+        self._phase_steps = 0
+        self._last_z = np.inf
         # Clear everything on the table, plus the block we will carry under the cup.
         self._travel_z = max(self.scene.stack_top(), 2 * BLOCK_HALF) + 2 * BLOCK_HALF + self.rng.uniform(0.03, 0.06)
         self._grasp_offset = self.rng.uniform(-0.003, 0.003, size=2)
@@ -56,11 +73,13 @@ class ScriptedExpert:
             step = self._phase_step(ee)
             if step is not None:
                 return step
-        return self._move(ee, ee, 0.0)
+        return self._hold(0.0)
 
     def _next(self) -> None:
         self._phase += 1
         self._dwell = 0
+        self._phase_steps = 0
+        self._last_z = np.inf
         if self._phase == len(PHASES):
             if self.scene.goal_done(self.goal):
                 if self.subtask_index == len(self.spec.goals) - 1:
@@ -73,8 +92,12 @@ class ScriptedExpert:
     def _phase_step(self, ee: np.ndarray) -> np.ndarray | None:
         """The action for the current phase, or None after advancing to the next one."""
         if self.done:
-            return self._move(ee, ee, 0.0)
+            return self._hold(0.0)
         name = PHASES[self._phase]
+        self._phase_steps += 1
+        if self._phase_steps > PHASE_BUDGET:
+            self._start_subtask()
+            return None
         block = self.goal.block
         b = self.scene.block_pos(block)
         held = block in self.scene.held_blocks()
@@ -100,7 +123,7 @@ class ScriptedExpert:
             self._dwell += 1
             if self._dwell > DWELL:
                 return self._next()
-            return self._move(ee, ee, suction, noise=False)
+            return self._hold(suction)
         if name == "lift":
             if ee[2] >= self._travel_z - 0.01:
                 return self._next()
@@ -114,7 +137,9 @@ class ScriptedExpert:
             return self._move(ee, wp, 1.0)
         if name == "lower":
             z = target[2] + 0.004 - under[2]  # the block's bottom 4 mm above its support
-            if ee[2] <= z + 0.002:
+            stalled = ee[2] > self._last_z - 0.001  # something already supports the block
+            self._last_z = ee[2]
+            if ee[2] <= z + 0.002 or stalled:
                 return self._next()
             wp = np.array([*(target[:2] - under[:2] + self._place_offset), z])
             return self._move(ee, wp, 1.0, fine_z=z + 0.02)
@@ -123,15 +148,23 @@ class ScriptedExpert:
             return self._next()
         return self._move(ee, np.array([ee[0], ee[1], self._travel_z]), 0.0)
 
-    def _move(self, ee, wp, suction: float, fine_z: float | None = None, noise: bool = True) -> np.ndarray:
-        delta = wp - ee
-        speed = self.speed
+    def _hold(self, suction: float) -> np.ndarray:
+        self._speed_now = 0.0
+        return np.array([0.0, 0.0, 0.0, suction], np.float32)
+
+    def _move(self, ee, wp, suction: float, fine_z: float | None = None) -> np.ndarray:
+        """Steer the command toward `wp` on a trapezoidal speed profile, plus transit noise."""
+        delta = wp - self.commanded()
+        dist = float(np.linalg.norm(delta))
+        # Ramp up, cruise, and brake in time: a jerky cup makes a held block swing.
+        speed = min(self.speed, self._speed_now + ACCEL, np.sqrt(2 * ACCEL * dist))
         if fine_z is not None and ee[2] < fine_z + 0.03:
-            speed = FINE_SPEED  # slow down for the last few centimetres above a contact
-        norm = np.linalg.norm(delta)
-        if norm > speed:
-            delta *= speed / norm
-        if noise:
-            delta += self.rng.normal(0.0, self.noise, size=3)
+            speed = min(speed, FINE_SPEED)  # slow for the last few centimetres above a contact
+        speed = max(speed, min(dist, MIN_SPEED))  # but never stall short of the waypoint
+        if dist > speed:
+            delta *= speed / dist
+        self._speed_now = min(speed, dist)
+        # Jitter the path in transit, not the final approach: diversity without losing precision.
+        delta += self.rng.normal(0.0, self.noise * min(1.0, dist / 0.05), size=3)
         delta = np.clip(delta, -MAX_DELTA, MAX_DELTA)
         return np.array([*delta, suction], np.float32)
