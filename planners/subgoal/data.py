@@ -1,0 +1,107 @@
+"""Camera frames of a LeRobot dataset decoded once into memory, and the (frame, subtask) -> subgoal pairs.
+
+Random access into mp4 on the CPU costs a seek and a partial GOP decode per frame; the world-model
+trainer and evaluator read every frame many times, so each video file is decoded once, sequentially,
+into a uint8 array (optionally area-downsampled to the model's resolution).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from hybrid.data import SubtaskIndex
+
+GoalRule = Literal["subtask_end", "ahead", "hindsight"]
+
+
+def camera_name(key: str) -> str:
+    """`observation.images.front` -> `front` (the name observations and prompts use)."""
+    return key.rsplit(".", 1)[-1]
+
+
+def decode_camera(dataset, key: str, size: int | None = None, progress: bool = False) -> np.ndarray:
+    """All frames of one camera as uint8 [N, H, W, 3] in dataset index order (N = dataset.num_frames)."""
+    if key in dataset.meta.video_keys:
+        frames = _decode_videos(dataset, key, progress)
+    else:
+        column = dataset.hf_dataset.with_format(None).select_columns([key])[key]
+        frames = np.stack([np.asarray(im.convert("RGB") if hasattr(im, "convert") else im) for im in column])
+    return frames if size is None else downsample(frames, size)
+
+
+def downsample(frames: np.ndarray, size: int, chunk: int = 4096) -> np.ndarray:
+    """Area-resample uint8 [N, H, W, 3] to [N, size, size, 3], as the pipeline does at inference."""
+    import torch
+
+    from planners.subgoal.tabletop_model import to_model_space
+
+    if frames.shape[1:3] == (size, size):
+        return frames
+    out = np.empty((len(frames), size, size, 3), np.uint8)
+    for s in range(0, len(frames), chunk):
+        x = to_model_space(torch.from_numpy(frames[s:s + chunk]), size)
+        out[s:s + chunk] = x.add(1).mul(127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    return out
+
+
+def _decode_videos(dataset, key: str, progress: bool) -> np.ndarray:
+    import av
+    from tqdm import tqdm
+
+    meta, fps = dataset.meta, dataset.fps
+    table = dataset.hf_dataset.with_format(None).select_columns(["episode_index", "frame_index"])[:]
+    episodes = np.asarray(table["episode_index"])
+    frame_index = np.asarray(table["frame_index"])
+    h, w, _ = meta.features[key]["shape"]
+    out = np.empty((len(episodes), h, w, 3), np.uint8)
+    # Episodes share mp4 files (LeRobot v3): decode each file once, then slice every episode out of it.
+    by_file: dict[Path, list[int]] = {}
+    for ep in np.unique(episodes).tolist():
+        by_file.setdefault(dataset.root / meta.get_video_file_path(ep, key), []).append(ep)
+    for path, eps in tqdm(sorted(by_file.items()), desc=f"decoding {camera_name(key)}", disable=not progress):
+        with av.open(str(path)) as container:
+            video = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        for ep in eps:
+            rows = np.flatnonzero(episodes == ep)
+            first = int(round(meta.episodes[ep][f"videos/{key}/from_timestamp"] * fps))
+            wanted = first + frame_index[rows]
+            if wanted.max() >= len(video):
+                raise ValueError(f"{path}: episode {ep} needs frame {wanted.max()}, file has {len(video)}")
+            out[rows] = np.stack([video[i] for i in wanted])
+    return out
+
+
+@dataclass
+class FrameCache:
+    """uint8 frames per camera (name -> [N, H, W, 3]) and the plan structure of every frame."""
+
+    frames: dict[str, np.ndarray]
+    index: SubtaskIndex
+
+    @classmethod
+    def from_dataset(cls, root: str | Path, cameras: list[str] | None = None, size: int | None = None,
+                     progress: bool = False) -> FrameCache:
+        from hybrid.data import open_dataset
+
+        dataset = open_dataset(root)
+        keys = [k for k in dataset.meta.camera_keys if cameras is None or camera_name(k) in cameras]
+        if not keys:
+            raise ValueError(f"{root}: no camera among {cameras}; has {dataset.meta.camera_keys}")
+        frames = {camera_name(k): decode_camera(dataset, k, size, progress) for k in keys}
+        return cls(frames, SubtaskIndex.from_dataset(dataset))
+
+    @property
+    def cameras(self) -> list[str]:
+        return list(self.frames)
+
+    def goal_of(self, i: int, rule: GoalRule, ahead: int, rng: np.random.Generator) -> int:
+        """Frame index of frame i's subgoal: end of its subtask, ``ahead`` frames later, or Pi-0.7's hindsight mix."""
+        if rule == "subtask_end":
+            return int(self.index.subtask_end[i])
+        if rule == "ahead":
+            return int(min(i + ahead, self.index.episode_end[i]))
+        return self.index.hindsight_goal(i, rng)
