@@ -74,7 +74,7 @@ def test_training_samples_carry_chunks_padding_and_hindsight_subgoals(tiny_datas
     cfg = dataset_config(dataset, {"chunk": 4, "image_size": 16, "patch_size": 8, "subgoal_dropout": 0.5})
     index = SubtaskIndex.from_dataset(dataset)
     samples = FlowDataset(dataset, index, cfg, ByteTokenizer(cfg.max_text_len))
-    assert samples.frames["images"].shape == (24, 2, 3, 16, 16) and samples.frames["images"].dtype == torch.uint8
+    assert samples.images.shape == (24, 2, 3, 16, 16) and samples.images.dtype == torch.uint8
 
     last = int(index.episode_end[0])  # the last frame of episode 0: its chunk runs past the end
     item = samples[last]
@@ -92,8 +92,16 @@ def test_training_samples_carry_chunks_padding_and_hindsight_subgoals(tiny_datas
         for _ in range(20):
             sample = samples[i]
             has.append(bool(sample["has_subgoal"]))
-            assert any(torch.equal(sample["subgoal"][0], samples.frames["images"][k][0]) for k in frames)
+            assert any(torch.equal(sample["subgoal"][0], samples.images[k][0]) for k in frames)
     assert 0 < sum(has) < len(has)  # subgoal dropout hides some
+
+    # The in-memory cache gives the same sample as LeRobot's delta-timestamp reads.
+    uncached = FlowDataset(dataset, index, cfg, ByteTokenizer(cfg.max_text_len), cache=False)
+    for i in (0, last):
+        a, b = samples._frame(i), uncached._frame(i)
+        assert set(a) == set(b)
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], atol=1 if key == "images" else 1e-6, rtol=0)
 
 
 def test_instruction_conditioning_reads_the_episode_task(tiny_dataset):

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from hybrid.data import open_dataset
 from hybrid.testing.datasets import PLAN, make_tiny_dataset
 from hybrid.types import Observation, PlanStep, Subtask
 
@@ -72,7 +73,7 @@ def test_trained_planner_round_trips_and_looks_at_the_image(trained, tiny_data):
     settings = json.loads((trained / "planner.json").read_text())
     assert set(PLAN) <= set(settings["vocabulary"]) and settings["prompt"]["image_size"] == 56
     planner = transformers_planner(str(trained))
-    frames = decode_frames(tiny_data, "observation.images.front", 56)
+    frames = decode_frames(open_dataset(tiny_data.root), "observation.images.front", 56)
     # Episode 0: frames 0-3 pick up, 4-7 put in the bowl (the last 5 frames are labelled done).
     assert planner.plan(obs_of(frames[0]), INSTRUCTION, []) == PlanStep(subtask=PLAN[0])
     assert planner.current == PLAN[0]

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from executors.flow.configuration_flow import FlowConfig
 from executors.flow.modeling_flow import FlowModel
 from executors.flow.processor_flow import load_tokenizer, resize
-from hybrid.data import FEATURES, SubtaskIndex, open_dataset
+from hybrid.data import FEATURES, SubtaskIndex, action_chunks, decode_camera, numeric_column, open_dataset
 
 log = logging.getLogger(__name__)
 CAMERA_PREFIX = "observation.images."
@@ -30,22 +30,23 @@ STATE_FILE = "training_state.pt"
 class FlowDataset(Dataset):
     """Training samples: observation, text, hindsight subgoal (or none), action chunk and its padding.
 
-    With ``cache`` every frame is decoded once into uint8 tensors at the model's image size (video
-    decoding on the CPU is far slower than a training step on a small model); without it, frames are
-    decoded per sample (large datasets, data-loader workers).
+    With ``cache`` every frame is decoded once (`hybrid.data.decode_camera`) and resized to the model's
+    image size, and state and action chunks are read from memory (video decoding on the CPU is far
+    slower than a training step of a small model); without it, each sample is read through LeRobot's
+    delta timestamps (large datasets, data-loader workers).
     """
 
     def __init__(self, dataset, index: SubtaskIndex, cfg: FlowConfig, tokenizer, cache: bool = True):
         self.dataset, self.index, self.cfg, self.tokenizer = dataset, index, cfg, tokenizer
         self.texts = index.subtask_text if cfg.conditioning == "subtask" else index.instruction
         self.subgoal_rows = [cfg.cameras.index(cam) for cam in cfg.subgoal_cameras]
-        self.frames = None
+        self.images = None
         if cache:
-            from tqdm.auto import tqdm
-
-            frames = tqdm(range(len(dataset)), desc="decoding frames", disable=len(dataset) < 1000)
-            items = [self._decode(i) for i in frames]
-            self.frames = {k: torch.stack([item[k] for item in items]) for k in items[0]}
+            per_camera = [_resized(decode_camera(dataset, CAMERA_PREFIX + cam, progress=True), cfg.image_size)
+                          for cam in cfg.cameras]
+            self.images = torch.stack(per_camera, dim=1)  # [N, cameras, 3, s, s] uint8
+            self.state = torch.from_numpy(numeric_column(dataset, FEATURES["state"]))
+            self.actions = numeric_column(dataset, FEATURES["action"])
 
     def _decode(self, i: int) -> dict[str, torch.Tensor]:
         item = self.dataset[i]
@@ -58,7 +59,11 @@ class FlowDataset(Dataset):
         }
 
     def _frame(self, i: int) -> dict[str, torch.Tensor]:
-        return {k: v[i] for k, v in self.frames.items()} if self.frames is not None else self._decode(i)
+        if self.images is None:
+            return self._decode(i)
+        actions, pad = action_chunks(self.actions, self.index.episode_end, i, self.cfg.chunk)
+        return {"images": self.images[i], "state": self.state[i], "actions": torch.from_numpy(actions),
+                "action_is_pad": torch.from_numpy(pad)}
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -70,9 +75,16 @@ class FlowDataset(Dataset):
             # torch's RNG: seeded per run in the main process and per worker by the DataLoader.
             rng = np.random.default_rng(int(torch.randint(2**62, ())))
             goal = self.index.hindsight_goal(i, rng)
-            sample["subgoal"] = self._frame(goal)["images"][self.subgoal_rows]
+            goal_images = self.images[goal] if self.images is not None else self._decode(goal)["images"]
+            sample["subgoal"] = goal_images[self.subgoal_rows]
             sample["has_subgoal"] = torch.tensor(bool(rng.random() >= self.cfg.subgoal_dropout))
         return sample
+
+
+def _resized(frames: np.ndarray, size: int, chunk: int = 2048) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> uint8 [N, 3, size, size] with the executor's own resize, in chunks."""
+    chw = torch.from_numpy(frames).permute(0, 3, 1, 2)
+    return torch.cat([resize(chw[s:s + chunk], size) for s in range(0, len(chw), chunk)])
 
 
 def dataset_config(dataset, model: dict) -> FlowConfig:

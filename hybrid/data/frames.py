@@ -1,0 +1,61 @@
+"""Every frame of a camera, decoded once into memory: the trainers' frame cache.
+
+Random access into mp4 on the CPU costs a seek and a partial GOP decode per sample, far more than a
+training step of a small model. LeRobot v3 concatenates episodes into shared mp4 files, so each file
+is decoded once, front to back, with PyAV, and every episode is sliced out of it by the
+`from_timestamp` LeRobot's metadata gives it. Each tier resizes the native frames with its own
+inference-time resize, so training and acting see the same pixels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def decode_camera(dataset, key: str, progress: bool = False) -> np.ndarray:
+    """uint8 [N, H, W, 3] of camera ``key`` for every frame, in dataset index order."""
+    if len(dataset.hf_dataset) != dataset.meta.total_frames:
+        raise ValueError(f"{dataset.root}: {len(dataset.hf_dataset)} frames loaded of {dataset.meta.total_frames}; "
+                         "reopen a just-written dataset with hybrid.data.open_dataset(root)")
+    if key not in dataset.meta.video_keys:  # images stored in the parquet files
+        column = dataset.hf_dataset.with_format(None).select_columns([key])[key]
+        return np.stack([np.asarray(im.convert("RGB") if hasattr(im, "convert") else im) for im in column])
+    import av
+    from tqdm import tqdm
+
+    meta, fps = dataset.meta, dataset.fps
+    table = dataset.hf_dataset.with_format(None).select_columns(["episode_index", "frame_index"])[:]
+    episodes = np.asarray(table["episode_index"])
+    frame_index = np.asarray(table["frame_index"])
+    h, w, _ = meta.features[key]["shape"]
+    out = np.empty((len(episodes), h, w, 3), np.uint8)
+    by_file: dict[Path, list[int]] = {}
+    for ep in np.unique(episodes).tolist():
+        by_file.setdefault(dataset.root / meta.get_video_file_path(ep, key), []).append(ep)
+    for path, eps in tqdm(sorted(by_file.items()), desc=f"decoding {key}", disable=not progress):
+        with av.open(str(path)) as container:
+            video = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        for ep in eps:
+            rows = np.flatnonzero(episodes == ep)
+            first = int(round(meta.episodes[ep][f"videos/{key}/from_timestamp"] * fps))
+            wanted = first + frame_index[rows]
+            if wanted.max() >= len(video):
+                raise ValueError(f"{path}: episode {ep} needs frame {wanted.max()}, the file has {len(video)}")
+            out[rows] = np.stack([video[i] for i in wanted])
+    return out
+
+
+def numeric_column(dataset, key: str) -> np.ndarray:
+    """A per-frame numeric feature (state, action) as float32 [N, D], in dataset index order."""
+    column = dataset.hf_dataset.with_format(None).select_columns([key])[key]
+    return np.asarray(column, np.float32).reshape(len(column), -1)
+
+
+def action_chunks(actions: np.ndarray, episode_end: np.ndarray, i: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """Actions i..i+horizon-1 of frame i's episode, the last one repeated past its end, and the padding mask
+    (what LeRobot's delta timestamps give, read from memory)."""
+    idx = i + np.arange(horizon)
+    pad = idx > episode_end[i]
+    return actions[np.minimum(idx, episode_end[i])], pad
