@@ -3,9 +3,9 @@
 It works through the episode's subtasks in order. Each is one pick-and-place, a fixed sequence of
 phases (rise, over the block, descend, grip, lift, over the goal, lower, release, retreat) whose
 waypoints are recomputed from the physics state every step, so it is closed-loop: a dropped block
-sends it back to pick it again, and an unfinished subtask after the retreat is retried. It labels
-each step with the subtask it is working on; the label advances only after the retreat that ends a
-subtask, so a subtask's last frames show it done.
+sends it back to pick it again, a phase that stalls starts its subtask over, and an unfinished
+subtask after the retreat is retried. It labels each step with the subtask it is working on; the
+label advances only after the retreat that ends a subtask, so a subtask's last frames show it done.
 """
 
 from __future__ import annotations
@@ -81,12 +81,14 @@ class ScriptedExpert:
         self._phase_steps = 0
         self._last_z = np.inf
         if self._phase == len(PHASES):
-            if self.scene.goal_done(self.goal):
-                if self.subtask_index == len(self.spec.goals) - 1:
-                    self.done = True
-                    self._phase = len(PHASES) - 1
-                    return
-                self.subtask_index += 1
+            done = self.scene.subtask_success()
+            if all(done):
+                self.done = True
+                self._phase = len(PHASES) - 1
+                return
+            if done[self.subtask_index]:
+                # Normally the next one; an earlier one if this placement knocked it over.
+                self.subtask_index = done.index(False)
             self._start_subtask()
 
     def _phase_step(self, ee: np.ndarray) -> np.ndarray | None:
@@ -102,7 +104,7 @@ class ScriptedExpert:
         b = self.scene.block_pos(block)
         held = block in self.scene.held_blocks()
         if name in ("lift", "over_goal", "lower") and not held and ee[2] > b[2] + 0.03:
-            self._phase = 0  # dropped it: start this subtask over
+            self._start_subtask()  # dropped it: start this subtask over
             return None
         if name == "rise":
             if ee[2] >= self._travel_z - 0.01:
