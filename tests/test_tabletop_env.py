@@ -91,7 +91,7 @@ def test_bad_action_is_rejected_and_episode_left_intact(env, action, message):
     for x, y in zip(before, after, strict=True):
         np.testing.assert_array_equal(x, y)
     # Still usable: a valid step moves the episode on.
-    obs, _, _, _, info = env.step([0.01, 0.0, 0.0, 0.0])
+    obs, _, _, _, _info = env.step([0.01, 0.0, 0.0, 0.0])
     assert env._steps == 1 and obs["agent_pos"][0] > before[0][0]
 
 

@@ -16,7 +16,15 @@ def test_record_two_episodes_and_read_back(tmp_path):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     out = tmp_path / "ds"
-    argv = ["env=tabletop", "task=gather", "episodes=2", f"out={out}", "seed=3", "env.image_size=32", "progress=false"]
+    argv = [
+        "env=tabletop",
+        "task=gather",
+        "episodes=2",
+        f"out={out}",
+        "seed=3",
+        "env.image_size=32",
+        "progress=false",
+    ]
     assert record_main(argv) == 0
 
     ds = LeRobotDataset("hybrid/tabletop", root=out, video_backend="pyav")
@@ -38,7 +46,10 @@ def test_record_two_episodes_and_read_back(tmp_path):
         rows = [r for r in frames if r["episode_index"] == ep]
         index = [int(np.ravel(r["subtask_index"])[0]) for r in rows]
         assert index == sorted(index) and index[0] == 0
-        plan = [next(r["subtask"] for r in rows if int(np.ravel(r["subtask_index"])[0]) == k) for k in sorted(set(index))]
+        plan = [
+            next(r["subtask"] for r in rows if int(np.ravel(r["subtask_index"])[0]) == k)
+            for k in sorted(set(index))
+        ]
         assert 2 <= len(plan) <= 3 and len(set(plan)) == len(plan)
         # Each subtask's text is constant over its frames.
         assert all(r["subtask"] == plan[int(np.ravel(r["subtask_index"])[0])] for r in rows)

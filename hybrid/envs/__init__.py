@@ -1,9 +1,6 @@
-"""Environments. Importing this package registers them with gymnasium:
-
-    import gymnasium as gym
-    import hybrid.envs  # noqa: F401
-    env = gym.make("hybrid/Tabletop-v0", task="sort")
-    env = gym.make("hybrid.envs:hybrid/Tabletop-v0")  # imports this module first, same env
+"""Environments. Importing this package registers them with gymnasium, so after `import hybrid.envs`
+`gym.make("hybrid/Tabletop-v0", task="sort")` finds the tabletop; `gym.make("hybrid.envs:hybrid/Tabletop-v0")`
+imports this package itself first.
 """
 
 import gymnasium as gym

@@ -4,11 +4,12 @@ import os
 import sys
 
 if sys.platform.startswith("linux"):
-    # Headless rendering by default; MuJoCo reads this when it first creates a GL context.
+    # Headless rendering by default. MuJoCo reads this when it is first imported, so a program that
+    # imports mujoco before this package must set MUJOCO_GL itself.
     os.environ.setdefault("MUJOCO_GL", "egl")
 
-from hybrid.envs.tabletop.env import TabletopEnv  # noqa: E402
-from hybrid.envs.tabletop.expert import ScriptedExpert  # noqa: E402
-from hybrid.envs.tabletop.tasks import FAMILIES  # noqa: E402
+from hybrid.envs.tabletop.env import TabletopEnv
+from hybrid.envs.tabletop.expert import ScriptedExpert
+from hybrid.envs.tabletop.tasks import FAMILIES
 
 __all__ = ["FAMILIES", "ScriptedExpert", "TabletopEnv"]

@@ -14,7 +14,7 @@ Control runs at `control_hz` (10 Hz default) over 2 ms physics steps.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import mujoco
@@ -28,7 +28,9 @@ from hybrid.envs.tabletop.tasks import FAMILIES, sample_task
 CAMERAS = ("front", "wrist")
 MAX_DELTA = 0.05  # metres per control step, per axis
 WORKSPACE = np.array([[-0.28, 0.28], [-0.4, 0.4], [0.0, 0.4]])  # tool centre point limits, metres
-WINDUP = 0.05  # the commanded position stays this close to the measured one (servo lag at full speed is ~3 cm)
+WINDUP = (
+    0.05  # the commanded position stays this close to the measured one (servo lag at full speed is ~3 cm)
+)
 # agent_pos bounds: the gantry's joint ranges, padded for the servo's overshoot and contact penetration.
 STATE_LOW = np.array([-0.31, -0.43, -0.01, 0.0], np.float32)
 STATE_HIGH = np.array([0.31, 0.43, 0.46, 1.0], np.float32)
@@ -36,7 +38,7 @@ ACTION_NAMES = ("dx", "dy", "dz", "gripper")
 
 
 class TabletopEnv(gym.Env):
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 10}
 
     def __init__(
         self,
@@ -59,7 +61,9 @@ class TabletopEnv(gym.Env):
             raise ValueError(f"render_mode: expected None or 'rgb_array', got {render_mode!r}")
         self.task, self.split, self.render_mode = task, split, render_mode
         self.cameras = tuple(cameras)
-        self.height, self.width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        self.height, self.width = (
+            (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        )
         self.control_hz, self.max_steps = float(control_hz), int(max_steps)
         self.metadata = {**self.metadata, "render_fps": self.control_hz}
 
@@ -67,7 +71,9 @@ class TabletopEnv(gym.Env):
         dt = self.scene.model.opt.timestep
         self.n_substeps = max(1, round(1.0 / (self.control_hz * dt)))
         self._renderer: mujoco.Renderer | None = None
-        self._scratch = mujoco.MjData(self.scene.model)  # for oracle subgoals; the episode's data is untouched
+        self._scratch = mujoco.MjData(
+            self.scene.model
+        )  # for oracle subgoals; the episode's data is untouched
 
         image = spaces.Box(0, 255, (self.height, self.width, 3), np.uint8)
         self.observation_space = spaces.Dict(
@@ -126,7 +132,9 @@ class TabletopEnv(gym.Env):
         try:
             a = np.asarray(action, dtype=np.float64)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"action: expected 4 numbers {ACTION_NAMES}, got {type(action).__name__} ({err})") from None
+            raise ValueError(
+                f"action: expected 4 numbers {ACTION_NAMES}, got {type(action).__name__} ({err})"
+            ) from None
         if a.shape != (4,):
             raise ValueError(f"action: expected shape (4,) = {ACTION_NAMES}, got shape {a.shape}")
         low, high = self.action_space.low, self.action_space.high
@@ -146,7 +154,9 @@ class TabletopEnv(gym.Env):
 
     def expert(self) -> ScriptedExpert:
         """The scripted expert for the current episode (seeded by it, so its noise is reproducible)."""
-        return ScriptedExpert(self.scene, np.random.default_rng(self._expert_seed), lambda: self._target.copy())
+        return ScriptedExpert(
+            self.scene, np.random.default_rng(self._expert_seed), lambda: self._target.copy()
+        )
 
     def render_subgoal(self, subtask_index: int) -> dict[str, np.ndarray]:
         """Images of the scene once subtasks 0..subtask_index are done (the oracle subgoal).

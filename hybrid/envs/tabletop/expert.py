@@ -58,7 +58,9 @@ class ScriptedExpert:
         self._phase_steps = 0
         self._last_z = np.inf
         # Clear everything on the table, plus the block we will carry under the cup.
-        self._travel_z = max(self.scene.stack_top(), 2 * BLOCK_HALF) + 2 * BLOCK_HALF + self.rng.uniform(0.03, 0.06)
+        self._travel_z = (
+            max(self.scene.stack_top(), 2 * BLOCK_HALF) + 2 * BLOCK_HALF + self.rng.uniform(0.03, 0.06)
+        )
         self._grasp_offset = self.rng.uniform(-0.003, 0.003, size=2)
         tol = 0.002 if isinstance(self.goal, StackOn) else 0.006
         self._place_offset = self.rng.uniform(-tol, tol, size=2)

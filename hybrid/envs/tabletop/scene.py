@@ -73,7 +73,9 @@ class Scene:
         mujoco.mj_resetData(m, d)
         self.spec = spec
         bowls = _sample_points(rng, N_BOWLS, BOWL_REGION, BOWL_SPACING)
-        for body, geoms, xy, name in zip(self.bowl_body, self.bowl_geoms, bowls, spec.bowl_colours, strict=True):
+        for body, geoms, xy, name in zip(
+            self.bowl_body, self.bowl_geoms, bowls, spec.bowl_colours, strict=True
+        ):
             m.body_pos[body] = (*xy, 0.0)
             m.geom_rgba[geoms] = (*self._jitter(rng, PALETTE[name], 0.08), 1.0)
         n = len(spec.block_colours)
@@ -161,7 +163,9 @@ class Scene:
         pos, free = self._placed(held)
         p, q = pos[i], pos[j]
         return bool(
-            np.linalg.norm(p[:2] - q[:2]) < BLOCK_HALF and abs(p[2] - q[2] - 2 * BLOCK_HALF) < 0.008 and free[i]
+            np.linalg.norm(p[:2] - q[:2]) < BLOCK_HALF
+            and abs(p[2] - q[2] - 2 * BLOCK_HALF) < 0.008
+            and free[i]
         )
 
     def goal_done(self, goal: Goal, held: set[int] | None = None) -> bool:

@@ -215,8 +215,9 @@ def _draw(family: str, rng: np.random.Generator, split: Split) -> TaskSpec:
         target = _colours(rng, 1)[0]
         n_target = 1 if family == "pick_place" else int(rng.integers(2, 4))
         n_other = int(rng.integers(1, 4)) if family == "pick_place" else int(rng.integers(1, 3))
-        colours = [target] * n_target + [str(c) for c in rng.choice(
-            [c for c in COLOURS if c != target], size=n_other)]
+        colours = [target] * n_target + [
+            str(c) for c in rng.choice([c for c in COLOURS if c != target], size=n_other)
+        ]
         order = list(range(n_target))
         template = _pick(rng, SUBTASKS["place"], split)
         texts, goals = _place_goals(order, colours, [bowl] * n_target, bowls, template)
