@@ -113,7 +113,7 @@ def tiny_tabletop():
 
 # backend -> (builder, world-model overrides: small generation size, few steps)
 BACKENDS = {
-    "tabletop": (tiny_tabletop, dict(num_inference_steps=2)),
+    "tabletop": (tiny_tabletop, dict(num_inference_steps=2, guidance_scale=2.0, image_guidance_scale=1.5)),
     "instruct_pix2pix": (tiny_instruct_pix2pix, dict(num_inference_steps=2, resolution=32, guidance_scale=3.0,
                                                      image_guidance_scale=1.5)),
     "flux_kontext": (tiny_flux_kontext, dict(num_inference_steps=2, resolution=32,
@@ -123,19 +123,39 @@ BACKENDS = {
 }
 
 
+def _save(backend: str, tmp_path_factory):
+    builder, overrides = BACKENDS[backend]
+    path = tmp_path_factory.mktemp(backend)
+    builder().save_pretrained(str(path))
+    return backend, path, overrides
+
+
 @pytest.fixture(scope="module", params=list(BACKENDS))
 def saved(request, tmp_path_factory):
-    builder, overrides = BACKENDS[request.param]
-    path = tmp_path_factory.mktemp(request.param)
-    builder().save_pretrained(str(path))
-    return request.param, path, overrides
+    return _save(request.param, tmp_path_factory)
 
 
-def test_backend_round_trips_and_imagines_one_subgoal_per_camera(saved):
-    from planners.subgoal import SubgoalWorldModel
+# Config persistence is backend-independent: checked on the two cheapest pipelines only.
+@pytest.fixture(scope="module", params=["tabletop", "instruct_pix2pix"])
+def saved_cheap(request, tmp_path_factory):
+    return _save(request.param, tmp_path_factory)
+
+
+def hydra_overrides(path, overrides: dict) -> list[str]:
+    out = [f"world_model.path={path}", "++world_model.device=cpu", "++world_model.dtype=float32"]
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            value = "{" + ",".join(f"{k}:{v}" for k, v in value.items()) + "}"
+        out.append(f"++world_model.{key}={value}")
+    return out
+
+
+def test_backend_config_loads_the_saved_pipeline_and_imagines_one_subgoal_per_camera(saved):
+    from hybrid.config import compose, instantiate
 
     backend, path, overrides = saved
-    wm = SubgoalWorldModel.from_pretrained(path, device="cpu", **overrides)
+    # Through configs/world_model/<backend>.yaml, as `hybrid run world_model=<backend>` builds it.
+    wm = instantiate(compose(f"world_model/{backend}", hydra_overrides(path, overrides)).world_model)
     assert wm.config.backend == backend  # detected from model_index.json
     assert isinstance(wm, WorldModel)
     obs = fake_observation(cameras=("front", "wrist"), size=24)
@@ -146,10 +166,10 @@ def test_backend_round_trips_and_imagines_one_subgoal_per_camera(saved):
     assert goal.subtask == "pick up the red block" and goal.model.startswith(backend)
 
 
-def test_saved_world_model_keeps_its_config(saved, tmp_path):
+def test_saved_world_model_keeps_its_config(saved_cheap, tmp_path):
     from planners.subgoal import SubgoalWorldModel
 
-    backend, path, overrides = saved
+    backend, path, overrides = saved_cheap
     wm = SubgoalWorldModel.from_pretrained(path, device="cpu", prompt_template="{camera}: {subtask}", **overrides)
     wm.save_pretrained(tmp_path / "copy")
     again = SubgoalWorldModel.from_pretrained(tmp_path / "copy")
