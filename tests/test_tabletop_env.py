@@ -139,6 +139,15 @@ def test_render_subgoal_shows_the_goal_without_touching_the_episode(env):
         env.render_subgoal(len(info["subtasks"]))
 
 
+def test_rgb_array_render_is_the_front_camera():
+    env = TabletopEnv(render_mode="rgb_array", image_size=48)
+    try:
+        obs, _ = env.reset(seed=0)
+        np.testing.assert_array_equal(env.render(), obs["pixels"]["front"])
+    finally:
+        env.close()
+
+
 def test_constructor_rejects_unknown_options():
     with pytest.raises(ValueError, match="task"):
         TabletopEnv(task="juggle")

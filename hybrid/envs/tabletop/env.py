@@ -91,6 +91,7 @@ class TabletopEnv(gym.Env):
 
     # ---- gymnasium API -------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Start an episode; `options={"family": name}` picks the family when the env was made with "all"."""
         super().reset(seed=seed)
         family = (options or {}).get("family") or self.task
         if family == "all":

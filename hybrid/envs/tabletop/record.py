@@ -107,4 +107,4 @@ def record(
             saved += 1
             bar.update(1)
     dataset.finalize()
-    return {"out": str(out), "episodes": episodes, "frames": frames_written, "failed_seeds": failures}
+    return {"out": str(out), "episodes": episodes, "frames": frames_written, "expert_failures": failures}
