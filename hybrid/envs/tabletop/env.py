@@ -6,8 +6,9 @@ Observation (mirrors LeRobot's gym envs):
                and the suction state in [0, 1]
 Action: float32[4] = (dx, dy, dz, gripper)
     dx, dy, dz: change of the commanded tool position, metres per control step, each in [-0.05, 0.05]
-               (0.5 m/s at 10 Hz). The command is clamped to the workspace and kept within 5 cm of the
-               measured position, so pushing against the table or a block never winds up a large force.
+               (0.5 m/s at 10 Hz). A position servo tracks the command; the command is clamped to the
+               workspace and kept within 5 cm of the measured position, so a blocked effector does not
+               wind up an ever larger force.
     gripper:   suction command in [0, 1]; it scales the suction force (0 = off, 1 = full, >= 0.5 holds).
 Control runs at `control_hz` (10 Hz default) over 2 ms physics steps.
 """
@@ -28,9 +29,9 @@ from hybrid.envs.tabletop.tasks import FAMILIES, sample_task
 CAMERAS = ("front", "wrist")
 MAX_DELTA = 0.05  # metres per control step, per axis
 WORKSPACE = np.array([[-0.28, 0.28], [-0.4, 0.4], [0.0, 0.4]])  # tool centre point limits, metres
-WINDUP = (
-    0.05  # the commanded position stays this close to the measured one (servo lag at full speed is ~3 cm)
-)
+# The command stays this close to the measured position: more than the servo's ~3 cm lag at full speed,
+# little enough that pushing against the table or a block presses with a bounded force (kp x 5 cm = 75 N).
+WINDUP = 0.05
 # agent_pos bounds: the gantry's joint ranges, padded for the servo's overshoot and contact penetration.
 STATE_LOW = np.array([-0.31, -0.43, -0.01, 0.0], np.float32)
 STATE_HIGH = np.array([0.31, 0.43, 0.46, 1.0], np.float32)
