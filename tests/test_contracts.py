@@ -12,10 +12,41 @@ from hybrid.testing.contract import check_executor, check_planner, check_world_m
 
 OBS = fake_observation(cameras=("front", "wrist"), size=32, state_dim=4)
 
-PLANNERS = {"mock": lambda tmp: MockPlanner(["pick up the red block"])}
+
+
+def scripted_planner(tmp):
+    from planners.subtask import ScriptedPlanner
+
+    return ScriptedPlanner(["pick up the red block", "put it in the blue bowl"])
+
+
+def saved_world_model(builder_name: str):
+    def build(tmp):
+        import test_world_model_backends as wm_tests
+
+        from planners.subgoal import SubgoalWorldModel
+
+        builder, overrides = wm_tests.BACKENDS[builder_name]
+        builder().save_pretrained(str(tmp / "pipe"))
+        return SubgoalWorldModel.from_pretrained(tmp / "pipe", device="cpu", **overrides)
+
+    return build
+
+
+def saved_flow_executor(tmp):
+    from test_executor_model import tiny_model
+
+    from executors.flow import FlowExecutor
+
+    tiny_model().save_pretrained(tmp / "flow")  # 2 cameras, state 4, actions 3
+    return FlowExecutor.from_pretrained(tmp / "flow"), 3
+
+
+PLANNERS = {"mock": lambda tmp: MockPlanner(["pick up the red block"]), "scripted": scripted_planner}
 WORLD_MODELS = {"mock": lambda tmp: MockWorldModel(), "mock_fixed_image": lambda tmp: MockWorldModel(
-    image=np.zeros((32, 32, 3), np.uint8))}
-EXECUTORS = {"mock": lambda tmp: (MockExecutor(horizon=5, action_dim=4), 4)}
+    image=np.zeros((32, 32, 3), np.uint8)), "tabletop": saved_world_model("tabletop"),
+    "instruct_pix2pix": saved_world_model("instruct_pix2pix")}
+EXECUTORS = {"mock": lambda tmp: (MockExecutor(horizon=5, action_dim=4), 4), "flow": saved_flow_executor}
 
 
 @pytest.mark.parametrize("name", sorted(PLANNERS))
