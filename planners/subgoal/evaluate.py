@@ -22,7 +22,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--model", help="pipeline directory (overrides the config's path)")
     p.add_argument("--config", default="tabletop", help="configs/world_model/<config>.yaml")
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
-    p.add_argument("--stride", type=int, default=4, help="evaluate every n-th frame")
+    p.add_argument("--stride", type=int, default=8, help="evaluate every n-th frame")
     p.add_argument("--max-pairs", type=int, help="cap on evaluated frames (evenly spaced)")
     p.add_argument("--batch", type=int, default=32, help="pairs per generation batch")
     p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -53,7 +53,7 @@ def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def scores(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
     mse = float(np.mean((pred.astype(np.float64) - true.astype(np.float64)) ** 2))
-    return {"psnr_db": round(10 * np.log10(255.0 ** 2 / max(mse, 1e-12)), 3),
+    return {"psnr_db": round(float(10 * np.log10(255.0 ** 2 / max(mse, 1e-12))), 3),
             "ssim": round(float(np.mean(ssim(pred, true))), 4)}
 
 

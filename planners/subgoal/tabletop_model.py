@@ -7,8 +7,10 @@ conditional flow model in pixel space, built from diffusers components and saved
 - It works at a low internal resolution (`unet.config.sample_size`) and generates the *change* from
   the current frame rather than the frame itself: most of the scene is static, so the residual is
   mostly zero and the static parts keep the camera's full resolution when the residual is upsampled.
-- Rectified flow (x_t = (1 - t) x0 + t noise, the network predicts noise - x0), sampled with
-  diffusers' `FlowMatchEulerDiscreteScheduler`: few Euler steps suffice.
+- Rectified flow (x_t = (1 - t) x0 + t noise), sampled with diffusers' `FlowMatchEulerDiscreteScheduler`
+  from the velocity (x_t - x0_hat) / t. The network predicts the clean residual x0_hat (x-prediction)
+  rather than the velocity: zero change in static regions is then trivial to output, whereas a velocity
+  network must reproduce the input noise exactly there or leak it into the subgoal at few steps.
 """
 
 # No `from __future__ import annotations`: diffusers reads the pipeline's __init__ annotations at load time.
@@ -75,12 +77,14 @@ class ConditionalDenoiser(torch.nn.Module):
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
-    def velocity(self, noisy: torch.Tensor, current: torch.Tensor, text: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``t`` in [0, 1] (1 = pure noise); the UNet's timestep embedding gets t * 1000 as diffusers' flow schedulers use."""
+    def predict_sample(self, noisy: torch.Tensor, current: torch.Tensor, text: torch.Tensor,
+                       t: torch.Tensor) -> torch.Tensor:
+        """The clean residual x0_hat. ``t`` in [0, 1] (1 = pure noise); the UNet's timestep embedding gets
+        t * 1000, the scale diffusers' flow-matching schedulers use."""
         return self.unet(torch.cat([noisy, current], dim=1), t * 1000.0, encoder_hidden_states=text).sample
 
     def forward(self, noisy, current, input_ids, attention_mask, t):
-        return self.velocity(noisy, current, self.encode_text(input_ids, attention_mask), t)
+        return self.predict_sample(noisy, current, self.encode_text(input_ids, attention_mask), t)
 
 
 class TabletopSubgoalPipeline(DiffusionPipeline):
@@ -133,12 +137,12 @@ class TabletopSubgoalPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         for i, t in enumerate(self.scheduler.timesteps):
             model_in = torch.cat([latents] * 3) if guided else latents
-            t_batch = (t / 1000.0).expand(model_in.shape[0]).to(dtype)
-            v = den.velocity(model_in, current, text, t_batch)
-            if guided:
-                v_full, v_image, v_uncond = v.chunk(3)
-                v = v_uncond + image_guidance_scale * (v_image - v_uncond) + guidance_scale * (v_full - v_image)
-            latents = self.scheduler.step(v, t, latents).prev_sample
+            sigma = t / 1000.0
+            x0 = den.predict_sample(model_in, current, text, sigma.expand(model_in.shape[0]).to(dtype))
+            if guided:  # guidance is linear, so combining x0 predictions equals combining velocities
+                x_full, x_image, x_uncond = x0.chunk(3)
+                x0 = x_uncond + image_guidance_scale * (x_image - x_uncond) + guidance_scale * (x_full - x_image)
+            latents = self.scheduler.step((latents - x0) / sigma, t, latents).prev_sample
             if callback_on_step_end is not None:
                 out = callback_on_step_end(self, i, t, {"latents": latents}) or {}
                 latents = out.pop("latents", latents)

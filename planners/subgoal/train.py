@@ -27,10 +27,10 @@ PROMPT_TEMPLATE = "{camera}: {subtask}"
 
 
 def flow_matching_loss(denoiser, current, goal, input_ids, attention_mask, generator=None):
-    """Rectified-flow loss on the residual goal - current (both float [B, 3, S, S] in [-1, 1]).
+    """Rectified-flow loss with x-prediction: MSE between the predicted and the true clean residual ``goal``.
 
-    ``current`` is the conditioning image as the network sees it (zeros where dropped); the target
-    residual is always taken from the true current frame, passed here through ``goal`` already.
+    ``goal`` is the residual (subgoal - current) / 2 at the model's resolution; ``current`` the conditioning
+    image as the network sees it (zeros where dropped). Both float [B, 3, S, S].
     """
     import torch
     import torch.nn.functional as F
@@ -41,9 +41,9 @@ def flow_matching_loss(denoiser, current, goal, input_ids, attention_mask, gener
     t = torch.rand(x0.shape[0], generator=generator, device=noise.device if generator is None else generator.device)
     t = t.to(x0.device)
     tb = t.view(-1, 1, 1, 1)
-    v = denoiser(noisy=(1 - tb) * x0 + tb * noise, current=current, input_ids=input_ids,
-                 attention_mask=attention_mask, t=t)
-    return F.mse_loss(v.float(), (noise - x0).float())
+    x0_hat = denoiser(noisy=(1 - tb) * x0 + tb * noise, current=current, input_ids=input_ids,
+                      attention_mask=attention_mask, t=t)
+    return F.mse_loss(x0_hat.float(), x0.float())
 
 
 class PairSampler:
