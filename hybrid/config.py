@@ -7,7 +7,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = PROJECT_ROOT / "configs"
+# `${hybrid_root:}` in a config is the project's root, so shipped checkpoints resolve from any directory.
+OmegaConf.register_new_resolver("hybrid_root", lambda: str(PROJECT_ROOT), replace=True)
 
 
 def compose(config_name: str, overrides: list[str] | None = None) -> DictConfig:

@@ -20,7 +20,7 @@ import numpy as np
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="hybrid eval planner", description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="LeRobot dataset directory (held-out episodes)")
-    p.add_argument("--model", default="data/checkpoints/planner", help="planner model directory")
+    p.add_argument("--model", default=None, help="planner model directory (default: the shipped tabletop planner)")
     p.add_argument("--examples", type=int, default=600, help="how many examples to score")
     p.add_argument("--done-tail-s", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
@@ -36,6 +36,10 @@ def main(argv: list[str]) -> int:
     from planners.subtask.tabletop_language import canonical_subtask
     from planners.subtask.transformers_backend import transformers_planner
 
+    if args.model is None:
+        from hybrid.config import compose
+
+        args.model = compose("planner/tabletop").planner.model
     planner = transformers_planner(args.model)
     canon = (lambda s: normalize(s)) if args.exact else canonical_subtask
     dataset = open_dataset(args.data)
