@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("hybrid.commands.demo:main", "the built-in tabletop demo on shipped defaults"),
     "record": ("hybrid.commands.record:main", "record scripted-expert episodes as a LeRobot dataset: env=tabletop task=all episodes=N out=DIR"),
     "train": ("hybrid.commands.train:main", "train a tier on a LeRobot dataset: hybrid train executor=<config> data=DIR"),
+    "train-demo": ("hybrid.commands.train_demo:main", "record tabletop data and train every tabletop tier from scratch; ship the checkpoints"),
     "bench": ("hybrid.commands.bench:main", "print one JSON line of speed figures: hybrid bench <sim|executor|world-model|planner|runtime> --json"),
     "eval": ("hybrid.commands.eval:main", "evaluate agents or tiers: hybrid eval [planner|world-model] --data DIR --json"),
 }
