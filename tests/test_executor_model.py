@@ -278,3 +278,20 @@ def test_cuda_graph_replay_matches_eager():
         np.testing.assert_allclose(graphed.act(obs, SUBTASK, subgoal).actions,
                                    eager.act(obs, SUBTASK, subgoal).actions, atol=1e-5)
     assert len(graphed._graphs) == 2  # one recording per input layout
+
+
+def test_real_time_chunking_prefix_starts_the_chunk_and_the_rest_continues_it():
+    from hybrid.interfaces import PrefixConditionedExecutor
+
+    executor = FlowExecutor(tiny_model())
+    assert isinstance(executor, PrefixConditionedExecutor) and executor.supports_prefix
+    obs = observation()
+    prefix = np.array([[0.3, -0.2, 1.0], [0.4, -0.1, 1.5]], np.float32)
+    chunk = executor.act(obs, SUBTASK, None, prefix=prefix)
+    assert chunk.actions.shape == (6, 3)
+    np.testing.assert_allclose(chunk.actions[:2], prefix, atol=1e-5)
+    executor.reset()
+    free = executor.act(obs, SUBTASK, None)
+    assert not np.allclose(free.actions[2:], chunk.actions[2:])  # the prefix steers what follows
+    with pytest.raises(ValueError, match="prefix: expected finite"):
+        executor.act(obs, SUBTASK, None, prefix=np.full((2, 3), np.nan, np.float32))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -196,8 +197,13 @@ class FlowModel(nn.Module):
 
     @torch.inference_mode()
     def sample_actions(self, batch: dict[str, torch.Tensor], steps: int | None = None,
-                       noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Raw action chunks ``(B, H, A)``: K Euler steps from ``noise`` (default: fresh) along the velocity."""
+                       noise: torch.Tensor | None = None, prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw action chunks ``(B, H, A)``: K Euler steps from ``noise`` (default: fresh) along the velocity.
+
+        ``prefix`` (raw actions ``(B, d, A)``, d < H) is real-time chunking by inpainting: at every flow
+        step the first d actions are set to where the straight noise→prefix path is at that time, so
+        the chunk starts with the actions already committed and the rest is integrated to continue them.
+        """
         steps = steps or self.cfg.flow_steps
         caches = self.prefix_caches(self.encode_prefix(batch))
         b, dtype, device = batch["state"].shape[0], caches[0].dtype, caches[0].device
@@ -205,9 +211,17 @@ class FlowModel(nn.Module):
         x = torch.randn(b, self.cfg.chunk, self.cfg.action_dim, device=device) if noise is None else noise.float()
         # The K flow times are known in advance: their adaLN parameters come from one batched call.
         mods = self.modulations(torch.arange(steps, device=device, dtype=torch.float32) / steps)
+        if prefix is not None:
+            d = prefix.shape[1]
+            start, target = x[:, :d].clone(), self.normalizer.action(prefix.float())
         for k in range(steps):
+            if prefix is not None:
+                t = k / steps
+                x[:, :d] = (1 - t) * start + t * target
             velocity = self.velocity(x.to(dtype), [m[k : k + 1].expand(b, -1) for m in mods], caches)
             x = x + velocity.float() / steps
+        if prefix is not None:
+            x[:, :d] = target
         return self.normalizer.unaction(x)
 
     # --- checkpoint: safetensors weights (normalisation statistics included) + JSON config
@@ -267,13 +281,24 @@ class FlowExecutor:
         """Restart the noise stream, so an episode's chunks are reproducible."""
         self.generator = torch.Generator(self.device).manual_seed(self.seed)
 
+    # Real-time chunking: the async runtime passes the actions already committed as ``prefix``.
+    supports_prefix = True
+
     @torch.inference_mode()
-    def act(self, obs: Observation, subtask: Subtask | None, subgoal: Subgoal | None = None) -> ActionChunk:
+    def act(self, obs: Observation, subtask: Subtask | None, subgoal: Subgoal | None = None,
+            prefix: np.ndarray | None = None) -> ActionChunk:
         batch = observation_batch(self.cfg, self.tokenizer, obs, subtask, subgoal)
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         noise = torch.randn(1, self.cfg.chunk, self.cfg.action_dim, device=self.device, generator=self.generator)
-        sample = self._replay if self.cuda_graph else self.model.sample_actions
-        actions = sample(batch, self.flow_steps, noise)[0].cpu().numpy()
+        if prefix is not None and len(prefix):
+            prefix = np.asarray(prefix, np.float32)[: self.cfg.chunk - 1]
+            if prefix.ndim != 2 or prefix.shape[1] != self.cfg.action_dim or not np.isfinite(prefix).all():
+                raise ValueError(f"prefix: expected finite float32 [d, {self.cfg.action_dim}], got {prefix.shape}")
+            actions = self.model.sample_actions(batch, self.flow_steps, noise,
+                                                torch.from_numpy(prefix)[None].to(self.device))[0].cpu().numpy()
+        else:
+            sample = self._replay if self.cuda_graph else self.model.sample_actions
+            actions = sample(batch, self.flow_steps, noise)[0].cpu().numpy()
         used_subgoal = subgoal is not None and self.cfg.use_subgoal
         return ActionChunk(actions=actions, dt=self.cfg.dt, start_time=obs.timestamp,
                            subtask=None if subtask is None else subtask.text,
