@@ -11,7 +11,11 @@ from hybrid.types import Observation, PlanStep, Subgoal, Subtask
 
 
 class OracleWorldModel:
-    """Subgoal = what the simulator renders once the subtask is done (needs an env with `render_subgoal`)."""
+    """Subgoal = what the simulator renders once the subtask is done (needs an env with `render_subgoal`).
+
+    It renders with the env's GL context, which belongs to the thread that made it: call it inline
+    (``world_model_timeout_s=None``), not from a worker thread.
+    """
 
     def __init__(self):
         self.env = None
