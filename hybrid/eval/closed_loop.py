@@ -44,7 +44,7 @@ def evaluate(cfg) -> dict:
     report: dict = {"episodes": cfg.episodes, "split": cfg.split, "agents": {}}
     for name, spec in cfg.agents.items():
         families = [f for f in cfg.families if f in spec.get("families", cfg.families)]
-        settings = {**OmegaConf.to_container(cfg.agent), **OmegaConf.to_container(spec.get("agent", {}))}
+        settings = OmegaConf.to_container(OmegaConf.merge(cfg.agent, spec.get("agent") or {}))
         agent = HybridAgent(tiers(spec.planner), tiers(spec.get("world_model")), tiers(spec.executor),
                             AgentConfig(**settings, use_subgoals=bool(spec.use_subgoals)))
         per_family: dict[str, dict] = {}
