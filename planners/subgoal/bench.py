@@ -29,7 +29,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=96, help="camera image size (square)")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (1: a tiny model gains nothing from more, and shared cores make them spin)")
     p.add_argument("--device", help="cpu, cuda, auto (default: the config's)")
     p.add_argument("--json", action="store_true", help="print only the final JSON line")
     return p.parse_args(argv)
@@ -72,7 +73,8 @@ def main(argv: list[str]) -> int:
 
     def timed(cameras: tuple[str, ...]) -> list[float]:
         obs = fake_observation(cameras=cameras, size=args.size)
-        wm.config = wm.config.model_copy(update={"cameras": list(cameras)})  # time exactly these cameras
+        # Time exactly these cameras, to completion: a deadline would turn slow calls into faults.
+        wm.config = wm.config.model_copy(update={"cameras": list(cameras), "timeout_s": None})
         for _ in range(args.warmup):
             wm.imagine(obs, subtask)
         out = []
