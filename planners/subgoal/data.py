@@ -1,8 +1,7 @@
 """Camera frames of a LeRobot dataset decoded once into memory, and the (frame, subtask) -> subgoal pairs.
 
-Random access into mp4 on the CPU costs a seek and a partial GOP decode per frame; the world-model
-trainer and evaluator read every frame many times, so each video file is decoded once, sequentially,
-into a uint8 array (optionally area-downsampled to the model's resolution).
+The world-model trainer and evaluator read every frame many times: they work on the shared frame cache
+(`hybrid.data.decode_camera`), area-downsampled to the model's resolution.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from typing import Literal
 
 import numpy as np
 
+import hybrid.data as hybrid_data
 from hybrid.data import SubtaskIndex
 
 GoalRule = Literal["subtask_end", "ahead", "hindsight"]
@@ -24,12 +24,8 @@ def camera_name(key: str) -> str:
 
 
 def decode_camera(dataset, key: str, size: int | None = None, progress: bool = False) -> np.ndarray:
-    """All frames of one camera as uint8 [N, H, W, 3] in dataset index order (N = dataset.num_frames)."""
-    if key in dataset.meta.video_keys:
-        frames = _decode_videos(dataset, key, progress)
-    else:
-        column = dataset.hf_dataset.with_format(None).select_columns([key])[key]
-        frames = np.stack([np.asarray(im.convert("RGB") if hasattr(im, "convert") else im) for im in column])
+    """All frames of one camera as uint8 [N, H, W, 3] in dataset index order, optionally downsampled."""
+    frames = hybrid_data.decode_camera(dataset, key, progress)
     return frames if size is None else downsample(frames, size)
 
 
@@ -45,33 +41,6 @@ def downsample(frames: np.ndarray, size: int, chunk: int = 4096) -> np.ndarray:
     for s in range(0, len(frames), chunk):
         x = to_model_space(torch.from_numpy(frames[s:s + chunk]), size)
         out[s:s + chunk] = x.add(1).mul(127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
-    return out
-
-
-def _decode_videos(dataset, key: str, progress: bool) -> np.ndarray:
-    import av
-    from tqdm import tqdm
-
-    meta, fps = dataset.meta, dataset.fps
-    table = dataset.hf_dataset.with_format(None).select_columns(["episode_index", "frame_index"])[:]
-    episodes = np.asarray(table["episode_index"])
-    frame_index = np.asarray(table["frame_index"])
-    h, w, _ = meta.features[key]["shape"]
-    out = np.empty((len(episodes), h, w, 3), np.uint8)
-    # Episodes share mp4 files (LeRobot v3): decode each file once, then slice every episode out of it.
-    by_file: dict[Path, list[int]] = {}
-    for ep in np.unique(episodes).tolist():
-        by_file.setdefault(dataset.root / meta.get_video_file_path(ep, key), []).append(ep)
-    for path, eps in tqdm(sorted(by_file.items()), desc=f"decoding {camera_name(key)}", disable=not progress):
-        with av.open(str(path)) as container:
-            video = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-        for ep in eps:
-            rows = np.flatnonzero(episodes == ep)
-            first = int(round(meta.episodes[ep][f"videos/{key}/from_timestamp"] * fps))
-            wanted = first + frame_index[rows]
-            if wanted.max() >= len(video):
-                raise ValueError(f"{path}: episode {ep} needs frame {wanted.max()}, file has {len(video)}")
-            out[rows] = np.stack([video[i] for i in wanted])
     return out
 
 
