@@ -123,3 +123,16 @@ def test_warmup_then_cosine_schedule():
 def test_dataset_config_keeps_explicit_fields(tiny_dataset):
     cfg = dataset_config(open_dataset(tiny_dataset), {"cameras": ["front"], "state_dim": 4})
     assert isinstance(cfg, FlowConfig) and cfg.cameras == ["front"] and cfg.subgoal_cameras == ["front"]
+
+
+@pytest.mark.slow
+def test_training_on_a_recorded_tabletop_episode_runs_end_to_end(tmp_path):
+    """The real path: `hybrid record` writes a tabletop dataset (videos), `hybrid train` fits it, the executor acts."""
+    data, out = tmp_path / "tabletop", tmp_path / "run"
+    assert hybrid(["record", "env=tabletop", "task=pick_place", "episodes=1", f"out={data}", "progress=false",
+                   "env.image_size=32"]) == 0
+    assert hybrid(["train", "executor=tabletop", f"data={data}", f"out={out}", *TINY, "steps=3"]) == 0
+    executor = FlowExecutor.from_pretrained(out / "model")
+    assert executor.cfg.cameras == ["front", "wrist"] and executor.cfg.action_dim == 4
+    chunk = executor.act(observation_from(open_dataset(data), 0), None, None)
+    assert chunk.actions.shape == (4, 4) and np.isfinite(chunk.actions).all()
