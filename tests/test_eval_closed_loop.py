@@ -17,6 +17,7 @@ def test_eval_reports_every_agent_per_family(capsys):
         assert fam["success"] == 0.0  # zero actions never solve a task
         assert "executor" in agent["latency_ms_p50"]
     assert "world_model" in report["agents"]["oracle_subgoals"]["latency_ms_p50"]
+    assert report["agents"]["oracle_subgoals"]["families"]["pick_place"]["faults"] == 0  # bound to each episode
     assert "world_model" not in report["agents"]["language_only"]["latency_ms_p50"]
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
 import numpy as np
+
+from hybrid.report import print_result
 
 
 def main(argv: list[str]) -> int:
@@ -46,11 +47,7 @@ def main(argv: list[str]) -> int:
               "latency_ms_p50": round(float(np.percentile(t, 50)), 2),
               "latency_ms_p90": round(float(np.percentile(t, 90)), 2),
               "latency_ms_mean": round(float(t.mean()), 2), "faults": faults}
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k}: {v}")
+    print_result(result, args.json)
     return 0
 
 

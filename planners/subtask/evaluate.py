@@ -10,11 +10,12 @@ episode's last subtask (done or not yet) with the last subtask current.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
 import numpy as np
+
+from hybrid.report import print_result
 
 
 def main(argv: list[str]) -> int:
@@ -93,11 +94,7 @@ def main(argv: list[str]) -> int:
         "episodes": len(index.plans), "latency_ms_p50": round(float(np.median(latencies)), 2) if latencies else None,
         "model": str(args.model), "data": str(args.data),
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k}: {v}")
+    print_result(result, args.json)
     return 0
 
 
