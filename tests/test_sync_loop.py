@@ -173,3 +173,18 @@ def test_env_success_ends_episode():
 
     result, _ = run(agent(planner=MockPlanner(["go"], calls_per_subtask=100)), env=Solved(), max_steps=50)
     assert result.status == "success" and result.success and result.steps == 3
+
+
+def test_non_finite_action_that_bypassed_validation_never_reaches_the_env():
+    from hybrid.types import ActionChunk
+
+    class Buggy(MockExecutor):  # builds its chunk without validation, as a careless module might
+        def act(self, obs, subtask, subgoal):
+            return ActionChunk.model_construct(actions=np.full((4, 2), np.nan, np.float32), dt=0.1,
+                                               start_time=obs.timestamp, subtask=subtask.text,
+                                               subgoal_created_at=None)
+
+    planner = MockPlanner(["go right"], calls_per_subtask=1000)  # never done: only the fault streak ends it
+    result, env = run(agent(planner=planner, executor=Buggy()), max_steps=20, max_consecutive_faults=3)
+    assert result.status == "fault" and env.sent == [] and len(result.faults) == 3
+    assert "action: non-finite values" in result.faults[0].message

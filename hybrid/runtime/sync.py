@@ -45,6 +45,7 @@ def run_episode(agent: HybridAgent, env: EnvAdapter, config: SyncLoopConfig | No
         sub.on_episode_start(instruction, dict(info))
 
     steps, chunks, streak, status = 0, 0, 0, "budget"
+    terminated = truncated = False
     step_faults: list[TierFault] = []
 
     def fault(f: TierFault) -> None:
@@ -97,14 +98,16 @@ def run_episode(agent: HybridAgent, env: EnvAdapter, config: SyncLoopConfig | No
                     status = "fault"
                     break
                 continue
-            streak = 0
             actions = res.value.actions[: cfg.execute_horizon]
             for action in actions:
                 try:
                     safe = safety(action)
-                except UnsafeAction as err:
+                except UnsafeAction as err:  # hold: the rest of this chunk is not trusted either
                     fault(TierFault(tier="executor", kind="bad_output", message=str(err)))
+                    streak += 1
+                    publish(obs, None, lat)
                     break
+                streak = 0
                 raw, _, terminated, truncated, info = env.env.step(safe)
                 steps += 1
                 obs = env.observation(raw, instruction)
@@ -116,6 +119,9 @@ def run_episode(agent: HybridAgent, env: EnvAdapter, config: SyncLoopConfig | No
                     break
             if status == "success" or terminated or truncated:
                 status = status if status == "success" else "terminated"
+                break
+            if streak >= cfg.max_consecutive_faults:
+                status = "fault"
                 break
     except ObservationError as err:
         fault(TierFault(tier="observation", kind="bad_input", message=str(err)))
