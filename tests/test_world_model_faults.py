@@ -22,8 +22,9 @@ class ScriptedPipeline:
 
     device = "cpu"
 
-    def __init__(self, output=None, steps: int = 2, step_s: float = 0.0, error: Exception | None = None):
-        self.output, self.steps, self.step_s, self.error = output, steps, step_s, error
+    def __init__(self, output=None, steps: int = 2, step_s: float = 0.0, error: Exception | None = None,
+                 gate: threading.Event | None = None):
+        self.output, self.steps, self.step_s, self.error, self.gate = output, steps, step_s, error, gate
         self.finished = threading.Event()
         self.calls = 0
 
@@ -33,6 +34,8 @@ class ScriptedPipeline:
             raise self.error
         for i in range(self.steps):
             time.sleep(self.step_s)
+            if self.gate is not None:  # a denoising step stuck until the test releases it
+                self.gate.wait()
             if callback_on_step_end is not None:
                 callback_on_step_end(self, i, 0, {})
         self.finished.set()
@@ -82,7 +85,8 @@ def test_missing_camera_is_a_bad_input_fault():
 
 
 def test_overrun_is_a_timeout_fault_and_the_generation_is_cancelled():
-    pipe = ScriptedPipeline(steps=50, step_s=0.02)  # ~1 s of denoising
+    gate = threading.Event()
+    pipe = ScriptedPipeline(steps=50, gate=gate)  # its first step hangs until the gate opens
     wm = model(pipe, timeout_s=0.1)
     start = time.perf_counter()
     with pytest.raises(WorldModelFault, match="no subgoal within") as err:
@@ -90,9 +94,10 @@ def test_overrun_is_a_timeout_fault_and_the_generation_is_cancelled():
     assert err.value.kind == "timeout" and time.perf_counter() - start < 0.5
     with pytest.raises(WorldModelFault, match="still running"):  # no pile-up behind the stuck call
         wm.imagine(fake_observation(), SUBTASK)
-    time.sleep(0.1)  # the step callback stops the overrun generation at its next step
-    assert not pipe.finished.is_set()
-    pipe.steps, pipe.step_s = 1, 0.0
+    gate.set()  # the step returns; the step callback then stops the overrun generation
+    wm._pending.exception(timeout=5)
+    assert not pipe.finished.is_set() and pipe.calls == 1
+    pipe.steps, pipe.gate = 1, None
     assert isinstance(wm.imagine(fake_observation(), SUBTASK), Subgoal)  # and the model recovers
     wm.close()
 
