@@ -11,13 +11,14 @@ DOUBLES = ["planner@tiers.planner=mock", "world_model@tiers.world_model=mock", "
 def test_eval_reports_every_agent_per_family(capsys):
     assert main(["eval", "--episodes", "1", "--json", *DOUBLES]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(report["agents"]) == {"hierarchical", "oracle_subgoals", "language_only", "flat"}
+    assert set(report["agents"]) == {"oracle", "hierarchical", "oracle_subgoals", "language_only", "flat"}
     for name, agent in report["agents"].items():
         fam = agent["families"]["pick_place"]
         assert fam["success"] == 0.0  # zero actions never solve a task
         assert "executor" in agent["latency_ms_p50"]
     assert "world_model" in report["agents"]["oracle_subgoals"]["latency_ms_p50"]
-    assert report["agents"]["oracle_subgoals"]["families"]["pick_place"]["faults"] == 0  # bound to each episode
+    for oracle in ("oracle", "oracle_subgoals"):
+        assert report["agents"][oracle]["families"]["pick_place"]["faults"] == 0  # bound to each episode
     assert "world_model" not in report["agents"]["language_only"]["latency_ms_p50"]
 
 
@@ -40,5 +41,27 @@ def test_oracle_world_model_renders_the_sims_subgoal():
         assert set(goal.images) == set(obs.images)
         assert all(np.array_equal(goal.images[c], expected[c]) for c in obs.images)
         assert not np.array_equal(goal.images["front"], obs.images["front"])  # the block has moved
+    finally:
+        env.close()
+
+
+def test_oracle_planner_names_the_first_subtask_the_physics_says_is_unfinished():
+    from hybrid.envs.tabletop import TabletopEnv
+    from hybrid.eval.tiers import OraclePlanner
+    from hybrid.runtime.env_adapter import EnvAdapter
+
+    env = TabletopEnv(task="gather")
+    try:
+        raw, info = env.reset(seed=1)
+        planner, expert, adapter = OraclePlanner(), env.expert(), EnvAdapter(env)
+        planner.bind(env, info["subtasks"])
+        said = []
+        for _ in range(400):
+            step = planner.plan(adapter.observation(raw), info["instruction"], [])
+            said.append("done" if step.done else step.subtask)
+            if step.done:
+                break
+            raw, _, _, _, info = env.step(expert.act(raw))
+        assert list(dict.fromkeys(said)) == [*info["subtasks"], "done"]  # each subtask in order, then done
     finally:
         env.close()

@@ -109,8 +109,9 @@ def test_cached_prefix_equals_joint_attention_over_prefix_and_chunk():
     torch.testing.assert_close(cached, y, atol=1e-5, rtol=1e-5)
 
 
-def test_save_load_round_trip_is_exact(tmp_path):
-    executor = FlowExecutor(tiny_model(), seed=3)
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_save_load_round_trip_is_exact(tmp_path, stem):
+    executor = FlowExecutor(tiny_model(vision_stem=stem), seed=3)
     executor.save_pretrained(tmp_path / "ckpt")
     loaded = FlowExecutor.from_pretrained(tmp_path / "ckpt", seed=3)
     assert loaded.cfg == executor.cfg
@@ -120,6 +121,18 @@ def test_save_load_round_trip_is_exact(tmp_path):
     obs = observation()
     np.testing.assert_array_equal(executor.act(obs, SUBTASK, subgoal_for(obs)).actions,
                                   loaded.act(obs, SUBTASK, subgoal_for(obs)).actions)
+
+
+def test_conv_stem_gives_the_patch_stems_tokens_and_needs_a_power_of_two_patch():
+    from executors.flow.encoders import ScratchVision
+
+    images = torch.rand(2, 3, 32, 32)
+    patch, conv = (ScratchVision(32, 8, 16, 1, 2, stem)(images) for stem in ("patch", "conv"))
+    assert patch.shape == conv.shape == (2, 16, 16)
+    with pytest.raises(ValueError, match="vision_stem"):
+        tiny_config(vision_stem="conv", image_size=24, patch_size=6)
+    with pytest.raises(ValueError, match="vision_stem"):
+        tiny_config(vision_stem="resnet")
 
 
 def test_reset_makes_chunks_reproducible_and_noise_varies_between_chunks():

@@ -31,6 +31,7 @@ class FlowConfig:
     vision_tower: dict | None = None  # SiglipVisionConfig as a dict; saved so a checkpoint needs no vision_path
     freeze_vision: bool = False  # keep the vision encoder's weights fixed
     patch_size: int = 8  # scratch ViT patch side (tokens per image = (image_size / patch_size)^2)
+    vision_stem: str = "patch"  # scratch ViT tokeniser: one "patch" projection, or a "conv" stem of stride-2 convs
     vision_width: int = 128  # scratch ViT width
     vision_depth: int = 2  # scratch ViT blocks
 
@@ -68,6 +69,7 @@ class FlowConfig:
             "vision_width": self.vision != "scratch" or self.vision_width % self.heads == 0,
             "text_width": self.text != "bytes" or self.text_width % self.heads == 0,
             "image_size": self.vision != "scratch" or self.image_size % self.patch_size == 0,
+            "vision_stem": self.vision_stem == "patch" or (self.vision_stem == "conv" and _power_of_two(self.patch_size)),
             "flow_steps": self.flow_steps >= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
@@ -88,3 +90,7 @@ class FlowConfig:
     @classmethod
     def load(cls, directory: str | Path) -> FlowConfig:
         return cls(**json.loads((Path(directory) / CONFIG_NAME).read_text()))
+
+
+def _power_of_two(n: int) -> bool:
+    return n >= 2 and n & (n - 1) == 0

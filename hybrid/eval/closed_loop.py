@@ -51,7 +51,8 @@ def evaluate(cfg) -> dict:
         latency: dict[str, list[float]] = defaultdict(list)
         for family in families:
             env = EnvAdapter(instantiate(cfg.env, task=family, split=cfg.split), adapter_cfg)
-            subscribers = [_BindOracle(agent.world_model, env.env)] if hasattr(agent.world_model, "bind") else []
+            oracles = [t for t in (agent.planner, agent.world_model) if hasattr(t, "bind")]
+            subscribers = [_BindOracle(oracles, env.env)] if oracles else []
             results = []
             for ep in tqdm(range(cfg.episodes), desc=f"{name}/{family}", leave=False):
                 seed = cfg.seed + ep
@@ -72,13 +73,14 @@ def evaluate(cfg) -> dict:
 
 
 class _BindOracle:
-    """Hands an oracle world model the env and its reference plan as each episode starts (no second reset)."""
+    """Hands the oracle tiers the env and its reference plan as each episode starts (no second reset)."""
 
-    def __init__(self, world_model, env):
-        self.world_model, self.env = world_model, env
+    def __init__(self, oracles: list, env):
+        self.oracles, self.env = oracles, env
 
     def on_episode_start(self, instruction: str, info: dict) -> None:
-        self.world_model.bind(self.env, info["subtasks"])
+        for tier in self.oracles:
+            tier.bind(self.env, info["subtasks"])
 
     def on_step(self, record) -> None:
         pass

@@ -1,7 +1,8 @@
 """Tiers that exist only to build the evaluation's reference agents.
 
 `OracleWorldModel` renders the true end-of-subtask scene from the simulator (the upper bound on what a
-world model can give the executor); `InstructionPlanner` hands the raw instruction to the executor as
+world model can give the executor); `OraclePlanner` names the first subtask the physics says is not done
+yet (with both oracles the agent measures the executor alone); `InstructionPlanner` hands the raw instruction to the executor as
 its only "subtask" (the flat-VLA baseline, which has no planner).
 """
 
@@ -32,6 +33,27 @@ class OracleWorldModel:
         index = self.plan.index(subtask.text) if subtask.text in self.plan else min(subtask.index, len(self.plan) - 1)
         images = self.env.render_subgoal(index)
         return Subgoal(images={c: images[c] for c in obs.images}, subtask=subtask.text, model="oracle")
+
+    def reset(self) -> None:
+        pass
+
+
+class OraclePlanner:
+    """Next subtask = the first one of the reference plan the simulator's success predicates say is unfinished."""
+
+    def __init__(self):
+        self.env = None
+        self.plan_texts: list[str] = []
+
+    def bind(self, env, plan: list[str]) -> None:
+        self.env, self.plan_texts = env.unwrapped, list(plan)
+
+    def plan(self, obs: Observation, instruction: str, history: list[Subtask]) -> PlanStep:
+        if self.env is None:
+            raise RuntimeError("OraclePlanner: bind(env, plan) must be called before plan()")
+        done = self.env.scene.subtask_success()
+        pending = [text for text, ok in zip(self.plan_texts, done) if not ok]
+        return PlanStep(subtask=pending[0]) if pending else PlanStep(done=True)
 
     def reset(self) -> None:
         pass

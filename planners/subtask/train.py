@@ -11,12 +11,15 @@ import json
 import logging
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from hybrid.data import FEATURES, SubtaskIndex, open_dataset
-from planners.subtask.examples import ExampleBuilder
+from hybrid.types import PlanStep
+from planners.subtask.augment import TABLETOP_HUES, ColourSwap
+from planners.subtask.examples import Example, ExampleBuilder
 from planners.subtask.prompting import PromptConfig, build_messages, user_text
 from planners.subtask.reply import reply_text
 from planners.subtask.tabletop_language import canonical_subtask, colours_in, vocabulary
@@ -28,26 +31,37 @@ STATE_DIR = "trainer_state"
 
 
 def tokenizer_corpus(index: SubtaskIndex, vocab: list[str], prompt: PromptConfig) -> list[str]:
-    from hybrid.types import PlanStep
-
     instructions = sorted(set(index.instruction))
     replies = [reply_text(PlanStep(subtask=s)) for s in vocab] + [reply_text(PlanStep(done=True))]
     states = [user_text(i, vocab[:2], vocab[0], prompt.schema_in_prompt) for i in instructions[:50]]
     return instructions * 4 + vocab + replies + states + ["user assistant system Done: nothing Current: none"]
 
 
-def collate(processor, builder: ExampleBuilder, frames: np.ndarray, examples, prompt: PromptConfig):
+def swap_colours(ex: Example, image: np.ndarray, swap: ColourSwap, rng: np.random.Generator):
+    """The example and its frame with one random permutation of the colours applied to words and pixels."""
+    m = swap.draw(rng)
+    target = PlanStep(subtask=swap.text(ex.target.subtask, m)) if ex.target.subtask else ex.target
+    ex = replace(ex, instruction=swap.text(ex.instruction, m), done=[swap.text(s, m) for s in ex.done],
+                 current=None if ex.current is None else swap.text(ex.current, m), target=target)
+    return ex, swap.image(image, m)
+
+
+def collate(processor, builder: ExampleBuilder, frames: np.ndarray, examples, prompt: PromptConfig,
+            swap: ColourSwap | None = None, rng: np.random.Generator | None = None, p_swap: float = 0.0):
     """Processor inputs for a batch with labels on the reply tokens only (right padding)."""
     from PIL import Image
 
-    texts, reply_lens = [], []
+    texts, reply_lens, images = [], [], []
     for ex in examples:
+        image = frames[ex.frame]
+        if swap is not None and rng.random() < p_swap:
+            ex, image = swap_colours(ex, image, swap, rng)
         chat = processor.apply_chat_template(build_messages(prompt, ex.instruction, ex.done, ex.current),
                                              add_generation_prompt=True, tokenize=False)
         reply = reply_text(ex.target) + "<|im_end|>"
         texts.append(chat + reply)
         reply_lens.append(len(processor.tokenizer(reply, add_special_tokens=False)["input_ids"]))
-    images = [Image.fromarray(frames[ex.frame]) for ex in examples]
+        images.append(Image.fromarray(image))
     batch = processor(text=texts, images=images, padding=True, padding_side="right", return_tensors="pt")
     labels = batch["input_ids"].clone()
     lengths = batch["attention_mask"].sum(1)
@@ -62,7 +76,10 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
           warmup_steps: int = 100, weight_decay: float = 0.01, checkpoint_every: int = 250,
           resume: bool = True, seed: int = 0, done_tail_s: float = 0.5, camera: str = "front",
           canonical: bool = True, model: dict | None = None, max_minutes: float | None = None,
-          threads: int | None = None, log_every: int = 25) -> Path:
+          threads: int | None = None, log_every: int = 25, colour_swap: float = 0.0,
+          done_fraction: float = 0.0) -> Path:
+    """``colour_swap``: probability that an example's colours are permuted (words and pixels, `augment.py`);
+    ``done_fraction``: share of examples drawn from the frames labelled done, which are a few per episode."""
     import torch
     from accelerate import Accelerator
     from tqdm import tqdm
@@ -116,12 +133,19 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
         (state_dir / "step.json").write_text(json.dumps({"step": step}))
 
     all_frames = np.arange(len(index))
+    done_frames = np.flatnonzero([builder.is_done_frame(i) for i in all_frames])
+    swap = ColourSwap(palette(), TABLETOP_HUES) if colour_swap > 0 else None
+
+    def draw():
+        if done_fraction > 0 and rng.random() < done_fraction:
+            return builder.sample(rng, done_frames, weights=(0.5, 0.5, 0.0))
+        return builder.sample(rng, all_frames)
     net.train()
     t0, losses, step = time.monotonic(), [], start
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="planner", disable=not accelerator.is_main_process)
     for step in bar:
-        batch = collate(processor, builder, frames, [builder.sample(rng, all_frames) for _ in range(batch_size)],
-                        prompt).to(accelerator.device)
+        batch = collate(processor, builder, frames, [draw() for _ in range(batch_size)], prompt,
+                        swap, rng, colour_swap).to(accelerator.device)
         loss = net(**batch).loss
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(net.parameters(), 1.0)
@@ -139,3 +163,9 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
             break
     checkpoint(step + 1 if steps > start else start)
     return out
+
+
+def palette() -> dict[str, tuple[float, float, float]]:
+    from hybrid.envs.tabletop.tasks import PALETTE
+
+    return PALETTE
