@@ -65,6 +65,24 @@ def test_random_tiny_vlm_saves_and_reloads_through_the_auto_classes(tmp_path):
                                                                       skip_special_tokens=True)[0]
 
 
+def test_constrained_decoding_keeps_even_a_random_model_inside_the_vocabulary(tmp_path):
+    from planners.subtask.planner import PlannerFault
+    from planners.subtask.tabletop_model import TabletopModelConfig, build, save
+    from planners.subtask.transformers_backend import transformers_planner
+
+    vocab = ["put the red block in the blue bowl", "put the blue block on the red block"]
+    model, processor = build([INSTRUCTION, '{"subtask": "", "done": false}', *vocab] * 5, TabletopModelConfig(**TINY))
+    save(model, processor, tmp_path)
+    image = np.random.default_rng(0).integers(0, 256, (56, 56, 3), dtype=np.uint8)
+    prompt = {"system": None, "schema_in_prompt": False, "image_size": 56}
+    free = transformers_planner(str(tmp_path), vocabulary=vocab, prompt=prompt, constrained=False, max_attempts=1)
+    with pytest.raises(PlannerFault):  # random weights emit no valid reply on their own
+        free.plan(obs_of(image), INSTRUCTION, [])
+    constrained = transformers_planner(str(tmp_path), vocabulary=vocab, prompt=prompt, max_attempts=1)
+    step = constrained.plan(obs_of(image), INSTRUCTION, [])
+    assert step.done or step.subtask in vocab
+
+
 @pytest.mark.slow
 def test_trained_planner_round_trips_and_looks_at_the_image(trained, tiny_data):
     from planners.subtask.frames import decode_frames

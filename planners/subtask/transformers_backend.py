@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from hybrid.types import PlanStep
 from planners.subtask.planner import VLMPlanner
 from planners.subtask.replan import ReplanPolicy
+from planners.subtask.reply import reply_text
 
 # Written beside a trained planner's weights: the prompt it was trained on and its subtask vocabulary.
 SETTINGS_FILE = "planner.json"
@@ -20,9 +22,34 @@ def load_settings(model_dir: str | Path | None) -> dict:
     return json.loads(path.read_text()) if path is not None and path.is_file() else {}
 
 
+class ReplyTrie:
+    """The token sequences of every reply the planner may give, as a trie that decoding walks down.
+
+    With a known subtask vocabulary, generation is restricted to it the way vLLM's structured outputs
+    restrict it to a choice: a small model then cannot emit a subtask outside the vocabulary or a broken
+    one ("put the the red block ..."), it can only pick the wrong one.
+    """
+
+    def __init__(self, sequences: list[list[int]]):
+        self.root: dict = {}
+        for seq in sequences:
+            node = self.root
+            for tok in seq:
+                node = node.setdefault(tok, {})
+
+    def allowed(self, prefix: list[int]) -> list[int]:
+        node = self.root
+        for tok in prefix:
+            if tok not in node:
+                return []
+            node = node[tok]
+        return list(node)
+
+
 class TransformersBackend:
     def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: str = "float32",
-                 max_new_tokens: int = 64):
+                 max_new_tokens: int = 64, replies: list[str] | None = None):
+        """``replies``: the only reply texts generation may produce (None: free generation)."""
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -30,6 +57,12 @@ class TransformersBackend:
         self.processor = AutoProcessor.from_pretrained(model_dir)
         self.model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=getattr(torch, dtype))
         self.model.to(device).eval()
+        self.trie = None
+        if replies:
+            eos = self.model.generation_config.eos_token_id
+            eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+            tok = self.processor.tokenizer
+            self.trie = ReplyTrie([tok(r, add_special_tokens=False)["input_ids"] + [eos] for r in replies])
 
     def inputs(self, messages: list[dict], images: list[np.ndarray]):
         from PIL import Image
@@ -42,18 +75,28 @@ class TransformersBackend:
         import torch
 
         inputs = self.inputs(messages, [image])
+        start = inputs["input_ids"].shape[1]
+        allowed = None
+        if self.trie is not None:
+            allowed = lambda batch_id, ids: self.trie.allowed(ids[start:].tolist())  # noqa: E731
         with torch.inference_mode():
-            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                      prefix_allowed_tokens_fn=allowed)
         new = out[:, inputs["input_ids"].shape[1]:]
         return self.processor.batch_decode(new, skip_special_tokens=True)[0]
 
 
 def transformers_planner(model: str, device: str = "cpu", dtype: str = "float32", max_new_tokens: int = 64,
                          prompt: dict | None = None, vocabulary: list[str] | None = None,
-                         max_attempts: int = 3, replan: dict | ReplanPolicy | None = None) -> VLMPlanner:
-    """A `VLMPlanner` on a local model directory; its saved prompt and vocabulary are the defaults."""
+                         max_attempts: int = 3, replan: dict | ReplanPolicy | None = None,
+                         constrained: bool = True) -> VLMPlanner:
+    """A `VLMPlanner` on a local model directory; its saved prompt and vocabulary are the defaults.
+    ``constrained``: with a vocabulary, decode only replies naming one of its subtasks (or done)."""
     saved = load_settings(model)
-    return VLMPlanner(TransformersBackend(model, device, dtype, max_new_tokens),
+    vocabulary = vocabulary if vocabulary is not None else saved.get("vocabulary")
+    replies = None
+    if constrained and vocabulary:
+        replies = [reply_text(PlanStep(subtask=s)) for s in vocabulary] + [reply_text(PlanStep(done=True))]
+    return VLMPlanner(TransformersBackend(model, device, dtype, max_new_tokens, replies),
                       prompt={**saved.get("prompt", {}), **dict(prompt or {})},
-                      vocabulary=vocabulary if vocabulary is not None else saved.get("vocabulary"),
-                      max_attempts=max_attempts, replan=replan)
+                      vocabulary=vocabulary, max_attempts=max_attempts, replan=replan)
