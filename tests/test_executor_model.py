@@ -135,6 +135,38 @@ def test_conv_stem_gives_the_patch_stems_tokens_and_needs_a_power_of_two_patch()
         tiny_config(vision_stem="resnet")
 
 
+def test_film_stem_starts_blind_to_the_text_and_can_learn_to_read_it():
+    from executors.flow.encoders import FiLMConvStem
+
+    torch.manual_seed(0)
+    film = FiLMConvStem(8, 16, text_dim=12)
+    images, t1, t2 = torch.rand(2, 3, 32, 32), torch.randn(2, 12), torch.randn(2, 12)
+    assert film(images, t1).shape == (2, 16, 4, 4)
+    torch.testing.assert_close(film(images, t1), film(images, t2))  # zero-initialised FiLM: a plain conv stem
+    for layer in film.films:
+        torch.nn.init.normal_(layer.weight, std=0.5)
+    assert not torch.allclose(film(images, t1), film(images, t2))
+
+
+def test_film_executor_conditions_vision_on_the_subtask_and_round_trips(tmp_path):
+    model = tiny_model(vision_stem="conv", vision_film=True)
+    for layer in model.vision.patchify.films:
+        torch.nn.init.normal_(layer.weight, std=0.5)
+    executor = FlowExecutor(model, seed=0)
+    obs = observation()
+    a = executor.act(obs, SUBTASK, subgoal_for(obs)).actions
+    executor.reset()
+    b = executor.act(obs, Subtask(text="put the blue block in the red bowl", index=0), subgoal_for(obs)).actions
+    assert not np.allclose(a, b)
+    executor.save_pretrained(tmp_path / "film")
+    loaded = FlowExecutor.from_pretrained(tmp_path / "film", seed=0)
+    executor.reset()
+    np.testing.assert_array_equal(executor.act(obs, SUBTASK, subgoal_for(obs)).actions,
+                                  loaded.act(obs, SUBTASK, subgoal_for(obs)).actions)
+    with pytest.raises(ValueError, match="vision_film"):
+        tiny_config(vision_film=True)  # FiLM needs the conv stem
+
+
 def test_reset_makes_chunks_reproducible_and_noise_varies_between_chunks():
     executor, obs = FlowExecutor(tiny_model()), observation()
     first, second = executor.act(obs, SUBTASK, None).actions, executor.act(obs, SUBTASK, None).actions

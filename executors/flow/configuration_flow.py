@@ -32,6 +32,7 @@ class FlowConfig:
     freeze_vision: bool = False  # keep the vision encoder's weights fixed
     patch_size: int = 8  # scratch ViT patch side (tokens per image = (image_size / patch_size)^2)
     vision_stem: str = "patch"  # scratch ViT tokeniser: one "patch" projection, or a "conv" stem of stride-2 convs
+    vision_film: bool = False  # FiLM-condition the conv stem on the text (RT-1 / BC-Z style)
     vision_width: int = 128  # scratch ViT width
     vision_depth: int = 2  # scratch ViT blocks
 
@@ -70,6 +71,7 @@ class FlowConfig:
             "text_width": self.text != "bytes" or self.text_width % self.heads == 0,
             "image_size": self.vision != "scratch" or self.image_size % self.patch_size == 0,
             "vision_stem": self.vision_stem == "patch" or (self.vision_stem == "conv" and _power_of_two(self.patch_size)),
+            "vision_film": not self.vision_film or (self.vision == "scratch" and self.vision_stem == "conv"),
             "flow_steps": self.flow_steps >= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]

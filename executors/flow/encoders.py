@@ -53,18 +53,31 @@ class Block(nn.Module):
 
 
 class ScratchVision(nn.Module):
-    """A small ViT: patches (or a convolutional stem), learned positions, a few blocks."""
+    """A small ViT: patches (or a convolutional stem), learned positions, a few blocks.
 
-    def __init__(self, image_size: int, patch: int, width: int, depth: int, heads: int, stem: str = "patch"):
+    With ``film_dim`` the conv stem is FiLM-conditioned on a text vector of that size (`FiLMConvStem`).
+    """
+
+    def __init__(self, image_size: int, patch: int, width: int, depth: int, heads: int, stem: str = "patch",
+                 film_dim: int | None = None):
         super().__init__()
-        self.patchify = conv_stem(patch, width) if stem == "conv" else nn.Conv2d(3, width, kernel_size=patch, stride=patch)
+        if film_dim:
+            self.patchify = FiLMConvStem(patch, width, film_dim)
+        elif stem == "conv":
+            self.patchify = conv_stem(patch, width)
+        else:
+            self.patchify = nn.Conv2d(3, width, kernel_size=patch, stride=patch)
+        self.film = bool(film_dim)
         self.pos = nn.Parameter(torch.randn(1, (image_size // patch) ** 2, width) * 0.02)
         self.blocks = nn.ModuleList(Block(width, heads) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
         self.out_dim = width
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.patchify(images * 2 - 1).flatten(2).transpose(1, 2) + self.pos
+    def forward(self, images: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
+        """``text``: ``(N, film_dim)``, one vector per image, when the stem is FiLM-conditioned."""
+        x = images * 2 - 1
+        x = self.patchify(x, text) if self.film else self.patchify(x)
+        x = x.flatten(2).transpose(1, 2) + self.pos
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
@@ -84,6 +97,29 @@ def conv_stem(patch: int, width: int) -> nn.Sequential:
             layers += [nn.GroupNorm(1, out), nn.GELU()]
         channels = out
     return nn.Sequential(*layers)
+
+
+class FiLMConvStem(nn.Module):
+    """`conv_stem` whose hidden features are scaled and shifted by the text (FiLM, Perez et al. 2018), as
+    RT-1 and BC-Z condition their image encoders on the instruction: "the red block" becomes a feature the
+    convolutions pick out where it is, instead of a binding that attention layers downstream must learn.
+    The FiLM layers start at zero, so the stem starts as the plain conv stem."""
+
+    def __init__(self, patch: int, width: int, text_dim: int):
+        super().__init__()
+        stem = conv_stem(patch, width)
+        self.convs = nn.ModuleList(m for m in stem if isinstance(m, nn.Conv2d))
+        self.norms = nn.ModuleList(m for m in stem if isinstance(m, nn.GroupNorm))
+        self.films = nn.ModuleList(nn.Linear(text_dim, 2 * n.num_channels) for n in self.norms)
+        for film in self.films:
+            nn.init.zeros_(film.weight)
+            nn.init.zeros_(film.bias)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        for conv, norm, film in zip(self.convs, self.norms, self.films):
+            scale, shift = film(text)[..., None, None].chunk(2, dim=1)
+            x = nn.functional.gelu(norm(conv(x)) * (1 + scale) + shift)
+        return self.convs[-1](x)
 
 
 def _tower_config(config_cls, path: str | None, stored: dict | None, tower: str):
@@ -163,10 +199,11 @@ class SiglipText(nn.Module):
         return self.tower(input_ids=ids).last_hidden_state
 
 
-def build_vision(cfg) -> nn.Module:
+def build_vision(cfg, text_dim: int | None = None) -> nn.Module:
+    """``text_dim``: the text encoder's width, which a FiLM-conditioned stem (``cfg.vision_film``) reads."""
     if cfg.vision == "scratch":
         encoder = ScratchVision(cfg.image_size, cfg.patch_size, cfg.vision_width, cfg.vision_depth, cfg.heads,
-                                cfg.vision_stem)
+                                cfg.vision_stem, text_dim if cfg.vision_film else None)
     else:
         encoder = SiglipVision(cfg.vision_path, cfg.vision_tower)
         cfg.vision_tower = encoder.tower_config

@@ -117,8 +117,8 @@ class FlowModel(nn.Module):
         self.cfg = cfg
         w = cfg.width
         self.normalizer = Normalizer(cfg.state_dim, cfg.action_dim)
-        self.vision = build_vision(cfg)
         self.text = build_text(cfg)
+        self.vision = build_vision(cfg, self.text.out_dim)
         n_img = len(cfg.cameras) + (len(cfg.subgoal_cameras) if cfg.use_subgoal else 0)
         self.vision_proj = nn.Linear(self.vision.out_dim, w)
         self.text_proj = nn.Linear(self.text.out_dim, w)
@@ -147,7 +147,12 @@ class FlowModel(nn.Module):
         subgoal = batch.get("subgoal") if cfg.use_subgoal else None
         if subgoal is not None:
             images = torch.cat([images, subgoal], dim=1)
-        feats = self.vision(images.flatten(0, 1).to(dtype) / 255)
+        text = self.text(batch["text_ids"])
+        if cfg.vision_film:  # the text's mean token conditions every image of its sample
+            film = text.mean(1).to(dtype).repeat_interleave(images.shape[1], dim=0)
+            feats = self.vision(images.flatten(0, 1).to(dtype) / 255, film)
+        else:
+            feats = self.vision(images.flatten(0, 1).to(dtype) / 255)
         tokens = self.vision_proj(feats).unflatten(0, (b, images.shape[1])) + self.image_slot[: images.shape[1]]
         if cfg.use_subgoal:
             missing = self.no_subgoal.to(tokens.dtype).expand(b, -1, -1, -1)
@@ -157,7 +162,7 @@ class FlowModel(nn.Module):
                 has = batch["has_subgoal"].to(tokens.device).view(b, 1, 1, 1)
                 goal = tokens[:, n_cam:]
                 tokens = torch.cat([tokens[:, :n_cam], torch.where(has, goal, missing + self.image_slot[n_cam:])], 1)
-        text = self.text_proj(self.text(batch["text_ids"]))
+        text = self.text_proj(text)
         state = self.state_proj(self.normalizer.state(batch["state"].float()).to(dtype))[:, None]
         x = torch.cat([tokens.flatten(1, 2), text, state], dim=1)
         for block in self.prefix_blocks:
