@@ -1,9 +1,9 @@
 """Tiers that exist only to build the evaluation's reference agents.
 
 `OracleWorldModel` renders the true end-of-subtask scene from the simulator (the upper bound on what a
-world model can give the executor); `OraclePlanner` names the first subtask the physics says is not done
-yet (with both oracles the agent measures the executor alone); `InstructionPlanner` hands the raw instruction to the executor as
-its only "subtask" (the flat-VLA baseline, which has no planner).
+world model can give the executor); `OraclePlanner` names the first subtask the physics says is not
+done yet (with both oracles the agent measures the executor alone); `InstructionPlanner` hands the raw
+instruction to the executor as its only "subtask" (the flat-VLA baseline, which has no planner).
 """
 
 from __future__ import annotations

@@ -140,6 +140,7 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
         if done_fraction > 0 and rng.random() < done_fraction:
             return builder.sample(rng, done_frames, weights=(0.5, 0.5, 0.0))
         return builder.sample(rng, all_frames)
+
     net.train()
     t0, losses, step = time.monotonic(), [], start
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="planner", disable=not accelerator.is_main_process)
