@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("hybrid.commands.train:main", "train a tier on a LeRobot dataset: hybrid train executor=<config> data=DIR"),
     "train-demo": ("hybrid.commands.train_demo:main", "record tabletop data and train every tabletop tier from scratch; ship the checkpoints"),
     "bench": ("hybrid.commands.bench:main", "print one JSON line of speed figures: hybrid bench <sim|executor|world-model|planner|runtime> --json"),
-    "eval": ("hybrid.commands.eval:main", "evaluate agents or tiers: hybrid eval [planner|world-model] --data DIR --json"),
+    "eval": ("hybrid.commands.eval:main", "evaluate agents or tiers: hybrid eval [planner|world-model|executor] --data DIR --json"),
 }
 
 

@@ -136,3 +136,17 @@ def test_training_on_a_recorded_tabletop_episode_runs_end_to_end(tmp_path):
     assert executor.cfg.cameras == ["front", "wrist"] and executor.cfg.action_dim == 4
     chunk = executor.act(observation_from(open_dataset(data), 0), None, None)
     assert chunk.actions.shape == (4, 4) and np.isfinite(chunk.actions).all()
+
+
+def test_open_loop_eval_scores_a_trained_executor_against_the_expert(tmp_path, capsys):
+    data, out = tmp_path / "tabletop", tmp_path / "run"
+    assert hybrid(["record", "env=tabletop", "task=pick_place", "episodes=2", f"out={data}", "progress=false",
+                   "env.image_size=32"]) == 0
+    assert hybrid(["train", "executor=tabletop", f"data={data}", f"out={out}", *TINY, "steps=3"]) == 0
+    capsys.readouterr()
+    assert hybrid(["eval", "executor", "--data", str(data), "--model", str(out / "model"), "--frames", "6",
+                   "--horizon", "4", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["starts"] == 6 and 0 < result["frames"] <= 6
+    for key in ("direction_cosine", "start_cosine_own_images", "start_cosine_other_images"):
+        assert -1.0 <= result[key] <= 1.0

@@ -1,4 +1,4 @@
-"""`hybrid eval [planner|world-model] ...`: offline tier metrics, or closed-loop agent success."""
+"""`hybrid eval [planner|world-model|executor] ...`: offline tier metrics, or closed-loop agent success."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ EVALS: dict[str, str] = {
     "agents": "hybrid.eval.closed_loop:main",
     "planner": "planners.subtask.evaluate:main",
     "world-model": "planners.subgoal.evaluate:main",
+    "executor": "executors.flow.evaluate:main",
 }
 
 
