@@ -65,8 +65,11 @@ def main(argv: list[str]) -> int:
 
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
-    anywhere = [cosine(predicted(i, i)[: args.horizon, pos].sum(0), expert(i))
-                for i in rng.integers(0, len(index), args.frames) if np.linalg.norm(expert(i)) > 0.02]
+    anywhere = []
+    for i in rng.integers(0, len(index), args.frames):
+        target = expert(i)
+        if np.linalg.norm(target) > 0.02:  # a resting expert has no direction to agree with
+            anywhere.append(cosine(predicted(i, i)[: args.horizon, pos].sum(0), target))
     offset = np.arange(len(index)) - index.episode_start
     starts = np.flatnonzero((offset >= args.start_window[0]) & (offset <= args.start_window[1]))
     own, other = [], []

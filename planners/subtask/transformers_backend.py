@@ -82,8 +82,7 @@ class TransformersBackend:
         with torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
                                       prefix_allowed_tokens_fn=allowed)
-        new = out[:, inputs["input_ids"].shape[1]:]
-        return self.processor.batch_decode(new, skip_special_tokens=True)[0]
+        return self.processor.batch_decode(out[:, start:], skip_special_tokens=True)[0]
 
 
 def transformers_planner(model: str, device: str = "cpu", dtype: str = "float32", max_new_tokens: int = 64,
