@@ -141,11 +141,48 @@ def test_film_stem_starts_blind_to_the_text_and_can_learn_to_read_it():
     torch.manual_seed(0)
     film = FiLMConvStem(8, 16, text_dim=12)
     images, t1, t2 = torch.rand(2, 3, 32, 32), torch.randn(2, 12), torch.randn(2, 12)
-    assert film(images, t1).shape == (2, 16, 4, 4)
+    tokens, hidden = film(images, t1)
+    assert tokens.shape == (2, 16, 4, 4) and hidden.shape == (2, 16, 8, 8)  # and its last hidden map
     torch.testing.assert_close(film(images, t1), film(images, t2))  # zero-initialised FiLM: a plain conv stem
     for layer in film.films:
         torch.nn.init.normal_(layer.weight, std=0.5)
-    assert not torch.allclose(film(images, t1), film(images, t2))
+    assert not torch.allclose(film(images, t1)[0], film(images, t2)[0])
+
+
+def test_spatial_softmax_finds_the_peak_of_a_feature_map():
+    from executors.flow.encoders import SpatialSoftmax
+
+    keypoints = SpatialSoftmax(channels=1, keypoints=1)
+    with torch.no_grad():
+        keypoints.logits.weight.fill_(1.0)
+        keypoints.logits.bias.zero_()
+        keypoints.log_temperature.fill_(-4.0)  # sharp
+    features = torch.zeros(1, 1, 5, 9)
+    features[0, 0, 4, 2] = 1.0  # bottom row, third column
+    u, v = keypoints(features)[0, 0].tolist()
+    assert u == pytest.approx(-0.5, abs=1e-3) and v == pytest.approx(1.0, abs=1e-3)  # (x, y) in [-1, 1]
+
+
+def test_keypoint_executor_predicts_waypoints_and_learns_them():
+    model = tiny_model(vision_stem="conv", keypoints=4, waypoint_loss=1.0)
+    batch = training_batch(model)
+    batch["waypoints"] = torch.tensor([[0.1, 0.2, -0.1, 0.3]] * 4)
+    batch["waypoints_valid"] = torch.tensor([[True, True, True, True], [False, False, True, True]] * 2)
+    prefix, waypoints = model.encode(batch)
+    assert waypoints.shape == (4, 4)
+    assert prefix.shape[1] == 3 * (4 + 1) + 24 + 1 + 1  # images x (patches + keypoint), text, state, waypoints
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        loss, parts = model(batch)
+        losses.append(parts["waypoint"])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert losses[1] < losses[0]
+    batch["waypoints_valid"][:] = False  # nothing to supervise: the waypoint loss is zero
+    assert model(batch)[1]["waypoint"] == 0.0
 
 
 def test_film_executor_conditions_vision_on_the_subtask_and_round_trips(tmp_path):
@@ -182,7 +219,7 @@ def test_one_training_step_reduces_the_loss_on_a_fixed_batch():
 
     def loss() -> torch.Tensor:
         torch.manual_seed(0)  # the same noise and flow times both times
-        return model(batch)
+        return model(batch)[0]
 
     before = loss()
     before.backward()
@@ -197,13 +234,13 @@ def test_padded_actions_do_not_count_in_the_loss():
     batch = training_batch(model)
     batch["action_is_pad"][0] = True  # sample 0 lies wholly past its episode's end
     torch.manual_seed(0)
-    reference = model(batch)
+    reference = model(batch)[0]
     batch["actions"][0] = 1e6
     torch.manual_seed(0)
-    assert torch.equal(model(batch), reference)
+    assert torch.equal(model(batch)[0], reference)
     batch["actions"][1] += 1
     torch.manual_seed(0)
-    assert not torch.equal(model(batch), reference)
+    assert not torch.equal(model(batch)[0], reference)
 
 
 def test_flow_times_are_skewed_toward_noise():

@@ -12,6 +12,7 @@ from executors.flow import FlowExecutor
 from executors.flow.configuration_flow import FlowConfig
 from executors.flow.processor_flow import ByteTokenizer
 from executors.flow.train import FlowDataset, dataset_config, warmup_cosine
+from executors.flow.waypoints import pick_place_waypoints
 from hybrid.cli import main as hybrid
 from hybrid.data import FEATURES, SubtaskIndex, open_dataset
 from hybrid.testing.datasets import PLAN, make_tiny_dataset
@@ -150,3 +151,57 @@ def test_open_loop_eval_scores_a_trained_executor_against_the_expert(tmp_path, c
     assert result["starts"] == 6 and 0 < result["frames"] <= 6
     for key in ("direction_cosine", "start_cosine_own_images", "start_cosine_other_images"):
         assert -1.0 <= result[key] <= 1.0
+    # The tabletop config has a waypoint head: most frames still have their placement ahead, so it is scored.
+    assert result["place_error_cm_p50"] >= 0
+
+
+def test_pick_place_waypoints_come_from_the_last_grasp_and_release_of_each_subtask():
+    # Two subtasks of 6 frames; the first grasps twice (a retry), the second never releases.
+    state = np.stack([np.arange(12.0), 100 + np.arange(12.0)], axis=1)
+    gripper = np.array([0, 1, 0, 0, 1, 1, 0, 0, 1, 1, 1, 1], np.float32)[:, None]
+    subtask_end = np.array([5] * 6 + [11] * 6)
+    targets, valid = pick_place_waypoints(state, gripper, subtask_end)
+    # Segment 0 is frames 0..5 but its release lies in segment 1's run: frames 0..5 have grasps at 1 and 4,
+    # releases at 2 only; the last release (2) precedes the last grasp (4), so nothing is supervised.
+    assert not valid[:6].any()
+    subtask_end = np.array([7] * 8 + [11] * 4)
+    targets, valid = pick_place_waypoints(state, gripper, subtask_end)
+    np.testing.assert_array_equal(targets[0], [4, 104, 6, 106])  # last grasp at frame 4, release at 6
+    assert valid[:5, :2].all() and not valid[5:8, :2].any()  # the pick lies ahead only up to the grasp
+    assert valid[:7, 2:].all() and not valid[7, 2:].any()  # the place up to the release
+    assert not valid[8:].any()  # the second subtask grasps but never lets go
+
+
+def test_waypoint_labels_and_colour_swap_reach_the_training_samples(tiny_dataset, monkeypatch):
+    dataset = open_dataset(tiny_dataset, delta_timestamps={FEATURES["action"]: [0.0, 0.1]})
+    cfg = dataset_config(dataset, {"chunk": 2, "image_size": 16, "vision_stem": "conv", "keypoints": 4,
+                                   "waypoint_loss": 1.0, "subgoal_dropout": 0.0})
+    index = SubtaskIndex.from_dataset(dataset)
+    plain = FlowDataset(dataset, index, cfg, ByteTokenizer(48))
+    swapped = FlowDataset(dataset, index, cfg, ByteTokenizer(48), colour_swap=1.0)
+    red_blue = {name: name for name in swapped.swap.names} | {"red": "blue", "blue": "red"}
+    monkeypatch.setattr(swapped.swap, "draw", lambda rng: red_blue)
+
+    item = swapped[0]
+    assert item["waypoints"].shape == (4,) and item["waypoints_valid"].dtype == torch.bool
+    text = bytes(t for t in item["text_ids"].tolist() if t).decode()
+    assert text == swapped.swap.text(index.subtask_text[0], red_blue) != index.subtask_text[0]
+    # The red marker is repainted blue in the observation images; the grey background is not touched.
+    before, after = plain.images[0, 0].int(), item["images"][0].int()
+    red = (before[0] > 200) & (before[2] < 50)
+    grey = (before[0] == before[1]) & (before[1] == before[2])
+    assert red.any() and grey.any()
+    assert (after[2][red] > 200).all() and (after[0][red] < 50).all()
+    torch.testing.assert_close(after[:, grey], before[:, grey])
+
+
+def test_executor_with_keypoints_and_waypoint_loss_trains_and_acts(tiny_dataset, tmp_path):
+    out = tmp_path / "kp"
+    assert hybrid(["train", "executor=tabletop", f"data={tiny_dataset}", f"out={out}", *TINY, "steps=2",
+                   "model.keypoints=4", "model.waypoint_loss=1.0", "colour_swap=0.5"]) == 0
+    executor = FlowExecutor.from_pretrained(out / "model")
+    assert executor.cfg.keypoints == 4 and executor.cfg.waypoint_loss == 1.0
+    obs = observation_from(open_dataset(tiny_dataset), 0)
+    assert executor.act(obs, Subtask(text=PLAN[0], index=0), None).actions.shape == (4, 4)
+    waypoints = executor.waypoints(obs, Subtask(text=PLAN[0], index=0), None)
+    assert waypoints.shape == (4,) and np.isfinite(waypoints).all()

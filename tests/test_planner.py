@@ -99,6 +99,22 @@ def test_vlm_planner_meets_the_interface_and_tracks_the_current_subtask():
     assert planner.current is None
 
 
+def test_state_in_prompt_writes_the_robot_state_and_needs_it():
+    from planners.subtask.prompting import PromptConfig, build_messages
+
+    backend = CannedBackend(['{"subtask": "pick up the red block", "done": false}'])
+    planner = VLMPlanner(backend, prompt={"state_in_prompt": True, "schema_in_prompt": False}, vocabulary=VOCAB)
+    obs = fake_observation(cameras=("front",), size=40).model_copy(
+        update={"state": np.array([0.1234, -0.05, 0.2, 1.0], np.float32)})
+    planner.plan(obs, "put the red block in the blue bowl", [])
+    text = backend.sent[0][0][-1]["content"][1]["text"]
+    assert text.splitlines()[-1] == "State: 0.12 -0.05 0.20 1.00"
+    with pytest.raises(ValueError, match="state_in_prompt"):
+        build_messages(PromptConfig(state_in_prompt=True), "stack", [], None)
+    # Off (the default): no state line, whatever the observation holds.
+    assert "State:" not in build_messages(PromptConfig(), "stack", [], None, obs.state)[-1]["content"][1]["text"]
+
+
 @pytest.mark.parametrize("bad", [
     "not json at all", '{"subtask": "", "done": false}', "", '{"subtask": "juggle", "done": false}',
     BackendError("no reply within 1 s", kind="timeout"),

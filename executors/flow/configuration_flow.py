@@ -33,6 +33,8 @@ class FlowConfig:
     patch_size: int = 8  # scratch ViT patch side (tokens per image = (image_size / patch_size)^2)
     vision_stem: str = "patch"  # scratch ViT tokeniser: one "patch" projection, or a "conv" stem of stride-2 convs
     vision_film: bool = False  # FiLM-condition the conv stem on the text (RT-1 / BC-Z style)
+    keypoints: int = 0  # spatial-softmax keypoints per image from the conv stem, as one more token (0: none)
+    waypoint_loss: float = 0.0  # weight of the auxiliary loss regressing the subtask's pick/place xy (needs keypoints)
     vision_width: int = 128  # scratch ViT width
     vision_depth: int = 2  # scratch ViT blocks
 
@@ -72,6 +74,8 @@ class FlowConfig:
             "image_size": self.vision != "scratch" or self.image_size % self.patch_size == 0,
             "vision_stem": self.vision_stem == "patch" or (self.vision_stem == "conv" and _power_of_two(self.patch_size)),
             "vision_film": not self.vision_film or (self.vision == "scratch" and self.vision_stem == "conv"),
+            "keypoints": self.keypoints == 0 or (self.vision == "scratch" and self.vision_stem == "conv"),
+            "waypoint_loss": self.waypoint_loss == 0 or (self.waypoint_loss > 0 and self.keypoints > 0),
             "flow_steps": self.flow_steps >= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]

@@ -56,10 +56,12 @@ class ScratchVision(nn.Module):
     """A small ViT: patches (or a convolutional stem), learned positions, a few blocks.
 
     With ``film_dim`` the conv stem is FiLM-conditioned on a text vector of that size (`FiLMConvStem`).
+    With ``keypoints`` (conv stems only) a spatial softmax over the stem's last hidden feature map adds
+    one token of K keypoints per image; `forward_keypoints` also returns them, ``(N, K, 2)`` in [-1, 1].
     """
 
     def __init__(self, image_size: int, patch: int, width: int, depth: int, heads: int, stem: str = "patch",
-                 film_dim: int | None = None):
+                 film_dim: int | None = None, keypoints: int = 0):
         super().__init__()
         if film_dim:
             self.patchify = FiLMConvStem(patch, width, film_dim)
@@ -72,15 +74,36 @@ class ScratchVision(nn.Module):
         self.blocks = nn.ModuleList(Block(width, heads) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
         self.out_dim = width
+        self.n_keypoints = keypoints
+        if keypoints:
+            if stem != "conv":
+                raise ValueError("keypoints need the conv stem (vision_stem='conv')")
+            hidden = self.patchify.convs[-1] if self.film else self.patchify[-1]
+            self.keypoints = SpatialSoftmax(hidden.in_channels, keypoints)
+            self.keypoint_token = nn.Linear(2 * keypoints, width)
 
     def forward(self, images: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
         """``text``: ``(N, film_dim)``, one vector per image, when the stem is FiLM-conditioned."""
+        return self.forward_keypoints(images, text)[0]
+
+    def forward_keypoints(self, images: torch.Tensor, text: torch.Tensor | None = None):
+        """Tokens ``(N, T, W)`` and keypoints ``(N, K, 2)`` (None without keypoints)."""
         x = images * 2 - 1
-        x = self.patchify(x, text) if self.film else self.patchify(x)
+        if self.film:
+            x, hidden = self.patchify(x, text)
+        elif isinstance(self.patchify, nn.Sequential):  # conv stem: keep its last hidden feature map
+            hidden = self.patchify[:-1](x)
+            x = self.patchify[-1](hidden)
+        else:
+            x, hidden = self.patchify(x), None
         x = x.flatten(2).transpose(1, 2) + self.pos
+        points = None
+        if self.n_keypoints:
+            points = self.keypoints(hidden)
+            x = torch.cat([x, self.keypoint_token(points.flatten(1))[:, None]], dim=1)
         for block in self.blocks:
             x = block(x)
-        return self.norm(x)
+        return self.norm(x), points
 
 
 def conv_stem(patch: int, width: int) -> nn.Sequential:
@@ -99,6 +122,27 @@ def conv_stem(patch: int, width: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class SpatialSoftmax(nn.Module):
+    """Keypoints: for each of K learned channels, the expected image position under a softmax over the
+    feature map (Levine et al. 2016; robomimic and Diffusion Policy pool their CNNs this way). A position
+    is an explicit output instead of something attention layers must decode from token order, which is
+    what a policy trained from scratch on a few hundred episodes needs to reach a block it has not seen
+    at that place before."""
+
+    def __init__(self, channels: int, keypoints: int):
+        super().__init__()
+        self.logits = nn.Conv2d(channels, keypoints, kernel_size=1)
+        self.log_temperature = nn.Parameter(torch.zeros(()))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        _, _, h, w = features.shape
+        weights = (self.logits(features).flatten(2) / self.log_temperature.exp()).softmax(-1)  # (N, K, h*w)
+        ys = torch.linspace(-1, 1, h, device=features.device, dtype=weights.dtype)
+        xs = torch.linspace(-1, 1, w, device=features.device, dtype=weights.dtype)
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(h * w, 2)  # (u, v) per cell
+        return weights @ grid
+
+
 class FiLMConvStem(nn.Module):
     """`conv_stem` whose hidden features are scaled and shifted by the text (FiLM, Perez et al. 2018), as
     RT-1 and BC-Z condition their image encoders on the instruction: "the red block" becomes a feature the
@@ -115,11 +159,12 @@ class FiLMConvStem(nn.Module):
             nn.init.zeros_(film.weight)
             nn.init.zeros_(film.bias)
 
-    def forward(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stem's tokens and its last hidden feature map."""
         for conv, norm, film in zip(self.convs, self.norms, self.films):
             scale, shift = film(text)[..., None, None].chunk(2, dim=1)
             x = nn.functional.gelu(norm(conv(x)) * (1 + scale) + shift)
-        return self.convs[-1](x)
+        return self.convs[-1](x), x
 
 
 def _tower_config(config_cls, path: str | None, stored: dict | None, tower: str):
@@ -203,7 +248,7 @@ def build_vision(cfg, text_dim: int | None = None) -> nn.Module:
     """``text_dim``: the text encoder's width, which a FiLM-conditioned stem (``cfg.vision_film``) reads."""
     if cfg.vision == "scratch":
         encoder = ScratchVision(cfg.image_size, cfg.patch_size, cfg.vision_width, cfg.vision_depth, cfg.heads,
-                                cfg.vision_stem, text_dim if cfg.vision_film else None)
+                                cfg.vision_stem, text_dim if cfg.vision_film else None, cfg.keypoints)
     else:
         encoder = SiglipVision(cfg.vision_path, cfg.vision_tower)
         cfg.vision_tower = encoder.tower_config
@@ -222,5 +267,5 @@ def build_text(cfg) -> nn.Module:
 def vision_tokens(cfg) -> int:
     """Tokens per image the vision encoder gives."""
     if cfg.vision == "scratch":
-        return (cfg.image_size // cfg.patch_size) ** 2
+        return (cfg.image_size // cfg.patch_size) ** 2 + (1 if cfg.keypoints else 0)
     return (cfg.vision_tower["image_size"] // cfg.vision_tower["patch_size"]) ** 2

@@ -6,6 +6,9 @@ displacement over the first ``horizon`` actions. At episode start the direction 
 the target block is, which only the cameras show: there the score is also computed with the images of
 another episode's frame. If the two are close, the executor is replaying an average trajectory instead
 of looking (the failure of a visuomotor policy trained too briefly).
+
+For an executor with a waypoint head, the median error of its pick and place xy against the recorded
+grasp and release positions (`executors.flow.waypoints`) on the same frames, in centimetres.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
 
     from executors.flow import FlowExecutor
+    from executors.flow.waypoints import pick_place_waypoints
     from hybrid.data import FEATURES, SubtaskIndex, decode_camera, numeric_column, open_dataset
     from hybrid.types import Observation, Subgoal, Subtask
 
@@ -51,22 +55,31 @@ def main(argv: list[str]) -> int:
     state = numeric_column(dataset, FEATURES["state"])
     actions = numeric_column(dataset, FEATURES["action"])
     pos = slice(0, min(3, actions.shape[1]))  # the displacement part of the action (tabletop: dx, dy, dz)
+    labels, labelled = pick_place_waypoints(state, actions, index.subtask_end)
 
-    def predicted(i: int, images_from: int) -> np.ndarray:
+    def inputs(i: int, images_from: int):
         obs = Observation(images={c: frames[c][images_from] for c in cfg.cameras}, state=state[i],
                           instruction=index.instruction[i])
         goal = int(index.subtask_end[images_from])
         subgoal = Subgoal(images={c: frames[c][goal] for c in cfg.subgoal_cameras}, subtask=index.subtask_text[i])
+        return obs, Subtask(text=index.subtask_text[i], index=0), subgoal
+
+    def predicted(i: int, images_from: int) -> np.ndarray:
         executor.reset()
-        return executor.act(obs, Subtask(text=index.subtask_text[i], index=0), subgoal).actions
+        return executor.act(*inputs(i, images_from)).actions
 
     def expert(i: int) -> np.ndarray:
         return actions[i:min(i + args.horizon, int(index.episode_end[i]) + 1), pos].sum(0)
 
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
-    anywhere = []
+    anywhere, pick_cm, place_cm = [], [], []
     for i in rng.integers(0, len(index), args.frames):
+        guess = executor.waypoints(*inputs(i, i))
+        if guess is not None:
+            for errors, xy in ((pick_cm, slice(0, 2)), (place_cm, slice(2, 4))):
+                if labelled[i, xy].all():
+                    errors.append(100 * float(np.linalg.norm(guess[xy] - labels[i, xy])))
         target = expert(i)
         if np.linalg.norm(target) > 0.02:  # a resting expert has no direction to agree with
             anywhere.append(cosine(predicted(i, i)[: args.horizon, pos].sum(0), target))
@@ -83,6 +96,8 @@ def main(argv: list[str]) -> int:
         "eval": "executor", "direction_cosine": round(float(np.mean(anywhere)), 4),
         "start_cosine_own_images": round(float(np.mean(own)), 4),
         "start_cosine_other_images": round(float(np.mean(other)), 4) if other else None,
+        "pick_error_cm_p50": round(float(np.median(pick_cm)), 2) if pick_cm else None,
+        "place_error_cm_p50": round(float(np.median(place_cm)), 2) if place_cm else None,
         "frames": len(anywhere), "starts": len(own), "horizon": args.horizon,
         "seconds": round(time.perf_counter() - t0, 1), "model": str(args.model), "data": str(args.data),
     }

@@ -128,6 +128,11 @@ class FlowModel(nn.Module):
         if cfg.use_subgoal:
             # Stands in for the subgoal's tokens when there is none (dropout in training, language-only acting).
             self.no_subgoal = nn.Parameter(torch.randn(len(cfg.subgoal_cameras), vision_tokens(cfg), w) * 0.02)
+        if cfg.waypoint_loss > 0:
+            # The subtask's pick and place xy from the first camera's keypoints and the text; also a prefix token.
+            self.waypoint_head = nn.Sequential(nn.Linear(2 * cfg.keypoints + self.text.out_dim, w), nn.GELU(),
+                                               nn.Linear(w, 4))
+            self.waypoint_proj = nn.Linear(4, w)
         self.prefix_blocks = nn.ModuleList(Block(w, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.prefix_depth))
         self.prefix_norm = nn.LayerNorm(w)
 
@@ -141,6 +146,11 @@ class FlowModel(nn.Module):
     # --- prefix: once per chunk
     def encode_prefix(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Prefix tokens ``(B, P, W)`` from uint8 images ``(B, C, 3, S, S)``, token ids and the raw state."""
+        return self.encode(batch)[0]
+
+    def encode(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Prefix tokens and the predicted waypoints ``(B, 4)`` (normalised like the state's xy; None
+        without a waypoint head)."""
         cfg, images = self.cfg, batch["images"]
         b, n_cam = images.shape[:2]
         dtype = self.vision_proj.weight.dtype
@@ -148,11 +158,13 @@ class FlowModel(nn.Module):
         if subgoal is not None:
             images = torch.cat([images, subgoal], dim=1)
         text = self.text(batch["text_ids"])
-        if cfg.vision_film:  # the text's mean token conditions every image of its sample
-            film = text.mean(1).to(dtype).repeat_interleave(images.shape[1], dim=0)
-            feats = self.vision(images.flatten(0, 1).to(dtype) / 255, film)
+        pixels = images.flatten(0, 1).to(dtype) / 255
+        # With FiLM, the text's mean token conditions every image of its sample.
+        film = text.mean(1).to(dtype).repeat_interleave(images.shape[1], dim=0) if cfg.vision_film else None
+        if cfg.keypoints:
+            feats, points = self.vision.forward_keypoints(pixels, film)
         else:
-            feats = self.vision(images.flatten(0, 1).to(dtype) / 255)
+            feats, points = (self.vision(pixels, film) if cfg.vision_film else self.vision(pixels)), None
         tokens = self.vision_proj(feats).unflatten(0, (b, images.shape[1])) + self.image_slot[: images.shape[1]]
         if cfg.use_subgoal:
             missing = self.no_subgoal.to(tokens.dtype).expand(b, -1, -1, -1)
@@ -162,12 +174,17 @@ class FlowModel(nn.Module):
                 has = batch["has_subgoal"].to(tokens.device).view(b, 1, 1, 1)
                 goal = tokens[:, n_cam:]
                 tokens = torch.cat([tokens[:, :n_cam], torch.where(has, goal, missing + self.image_slot[n_cam:])], 1)
-        text = self.text_proj(text)
+        raw_text, text = text, self.text_proj(text)
         state = self.state_proj(self.normalizer.state(batch["state"].float()).to(dtype))[:, None]
-        x = torch.cat([tokens.flatten(1, 2), text, state], dim=1)
+        parts, waypoints = [tokens.flatten(1, 2), text, state], None
+        if cfg.waypoint_loss > 0:
+            front = points.unflatten(0, (b, images.shape[1]))[:, 0].flatten(1)
+            waypoints = self.waypoint_head(torch.cat([front, raw_text.mean(1).to(dtype)], dim=-1))
+            parts.append(self.waypoint_proj(waypoints)[:, None])
+        x = torch.cat(parts, dim=1)
         for block in self.prefix_blocks:
             x = block(x)
-        return self.prefix_norm(x)
+        return self.prefix_norm(x), waypoints
 
     def prefix_caches(self, prefix: torch.Tensor) -> list[torch.Tensor]:
         return [block.prefix_cache(prefix, self.cfg.chunk) for block in self.blocks]
@@ -188,16 +205,30 @@ class FlowModel(nn.Module):
         """Flow times skewed toward noise (t = 0), as Pi-0 and GR00T train them."""
         return self.cfg.time_max * (1 - self.time_dist.sample((n,)).to(device))
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Flow-matching loss on a training batch (raw ``actions`` ``(B, H, A)``, ``action_is_pad``)."""
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """``(loss, parts)`` on a training batch, as LeRobot's policies return it: raw ``actions`` ``(B, H, A)``
+        and ``action_is_pad``; with a waypoint head also raw ``waypoints`` ``(B, 4)`` and ``waypoints_valid``."""
         actions = self.normalizer.action(batch["actions"].float())
-        caches = self.prefix_caches(self.encode_prefix(batch))
+        prefix, waypoints = self.encode(batch)
+        loss = flow = self.flow_loss(prefix, actions, batch["action_is_pad"])
+        parts = {"flow": flow.item()}
+        if waypoints is not None:
+            target = self.normalizer.waypoints(batch["waypoints"].float())
+            valid = batch["waypoints_valid"].float()
+            waypoint = ((waypoints.float() - target) ** 2 * valid).sum() / valid.sum().clamp_min(1)
+            loss = flow + self.cfg.waypoint_loss * waypoint
+            parts["waypoint"] = waypoint.item()
+        return loss, parts
+
+    def flow_loss(self, prefix: torch.Tensor, actions: torch.Tensor, is_pad: torch.Tensor) -> torch.Tensor:
+        """Flow-matching loss of normalised ``actions`` given the prefix, padded steps left out."""
+        caches = self.prefix_caches(prefix)
         noise = torch.randn_like(actions)
         t = self.sample_time(actions.shape[0], actions.device)
         x_t = (1 - t[:, None, None]) * noise + t[:, None, None] * actions
         velocity = self.velocity(x_t.to(caches[0].dtype), self.modulations(t), caches)
         error = (velocity.float() - (actions - noise)) ** 2
-        valid = (~batch["action_is_pad"]).float()[..., None].expand_as(error)
+        valid = (~is_pad).float()[..., None].expand_as(error)
         return (error * valid).sum() / valid.sum().clamp_min(1)
 
     @torch.inference_mode()
@@ -308,6 +339,16 @@ class FlowExecutor:
         return ActionChunk(actions=actions, dt=self.cfg.dt, start_time=obs.timestamp,
                            subtask=None if subtask is None else subtask.text,
                            subgoal_created_at=subgoal.created_at if used_subgoal else None)
+
+    @torch.inference_mode()
+    def waypoints(self, obs: Observation, subtask: Subtask | None, subgoal: Subgoal | None = None) -> np.ndarray | None:
+        """Where the executor believes its subtask picks and places: ``(pick x, pick y, place x, place y)`` in
+        the state's frame, or None for a model without a waypoint head (`FlowConfig.waypoint_loss`)."""
+        if self.cfg.waypoint_loss <= 0:
+            return None
+        batch = observation_batch(self.cfg, self.tokenizer, obs, subtask, subgoal)
+        _, predicted = self.model.encode({k: v.to(self.device) for k, v in batch.items()})
+        return self.model.normalizer.unwaypoints(predicted.float())[0].cpu().numpy()
 
     def _replay(self, batch: dict[str, torch.Tensor], steps: int, noise: torch.Tensor) -> torch.Tensor:
         """`sample_actions` through a CUDA graph recorded for this input layout and step count."""

@@ -45,6 +45,13 @@ class Normalizer(nn.Module):
     def unaction(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.action_std + self.action_mean
 
+    def waypoints(self, x: torch.Tensor) -> torch.Tensor:
+        """Pick and place xy ``(..., 4)`` normalised like the state's first two dimensions (the effector's xy)."""
+        return (x - self.state_mean[:2].repeat(2)) / self.state_std[:2].repeat(2)
+
+    def unwaypoints(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.state_std[:2].repeat(2) + self.state_mean[:2].repeat(2)
+
 
 class ByteTokenizer:
     """UTF-8 bytes, cut or padded with 0 to a fixed length."""

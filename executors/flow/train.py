@@ -20,7 +20,9 @@ from torch.utils.data import DataLoader, Dataset
 from executors.flow.configuration_flow import FlowConfig
 from executors.flow.modeling_flow import FlowModel
 from executors.flow.processor_flow import load_tokenizer, resize
+from executors.flow.waypoints import pick_place_waypoints
 from hybrid.data import FEATURES, SubtaskIndex, action_chunks, decode_camera, numeric_column, open_dataset
+from hybrid.data.augment import ColourSwap, tabletop_colour_swap
 
 log = logging.getLogger(__name__)
 CAMERA_PREFIX = "observation.images."
@@ -34,9 +36,15 @@ class FlowDataset(Dataset):
     image size, and state and action chunks are read from memory (video decoding on the CPU is far
     slower than a training step of a small model); without it, each sample is read through LeRobot's
     delta timestamps (large datasets, data-loader workers).
+
+    With ``colour_swap`` > 0 that fraction of samples has its colours permuted in the text and in every
+    image alike (`hybrid.data.augment`; the tabletop's palette), so the executor meets colour pairs the
+    recording does not hold. With a waypoint head (``cfg.waypoint_loss``) samples carry the hindsight pick
+    and place xy of their subtask (`executors.flow.waypoints`).
     """
 
-    def __init__(self, dataset, index: SubtaskIndex, cfg: FlowConfig, tokenizer, cache: bool = True):
+    def __init__(self, dataset, index: SubtaskIndex, cfg: FlowConfig, tokenizer, cache: bool = True,
+                 colour_swap: float = 0.0):
         self.dataset, self.index, self.cfg, self.tokenizer = dataset, index, cfg, tokenizer
         self.texts = index.subtask_text if cfg.conditioning == "subtask" else index.instruction
         self.subgoal_rows = [cfg.cameras.index(cam) for cam in cfg.subgoal_cameras]
@@ -45,8 +53,14 @@ class FlowDataset(Dataset):
             per_camera = [_resized(decode_camera(dataset, CAMERA_PREFIX + cam, progress=True), cfg.image_size)
                           for cam in cfg.cameras]
             self.images = torch.stack(per_camera, dim=1)  # [N, cameras, 3, s, s] uint8
+        if cache or cfg.waypoint_loss > 0:
             self.state = torch.from_numpy(numeric_column(dataset, FEATURES["state"]))
             self.actions = numeric_column(dataset, FEATURES["action"])
+        if cfg.waypoint_loss > 0:
+            targets, valid = pick_place_waypoints(self.state.numpy(), self.actions, index.subtask_end)
+            self.waypoints, self.waypoints_valid = torch.from_numpy(targets), torch.from_numpy(valid)
+        self.colour_swap = colour_swap
+        self.swap = tabletop_colour_swap() if colour_swap > 0 else None
 
     def _decode(self, i: int) -> dict[str, torch.Tensor]:
         item = self.dataset[i]
@@ -70,15 +84,29 @@ class FlowDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         sample = self._frame(i)
-        sample["text_ids"] = self.tokenizer([self.texts[i]])[0]
+        # torch's RNG: seeded per run in the main process and per worker by the DataLoader.
+        rng = np.random.default_rng(int(torch.randint(2**62, ())))
+        text = self.texts[i]
         if self.cfg.use_subgoal:
-            # torch's RNG: seeded per run in the main process and per worker by the DataLoader.
-            rng = np.random.default_rng(int(torch.randint(2**62, ())))
             goal = self.index.hindsight_goal(i, rng)
             goal_images = self.images[goal] if self.images is not None else self._decode(goal)["images"]
             sample["subgoal"] = goal_images[self.subgoal_rows]
             sample["has_subgoal"] = torch.tensor(bool(rng.random() >= self.cfg.subgoal_dropout))
+        if self.cfg.waypoint_loss > 0:
+            sample["waypoints"], sample["waypoints_valid"] = self.waypoints[i], self.waypoints_valid[i]
+        if self.swap is not None and rng.random() < self.colour_swap:
+            mapping = self.swap.draw(rng)
+            text = self.swap.text(text, mapping)
+            for key in ("images", "subgoal") if "subgoal" in sample else ("images",):
+                sample[key] = _swap_pixels(self.swap, sample[key], mapping)
+        sample["text_ids"] = self.tokenizer([text])[0]
         return sample
+
+
+def _swap_pixels(swap: ColourSwap, images: torch.Tensor, mapping: dict[str, str]) -> torch.Tensor:
+    """uint8 ``(cameras, 3, s, s)`` with the colours repainted."""
+    hwc = images.permute(0, 2, 3, 1).numpy()
+    return torch.from_numpy(np.stack([swap.image(img, mapping) for img in hwc])).permute(0, 3, 1, 2)
 
 
 def _resized(frames: np.ndarray, size: int, chunk: int = 2048) -> torch.Tensor:
@@ -125,8 +153,11 @@ def last_checkpoint(out: Path) -> Path | None:
 def train(data: str, out: str, model: dict | None = None, steps: int = 20_000, batch_size: int = 64,
           lr: float = 3e-4, weight_decay: float = 1e-4, warmup: int = 500, grad_clip: float = 1.0,
           ema_decay: float = 0.999, save_every: int = 2_000, log_every: int = 50, resume: bool = False,
-          cache: bool = True, num_workers: int = 0, mixed_precision: str = "bf16", seed: int = 0) -> Path:
+          cache: bool = True, num_workers: int = 0, mixed_precision: str = "bf16", seed: int = 0,
+          colour_swap: float = 0.0) -> Path:
     """Train a `FlowModel` on the LeRobot dataset at ``data``; checkpoints go to ``out``.
+
+    ``colour_swap``: the fraction of samples whose colours are permuted in words and pixels (`FlowDataset`).
 
     Returns the directory of the final model (``out/model``, loadable with `FlowExecutor.from_pretrained`).
     """
@@ -151,7 +182,7 @@ def train(data: str, out: str, model: dict | None = None, steps: int = 20_000, b
     net.normalizer.set_stats(dataset.meta.stats, FEATURES["state"], FEATURES["action"])
     tokenizer = load_tokenizer(cfg)
     ema = copy.deepcopy(net).requires_grad_(False)
-    samples = FlowDataset(dataset, index, cfg, tokenizer, cache=cache)
+    samples = FlowDataset(dataset, index, cfg, tokenizer, cache=cache, colour_swap=colour_swap)
     loader = DataLoader(samples, batch_size=batch_size, shuffle=True, drop_last=len(samples) > batch_size,
                         num_workers=num_workers, persistent_workers=num_workers > 0)
     trainable = [p for p in net.parameters() if p.requires_grad]
@@ -190,7 +221,7 @@ def train(data: str, out: str, model: dict | None = None, steps: int = 20_000, b
     net.train()
     while step < steps:
         for batch in loader:
-            loss = net(batch)  # accelerate wraps forward in bf16 autocast on GPU
+            loss, parts = net(batch)  # accelerate wraps forward in bf16 autocast on GPU
             accelerator.backward(loss)
             if accelerator.sync_gradients and grad_clip:
                 accelerator.clip_grad_norm_(net.parameters(), grad_clip)
@@ -202,7 +233,7 @@ def train(data: str, out: str, model: dict | None = None, steps: int = 20_000, b
             update_ema(ema, accelerator.unwrap_model(net), min(ema_decay, (1 + step) / (10 + step)))
             bar.update(1)
             if step % log_every == 0 or step == 1:
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                bar.set_postfix(**{k: f"{v:.4f}" for k, v in parts.items()}, lr=f"{scheduler.get_last_lr()[0]:.2e}")
             if step % save_every == 0 or step == steps:
                 save(step)
             if step >= steps:

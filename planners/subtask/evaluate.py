@@ -29,7 +29,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON line")
     args = p.parse_args(argv)
 
-    from hybrid.data import FEATURES, SubtaskIndex, open_dataset
+    from hybrid.data import FEATURES, SubtaskIndex, numeric_column, open_dataset
     from hybrid.types import Observation, Subtask
     from planners.subtask.examples import VARIANTS, ExampleBuilder
     from planners.subtask.frames import decode_frames
@@ -50,6 +50,7 @@ def main(argv: list[str]) -> int:
     key = next((k for k in FEATURES["cameras"] if k.endswith("." + cam)), FEATURES["cameras"][0])
     size = planner.prompt.image_size or 224
     frames = decode_frames(dataset, key, size)
+    states = numeric_column(dataset, FEATURES["state"])
 
     rng = np.random.default_rng(args.seed)
     last = np.flatnonzero([index.is_last_subtask(i) for i in range(len(index))])
@@ -67,7 +68,7 @@ def main(argv: list[str]) -> int:
             continue
         planner.reset()
         planner.current = ex.current
-        obs = Observation(images={cam: frames[ex.frame]}, state=np.zeros(1, np.float32))
+        obs = Observation(images={cam: frames[ex.frame]}, state=states[ex.frame])
         history = [Subtask(text=s, index=k, status="done") for k, s in enumerate(ex.done)]
         t = time.perf_counter()
         try:

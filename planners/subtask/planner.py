@@ -52,13 +52,13 @@ class VLMPlanner:
     def reset(self) -> None:
         self.current = None
 
-    def messages(self, instruction: str, history: list[Subtask]) -> list[dict]:
+    def messages(self, instruction: str, history: list[Subtask], state: np.ndarray | None = None) -> list[dict]:
         done = [s.text for s in history if s.status == "done"]
         current = self.current if self.current is not None and self.current not in done else None
-        return build_messages(self.prompt, instruction, done, current)
+        return build_messages(self.prompt, instruction, done, current, state)
 
     def plan(self, obs: Observation, instruction: str, history: list[Subtask]) -> PlanStep:
-        messages = self.messages(instruction, history)
+        messages = self.messages(instruction, history, obs.state)
         image = resize(pick_image(obs, self.prompt.camera), self.prompt.image_size)
         attempts: list[str] = []
         kind = "bad_reply"

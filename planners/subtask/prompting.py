@@ -28,6 +28,8 @@ class PromptConfig(BaseModel):
     schema_in_prompt: bool = Field(True, description="append PlanStep's JSON schema to the user turn")
     camera: str = Field("front", description="which camera the planner looks at")
     image_size: int | None = Field(None, gt=0, description="resize so the longer side is this many pixels")
+    state_in_prompt: bool = Field(False, description="write the proprioceptive state into the user turn: "
+                                  "whether the gripper still holds tells 'placing' from 'placed'")
 
 
 def pick_image(obs: Observation, camera: str) -> np.ndarray:
@@ -49,20 +51,29 @@ def resize(image: np.ndarray, size: int | None) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize(new, Image.BILINEAR))
 
 
-def user_text(instruction: str, done: list[str], current: str | None, schema_in_prompt: bool) -> str:
+def user_text(instruction: str, done: list[str], current: str | None, schema_in_prompt: bool,
+              state: np.ndarray | None = None) -> str:
     lines = [f"Instruction: {instruction.strip()}",
              f"Done: {'; '.join(done) if done else 'nothing'}",
              f"Current: {current or 'none'}"]
+    if state is not None:
+        lines.append("State: " + " ".join(f"{v:.2f}" for v in np.asarray(state, np.float64).reshape(-1)))
     if schema_in_prompt:
         lines.append("Reply with JSON matching this schema: " + json.dumps(PlanStep.model_json_schema()))
     return "\n".join(lines)
 
 
-def build_messages(cfg: PromptConfig, instruction: str, done: list[str], current: str | None) -> list[dict]:
-    """OpenAI-style messages; the image is a `{"type": "image"}` placeholder the backend fills in."""
+def build_messages(cfg: PromptConfig, instruction: str, done: list[str], current: str | None,
+                   state: np.ndarray | None = None) -> list[dict]:
+    """OpenAI-style messages; the image is a `{"type": "image"}` placeholder the backend fills in.
+
+    ``state``: the observation's proprioceptive state, written into the prompt when ``cfg.state_in_prompt``.
+    """
+    if cfg.state_in_prompt and state is None:
+        raise ValueError("this planner's prompt includes the robot state (state_in_prompt), but none was given")
     messages = []
     if cfg.system:
         messages.append({"role": "system", "content": [{"type": "text", "text": cfg.system}]})
-    text = user_text(instruction, done, current, cfg.schema_in_prompt)
+    text = user_text(instruction, done, current, cfg.schema_in_prompt, state if cfg.state_in_prompt else None)
     messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]})
     return messages

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hybrid.data import FEATURES, SubtaskIndex, open_dataset
+from hybrid.data import FEATURES, SubtaskIndex, numeric_column, open_dataset
+from hybrid.data.augment import ColourSwap, tabletop_colour_swap
 from hybrid.types import PlanStep
-from planners.subtask.augment import TABLETOP_HUES, ColourSwap
 from planners.subtask.examples import Example, ExampleBuilder
 from planners.subtask.prompting import PromptConfig, build_messages, user_text
 from planners.subtask.reply import reply_text
@@ -33,7 +33,8 @@ STATE_DIR = "trainer_state"
 def tokenizer_corpus(index: SubtaskIndex, vocab: list[str], prompt: PromptConfig) -> list[str]:
     instructions = sorted(set(index.instruction))
     replies = [reply_text(PlanStep(subtask=s)) for s in vocab] + [reply_text(PlanStep(done=True))]
-    states = [user_text(i, vocab[:2], vocab[0], prompt.schema_in_prompt) for i in instructions[:50]]
+    state = np.array([0.12, -0.05, 0.2, 1.0]) if prompt.state_in_prompt else None  # digits, signs, points
+    states = [user_text(i, vocab[:2], vocab[0], prompt.schema_in_prompt, state) for i in instructions[:50]]
     return instructions * 4 + vocab + replies + states + ["user assistant system Done: nothing Current: none"]
 
 
@@ -47,8 +48,11 @@ def swap_colours(ex: Example, image: np.ndarray, swap: ColourSwap, rng: np.rando
 
 
 def collate(processor, builder: ExampleBuilder, frames: np.ndarray, examples, prompt: PromptConfig,
-            swap: ColourSwap | None = None, rng: np.random.Generator | None = None, p_swap: float = 0.0):
-    """Processor inputs for a batch with labels on the reply tokens only (right padding)."""
+            swap: ColourSwap | None = None, rng: np.random.Generator | None = None, p_swap: float = 0.0,
+            states: np.ndarray | None = None):
+    """Processor inputs for a batch with labels on the reply tokens only (right padding).
+
+    ``states``: the dataset's ``observation.state`` per frame, for prompts that include it."""
     from PIL import Image
 
     texts, reply_lens, images = [], [], []
@@ -56,7 +60,8 @@ def collate(processor, builder: ExampleBuilder, frames: np.ndarray, examples, pr
         image = frames[ex.frame]
         if swap is not None and rng.random() < p_swap:
             ex, image = swap_colours(ex, image, swap, rng)
-        chat = processor.apply_chat_template(build_messages(prompt, ex.instruction, ex.done, ex.current),
+        state = None if states is None else states[ex.frame]
+        chat = processor.apply_chat_template(build_messages(prompt, ex.instruction, ex.done, ex.current, state),
                                              add_generation_prompt=True, tokenize=False)
         reply = reply_text(ex.target) + "<|im_end|>"
         texts.append(chat + reply)
@@ -77,9 +82,11 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
           resume: bool = True, seed: int = 0, done_tail_s: float = 0.5, camera: str = "front",
           canonical: bool = True, model: dict | None = None, max_minutes: float | None = None,
           threads: int | None = None, log_every: int = 25, colour_swap: float = 0.0,
-          done_fraction: float = 0.0) -> Path:
+          done_fraction: float = 0.0, state_in_prompt: bool = False, init: str | None = None) -> Path:
     """``colour_swap``: probability that an example's colours are permuted (words and pixels, `augment.py`);
-    ``done_fraction``: share of examples drawn from the frames labelled done, which are a few per episode."""
+    ``done_fraction``: share of examples drawn from the frames labelled done, which are a few per episode;
+    ``state_in_prompt``: write the robot state into the prompt (`PromptConfig.state_in_prompt`);
+    ``init``: a trained planner directory to fine-tune (its weights and tokenizer) instead of a new model."""
     import torch
     from accelerate import Accelerator
     from tqdm import tqdm
@@ -91,7 +98,8 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
         torch.set_num_threads(int(threads))
     out = Path(out)
     cfg = TabletopModelConfig.model_validate(dict(model or {}))
-    prompt = PromptConfig(system=None, schema_in_prompt=False, camera=camera, image_size=cfg.image_size)
+    prompt = PromptConfig(system=None, schema_in_prompt=False, camera=camera, image_size=cfg.image_size,
+                          state_in_prompt=state_in_prompt)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
 
@@ -104,6 +112,7 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     vocab += [s for s in seen if s not in vocab]
     key = next((k for k in FEATURES["cameras"] if k.endswith("." + camera)), FEATURES["cameras"][0])
     frames = decode_frames(dataset, key, cfg.image_size)
+    states = numeric_column(dataset, FEATURES["state"]) if state_in_prompt else None
 
     state_dir = out / STATE_DIR
     start = 0
@@ -112,6 +121,11 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
         processor = AutoProcessor.from_pretrained(out)
         net = AutoModelForImageTextToText.from_pretrained(out)
         log.info("resuming from step %d in %s", start, out)
+    elif init is not None:
+        processor = AutoProcessor.from_pretrained(init)
+        net = AutoModelForImageTextToText.from_pretrained(init)
+        save(net, processor, out)
+        log.info("fine-tuning %s", init)
     else:
         net, processor = build(tokenizer_corpus(index, vocab, prompt), cfg)
         save(net, processor, out)
@@ -134,7 +148,7 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
 
     all_frames = np.arange(len(index))
     done_frames = np.flatnonzero([builder.is_done_frame(i) for i in all_frames])
-    swap = ColourSwap(palette(), TABLETOP_HUES) if colour_swap > 0 else None
+    swap = tabletop_colour_swap() if colour_swap > 0 else None
 
     def draw():
         if done_fraction > 0 and rng.random() < done_fraction:
@@ -146,7 +160,7 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="planner", disable=not accelerator.is_main_process)
     for step in bar:
         batch = collate(processor, builder, frames, [draw() for _ in range(batch_size)], prompt,
-                        swap, rng, colour_swap).to(accelerator.device)
+                        swap, rng, colour_swap, states).to(accelerator.device)
         loss = net(**batch).loss
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(net.parameters(), 1.0)
@@ -164,9 +178,3 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
             break
     checkpoint(step + 1 if steps > start else start)
     return out
-
-
-def palette() -> dict[str, tuple[float, float, float]]:
-    from hybrid.envs.tabletop.tasks import PALETTE
-
-    return PALETTE

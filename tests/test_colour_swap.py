@@ -6,7 +6,7 @@ import numpy as np
 
 from hybrid.envs.tabletop.tasks import PALETTE
 from hybrid.types import PlanStep
-from planners.subtask.augment import TABLETOP_HUES, ColourSwap, _hue
+from hybrid.data.augment import TABLETOP_HUES, ColourSwap, _hue
 from planners.subtask.examples import Example
 from planners.subtask.train import swap_colours
 

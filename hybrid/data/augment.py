@@ -1,5 +1,5 @@
-"""Colour-swap augmentation for the tabletop planner: one permutation of the colour names, applied to
-the text (instruction, history, reply) and to the pixels of the blocks and bowls alike.
+"""Colour-swap augmentation for the tabletop planner and executor: one permutation of the colour names,
+applied to the text (instruction, history, reply, subtask) and to the pixels of the blocks and bowls alike.
 
 A planner trained from scratch on a few hundred episodes learns the colour pairs it has seen
 ("green block" -> "green bowl") instead of copying the colours the instruction names, and fails on
@@ -61,3 +61,10 @@ def _hue(rgb: np.ndarray) -> np.ndarray:
     c = np.maximum(mx - mn, 1e-6)
     h = np.where(mx == r, ((g - b) / c) % 6.0, np.where(mx == g, (b - r) / c + 2.0, (r - g) / c + 4.0))
     return (h / 6.0) % 1.0
+
+
+def tabletop_colour_swap() -> ColourSwap:
+    """The swap for the built-in tabletop's palette and rendered hues."""
+    from hybrid.envs.tabletop.tasks import PALETTE  # imported here: the env package pulls in MuJoCo
+
+    return ColourSwap(PALETTE, TABLETOP_HUES)

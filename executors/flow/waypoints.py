@@ -1,0 +1,40 @@
+"""Hindsight waypoint labels: where each subtask's object is picked up and where it is put down.
+
+A recording says it through the gripper: the effector's xy on the frame the gripper command turns on
+is the pick, on the frame it turns off again the place. These labels supervise an auxiliary head of
+the executor (`FlowConfig.waypoint_loss`) that must find both in the front image, which teaches the
+vision encoder to locate the objects the subtask names long before the flow loss alone would.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+GRIPPER_ON = 0.5  # gripper/suction commands at or above this hold
+
+
+def pick_place_waypoints(state: np.ndarray, action: np.ndarray, subtask_end: np.ndarray,
+                         gripper: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame ``(pick_x, pick_y, place_x, place_y)`` of its subtask, and which of the four still lie ahead.
+
+    ``state[:, :2]`` is the effector's xy, ``action[:, gripper]`` the gripper command, ``subtask_end`` the
+    last frame of each frame's subtask (`SubtaskIndex.subtask_end`). The last grasp and release of a
+    subtask count (earlier ones were retries). Frames after the grasp do not supervise the pick, frames
+    after the release neither; a subtask without both events supervises nothing.
+    """
+    n = len(state)
+    targets, valid = np.zeros((n, 4), np.float32), np.zeros((n, 4), bool)
+    on = np.asarray(action[:, gripper]) >= GRIPPER_ON
+    starts = np.r_[0, np.flatnonzero(np.diff(subtask_end)) + 1]
+    for start in starts:
+        stop = int(subtask_end[start]) + 1
+        seg = on[start:stop]
+        before = np.r_[False, seg[:-1]]
+        grasps, releases = np.flatnonzero(seg & ~before), np.flatnonzero(~seg & before)
+        if not len(grasps) or not len(releases) or releases[-1] < grasps[-1]:
+            continue
+        grasp, release = start + grasps[-1], start + releases[-1]
+        targets[start:stop, :2], targets[start:stop, 2:] = state[grasp, :2], state[release, :2]
+        valid[start:grasp + 1, :2] = True
+        valid[start:release + 1, 2:] = True
+    return targets, valid
