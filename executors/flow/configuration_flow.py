@@ -34,6 +34,7 @@ class FlowConfig:
     vision_stem: str = "patch"  # scratch ViT tokeniser: one "patch" projection, or a "conv" stem of stride-2 convs
     vision_film: bool = False  # FiLM-condition the conv stem on the text (RT-1 / BC-Z style)
     keypoints: int = 0  # spatial-softmax keypoints per image from the conv stem, as one more token (0: none)
+    keypoint_stride: int = 4  # which hidden map of the stem they are read from (its stride; finer finds small objects)
     waypoint_loss: float = 0.0  # weight of the auxiliary loss regressing the subtask's pick/place xy (needs keypoints)
     vision_width: int = 128  # scratch ViT width
     vision_depth: int = 2  # scratch ViT blocks

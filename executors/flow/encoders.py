@@ -56,12 +56,13 @@ class ScratchVision(nn.Module):
     """A small ViT: patches (or a convolutional stem), learned positions, a few blocks.
 
     With ``film_dim`` the conv stem is FiLM-conditioned on a text vector of that size (`FiLMConvStem`).
-    With ``keypoints`` (conv stems only) a spatial softmax over the stem's last hidden feature map adds
-    one token of K keypoints per image; `forward_keypoints` also returns them, ``(N, K, 2)`` in [-1, 1].
+    With ``keypoints`` (conv stems only) a spatial softmax over the stem's hidden feature map at
+    ``keypoint_stride`` adds one token of K keypoints per image; `forward_keypoints` also returns them,
+    ``(N, K, 2)`` in [-1, 1].
     """
 
     def __init__(self, image_size: int, patch: int, width: int, depth: int, heads: int, stem: str = "patch",
-                 film_dim: int | None = None, keypoints: int = 0):
+                 film_dim: int | None = None, keypoints: int = 0, keypoint_stride: int = 4):
         super().__init__()
         if film_dim:
             self.patchify = FiLMConvStem(patch, width, film_dim)
@@ -78,8 +79,11 @@ class ScratchVision(nn.Module):
         if keypoints:
             if stem != "conv":
                 raise ValueError("keypoints need the conv stem (vision_stem='conv')")
-            hidden = self.patchify.convs[-1] if self.film else self.patchify[-1]
-            self.keypoints = SpatialSoftmax(hidden.in_channels, keypoints)
+            convs = self.patchify.convs if self.film else [m for m in self.patchify if isinstance(m, nn.Conv2d)]
+            self.keypoint_level = keypoint_stride.bit_length() - 2  # hidden map k has stride 2^(k+1)
+            if not 0 <= self.keypoint_level < len(convs) - 1 or keypoint_stride & (keypoint_stride - 1):
+                raise ValueError(f"keypoint_stride: expected a power of two in [2, {patch // 2}], got {keypoint_stride}")
+            self.keypoints = SpatialSoftmax(convs[self.keypoint_level].out_channels, keypoints)
             self.keypoint_token = nn.Linear(2 * keypoints, width)
 
     def forward(self, images: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
@@ -91,15 +95,18 @@ class ScratchVision(nn.Module):
         x = images * 2 - 1
         if self.film:
             x, hidden = self.patchify(x, text)
-        elif isinstance(self.patchify, nn.Sequential):  # conv stem: keep its last hidden feature map
-            hidden = self.patchify[:-1](x)
-            x = self.patchify[-1](hidden)
+        elif isinstance(self.patchify, nn.Sequential):  # conv stem: keep its hidden feature maps
+            hidden = []
+            for layer in self.patchify:
+                x = layer(x)
+                if isinstance(layer, nn.GELU):
+                    hidden.append(x)
         else:
             x, hidden = self.patchify(x), None
         x = x.flatten(2).transpose(1, 2) + self.pos
         points = None
         if self.n_keypoints:
-            points = self.keypoints(hidden)
+            points = self.keypoints(hidden[self.keypoint_level])
             x = torch.cat([x, self.keypoint_token(points.flatten(1))[:, None]], dim=1)
         for block in self.blocks:
             x = block(x)
@@ -159,12 +166,14 @@ class FiLMConvStem(nn.Module):
             nn.init.zeros_(film.weight)
             nn.init.zeros_(film.bias)
 
-    def forward(self, x: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The stem's tokens and its last hidden feature map."""
+    def forward(self, x: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The stem's tokens and its hidden feature maps (strides 2, 4, ...)."""
+        hidden = []
         for conv, norm, film in zip(self.convs, self.norms, self.films):
             scale, shift = film(text)[..., None, None].chunk(2, dim=1)
             x = nn.functional.gelu(norm(conv(x)) * (1 + scale) + shift)
-        return self.convs[-1](x), x
+            hidden.append(x)
+        return self.convs[-1](x), hidden
 
 
 def _tower_config(config_cls, path: str | None, stored: dict | None, tower: str):
@@ -248,7 +257,8 @@ def build_vision(cfg, text_dim: int | None = None) -> nn.Module:
     """``text_dim``: the text encoder's width, which a FiLM-conditioned stem (``cfg.vision_film``) reads."""
     if cfg.vision == "scratch":
         encoder = ScratchVision(cfg.image_size, cfg.patch_size, cfg.vision_width, cfg.vision_depth, cfg.heads,
-                                cfg.vision_stem, text_dim if cfg.vision_film else None, cfg.keypoints)
+                                cfg.vision_stem, text_dim if cfg.vision_film else None, cfg.keypoints,
+                                cfg.keypoint_stride)
     else:
         encoder = SiglipVision(cfg.vision_path, cfg.vision_tower)
         cfg.vision_tower = encoder.tower_config

@@ -50,9 +50,11 @@ class FlowDataset(Dataset):
         self.subgoal_rows = [cfg.cameras.index(cam) for cam in cfg.subgoal_cameras]
         self.images = None
         if cache:
-            per_camera = [_resized(decode_camera(dataset, CAMERA_PREFIX + cam, progress=True), cfg.image_size)
-                          for cam in cfg.cameras]
-            self.images = torch.stack(per_camera, dim=1)  # [N, cameras, 3, s, s] uint8
+            # [N, cameras, 3, s, s] uint8, filled one camera at a time: the peak is the cache plus one camera.
+            self.images = torch.empty(len(dataset), len(cfg.cameras), 3, cfg.image_size, cfg.image_size,
+                                      dtype=torch.uint8)
+            for c, cam in enumerate(cfg.cameras):
+                _resize_into(self.images[:, c], decode_camera(dataset, CAMERA_PREFIX + cam, progress=True))
         if cache or cfg.waypoint_loss > 0:
             self.state = torch.from_numpy(numeric_column(dataset, FEATURES["state"]))
             self.actions = numeric_column(dataset, FEATURES["action"])
@@ -109,10 +111,11 @@ def _swap_pixels(swap: ColourSwap, images: torch.Tensor, mapping: dict[str, str]
     return torch.from_numpy(np.stack([swap.image(img, mapping) for img in hwc])).permute(0, 3, 1, 2)
 
 
-def _resized(frames: np.ndarray, size: int, chunk: int = 2048) -> torch.Tensor:
-    """uint8 [N, H, W, 3] -> uint8 [N, 3, size, size] with the executor's own resize, in chunks."""
-    chw = torch.from_numpy(frames).permute(0, 3, 1, 2)
-    return torch.cat([resize(chw[s:s + chunk], size) for s in range(0, len(chw), chunk)])
+def _resize_into(out: torch.Tensor, frames: np.ndarray, chunk: int = 2048) -> None:
+    """uint8 [N, H, W, 3] into ``out`` uint8 [N, 3, s, s] with the executor's own resize, in chunks."""
+    for start in range(0, len(frames), chunk):
+        out[start:start + chunk] = resize(torch.from_numpy(frames[start:start + chunk]).permute(0, 3, 1, 2),
+                                          out.shape[-1])
 
 
 def dataset_config(dataset, model: dict) -> FlowConfig:

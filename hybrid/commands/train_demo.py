@@ -58,15 +58,25 @@ def main(argv: list[str]) -> int:
 
     def train(name: str) -> float:
         spec = cfg.trainings[name]
-        return _stage(name, ["train", *spec.args, f"data={data['train']}", f"out={runs[name]}", "resume=true"], logs)
+        args = ["train", *spec.args, f"data={data['train']}", f"out={runs[name]}", "resume=true"]
+        if spec.get("init_from"):  # a fine-tuning stage starts from another stage's result
+            futures[spec.init_from].result()
+            args.append(f"init={runs[spec.init_from]}")
+        return _stage(name, args, logs)
 
+    # Stages start in the order listed; one that fine-tunes another (listed before it) waits for it.
     with ThreadPoolExecutor(max_workers=int(cfg.parallel)) as pool:
-        for name, took in zip(cfg.trainings, pool.map(train, list(cfg.trainings))):
-            timings[name] = took
+        futures = {}
+        for name in cfg.trainings:
+            futures[name] = pool.submit(train, name)
+        for name, future in futures.items():
+            timings[name] = future.result()
 
     out = Path(cfg.out)
     ignore = shutil.ignore_patterns(*cfg.exclude)
     for name, spec in cfg.trainings.items():
+        if spec.get("ship") is None:  # an intermediate stage (e.g. the base a fine-tuning starts from)
+            continue
         shutil.rmtree(out / name, ignore_errors=True)
         shutil.copytree(runs[name] / spec.ship, out / name, ignore=ignore)
     size_mb = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20

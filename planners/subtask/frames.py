@@ -20,4 +20,7 @@ def decode_frames(dataset, camera_key: str, size: int) -> np.ndarray:
     frames = decode_camera(dataset, camera_key, progress=True)
     if frames.shape[1:3] == (size, size):
         return frames
-    return np.stack([_resize(f, size) for f in tqdm(frames, desc="resizing", leave=False)])
+    out = np.empty((len(frames), size, size, 3), np.uint8)  # filled in place: no list of frames on the side
+    for i, frame in enumerate(tqdm(frames, desc="resizing", leave=False)):
+        out[i] = _resize(frame, size)
+    return out

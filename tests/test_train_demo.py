@@ -1,0 +1,42 @@
+"""`hybrid train-demo` orchestration: stages in order, a fine-tuning stage after its base, what ships."""
+
+from __future__ import annotations
+
+import threading
+
+from omegaconf import OmegaConf
+
+from hybrid.commands import train_demo
+
+
+def test_fine_tuning_stage_waits_for_its_base_and_only_shipped_stages_are_copied(tmp_path, monkeypatch):
+    calls, finished = [], set()
+    lock = threading.Lock()
+
+    def fake_stage(name, args, log_dir):
+        out = next(a.removeprefix("out=") for a in args if a.startswith("out="))
+        if name.startswith("record"):
+            (tmp_path / "work" / f"tabletop_{name.removeprefix('record_')}" / "meta").mkdir(parents=True)
+        else:
+            (tmp_path / "work" / "runs" / name / "model").mkdir(parents=True, exist_ok=True)
+            (tmp_path / "work" / "runs" / name / "model" / "weights").write_text(name)
+        with lock:
+            calls.append((name, args, set(finished)))
+            finished.add(name)
+        return 1.0
+
+    cfg = train_demo.compose("train_demo", [f"work_dir={tmp_path / 'work'}", f"out={tmp_path / 'ship'}"])
+    cfg.trainings = OmegaConf.create({
+        "base": {"args": ["planner=tabletop"], "ship": None},
+        "other": {"args": ["executor=tabletop"], "ship": "model"},
+        "tuned": {"args": ["planner=tabletop"], "ship": "model", "init_from": "base"},
+    })
+    monkeypatch.setattr(train_demo, "_stage", fake_stage)
+    monkeypatch.setattr(train_demo, "compose", lambda name, argv: cfg)
+    assert train_demo.main([]) == 0
+    by_name = {name: (args, done_before) for name, args, done_before in calls}
+    tuned_args, done_before_tuned = by_name["tuned"]
+    assert "base" in done_before_tuned  # started only once its base had finished
+    assert f"init={tmp_path / 'work' / 'runs' / 'base'}" in tuned_args
+    assert not any(a.startswith("init=") for a in by_name["other"][0])
+    assert sorted(p.name for p in (tmp_path / "ship").iterdir()) == ["other", "tuned"]  # the base is not shipped
