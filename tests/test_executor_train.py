@@ -170,6 +170,10 @@ def test_pick_place_waypoints_come_from_the_last_grasp_and_release_of_each_subta
     assert valid[:5, :2].all() and not valid[5:8, :2].any()  # the pick lies ahead only up to the grasp
     assert valid[:7, 2:].all() and not valid[7, 2:].any()  # the place up to the release
     assert not valid[8:].any()  # the second subtask grasps but never lets go
+    # Frames whose effector is already near a waypoint do not supervise it.
+    _, far = pick_place_waypoints(state, gripper, subtask_end, min_distance=3.0)
+    assert far[:2, :2].all() and not far[2:5, :2].any()  # |(k, 100 + k) - (4, 104)| < 3 for k = 2, 3, 4
+    assert far[:4, 2:].all() and not far[4:7, 2:].any()
 
 
 def test_waypoint_labels_and_colour_swap_reach_the_training_samples(tiny_dataset, monkeypatch):

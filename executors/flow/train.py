@@ -44,25 +44,31 @@ class FlowDataset(Dataset):
     """
 
     def __init__(self, dataset, index: SubtaskIndex, cfg: FlowConfig, tokenizer, cache: bool = True,
-                 colour_swap: float = 0.0):
+                 colour_swap: float = 0.0, waypoint_min_distance: float = 0.0):
         self.dataset, self.index, self.cfg, self.tokenizer = dataset, index, cfg, tokenizer
         self.texts = index.subtask_text if cfg.conditioning == "subtask" else index.instruction
         self.subgoal_rows = [cfg.cameras.index(cam) for cam in cfg.subgoal_cameras]
         self.images = None
         if cache:
-            # [N, cameras, 3, s, s] uint8, filled one camera at a time: the peak is the cache plus one camera.
+            # [N, cameras, 3, s, s] uint8, filled in place as each video file is decoded.
             self.images = torch.empty(len(dataset), len(cfg.cameras), 3, cfg.image_size, cfg.image_size,
                                       dtype=torch.uint8)
             for c, cam in enumerate(cfg.cameras):
-                _resize_into(self.images[:, c], decode_camera(dataset, CAMERA_PREFIX + cam, progress=True))
+                decode_camera(dataset, CAMERA_PREFIX + cam, progress=True, resize=self._resize,
+                              out=self.images[:, c].permute(0, 2, 3, 1).numpy())
         if cache or cfg.waypoint_loss > 0:
             self.state = torch.from_numpy(numeric_column(dataset, FEATURES["state"]))
             self.actions = numeric_column(dataset, FEATURES["action"])
         if cfg.waypoint_loss > 0:
-            targets, valid = pick_place_waypoints(self.state.numpy(), self.actions, index.subtask_end)
+            targets, valid = pick_place_waypoints(self.state.numpy(), self.actions, index.subtask_end,
+                                                  min_distance=waypoint_min_distance)
             self.waypoints, self.waypoints_valid = torch.from_numpy(targets), torch.from_numpy(valid)
         self.colour_swap = colour_swap
         self.swap = tabletop_colour_swap() if colour_swap > 0 else None
+
+    def _resize(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 [n, H, W, 3] -> [n, s, s, 3] with the executor's own resize (what it sees when acting)."""
+        return resize(torch.from_numpy(frames).permute(0, 3, 1, 2), self.cfg.image_size).permute(0, 2, 3, 1).numpy()
 
     def _decode(self, i: int) -> dict[str, torch.Tensor]:
         item = self.dataset[i]
@@ -111,13 +117,6 @@ def _swap_pixels(swap: ColourSwap, images: torch.Tensor, mapping: dict[str, str]
     return torch.from_numpy(np.stack([swap.image(img, mapping) for img in hwc])).permute(0, 3, 1, 2)
 
 
-def _resize_into(out: torch.Tensor, frames: np.ndarray, chunk: int = 2048) -> None:
-    """uint8 [N, H, W, 3] into ``out`` uint8 [N, 3, s, s] with the executor's own resize, in chunks."""
-    for start in range(0, len(frames), chunk):
-        out[start:start + chunk] = resize(torch.from_numpy(frames[start:start + chunk]).permute(0, 3, 1, 2),
-                                          out.shape[-1])
-
-
 def dataset_config(dataset, model: dict) -> FlowConfig:
     """The model config with the embodiment (cameras, state/action sizes, control period) from the dataset."""
     features = dataset.meta.features
@@ -157,10 +156,12 @@ def train(data: str, out: str, model: dict | None = None, steps: int = 20_000, b
           lr: float = 3e-4, weight_decay: float = 1e-4, warmup: int = 500, grad_clip: float = 1.0,
           ema_decay: float = 0.999, save_every: int = 2_000, log_every: int = 50, resume: bool = False,
           cache: bool = True, num_workers: int = 0, mixed_precision: str = "bf16", seed: int = 0,
-          colour_swap: float = 0.0) -> Path:
+          colour_swap: float = 0.0, waypoint_min_distance: float = 0.0) -> Path:
     """Train a `FlowModel` on the LeRobot dataset at ``data``; checkpoints go to ``out``.
 
     ``colour_swap``: the fraction of samples whose colours are permuted in words and pixels (`FlowDataset`).
+    ``waypoint_min_distance``: frames whose effector is this close to a waypoint do not supervise it
+    (`pick_place_waypoints`), in the state's units.
 
     Returns the directory of the final model (``out/model``, loadable with `FlowExecutor.from_pretrained`).
     """
@@ -185,7 +186,8 @@ def train(data: str, out: str, model: dict | None = None, steps: int = 20_000, b
     net.normalizer.set_stats(dataset.meta.stats, FEATURES["state"], FEATURES["action"])
     tokenizer = load_tokenizer(cfg)
     ema = copy.deepcopy(net).requires_grad_(False)
-    samples = FlowDataset(dataset, index, cfg, tokenizer, cache=cache, colour_swap=colour_swap)
+    samples = FlowDataset(dataset, index, cfg, tokenizer, cache=cache, colour_swap=colour_swap,
+                          waypoint_min_distance=waypoint_min_distance)
     loader = DataLoader(samples, batch_size=batch_size, shuffle=True, drop_last=len(samples) > batch_size,
                         num_workers=num_workers, persistent_workers=num_workers > 0)
     trainable = [p for p in net.parameters() if p.requires_grad]

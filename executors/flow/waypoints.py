@@ -14,13 +14,15 @@ GRIPPER_ON = 0.5  # gripper/suction commands at or above this hold
 
 
 def pick_place_waypoints(state: np.ndarray, action: np.ndarray, subtask_end: np.ndarray,
-                         gripper: int = -1) -> tuple[np.ndarray, np.ndarray]:
-    """Per frame ``(pick_x, pick_y, place_x, place_y)`` of its subtask, and which of the four still lie ahead.
+                         gripper: int = -1, min_distance: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame ``(pick_x, pick_y, place_x, place_y)`` of its subtask, and which of the four supervise it.
 
     ``state[:, :2]`` is the effector's xy, ``action[:, gripper]`` the gripper command, ``subtask_end`` the
     last frame of each frame's subtask (`SubtaskIndex.subtask_end`). The last grasp and release of a
     subtask count (earlier ones were retries). Frames after the grasp do not supervise the pick, frames
-    after the release neither; a subtask without both events supervises nothing.
+    after the release neither; a subtask without both events supervises nothing. Nor does a frame whose
+    effector is within ``min_distance`` of the waypoint: near it, "where the effector is" would be a
+    good enough answer, and a head trained there learns to track the effector instead of the object.
     """
     n = len(state)
     targets, valid = np.zeros((n, 4), np.float32), np.zeros((n, 4), bool)
@@ -37,4 +39,7 @@ def pick_place_waypoints(state: np.ndarray, action: np.ndarray, subtask_end: np.
         targets[start:stop, :2], targets[start:stop, 2:] = state[grasp, :2], state[release, :2]
         valid[start:grasp + 1, :2] = True
         valid[start:release + 1, 2:] = True
+    if min_distance > 0:
+        for xy in (slice(0, 2), slice(2, 4)):
+            valid[:, xy] &= (np.linalg.norm(state[:, :2] - targets[:, xy], axis=1) >= min_distance)[:, None]
     return targets, valid

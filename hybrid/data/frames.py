@@ -14,14 +14,24 @@ from pathlib import Path
 import numpy as np
 
 
-def decode_camera(dataset, key: str, progress: bool = False) -> np.ndarray:
-    """uint8 [N, H, W, 3] of camera ``key`` for every frame, in dataset index order."""
+def decode_camera(dataset, key: str, progress: bool = False, resize=None, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 [N, H, W, 3] of camera ``key`` for every frame, in dataset index order.
+
+    ``resize``: a function uint8 [n, H, W, 3] -> uint8 [n, h, w, 3] applied as each video file is decoded,
+    so memory holds the resized frames plus one file's native frames, never every native frame.
+    ``out``: an array (or a view, e.g. one camera of a trainer's cache) of that shape to fill and return.
+    """
     if len(dataset.hf_dataset) != dataset.meta.total_frames:
         raise ValueError(f"{dataset.root}: {len(dataset.hf_dataset)} frames loaded of {dataset.meta.total_frames}; "
                          "reopen a just-written dataset with hybrid.data.open_dataset(root)")
+    resize = resize or (lambda frames: frames)
     if key not in dataset.meta.video_keys:  # images stored in the parquet files
         column = dataset.hf_dataset.with_format(None).select_columns([key])[key]
-        return np.stack([np.asarray(im.convert("RGB") if hasattr(im, "convert") else im) for im in column])
+        frames = resize(np.stack([np.asarray(im.convert("RGB") if hasattr(im, "convert") else im) for im in column]))
+        if out is None:
+            return frames
+        out[:] = frames
+        return out
     import av
     from tqdm import tqdm
 
@@ -29,8 +39,6 @@ def decode_camera(dataset, key: str, progress: bool = False) -> np.ndarray:
     table = dataset.hf_dataset.with_format(None).select_columns(["episode_index", "frame_index"])[:]
     episodes = np.asarray(table["episode_index"])
     frame_index = np.asarray(table["frame_index"])
-    h, w, _ = meta.features[key]["shape"]
-    out = np.empty((len(episodes), h, w, 3), np.uint8)
     by_file: dict[Path, list[int]] = {}
     for ep in np.unique(episodes).tolist():
         by_file.setdefault(dataset.root / meta.get_video_file_path(ep, key), []).append(ep)
@@ -43,7 +51,10 @@ def decode_camera(dataset, key: str, progress: bool = False) -> np.ndarray:
             wanted = first + frame_index[rows]
             if wanted.max() >= len(video):
                 raise ValueError(f"{path}: episode {ep} needs frame {wanted.max()}, the file has {len(video)}")
-            out[rows] = np.stack([video[i] for i in wanted])
+            frames = resize(np.stack([video[i] for i in wanted]))
+            if out is None:
+                out = np.empty((len(episodes), *frames.shape[1:]), np.uint8)
+            out[rows] = frames
     return out
 
 
