@@ -17,8 +17,8 @@ import numpy as np
 def decode_camera(dataset, key: str, progress: bool = False, resize=None, out: np.ndarray | None = None) -> np.ndarray:
     """uint8 [N, H, W, 3] of camera ``key`` for every frame, in dataset index order.
 
-    ``resize``: a function uint8 [n, H, W, 3] -> uint8 [n, h, w, 3] applied as each video file is decoded,
-    so memory holds the resized frames plus one file's native frames, never every native frame.
+    ``resize``: a function uint8 [n, H, W, 3] -> uint8 [n, h, w, 3] applied to chunks of frames as they are
+    decoded, so memory holds the resized frames plus one chunk of native frames.
     ``out``: an array (or a view, e.g. one camera of a trainer's cache) of that shape to fill and return.
     """
     if len(dataset.hf_dataset) != dataset.meta.total_frames:
@@ -42,19 +42,38 @@ def decode_camera(dataset, key: str, progress: bool = False, resize=None, out: n
     by_file: dict[Path, list[int]] = {}
     for ep in np.unique(episodes).tolist():
         by_file.setdefault(dataset.root / meta.get_video_file_path(ep, key), []).append(ep)
-    for path, eps in tqdm(sorted(by_file.items()), desc=f"decoding {key}", disable=not progress):
+    bar = tqdm(total=len(episodes), desc=f"decoding {key}", unit="frame", disable=not progress)
+    for path, eps in sorted(by_file.items()):
+        # Which dataset rows each frame of this file fills (a file holds many episodes, back to back).
+        rows = np.concatenate([np.flatnonzero(episodes == ep) for ep in eps])
+        starts = {ep: int(round(meta.episodes[ep][f"videos/{key}/from_timestamp"] * fps)) for ep in eps}
+        wanted = np.concatenate([starts[ep] + frame_index[episodes == ep] for ep in eps])
+        order = np.argsort(wanted, kind="stable")
+        rows, wanted = rows[order], wanted[order]
+        # Streamed in chunks: memory holds one chunk of native frames, never the whole file.
+        chunk_rows, chunk, k = [], [], 0
         with av.open(str(path)) as container:
-            video = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-        for ep in eps:
-            rows = np.flatnonzero(episodes == ep)
-            first = int(round(meta.episodes[ep][f"videos/{key}/from_timestamp"] * fps))
-            wanted = first + frame_index[rows]
-            if wanted.max() >= len(video):
-                raise ValueError(f"{path}: episode {ep} needs frame {wanted.max()}, the file has {len(video)}")
-            frames = resize(np.stack([video[i] for i in wanted]))
-            if out is None:
-                out = np.empty((len(episodes), *frames.shape[1:]), np.uint8)
-            out[rows] = frames
+            for i, frame in enumerate(container.decode(video=0)):
+                while k < len(wanted) and wanted[k] == i:
+                    chunk_rows.append(rows[k])
+                    chunk.append(frame.to_ndarray(format="rgb24"))
+                    k += 1
+                if len(chunk) >= 1024 or (k == len(wanted) and chunk):
+                    out = _fill(out, len(episodes), np.asarray(chunk_rows), resize(np.stack(chunk)))
+                    bar.update(len(chunk))
+                    chunk_rows, chunk = [], []
+                if k == len(wanted):
+                    break
+        if k < len(wanted):
+            raise ValueError(f"{path}: frame {wanted[k]} is needed, the file ends before it")
+    bar.close()
+    return out
+
+
+def _fill(out: np.ndarray | None, n: int, rows: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    if out is None:
+        out = np.empty((n, *frames.shape[1:]), np.uint8)
+    out[rows] = frames
     return out
 
 
