@@ -8,7 +8,8 @@ another episode's frame. If the two are close, the executor is replaying an aver
 of looking (the failure of a visuomotor policy trained too briefly).
 
 For an executor with a waypoint head, the median error of its pick and place xy against the recorded
-grasp and release positions (`executors.flow.waypoints`) on the same frames, in centimetres.
+grasp and release positions (`executors.flow.waypoints`) on the same frames, in centimetres (state in
+metres), on the frames that are still ``--waypoint-min-distance`` away from them.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--horizon", type=int, default=8, help="actions compared per chunk")
     p.add_argument("--start-window", type=int, nargs=2, default=(3, 12), metavar=("FIRST", "LAST"),
                    help="frames after an episode's start that count as 'episode start'")
+    p.add_argument("--waypoint-min-distance", type=float, default=0.08,
+                   help="score a waypoint only on frames at least this far from it (as the trainer supervises it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON line")
     args = p.parse_args(argv)
@@ -55,7 +58,8 @@ def main(argv: list[str]) -> int:
     state = numeric_column(dataset, FEATURES["state"])
     actions = numeric_column(dataset, FEATURES["action"])
     pos = slice(0, min(3, actions.shape[1]))  # the displacement part of the action (tabletop: dx, dy, dz)
-    labels, labelled = pick_place_waypoints(state, actions, index.subtask_end)
+    labels, labelled = pick_place_waypoints(state, actions, index.subtask_end,
+                                            min_distance=args.waypoint_min_distance)
 
     def inputs(i: int, images_from: int):
         obs = Observation(images={c: frames[c][images_from] for c in cfg.cameras}, state=state[i],
