@@ -9,8 +9,6 @@ Every encoder takes images as float [0, 1] ``(N, 3, S, S)`` or token ids ``(N, L
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -141,10 +139,7 @@ class SpatialSoftmax(nn.Module):
     def __init__(self, channels: int, keypoints: int):
         super().__init__()
         self.logits = nn.Conv2d(channels, keypoints, kernel_size=1)
-        # T = 0.1 at the start: with normalised features and a default-initialised 1x1 conv the logits have a
-        # spread of ~0.5, and at T = 1 the softmax over a few hundred cells is nearly flat, so every keypoint
-        # sits at the image centre and a block a few pixels wide barely moves it.
-        self.log_temperature = nn.Parameter(torch.tensor(math.log(0.1)))
+        self.log_temperature = nn.Parameter(torch.zeros(()))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         _, _, h, w = features.shape
