@@ -45,9 +45,9 @@ def decode_camera(dataset, key: str, progress: bool = False, resize=None, out: n
     bar = tqdm(total=len(episodes), desc=f"decoding {key}", unit="frame", disable=not progress)
     for path, eps in sorted(by_file.items()):
         # Which dataset rows each frame of this file fills (a file holds many episodes, back to back).
-        rows = np.concatenate([np.flatnonzero(episodes == ep) for ep in eps])
-        starts = {ep: int(round(meta.episodes[ep][f"videos/{key}/from_timestamp"] * fps)) for ep in eps}
-        wanted = np.concatenate([starts[ep] + frame_index[episodes == ep] for ep in eps])
+        rows = np.flatnonzero(np.isin(episodes, eps))
+        first = {ep: int(round(meta.episodes[ep][f"videos/{key}/from_timestamp"] * fps)) for ep in eps}
+        wanted = np.array([first[ep] for ep in episodes[rows].tolist()]) + frame_index[rows]
         order = np.argsort(wanted, kind="stable")
         rows, wanted = rows[order], wanted[order]
         # Streamed in chunks: memory holds one chunk of native frames, never the whole file.
