@@ -159,8 +159,9 @@ class FlowModel(nn.Module):
             images = torch.cat([images, subgoal], dim=1)
         text = self.text(batch["text_ids"])
         pixels = images.flatten(0, 1).to(dtype) / 255
+        text_mean = text.mean(1).to(dtype)  # read by the FiLM stem and the waypoint head
         # With FiLM, the text's mean token conditions every image of its sample.
-        film = text.mean(1).to(dtype).repeat_interleave(images.shape[1], dim=0) if cfg.vision_film else None
+        film = text_mean.repeat_interleave(images.shape[1], dim=0) if cfg.vision_film else None
         if cfg.keypoints:
             feats, points = self.vision.forward_keypoints(pixels, film)
         else:
@@ -174,12 +175,12 @@ class FlowModel(nn.Module):
                 has = batch["has_subgoal"].to(tokens.device).view(b, 1, 1, 1)
                 goal = tokens[:, n_cam:]
                 tokens = torch.cat([tokens[:, :n_cam], torch.where(has, goal, missing + self.image_slot[n_cam:])], 1)
-        raw_text, text = text, self.text_proj(text)
+        text = self.text_proj(text)
         state = self.state_proj(self.normalizer.state(batch["state"].float()).to(dtype))[:, None]
         parts, waypoints = [tokens.flatten(1, 2), text, state], None
         if cfg.waypoint_loss > 0:
             front = points.unflatten(0, (b, images.shape[1]))[:, 0].flatten(1)
-            waypoints = self.waypoint_head(torch.cat([front, raw_text.mean(1).to(dtype)], dim=-1))
+            waypoints = self.waypoint_head(torch.cat([front, text_mean], dim=-1))
             parts.append(self.waypoint_proj(waypoints)[:, None])
         x = torch.cat(parts, dim=1)
         for block in self.prefix_blocks:
