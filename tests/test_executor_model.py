@@ -377,3 +377,21 @@ def test_real_time_chunking_prefix_starts_the_chunk_and_the_rest_continues_it():
     assert not np.allclose(free.actions[2:], chunk.actions[2:])  # the prefix steers what follows
     with pytest.raises(ValueError, match="prefix: expected finite"):
         executor.act(obs, SUBTASK, None, prefix=np.full((2, 3), np.nan, np.float32))
+
+
+@pytest.mark.parametrize("fields, bad", [
+    ({"keypoints": 4}, "keypoints"),  # keypoints read the conv stem's feature maps; the patch stem has none
+    ({"vision_stem": "conv", "waypoint_loss": 1.0}, "waypoint_loss"),  # the waypoint head reads keypoints
+])
+def test_keypoint_options_without_what_they_need_are_rejected(fields, bad):
+    with pytest.raises(ValueError, match=bad):
+        tiny_config(**fields)
+
+
+def test_a_keypoint_stride_the_stem_does_not_have_is_rejected():
+    from executors.flow.encoders import ScratchVision
+
+    for stride in (3, 8, 1):  # not a power of two; the stem's output (patch 8), not a hidden map; below 2
+        with pytest.raises(ValueError, match="keypoint_stride"):
+            ScratchVision(16, 8, 16, 1, 2, stem="conv", keypoints=4, keypoint_stride=stride)
+    assert ScratchVision(16, 8, 16, 1, 2, stem="conv", keypoints=4, keypoint_stride=4).keypoint_level == 1
