@@ -163,8 +163,9 @@ def test_spatial_softmax_finds_the_peak_of_a_feature_map():
     assert u == pytest.approx(-0.5, abs=1e-3) and v == pytest.approx(1.0, abs=1e-3)  # (x, y) in [-1, 1]
 
 
-def test_keypoint_executor_predicts_waypoints_and_learns_them():
-    model = tiny_model(vision_stem="conv", keypoints=4, waypoint_loss=1.0)
+@pytest.mark.parametrize("head", ["mlp", "keypoints"])
+def test_keypoint_executor_predicts_waypoints_and_learns_them(head):
+    model = tiny_model(vision_stem="conv", keypoints=4, waypoint_loss=1.0, waypoint_head=head)
     batch = training_batch(model)
     batch["waypoints"] = torch.tensor([[0.1, 0.2, -0.1, 0.3]] * 4)
     batch["waypoints_valid"] = torch.tensor([[True, True, True, True], [False, False, True, True]] * 2)
@@ -382,6 +383,8 @@ def test_real_time_chunking_prefix_starts_the_chunk_and_the_rest_continues_it():
 @pytest.mark.parametrize("fields, bad", [
     ({"keypoints": 4}, "keypoints"),  # keypoints read the conv stem's feature maps; the patch stem has none
     ({"vision_stem": "conv", "waypoint_loss": 1.0}, "waypoint_loss"),  # the waypoint head reads keypoints
+    ({"vision_stem": "conv", "keypoints": 1, "waypoint_loss": 1.0, "waypoint_head": "keypoints"},
+     "waypoint_head"),  # one keypoint each for the pick and the place
 ])
 def test_keypoint_options_without_what_they_need_are_rejected(fields, bad):
     with pytest.raises(ValueError, match=bad):

@@ -180,3 +180,24 @@ def test_saved_world_model_keeps_its_config(saved_cheap, tmp_path):
     b = again.imagine(obs, Subtask(text="put it in the blue bowl", index=1)).images["front"]
     # Same weights, same seed: the same subgoal (up to resampling noise of float kernels).
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
+
+
+def test_tabletop_patches_keep_the_full_resolution_and_round_trip(tmp_path):
+    import torch
+
+    from planners.subgoal.tabletop_model import TabletopSubgoalPipeline, build_tabletop_pipeline, image_size_of
+
+    pipe = build_tabletop_pipeline(WORDS, sample_size=16, patch_size=2, channels=(8, 16), text_dim=16, text_layers=1)
+    assert (pipe.unet.config.sample_size, pipe.unet.config.in_channels, pipe.unet.config.out_channels) == (8, 24, 12)
+    with torch.no_grad():  # a network that predicts no change: the subgoal is the current frame, pixel for pixel
+        pipe.unet.conv_out.weight.zero_()
+        pipe.unet.conv_out.bias.zero_()
+    pipe.save_pretrained(str(tmp_path))
+    loaded = TabletopSubgoalPipeline.from_pretrained(str(tmp_path))
+    assert image_size_of(loaded.unet) == 16
+    frames = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    out = loaded(frames, "front: pick up the red block", num_inference_steps=2).images
+    assert out.shape == (2, 16, 16, 3)
+    np.testing.assert_allclose(out * 255, frames, atol=1e-3)
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        build_tabletop_pipeline(WORDS, sample_size=15, patch_size=2)

@@ -34,14 +34,16 @@ def test_frame_cache_pairs_frames_with_the_end_of_their_subtask(tiny_dataset):
     assert np.abs(cache.frames["front"][0].astype(int) - cache.frames["front"][5]).sum() > 0
 
 
-def test_training_steps_reduce_the_loss_on_a_fixed_batch(tiny_dataset):
+@pytest.mark.parametrize("patch_size", [1, 2])
+def test_training_steps_reduce_the_loss_on_a_fixed_batch(tiny_dataset, patch_size):
     from planners.subgoal.data import FrameCache
     from planners.subgoal.tabletop_model import ConditionalDenoiser, build_tabletop_pipeline, words_of
     from planners.subgoal.train import PROMPT_TEMPLATE, PairSampler, flow_matching_loss
 
     cache = FrameCache.from_dataset(tiny_dataset, size=16)
     pipe = build_tabletop_pipeline(words_of([PROMPT_TEMPLATE.format(camera="front", subtask=s) for s in PLAN]),
-                                   sample_size=16, channels=(16, 32), text_dim=32, text_layers=1)
+                                   sample_size=16, channels=(16, 32), text_dim=32, text_layers=1,
+                                   patch_size=patch_size)
     denoiser = ConditionalDenoiser(pipe.unet, pipe.text_encoder)
     batch = PairSampler(cache, pipe.tokenizer, p_drop_text=0.0, p_drop_image=0.0).batch(8)
     assert batch["goal"].abs().sum() > 0  # the subgoal differs from the current frame

@@ -66,6 +66,8 @@ def main(argv: list[str]) -> int:
     args = parse(argv)
     import torch
 
+    from planners.subgoal.tabletop_model import image_size_of
+
     if args.threads:
         torch.set_num_threads(args.threads)
     wm, trained = load_world_model(args.config, args.model, num_inference_steps=args.steps, device=args.device)
@@ -93,7 +95,7 @@ def main(argv: list[str]) -> int:
         "threads": torch.get_num_threads(), "steps": wm.config.num_inference_steps,
         "guidance_scale": wm.config.guidance_scale, "image_guidance_scale": wm.config.image_guidance_scale,
         "image_size": [args.size, args.size],
-        "internal_size": wm.pipeline.unet.config.sample_size if wm.config.backend == "tabletop" else wm.config.resolution,
+        "internal_size": image_size_of(wm.pipeline.unet) if wm.config.backend == "tabletop" else wm.config.resolution,
         "latency_ms_p50": round(float(np.percentile(one, 50)), 2),
         "latency_ms_p90": round(float(np.percentile(one, 90)), 2),
         "latency_ms_p50_two_cameras": round(float(np.percentile(both, 50)), 2),

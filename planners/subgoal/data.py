@@ -24,9 +24,12 @@ def camera_name(key: str) -> str:
 
 
 def decode_camera(dataset, key: str, size: int | None = None, progress: bool = False) -> np.ndarray:
-    """All frames of one camera as uint8 [N, H, W, 3] in dataset index order, optionally downsampled."""
-    frames = hybrid_data.decode_camera(dataset, key, progress)
-    return frames if size is None else downsample(frames, size)
+    """All frames of one camera as uint8 [N, H, W, 3] in dataset index order, optionally downsampled.
+
+    Downsampled a chunk at a time as frames are decoded: memory holds the model-size frames only.
+    """
+    resize = None if size is None else (lambda frames: downsample(frames, size))
+    return hybrid_data.decode_camera(dataset, key, progress, resize=resize)
 
 
 def downsample(frames: np.ndarray, size: int, chunk: int = 4096) -> np.ndarray:

@@ -4,9 +4,11 @@ conditional flow model in pixel space, built from diffusers components and saved
 - The UNet sees the noisy sample concatenated with the current image (InstructPix2Pix's channel
   concatenation) and the subtask text through cross-attention (a small CLIP text encoder over a
   word-level tokenizer of the tabletop's vocabulary).
-- It works at a low internal resolution (`unet.config.sample_size`) and generates the *change* from
-  the current frame rather than the frame itself: most of the scene is static, so the residual is
-  mostly zero and the static parts keep the camera's full resolution when the residual is upsampled.
+- It generates the *change* from the current frame rather than the frame itself: most of the scene is
+  static, so the residual is mostly zero. The residual has `image_size` pixels a side; the UNet works on
+  a grid `patch_size` times coarser (`unet.config.sample_size`), each cell holding a patch_size x patch_size
+  patch in its channels (space-to-depth, as pixel-space diffusion models patchify): full-resolution
+  detail at the cost of a coarse grid. A residual smaller than the camera's image is upsampled.
 - Rectified flow (x_t = (1 - t) x0 + t noise), sampled with diffusers' `FlowMatchEulerDiscreteScheduler`
   from the velocity (x_t - x0_hat) / t. The network predicts the clean residual x0_hat (x-prediction)
   rather than the velocity: zero change in static regions is then trivial to output, whereas a velocity
@@ -73,15 +75,20 @@ class ConditionalDenoiser(torch.nn.Module):
     def __init__(self, unet: UNet2DConditionModel, text_encoder: CLIPTextModel):
         super().__init__()
         self.unet, self.text_encoder = unet, text_encoder
+        self.patch_size = patch_size_of(unet)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     def predict_sample(self, noisy: torch.Tensor, current: torch.Tensor, text: torch.Tensor,
                        t: torch.Tensor) -> torch.Tensor:
-        """The clean residual x0_hat. ``t`` in [0, 1] (1 = pure noise); the UNet's timestep embedding gets
-        t * 1000, the scale diffusers' flow-matching schedulers use."""
-        return self.unet(torch.cat([noisy, current], dim=1), t * 1000.0, encoder_hidden_states=text).sample
+        """The clean residual x0_hat, [B, 3, image_size, image_size] like ``noisy`` and ``current``. ``t`` in
+        [0, 1] (1 = pure noise); the UNet's timestep embedding gets t * 1000, the scale diffusers'
+        flow-matching schedulers use."""
+        x = F.pixel_unshuffle(torch.cat([noisy, current], dim=1), self.patch_size)
+        # pixel_unshuffle interleaves the 6 input channels per patch offset; the order only has to be fixed.
+        out = self.unet(x, t * 1000.0, encoder_hidden_states=text).sample
+        return F.pixel_shuffle(out, self.patch_size)
 
     def forward(self, noisy, current, input_ids, attention_mask, t):
         return self.predict_sample(noisy, current, self.encode_text(input_ids, attention_mask), t)
@@ -118,7 +125,7 @@ class TabletopSubgoalPipeline(DiffusionPipeline):
         prompts = [prompt] * len(frames) if isinstance(prompt, str) else list(prompt)
         if len(prompts) != len(frames):
             raise ValueError(f"prompt: expected {len(frames)} prompts (one per image), got {len(prompts)}")
-        dtype, size = self.unet.dtype, self.unet.config.sample_size
+        dtype, size = self.unet.dtype, image_size_of(self.unet)
         current_full = to_model_space(torch.from_numpy(frames).to(self.device))
         current = to_model_space(torch.from_numpy(frames).to(self.device), size).to(dtype)
         den = self.denoiser
@@ -131,7 +138,7 @@ class TabletopSubgoalPipeline(DiffusionPipeline):
             text = torch.cat([text[:b], text[b:], text[b:]])
             current = torch.cat([current, current, torch.zeros_like(current)])
 
-        shape = (len(frames), self.unet.config.out_channels, size, size)
+        shape = (len(frames), 3, size, size)
         latents = torch.randn(shape, generator=generator, device=generator.device if generator else self.device)
         latents = latents.to(self.device, dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
@@ -154,14 +161,27 @@ class TabletopSubgoalPipeline(DiffusionPipeline):
         return ImagePipelineOutput(images=images) if return_dict else (images,)
 
 
+def patch_size_of(unet: UNet2DConditionModel) -> int:
+    """Side of the pixel patch in each UNet cell: the UNet outputs 3 * patch_size**2 channels."""
+    return int(round((unet.config.out_channels // 3) ** 0.5))
+
+
+def image_size_of(unet: UNet2DConditionModel) -> int:
+    """Side of the residual image the UNet generates (its grid times the patch)."""
+    return unet.config.sample_size * patch_size_of(unet)
+
+
 def _single(image) -> bool:
     return getattr(image, "ndim", None) == 3 or hasattr(image, "mode")  # one HxWx3 array or one PIL image
 
 
 def build_tabletop_pipeline(vocabulary: Sequence[str], sample_size: int = 32, channels: Sequence[int] = (32, 64, 64),
                             text_dim: int = 64, text_layers: int = 2, max_prompt_length: int = 24,
-                            seed: int = 0) -> TabletopSubgoalPipeline:
-    """A randomly initialised tabletop pipeline over ``vocabulary`` (words; see `words_of`)."""
+                            patch_size: int = 1, seed: int = 0) -> TabletopSubgoalPipeline:
+    """A randomly initialised tabletop pipeline over ``vocabulary`` (words; see `words_of`) that generates
+    ``sample_size``-pixel residuals on a UNet grid of ``sample_size // patch_size``."""
+    if sample_size % patch_size:
+        raise ValueError(f"sample_size {sample_size} is not a multiple of patch_size {patch_size}")
     torch.manual_seed(seed)
     tokenizer = build_word_tokenizer(vocabulary, max_length=max_prompt_length)
     text_encoder = CLIPTextModel(CLIPTextConfig(
@@ -170,7 +190,8 @@ def build_tabletop_pipeline(vocabulary: Sequence[str], sample_size: int = 32, ch
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id))
     depth = len(channels)
     unet = UNet2DConditionModel(
-        sample_size=sample_size, in_channels=6, out_channels=3, block_out_channels=tuple(channels),
+        sample_size=sample_size // patch_size, in_channels=6 * patch_size ** 2, out_channels=3 * patch_size ** 2,
+        block_out_channels=tuple(channels),
         layers_per_block=1, norm_num_groups=8, cross_attention_dim=text_dim, attention_head_dim=8,
         # Attention (self + cross to the subtask) only at the coarsest level and the mid block: CPU training
         # time is dominated by the fine levels, which stay convolutional.

@@ -86,7 +86,8 @@ class PairSampler:
 
 def train(data: str, out: str, steps: int = 6000, batch_size: int = 16, lr: float = 5e-4, warmup_steps: int = 200,
           weight_decay: float = 0.01, goal: GoalRule = "subtask_end", ahead: int = 10,
-          cameras: Sequence[str] | None = None, sample_size: int = 32, channels: Sequence[int] = (32, 64, 64),
+          cameras: Sequence[str] | None = None, sample_size: int = 32, patch_size: int = 1,
+          channels: Sequence[int] = (32, 64, 64),
           text_dim: int = 64, text_layers: int = 2, p_drop_text: float = 0.05, p_drop_image: float = 0.05,
           ema_decay: float = 0.999, grad_clip: float = 1.0, checkpoint_every: int = 500, log_every: int = 50,
           resume: bool = False, max_minutes: float | None = None, num_inference_steps: int = 4,
@@ -116,7 +117,7 @@ def train(data: str, out: str, steps: int = 6000, batch_size: int = 16, lr: floa
         vocab = words_of([PROMPT_TEMPLATE.format(camera=c, subtask=s)
                           for c in cache.cameras for s in set(cache.index.subtask_text)])
         pipe = build_tabletop_pipeline(vocab, sample_size=sample_size, channels=channels, text_dim=text_dim,
-                                       text_layers=text_layers, seed=seed)
+                                       text_layers=text_layers, patch_size=patch_size, seed=seed)
     denoiser = ConditionalDenoiser(pipe.unet, pipe.text_encoder)
     sampler = PairSampler(cache, pipe.tokenizer, goal, ahead, p_drop_text, p_drop_image,
                           seed=seed + accelerator.process_index)
