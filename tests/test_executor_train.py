@@ -209,3 +209,18 @@ def test_executor_with_keypoints_and_waypoint_loss_trains_and_acts(tiny_dataset,
     assert executor.act(obs, Subtask(text=PLAN[0], index=0), None).actions.shape == (4, 4)
     waypoints = executor.waypoints(obs, Subtask(text=PLAN[0], index=0), None)
     assert waypoints.shape == (4,) and np.isfinite(waypoints).all()
+
+
+def test_fine_tuning_loads_the_weights_that_fit_and_starts_a_new_head_fresh(tiny_dataset, tmp_path, caplog):
+    base, tuned = tmp_path / "base", tmp_path / "tuned"
+    common = ["train", "executor=tabletop", f"data={tiny_dataset}", *TINY, "model.keypoints=4", "model.waypoint_loss=1.0"]
+    assert hybrid([*common, f"out={base}", "steps=2"]) == 0
+    with caplog.at_level("INFO", logger="executors.flow.train"):
+        # lr 0 and no warm-up: what the fine-tune saves is exactly what it loaded
+        assert hybrid([*common, f"out={tuned}", "steps=1", f"init={base}", "model.waypoint_head=keypoints",
+                       "lr=0.0", "warmup=0"]) == 0
+    before = FlowExecutor.from_pretrained(base / "model").model.state_dict()
+    after = FlowExecutor.from_pretrained(tuned / "model").model.state_dict()
+    torch.testing.assert_close(after["text.embed.weight"], before["text.embed.weight"])
+    assert "waypoint_head.affine.weight" in after and "waypoint_head.affine.weight" not in before
+    assert "4 start fresh (waypoint_head.affine.bias" in caplog.text

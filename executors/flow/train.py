@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +148,27 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         e.copy_(b)
 
 
+def load_matching(net: FlowModel, init: Path) -> None:
+    """Copy into ``net`` the weights of the model at ``init`` (a model directory or a run's ``out``) whose
+    name and shape match; log what starts fresh, as transformers' ``ignore_mismatched_sizes`` does."""
+    from safetensors.torch import load_file
+
+    from executors.flow.modeling_flow import WEIGHTS_NAME
+
+    directory = init / "model" if (init / "model" / WEIGHTS_NAME).is_file() else init
+    loaded = load_file(str(directory / WEIGHTS_NAME))
+    own = net.state_dict()
+    # Normalisation statistics stay those of the dataset being trained on.
+    matching = {k: v for k, v in loaded.items()
+                if k in own and own[k].shape == v.shape and not k.startswith("normalizer.")}
+    if not matching:
+        raise ValueError(f"init={init}: no weight of that model fits this one")
+    net.load_state_dict(matching, strict=False)
+    fresh = sorted(k for k in set(own) - set(matching) if not k.startswith("normalizer."))
+    log.info("init from %s: %d tensors loaded, %d start fresh%s", directory, len(matching), len(fresh),
+             f" ({', '.join(fresh)})" if fresh else "")
+
+
 def last_checkpoint(out: Path) -> Path | None:
     steps = sorted((out / "checkpoints").glob("step_*"))
     return steps[-1] if steps else None
@@ -156,12 +178,16 @@ def train(data: str, out: str, model: dict | None = None, steps: int = 20_000, b
           lr: float = 3e-4, weight_decay: float = 1e-4, warmup: int = 500, grad_clip: float = 1.0,
           ema_decay: float = 0.999, save_every: int = 2_000, log_every: int = 50, resume: bool = False,
           cache: bool = True, num_workers: int = 0, mixed_precision: str = "bf16", seed: int = 0,
-          colour_swap: float = 0.0, waypoint_min_distance: float = 0.0) -> Path:
+          colour_swap: float = 0.0, waypoint_min_distance: float = 0.0, init: str | None = None,
+          max_minutes: float | None = None) -> Path:
     """Train a `FlowModel` on the LeRobot dataset at ``data``; checkpoints go to ``out``.
 
     ``colour_swap``: the fraction of samples whose colours are permuted in words and pixels (`FlowDataset`).
     ``waypoint_min_distance``: frames whose effector is this close to a waypoint do not supervise it
     (`pick_place_waypoints`), in the state's units.
+    ``init``: a trained model (its directory, or a run's ``out``) to fine-tune: weights whose name and shape
+    match the new model are loaded, the rest start fresh and are logged (e.g. a new waypoint head).
+    ``max_minutes``: stop (and save) once training has run this long.
 
     Returns the directory of the final model (``out/model``, loadable with `FlowExecutor.from_pretrained`).
     """
@@ -198,6 +224,9 @@ def train(data: str, out: str, model: dict | None = None, steps: int = 20_000, b
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, steps))
 
     step = 0
+    if init and not (resume and last_checkpoint(out)):
+        load_matching(net, Path(init))
+        ema.load_state_dict(net.state_dict())
     if resume and (ckpt := last_checkpoint(out)) is not None:
         state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
         net.load_state_dict(state["model"])
@@ -224,6 +253,7 @@ def train(data: str, out: str, model: dict | None = None, steps: int = 20_000, b
 
     bar = tqdm(total=steps, initial=step, disable=not accelerator.is_local_main_process, desc="executor")
     net.train()
+    started = time.monotonic()
     while step < steps:
         for batch in loader:
             loss, parts = net(batch)  # accelerate wraps forward in bf16 autocast on GPU
@@ -239,8 +269,12 @@ def train(data: str, out: str, model: dict | None = None, steps: int = 20_000, b
             bar.update(1)
             if step % log_every == 0 or step == 1:
                 bar.set_postfix(**{k: f"{v:.4f}" for k, v in parts.items()}, lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            if step % save_every == 0 or step == steps:
+            out_of_time = max_minutes is not None and time.monotonic() - started > 60 * max_minutes
+            if step % save_every == 0 or step == steps or out_of_time:
                 save(step)
+            if out_of_time:
+                log.warning("stopping at step %d: max_minutes=%s reached", step, max_minutes)
+                steps = step
             if step >= steps:
                 break
     bar.close()
