@@ -13,6 +13,16 @@ CONFIG_DIR = PROJECT_ROOT / "configs"
 OmegaConf.register_new_resolver("hybrid_root", lambda: str(PROJECT_ROOT), replace=True)
 
 
+def _tabletop_homography(camera: str = "front") -> list[list[float]]:
+    from hybrid.envs.tabletop.scene import table_homography  # MuJoCo only when a config asks for it
+
+    return table_homography(camera).round(6).tolist()
+
+
+# `${tabletop_homography:front}`: the built-in tabletop camera's calibration (table xy -> image), for configs.
+OmegaConf.register_new_resolver("tabletop_homography", _tabletop_homography, replace=True)
+
+
 def compose(config_name: str, overrides: list[str] | None = None) -> DictConfig:
     """Compose `configs/<config_name>.yaml` with Hydra overrides (`planner=vllm`, `executor.steps=4`)."""
     from hydra import compose as hydra_compose

@@ -163,9 +163,12 @@ def test_spatial_softmax_finds_the_peak_of_a_feature_map():
     assert u == pytest.approx(-0.5, abs=1e-3) and v == pytest.approx(1.0, abs=1e-3)  # (x, y) in [-1, 1]
 
 
-@pytest.mark.parametrize("head", ["mlp", "keypoints"])
+@pytest.mark.parametrize("head", ["mlp", "heatmap"])
 def test_keypoint_executor_predicts_waypoints_and_learns_them(head):
-    model = tiny_model(vision_stem="conv", keypoints=4, waypoint_loss=1.0, waypoint_head=head)
+    # A camera 1 m above the table looking down: image u = x, v = -y.
+    calibration = [[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, 1.0]] if head == "heatmap" else None
+    model = tiny_model(vision_stem="conv", keypoints=4, waypoint_loss=1.0, waypoint_head=head,
+                       table_homography=calibration)
     batch = training_batch(model)
     batch["waypoints"] = torch.tensor([[0.1, 0.2, -0.1, 0.3]] * 4)
     batch["waypoints_valid"] = torch.tensor([[True, True, True, True], [False, False, True, True]] * 2)
@@ -177,7 +180,7 @@ def test_keypoint_executor_predicts_waypoints_and_learns_them(head):
     for _ in range(2):
         torch.manual_seed(0)
         loss, parts = model(batch)
-        losses.append(parts["waypoint"])
+        losses.append(parts["waypoint"] + parts.get("heatmap", 0.0))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -383,8 +386,8 @@ def test_real_time_chunking_prefix_starts_the_chunk_and_the_rest_continues_it():
 @pytest.mark.parametrize("fields, bad", [
     ({"keypoints": 4}, "keypoints"),  # keypoints read the conv stem's feature maps; the patch stem has none
     ({"vision_stem": "conv", "waypoint_loss": 1.0}, "waypoint_loss"),  # the waypoint head reads keypoints
-    ({"vision_stem": "conv", "keypoints": 1, "waypoint_loss": 1.0, "waypoint_head": "keypoints"},
-     "waypoint_head"),  # one keypoint each for the pick and the place
+    ({"vision_stem": "conv", "keypoints": 4, "waypoint_loss": 1.0, "waypoint_head": "heatmap"},
+     "waypoint_head"),  # a heatmap head needs the camera's calibration
 ])
 def test_keypoint_options_without_what_they_need_are_rejected(fields, bad):
     with pytest.raises(ValueError, match=bad):
@@ -398,3 +401,23 @@ def test_a_keypoint_stride_the_stem_does_not_have_is_rejected():
         with pytest.raises(ValueError, match="keypoint_stride"):
             ScratchVision(16, 8, 16, 1, 2, stem="conv", keypoints=4, keypoint_stride=stride)
     assert ScratchVision(16, 8, 16, 1, 2, stem="conv", keypoints=4, keypoint_stride=4).keypoint_level == 1
+
+
+def test_heatmap_head_reads_table_xy_through_the_calibration_and_targets_the_labelled_cell():
+    from executors.flow.waypoint_heads import HeatmapWaypointHead, apply_homography
+
+    calibration = torch.tensor([[2.0, 0.0, 0.1], [0.0, -2.0, 0.0], [0.0, 0.2, 1.0]])  # with perspective
+    head = HeatmapWaypointHead(text_dim=8, channels=4, table_homography=calibration.tolist())
+    xy = torch.tensor([[[0.1, -0.2], [-0.3, 0.25]]])
+    torch.testing.assert_close(apply_homography(head.image_to_table, apply_homography(calibration, xy)), xy)
+    uv = apply_homography(calibration, xy)
+    h, w = 8, 8
+    cells = ((uv[..., 1] + 1) / 2 * h).floor().long() * w + ((uv[..., 0] + 1) / 2 * w).floor().long()
+    logits = torch.full((1, 2, h * w), -30.0)
+    logits[0, 0, cells[0, 0]] = logits[0, 1, cells[0, 1]] = 30.0  # maps peaked on the labelled cells
+    valid = torch.ones(1, 2, dtype=torch.bool)
+    assert head.loss(logits, xy, valid, (h, w)).item() < 1e-6
+    assert head.loss(logits.flip(1), xy, valid, (h, w)).item() > 10  # pick and place swapped
+    assert head.loss(logits.flip(1), xy, ~valid, (h, w)).item() == 0.0  # nothing labelled
+    # A point outside the image is no label for the maps.
+    assert head.loss(logits.flip(1), torch.tensor([[[9.0, 9.0], [9.0, 9.0]]]), valid, (h, w)).item() == 0.0

@@ -217,10 +217,10 @@ def test_fine_tuning_loads_the_weights_that_fit_and_starts_a_new_head_fresh(tiny
     assert hybrid([*common, f"out={base}", "steps=2"]) == 0
     with caplog.at_level("INFO", logger="executors.flow.train"):
         # lr 0 and no warm-up: what the fine-tune saves is exactly what it loaded
-        assert hybrid([*common, f"out={tuned}", "steps=1", f"init={base}", "model.waypoint_head=keypoints",
+        assert hybrid([*common, f"out={tuned}", "steps=1", f"init={base}", "model.waypoint_head=heatmap",
                        "lr=0.0", "warmup=0"]) == 0
     before = FlowExecutor.from_pretrained(base / "model").model.state_dict()
     after = FlowExecutor.from_pretrained(tuned / "model").model.state_dict()
     torch.testing.assert_close(after["text.embed.weight"], before["text.embed.weight"])
-    assert "waypoint_head.affine.weight" in after and "waypoint_head.affine.weight" not in before
-    assert "4 start fresh (waypoint_head.affine.bias" in caplog.text
+    assert "waypoint_head.query.key.weight" in after and "waypoint_head.query.key.weight" not in before
+    assert "start fresh (waypoint_head.query.key.bias" in caplog.text

@@ -155,3 +155,22 @@ def test_constructor_rejects_unknown_options():
         TabletopEnv(split="test")
     with pytest.raises(ValueError, match="cameras"):
         TabletopEnv(cameras=("top",))
+
+
+def test_front_camera_calibration_projects_each_block_onto_its_pixels(env):
+    from hybrid.envs.tabletop.scene import BLOCK_HALF, table_homography
+    from hybrid.envs.tabletop.tasks import PALETTE
+
+    obs, _ = env.reset(seed=3)
+    image = obs["pixels"]["front"].astype(float) / 255
+    h = table_homography("front", height=2 * BLOCK_HALF)  # the block's top face, which the camera sees
+    scene, hits = env.scene, []
+    for i in range(scene.n_blocks()):
+        x, y, _ = scene.block_pos(i)
+        u, v, s = h @ np.array([x, y, 1.0])
+        col, row = int((u / s + 1) / 2 * image.shape[1]), int((v / s + 1) / 2 * image.shape[0])
+        colour = np.asarray(PALETTE[scene.spec.block_colours[i]])
+        hits.append(np.abs(image[row, col] - colour).max() < 0.3)  # lit and shaded, but that block's colour
+    assert np.mean(hits) >= 0.75, hits
+    with pytest.raises(ValueError, match="moves"):
+        table_homography("wrist")

@@ -35,9 +35,11 @@ class FlowConfig:
     vision_film: bool = False  # FiLM-condition the conv stem on the text (RT-1 / BC-Z style)
     keypoints: int = 0  # spatial-softmax keypoints per image from the conv stem, as one more token (0: none)
     keypoint_stride: int = 4  # which hidden map of the stem they are read from (its stride; finer finds small objects)
+    keypoint_temperature: float = 1.0  # the keypoint softmax's initial temperature (learned from there)
     waypoint_loss: float = 0.0  # weight of the auxiliary loss regressing the subtask's pick/place xy (needs keypoints)
-    waypoint_head: str = "mlp"  # "mlp": xy from all front keypoints + text; "keypoints": the front camera's first two
-    #   keypoints ARE the pick and place points, mapped to table xy by a learned plane homography
+    waypoint_head: str = "mlp"  # "mlp": xy from all front keypoints + text; "heatmap": two text-queried attention maps
+    #   over the front feature map, trained on where the labels project (needs table_homography; waypoint_heads.py)
+    table_homography: list | None = None  # 3x3, table xy (m) -> front image (u, v) in [-1, 1]: the camera's calibration
     vision_width: int = 128  # scratch ViT width
     vision_depth: int = 2  # scratch ViT blocks
 
@@ -79,7 +81,9 @@ class FlowConfig:
             "vision_film": not self.vision_film or (self.vision == "scratch" and self.vision_stem == "conv"),
             "keypoints": self.keypoints == 0 or (self.vision == "scratch" and self.vision_stem == "conv"),
             "waypoint_loss": self.waypoint_loss == 0 or (self.waypoint_loss > 0 and self.keypoints > 0),
-            "waypoint_head": self.waypoint_head == "mlp" or (self.waypoint_head == "keypoints" and self.keypoints >= 2),
+            "keypoint_temperature": self.keypoint_temperature > 0,
+            "waypoint_head": self.waypoint_head == "mlp" or (self.waypoint_head == "heatmap"
+                                                             and self.table_homography is not None),
             "flow_steps": self.flow_steps >= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]

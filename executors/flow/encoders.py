@@ -62,7 +62,8 @@ class ScratchVision(nn.Module):
     """
 
     def __init__(self, image_size: int, patch: int, width: int, depth: int, heads: int, stem: str = "patch",
-                 film_dim: int | None = None, keypoints: int = 0, keypoint_stride: int = 4):
+                 film_dim: int | None = None, keypoints: int = 0, keypoint_stride: int = 4,
+                 keypoint_temperature: float = 1.0):
         super().__init__()
         if film_dim:
             self.patchify = FiLMConvStem(patch, width, film_dim)
@@ -83,7 +84,7 @@ class ScratchVision(nn.Module):
             self.keypoint_level = keypoint_stride.bit_length() - 2  # hidden map k has stride 2^(k+1)
             if not 0 <= self.keypoint_level < len(convs) - 1 or keypoint_stride & (keypoint_stride - 1):
                 raise ValueError(f"keypoint_stride: expected a power of two in [2, {patch // 2}], got {keypoint_stride}")
-            self.keypoints = SpatialSoftmax(convs[self.keypoint_level].out_channels, keypoints)
+            self.keypoints = SpatialSoftmax(convs[self.keypoint_level].out_channels, keypoints, keypoint_temperature)
             self.keypoint_token = nn.Linear(2 * keypoints, width)
 
     def forward(self, images: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
@@ -91,7 +92,8 @@ class ScratchVision(nn.Module):
         return self.forward_keypoints(images, text)[0]
 
     def forward_keypoints(self, images: torch.Tensor, text: torch.Tensor | None = None):
-        """Tokens ``(N, T, W)`` and keypoints ``(N, K, 2)`` (None without keypoints)."""
+        """Tokens ``(N, T, W)``, keypoints ``(N, K, 2)`` and the feature map they were read from
+        ``(N, C, h, w)`` (both None without keypoints)."""
         x = images * 2 - 1
         if self.film:
             x, hidden = self.patchify(x, text)
@@ -104,13 +106,14 @@ class ScratchVision(nn.Module):
         else:
             x, hidden = self.patchify(x), None
         x = x.flatten(2).transpose(1, 2) + self.pos
-        points = None
+        points = features = None
         if self.n_keypoints:
-            points = self.keypoints(hidden[self.keypoint_level])
+            features = hidden[self.keypoint_level]
+            points = self.keypoints(features)
             x = torch.cat([x, self.keypoint_token(points.flatten(1))[:, None]], dim=1)
         for block in self.blocks:
             x = block(x)
-        return self.norm(x), points
+        return self.norm(x), points, features
 
 
 def conv_stem(patch: int, width: int) -> nn.Sequential:
@@ -136,18 +139,55 @@ class SpatialSoftmax(nn.Module):
     what a policy trained from scratch on a few hundred episodes needs to reach a block it has not seen
     at that place before."""
 
-    def __init__(self, channels: int, keypoints: int):
+    def __init__(self, channels: int, keypoints: int, temperature: float = 1.0):
         super().__init__()
         self.logits = nn.Conv2d(channels, keypoints, kernel_size=1)
-        self.log_temperature = nn.Parameter(torch.zeros(()))
+        # Learned, from ``temperature``. Normalised features give logits of spread ~0.5, nearly flat over a
+        # few hundred cells at T=1; ResNet features, which robomimic pools at T=1, are far larger.
+        self.log_temperature = nn.Parameter(torch.tensor(float(temperature)).log())
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        _, _, h, w = features.shape
-        weights = (self.logits(features).flatten(2) / self.log_temperature.exp()).softmax(-1)  # (N, K, h*w)
-        ys = torch.linspace(-1, 1, h, device=features.device, dtype=weights.dtype)
-        xs = torch.linspace(-1, 1, w, device=features.device, dtype=weights.dtype)
-        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(h * w, 2)  # (u, v) per cell
-        return weights @ grid
+        return soft_argmax(self.logits(features).flatten(2) / self.log_temperature.exp(), *features.shape[-2:])
+
+
+def soft_argmax(logits: torch.Tensor, h: int, w: int, centres: bool = False) -> torch.Tensor:
+    """Expected (u, v) in [-1, 1] under a softmax over the h*w cells of ``logits`` ``(N, K, h*w)`` -> ``(N, K, 2)``.
+
+    ``centres``: cells at their centres in image coordinates (the image spans [-1, 1] edge to edge), as a
+    calibrated camera's coordinates are; else the first and last cells sit at -1 and 1."""
+    weights = logits.softmax(-1)
+    if centres:
+        ys = (torch.arange(h, device=logits.device, dtype=weights.dtype) + 0.5) * (2 / h) - 1
+        xs = (torch.arange(w, device=logits.device, dtype=weights.dtype) + 0.5) * (2 / w) - 1
+    else:
+        ys = torch.linspace(-1, 1, h, device=logits.device, dtype=weights.dtype)
+        xs = torch.linspace(-1, 1, w, device=logits.device, dtype=weights.dtype)
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(h * w, 2)  # (u, v) per cell
+    return weights @ grid
+
+
+class TextQueryKeypoints(nn.Module):
+    """Keypoints the text asks for: each of ``points`` queries made from the text vector attends over the
+    feature map's cells, and its point is the soft-argmax of that attention. "Pick the red block" can then
+    bind "red" to red features in one bilinear product, where `SpatialSoftmax`'s fixed 1x1 filters only see
+    the text through the stem's FiLM."""
+
+    def __init__(self, text_dim: int, channels: int, points: int = 2, dim: int = 32, temperature: float = 1.0):
+        super().__init__()
+        self.points, self.dim = points, dim
+        self.query = nn.Linear(text_dim, points * dim)
+        self.key = nn.Conv2d(channels, dim, kernel_size=1)
+        self.log_temperature = nn.Parameter(torch.tensor(float(temperature)).log())
+
+    def forward(self, text: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """``text`` ``(N, text_dim)``, ``features`` ``(N, C, h, w)`` -> points ``(N, points, 2)``."""
+        return soft_argmax(self.attention_logits(text, features), *features.shape[-2:])
+
+    def attention_logits(self, text: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Each query's logits over the cells, ``(N, points, h*w)``."""
+        q = self.query(text).view(-1, self.points, self.dim)
+        k = self.key(features).flatten(2)  # (N, dim, h*w)
+        return q @ k / (self.dim ** 0.5 * self.log_temperature.exp())
 
 
 class FiLMConvStem(nn.Module):
@@ -258,7 +298,7 @@ def build_vision(cfg, text_dim: int | None = None) -> nn.Module:
     if cfg.vision == "scratch":
         encoder = ScratchVision(cfg.image_size, cfg.patch_size, cfg.vision_width, cfg.vision_depth, cfg.heads,
                                 cfg.vision_stem, text_dim if cfg.vision_film else None, cfg.keypoints,
-                                cfg.keypoint_stride)
+                                cfg.keypoint_stride, cfg.keypoint_temperature)
     else:
         encoder = SiglipVision(cfg.vision_path, cfg.vision_tower)
         cfg.vision_tower = encoder.tower_config

@@ -20,6 +20,7 @@ from torch import nn
 from executors.flow.configuration_flow import FlowConfig
 from executors.flow.encoders import MLP, Block, build_text, build_vision, vision_tokens
 from executors.flow.processor_flow import Normalizer, load_tokenizer, observation_batch
+from executors.flow.waypoint_heads import HeatmapWaypointHead
 from hybrid.attention import attention
 from hybrid.types import ActionChunk, Observation, Subgoal, Subtask
 
@@ -109,24 +110,6 @@ class VelocityHead(nn.Module):
         return self.out(modulate(x, shift, scale))
 
 
-class PlaneHomography(nn.Module):
-    """Image points (u, v) in [-1, 1] to table xy: the homography between a fixed camera's image and the
-    table plane, learned. With it the waypoint loss reaches the keypoints' softmax directly, so the two
-    designated keypoints have to sit on the pick and the place target (a deep spatial autoencoder's
-    keypoints made supervised), instead of an MLP averaging 32 loosely placed keypoints."""
-
-    def __init__(self):
-        super().__init__()
-        self.affine = nn.Linear(2, 2)
-        self.perspective = nn.Linear(2, 1)
-        nn.init.zeros_(self.perspective.weight)
-        nn.init.zeros_(self.perspective.bias)
-
-    def forward(self, uv: torch.Tensor) -> torch.Tensor:
-        # The denominator stays in [0.5, 1.5]: a camera that sees the table sees no horizon.
-        return self.affine(uv) / (1 + 0.5 * torch.tanh(self.perspective(uv)))
-
-
 class FlowModel(nn.Module):
     """The whole network: prefix encoders, prefix mixer, action expert, normalisation statistics."""
 
@@ -147,9 +130,11 @@ class FlowModel(nn.Module):
             # Stands in for the subgoal's tokens when there is none (dropout in training, language-only acting).
             self.no_subgoal = nn.Parameter(torch.randn(len(cfg.subgoal_cameras), vision_tokens(cfg), w) * 0.02)
         if cfg.waypoint_loss > 0:
-            # The subtask's pick and place xy from the first camera's keypoints (and the text); also a prefix token.
-            if cfg.waypoint_head == "keypoints":
-                self.waypoint_head = PlaneHomography()
+            # The subtask's pick and place xy from the first camera (executors/flow/waypoint_heads.py); also a
+            # prefix token.
+            if cfg.waypoint_head == "heatmap":
+                self.waypoint_head = HeatmapWaypointHead(self.text.out_dim, self.vision.keypoints.logits.in_channels,
+                                                         cfg.table_homography, cfg.keypoint_temperature)
             else:
                 self.waypoint_head = nn.Sequential(nn.Linear(2 * cfg.keypoints + self.text.out_dim, w), nn.GELU(),
                                                    nn.Linear(w, 4))
@@ -172,6 +157,10 @@ class FlowModel(nn.Module):
     def encode(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Prefix tokens and the predicted waypoints ``(B, 4)`` (normalised like the state's xy; None
         without a waypoint head)."""
+        return self._encode(batch)[:2]
+
+    def _encode(self, batch):
+        """`encode`, plus the heatmap head's logits ``(B, 2, h*w)`` and map size (None otherwise)."""
         cfg, images = self.cfg, batch["images"]
         b, n_cam = images.shape[:2]
         dtype = self.vision_proj.weight.dtype
@@ -184,7 +173,7 @@ class FlowModel(nn.Module):
         # With FiLM, the text's mean token conditions every image of its sample.
         film = text_mean.repeat_interleave(images.shape[1], dim=0) if cfg.vision_film else None
         if cfg.keypoints:
-            feats, points = self.vision.forward_keypoints(pixels, film)
+            feats, points, maps = self.vision.forward_keypoints(pixels, film)
         else:
             feats, points = (self.vision(pixels, film) if cfg.vision_film else self.vision(pixels)), None
         tokens = self.vision_proj(feats).unflatten(0, (b, images.shape[1])) + self.image_slot[: images.shape[1]]
@@ -198,18 +187,21 @@ class FlowModel(nn.Module):
                 tokens = torch.cat([tokens[:, :n_cam], torch.where(has, goal, missing + self.image_slot[n_cam:])], 1)
         text = self.text_proj(text)
         state = self.state_proj(self.normalizer.state(batch["state"].float()).to(dtype))[:, None]
-        parts, waypoints = [tokens.flatten(1, 2), text, state], None
+        parts, waypoints, heatmap = [tokens.flatten(1, 2), text, state], None, None
         if cfg.waypoint_loss > 0:
-            front = points.unflatten(0, (b, images.shape[1]))[:, 0]  # (B, K, 2)
-            if cfg.waypoint_head == "keypoints":
-                waypoints = self.waypoint_head(front[:, :2]).flatten(1)
+            if cfg.waypoint_head == "heatmap":
+                front_map = maps.unflatten(0, (b, images.shape[1]))[:, 0]
+                xy, logits = self.waypoint_head(text_mean, front_map)
+                waypoints = self.normalizer.waypoints(xy.flatten(1)).to(dtype)
+                heatmap = (logits, tuple(front_map.shape[-2:]))
             else:
-                waypoints = self.waypoint_head(torch.cat([front.flatten(1), text_mean], dim=-1))
+                front = points.unflatten(0, (b, images.shape[1]))[:, 0].flatten(1)
+                waypoints = self.waypoint_head(torch.cat([front, text_mean], dim=-1))
             parts.append(self.waypoint_proj(waypoints)[:, None])
         x = torch.cat(parts, dim=1)
         for block in self.prefix_blocks:
             x = block(x)
-        return self.prefix_norm(x), waypoints
+        return self.prefix_norm(x), waypoints, heatmap
 
     def prefix_caches(self, prefix: torch.Tensor) -> list[torch.Tensor]:
         return [block.prefix_cache(prefix, self.cfg.chunk) for block in self.blocks]
@@ -234,7 +226,7 @@ class FlowModel(nn.Module):
         """``(loss, parts)`` on a training batch, as LeRobot's policies return it: raw ``actions`` ``(B, H, A)``
         and ``action_is_pad``; with a waypoint head also raw ``waypoints`` ``(B, 4)`` and ``waypoints_valid``."""
         actions = self.normalizer.action(batch["actions"].float())
-        prefix, waypoints = self.encode(batch)
+        prefix, waypoints, heatmap = self._encode(batch)
         loss = flow = self.flow_loss(prefix, actions, batch["action_is_pad"])
         parts = {"flow": flow.item()}
         if waypoints is not None:
@@ -243,6 +235,13 @@ class FlowModel(nn.Module):
             waypoint = ((waypoints.float() - target) ** 2 * valid).sum() / valid.sum().clamp_min(1)
             loss = flow + self.cfg.waypoint_loss * waypoint
             parts["waypoint"] = waypoint.item()
+            if heatmap is not None:
+                logits, size = heatmap
+                b = logits.shape[0]
+                valid = batch["waypoints_valid"].view(b, 2, 2).all(-1)
+                maps = self.waypoint_head.loss(logits, batch["waypoints"].view(b, 2, 2), valid, size)
+                loss = loss + self.cfg.waypoint_loss * maps
+                parts["heatmap"] = maps.item()
         return loss, parts
 
     def flow_loss(self, prefix: torch.Tensor, actions: torch.Tensor, is_pad: torch.Tensor) -> torch.Tensor:

@@ -47,19 +47,31 @@ def flow_matching_loss(denoiser, current, goal, input_ids, attention_mask, gener
 
 
 class PairSampler:
-    """Random training batches from a `FrameCache`: conditioning image, residual target, prompt tokens."""
+    """Random training batches from a `FrameCache`: conditioning image, residual target, prompt tokens.
+
+    With ``colour_swap`` > 0 that fraction of pairs has one permutation of the colour names applied to the
+    subtask and to both images (`hybrid.data.augment`): held-out colour pairs are then seen in training.
+    """
 
     def __init__(self, cache: FrameCache, tokenizer, goal: GoalRule = "subtask_end", ahead: int = 10,
-                 p_drop_text: float = 0.05, p_drop_image: float = 0.05, seed: int = 0):
+                 p_drop_text: float = 0.05, p_drop_image: float = 0.05, colour_swap: float = 0.0, seed: int = 0):
+        from hybrid.data.augment import tabletop_colour_swap
+
         self.cache, self.goal, self.ahead = cache, goal, ahead
         self.p_drop_text, self.p_drop_image = p_drop_text, p_drop_image
+        self.colour_swap, self.swap = colour_swap, tabletop_colour_swap() if colour_swap > 0 else None
         self.rng = np.random.default_rng(seed)
-        # Every prompt the data can produce, tokenized once ("" is the dropped text).
+        self.tokenizer = tokenizer
+        # Every prompt the data can produce, tokenized once ("" is the dropped text); swapped ones as they come.
         prompts = sorted({PROMPT_TEMPLATE.format(camera=c, subtask=s)
                           for c in cache.cameras for s in set(cache.index.subtask_text)} | {""})
-        enc = tokenizer(prompts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
-                        return_tensors="np")
-        self._tokens = {p: (enc["input_ids"][k], enc["attention_mask"][k]) for k, p in enumerate(prompts)}
+        self._tokens: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._tokenize(prompts)
+
+    def _tokenize(self, prompts: list[str]) -> None:
+        tok = self.tokenizer
+        enc = tok(prompts, padding="max_length", truncation=True, max_length=tok.model_max_length, return_tensors="np")
+        self._tokens.update({p: (enc["input_ids"][k], enc["attention_mask"][k]) for k, p in enumerate(prompts)})
 
     def batch(self, size: int) -> dict[str, Any]:
         import torch
@@ -72,12 +84,20 @@ class PairSampler:
         names = [self.cache.cameras[c] for c in cams]
         cur = np.stack([self.cache.frames[n][i] for n, i in zip(names, idx)])
         tgt = np.stack([self.cache.frames[n][g] for n, g in zip(names, goals)])
+        subtasks = [self.cache.index.subtask_text[i] for i in idx]
+        if self.swap is not None:
+            for k in np.flatnonzero(self.rng.random(size) < self.colour_swap):
+                mapping = self.swap.draw(self.rng)
+                cur[k], tgt[k] = self.swap.image(cur[k], mapping), self.swap.image(tgt[k], mapping)
+                subtasks[k] = self.swap.text(subtasks[k], mapping)
         current = to_model_space(torch.from_numpy(cur))
         residual = (to_model_space(torch.from_numpy(tgt)) - current) / 2  # the pipeline adds 2 * residual back
         drop_text = self.rng.random(size) < self.p_drop_text
         drop_image = torch.from_numpy(self.rng.random(size) < self.p_drop_image).view(-1, 1, 1, 1)
-        prompts = ["" if d else PROMPT_TEMPLATE.format(camera=n, subtask=self.cache.index.subtask_text[i])
-                   for d, n, i in zip(drop_text, names, idx)]
+        prompts = ["" if d else PROMPT_TEMPLATE.format(camera=n, subtask=s) for d, n, s in zip(drop_text, names, subtasks)]
+        new = sorted({p for p in prompts if p not in self._tokens})
+        if new:
+            self._tokenize(new)
         ids, mask = zip(*(self._tokens[p] for p in prompts))
         return {"current": current.masked_fill(drop_image, 0.0), "goal": residual,
                 "input_ids": torch.from_numpy(np.stack(ids)).long(),
@@ -89,6 +109,7 @@ def train(data: str, out: str, steps: int = 6000, batch_size: int = 16, lr: floa
           cameras: Sequence[str] | None = None, sample_size: int = 32, patch_size: int = 1,
           channels: Sequence[int] = (32, 64, 64),
           text_dim: int = 64, text_layers: int = 2, p_drop_text: float = 0.05, p_drop_image: float = 0.05,
+          colour_swap: float = 0.0,
           ema_decay: float = 0.999, grad_clip: float = 1.0, checkpoint_every: int = 500, log_every: int = 50,
           resume: bool = False, max_minutes: float | None = None, num_inference_steps: int = 4,
           mixed_precision: str = "no", num_threads: int | None = None, seed: int = 0,
@@ -119,7 +140,7 @@ def train(data: str, out: str, steps: int = 6000, batch_size: int = 16, lr: floa
         pipe = build_tabletop_pipeline(vocab, sample_size=sample_size, channels=channels, text_dim=text_dim,
                                        text_layers=text_layers, patch_size=patch_size, seed=seed)
     denoiser = ConditionalDenoiser(pipe.unet, pipe.text_encoder)
-    sampler = PairSampler(cache, pipe.tokenizer, goal, ahead, p_drop_text, p_drop_image,
+    sampler = PairSampler(cache, pipe.tokenizer, goal, ahead, p_drop_text, p_drop_image, colour_swap,
                           seed=seed + accelerator.process_index)
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)))
