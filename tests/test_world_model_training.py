@@ -89,3 +89,21 @@ def test_hybrid_train_world_model_runs_end_to_end_and_resumes(tiny_dataset, tmp_
     goal = wm.imagine(obs, Subtask(text=PLAN[0], index=0))
     assert {c: g.shape for c, g in goal.images.items()} == {"front": (32, 32, 3), "wrist": (32, 32, 3)}
     assert wm.config.num_inference_steps == 2 and wm.config.prompt_template == "{camera}: {subtask}"
+
+
+def test_colour_swap_repaints_both_images_and_renames_the_subtask(tiny_dataset):
+    from planners.subgoal.data import FrameCache
+    from planners.subgoal.tabletop_model import build_tabletop_pipeline, words_of
+    from planners.subgoal.train import PairSampler
+
+    cache = FrameCache.from_dataset(tiny_dataset, size=16)
+    pipe = build_tabletop_pipeline(words_of(["front: put the red block in the blue bowl"]), sample_size=16,
+                                   channels=(16, 32), text_dim=32, text_layers=1)
+    plain = PairSampler(cache, pipe.tokenizer, p_drop_text=0.0, p_drop_image=0.0, seed=0).batch(16)
+    swapped_sampler = PairSampler(cache, pipe.tokenizer, p_drop_text=0.0, p_drop_image=0.0, colour_swap=1.0, seed=0)
+    known = set(swapped_sampler._tokens)
+    swapped = swapped_sampler.batch(16)
+    renamed = set(swapped_sampler._tokens) - known
+    assert renamed and all("red" not in p for p in renamed if "pick up" in p)  # red became another colour
+    # Same pairs drawn (same seed), other pixels: the red square is repainted in the image and its subgoal.
+    assert not torch.equal(plain["current"], swapped["current"]) and not torch.equal(plain["goal"], swapped["goal"])

@@ -166,11 +166,10 @@ def soft_argmax(logits: torch.Tensor, h: int, w: int, centres: bool = False) -> 
     return weights @ grid
 
 
-class TextQueryKeypoints(nn.Module):
-    """Keypoints the text asks for: each of ``points`` queries made from the text vector attends over the
-    feature map's cells, and its point is the soft-argmax of that attention. "Pick the red block" can then
-    bind "red" to red features in one bilinear product, where `SpatialSoftmax`'s fixed 1x1 filters only see
-    the text through the stem's FiLM."""
+class TextQueryMaps(nn.Module):
+    """Maps the text asks for: each of ``points`` queries made from the text vector attends over the feature
+    map's cells. "Pick the red block" can then bind "red" to red features in one bilinear product, where
+    `SpatialSoftmax`'s fixed 1x1 filters only see the text through the stem's FiLM."""
 
     def __init__(self, text_dim: int, channels: int, points: int = 2, dim: int = 32, temperature: float = 1.0):
         super().__init__()
@@ -180,11 +179,8 @@ class TextQueryKeypoints(nn.Module):
         self.log_temperature = nn.Parameter(torch.tensor(float(temperature)).log())
 
     def forward(self, text: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """``text`` ``(N, text_dim)``, ``features`` ``(N, C, h, w)`` -> points ``(N, points, 2)``."""
-        return soft_argmax(self.attention_logits(text, features), *features.shape[-2:])
-
-    def attention_logits(self, text: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """Each query's logits over the cells, ``(N, points, h*w)``."""
+        """``text`` ``(N, text_dim)``, ``features`` ``(N, C, h, w)`` -> each query's logits over the cells,
+        ``(N, points, h*w)``."""
         q = self.query(text).view(-1, self.points, self.dim)
         k = self.key(features).flatten(2)  # (N, dim, h*w)
         return q @ k / (self.dim ** 0.5 * self.log_temperature.exp())

@@ -2,7 +2,7 @@
 
 "mlp" regresses table xy from the front camera's keypoints and the text. "heatmap" uses the camera's
 calibration (a homography between the table plane and the image, `FlowConfig.table_homography`): two
-text queries attend over the front feature map (`TextQueryKeypoints`), each attention map is trained
+text queries attend over the front feature map (`TextQueryMaps`), each attention map is trained
 with a cross-entropy on the cell where the recorded grasp or release projects (the dense supervision
 Transporter networks and CLIPort give their pick and place maps), and its soft-argmax is projected back
 onto the table. Regressing xy through a soft-argmax alone gives the softmax a weak, diffuse gradient:
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from executors.flow.encoders import TextQueryKeypoints, soft_argmax
+from executors.flow.encoders import TextQueryMaps, soft_argmax
 
 
 def apply_homography(h: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -29,7 +29,7 @@ class HeatmapWaypointHead(nn.Module):
 
     def __init__(self, text_dim: int, channels: int, table_homography, temperature: float = 1.0):
         super().__init__()
-        self.query = TextQueryKeypoints(text_dim, channels, points=2, temperature=temperature)
+        self.query = TextQueryMaps(text_dim, channels, points=2, temperature=temperature)
         h = torch.tensor(table_homography, dtype=torch.float32).reshape(3, 3)
         # From the config, not the weights: a recalibrated camera needs no retraining of the maps.
         self.register_buffer("table_to_image", h, persistent=False)
@@ -37,7 +37,7 @@ class HeatmapWaypointHead(nn.Module):
 
     def forward(self, text: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Table xy ``(N, 2, 2)`` (pick, place) and the maps' logits ``(N, 2, h*w)``."""
-        logits = self.query.attention_logits(text, features)
+        logits = self.query(text, features)
         uv = soft_argmax(logits.float(), *features.shape[-2:], centres=True)
         return apply_homography(self.image_to_table, uv), logits
 

@@ -120,6 +120,7 @@ def train(data: str, out: str, steps: int = 6000, batch_size: int = 16, lr: floa
     from diffusers.training_utils import EMAModel
     from tqdm import tqdm
 
+    from hybrid.data.augment import tabletop_colour_swap
     from planners.subgoal.configuration import WorldModelConfig
     from planners.subgoal.tabletop_model import (ConditionalDenoiser, TabletopSubgoalPipeline,
                                                  build_tabletop_pipeline, words_of)
@@ -136,7 +137,8 @@ def train(data: str, out: str, steps: int = 6000, batch_size: int = 16, lr: floa
         pipe = TabletopSubgoalPipeline.from_pretrained(str(out_dir))
     else:
         vocab = words_of([PROMPT_TEMPLATE.format(camera=c, subtask=s)
-                          for c in cache.cameras for s in set(cache.index.subtask_text)])
+                          for c in cache.cameras for s in set(cache.index.subtask_text)]
+                         + (tabletop_colour_swap().names if colour_swap > 0 else []))  # every colour a swap can write
         pipe = build_tabletop_pipeline(vocab, sample_size=sample_size, channels=channels, text_dim=text_dim,
                                        text_layers=text_layers, patch_size=patch_size, seed=seed)
     denoiser = ConditionalDenoiser(pipe.unet, pipe.text_encoder)
