@@ -201,3 +201,26 @@ def test_tabletop_patches_keep_the_full_resolution_and_round_trip(tmp_path):
     np.testing.assert_allclose(out * 255, frames, atol=1e-3)
     with pytest.raises(ValueError, match="multiple of patch_size"):
         build_tabletop_pipeline(WORDS, sample_size=15, patch_size=2)
+
+
+def test_tabletop_subgoal_keeps_static_pixels_sharp_and_drops_stale_edges_where_the_scene_changes():
+    import torch
+
+    from planners.subgoal.tabletop_model import build_tabletop_pipeline, to_model_space
+
+    pipe = build_tabletop_pipeline(WORDS, sample_size=8, channels=(8, 16), text_dim=16, text_layers=1)
+    frames = np.random.default_rng(0).integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)  # detail finer than 8 px
+    with torch.no_grad():
+        pipe.unet.conv_out.weight.zero_()
+        pipe.unet.conv_out.bias.zero_()  # no change anywhere: the frame itself, at full resolution
+    same = pipe(frames, "front: pick up the red block", num_inference_steps=2).images
+    np.testing.assert_allclose(same * 255, frames, atol=1e-3)
+    with torch.no_grad():
+        pipe.unet.conv_out.bias.fill_(0.2)  # a change of 0.4 everywhere: the model's 8-px picture, no 16-px edges
+    changed = pipe(frames, "front: pick up the red block", num_inference_steps=2).images
+    low = torch.nn.functional.interpolate(to_model_space(torch.from_numpy(frames), 8), size=(16, 16), mode="bilinear",
+                                          align_corners=False)
+    expected = ((low + 0.4).clamp(-1, 1) + 1) / 2
+    np.testing.assert_allclose(changed, expected.permute(0, 2, 3, 1).numpy(), atol=1e-5)
+    ghosts = pipe(frames, "front: pick up the red block", num_inference_steps=2, change_threshold=None).images
+    assert np.abs(ghosts - changed).max() > 0.1  # adding the change to the frame would keep its fine edges

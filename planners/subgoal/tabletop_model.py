@@ -119,8 +119,15 @@ class TabletopSubgoalPipeline(DiffusionPipeline):
                  image_guidance_scale: float = 1.0, generator: torch.Generator | None = None,
                  output_type: str = "np", return_dict: bool = True,
                  callback_on_step_end: Callable[[Any, int, Any, dict], dict] | None = None,
-                 callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",)):
-        """``image``: uint8 [B, H, W, 3] array, a list of HxWx3 arrays or PIL images. Returns [B, H, W, 3] in [0, 1]."""
+                 callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+                 change_threshold: float | None = 0.2):
+        """``image``: uint8 [B, H, W, 3] array, a list of HxWx3 arrays or PIL images. Returns [B, H, W, 3] in [0, 1].
+
+        ``change_threshold``: where the generated change is at least this large (on the [-1, 1] pixel scale)
+        the subgoal is the model's own prediction; where it is near zero the camera's full-resolution frame
+        shows through, blended in between. A residual smaller than the camera's image otherwise leaves the
+        current frame's fine edges where the scene has changed (ghosts; a wrist view that moved entirely).
+        0.2 was chosen on training episodes; None adds the residual everywhere."""
         frames = np.stack([np.asarray(im, dtype=np.uint8) for im in ([image] if _single(image) else image)])
         prompts = [prompt] * len(frames) if isinstance(prompt, str) else list(prompt)
         if len(prompts) != len(frames):
@@ -154,8 +161,14 @@ class TabletopSubgoalPipeline(DiffusionPipeline):
                 out = callback_on_step_end(self, i, t, {"latents": latents}) or {}
                 latents = out.pop("latents", latents)
 
-        residual = F.interpolate(latents.float(), size=current_full.shape[-2:], mode="bilinear", align_corners=False)
-        goal = (current_full + 2.0 * residual).clamp(-1, 1).add(1).div(2)
+        up = lambda x: F.interpolate(x, size=current_full.shape[-2:], mode="bilinear", align_corners=False)  # noqa: E731
+        change = 2.0 * up(latents.float())
+        goal = current_full + change
+        if change_threshold and size != current_full.shape[-1]:
+            predicted = up(current[: len(frames)].float()) + change  # the subgoal at the model's resolution
+            keep = 1.0 - (change.abs().amax(1, keepdim=True) / change_threshold).clamp(max=1.0)
+            goal = keep * current_full + (1.0 - keep) * predicted
+        goal = goal.clamp(-1, 1).add(1).div(2)
         images = goal.permute(0, 2, 3, 1).cpu().numpy() if output_type == "np" else goal
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)
