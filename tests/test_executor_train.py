@@ -214,7 +214,7 @@ def test_executor_with_keypoints_and_waypoint_loss_trains_and_acts(tiny_dataset,
 def test_fine_tuning_loads_the_weights_that_fit_and_starts_a_new_head_fresh(tiny_dataset, tmp_path, caplog):
     base, tuned = tmp_path / "base", tmp_path / "tuned"
     common = ["train", "executor=tabletop", f"data={tiny_dataset}", *TINY, "model.keypoints=4", "model.waypoint_loss=1.0"]
-    assert hybrid([*common, f"out={base}", "steps=2"]) == 0
+    assert hybrid([*common, f"out={base}", "steps=2", "model.waypoint_head=mlp"]) == 0
     with caplog.at_level("INFO", logger="executors.flow.train"):
         # lr 0 and no warm-up: what the fine-tune saves is exactly what it loaded
         assert hybrid([*common, f"out={tuned}", "steps=1", f"init={base}", "model.waypoint_head=heatmap",
