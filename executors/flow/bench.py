@@ -26,7 +26,21 @@ def load_model_config(name: str):
     from executors.flow.configuration_flow import FlowConfig
 
     path = Path(name) if name.endswith(".yaml") else CONFIGS / f"{name}.yaml"
-    return FlowConfig(**(yaml.safe_load(path.read_text()).get("model") or {}))
+    model = yaml.safe_load(path.read_text()).get("model") or {}
+    return FlowConfig(**{k: _calibration(v) for k, v in model.items()})
+
+
+def _calibration(value):
+    """The one interpolation the executor configs use, `${tabletop_homography:<camera>}`, resolved without
+    Hydra (the bench runs where only torch is installed); identity without MuJoCo: it costs the same."""
+    prefix = "${tabletop_homography:"
+    if not (isinstance(value, str) and value.startswith(prefix)):
+        return value
+    try:
+        from hybrid.envs.tabletop.scene import table_homography
+    except ImportError:
+        return [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    return table_homography(value[len(prefix):-1]).tolist()
 
 
 def inputs(cfg, seed: int = 0):
