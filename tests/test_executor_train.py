@@ -224,3 +224,18 @@ def test_fine_tuning_loads_the_weights_that_fit_and_starts_a_new_head_fresh(tiny
     torch.testing.assert_close(after["text.embed.weight"], before["text.embed.weight"])
     assert "waypoint_head.query.key.weight" in after and "waypoint_head.query.key.weight" not in before
     assert "start fresh (waypoint_head.query.key.bias" in caplog.text
+
+
+def test_fine_tuning_from_a_model_with_nothing_in_common_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from executors.flow.modeling_flow import WEIGHTS_NAME, FlowModel
+    from executors.flow.train import load_matching
+
+    save_file({"something.else": torch.zeros(3)}, str(tmp_path / WEIGHTS_NAME))
+    net = FlowModel(FlowConfig(image_size=16, vision_width=16, text_width=16, width=32, depth=1, heads=2))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match="no weight of that model fits"):
+        load_matching(net, tmp_path)
+    for k, v in net.state_dict().items():  # the model is left as it was
+        torch.testing.assert_close(v, before[k])

@@ -224,10 +224,11 @@ def train(data: str, out: str, model: dict | None = None, steps: int = 20_000, b
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, steps))
 
     step = 0
-    if init and not (resume and last_checkpoint(out)):
+    ckpt = last_checkpoint(out) if resume else None
+    if init and ckpt is None:  # a resumed fine-tune continues from its own checkpoint
         load_matching(net, Path(init))
         ema.load_state_dict(net.state_dict())
-    if resume and (ckpt := last_checkpoint(out)) is not None:
+    if ckpt is not None:
         state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
         net.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
