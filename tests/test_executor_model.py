@@ -421,3 +421,47 @@ def test_heatmap_head_reads_table_xy_through_the_calibration_and_targets_the_lab
     assert head.loss(logits.flip(1), xy, ~valid, (h, w)).item() == 0.0  # nothing labelled
     # A point outside the image is no label for the maps.
     assert head.loss(logits.flip(1), torch.tensor([[[9.0, 9.0], [9.0, 9.0]]]), valid, (h, w)).item() == 0.0
+
+
+def test_heatmap_peak_keeps_the_strongest_mode_where_the_soft_argmax_averages_two():
+    from executors.flow.encoders import soft_argmax
+    from executors.flow.waypoint_heads import HeatmapWaypointHead
+
+    head = HeatmapWaypointHead(text_dim=8, channels=4, table_homography=np.eye(3).tolist())
+    h, w = 8, 8
+    logits = torch.full((1, 2, h * w), -30.0)
+    logits[0, :, 1 * w + 1] = 5.0  # two candidate blocks, top left ...
+    logits[0, :, 6 * w + 6] = 4.0  # ... and bottom right, a little less likely
+    mean = soft_argmax(logits, h, w, centres=True)[0, 0]
+    peak = head.peak(logits, (h, w))[0, 0]
+    centre = (torch.tensor([1, 1]) + 0.5) * (2 / w) - 1  # the top-left cell's centre in [-1, 1]
+    torch.testing.assert_close(peak, centre.float())
+    assert mean.abs().max() < 0.5  # the whole map's soft-argmax: between the two, on neither
+
+
+def test_token_queries_read_words_and_the_steering_token_points_from_the_effector_to_the_waypoint():
+    calibration = [[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, 1.0]]
+    model = tiny_model(vision_stem="conv", keypoints=4, waypoint_loss=1.0, waypoint_head="heatmap",
+                       table_homography=calibration, waypoint_text="tokens", waypoint_target=True,
+                       waypoint_teacher_forcing=1.0, waypoint_noise=0.0)
+    batch = training_batch(model)
+    prefix, waypoints = model.encode(batch)
+    assert prefix.shape[1] == 3 * (4 + 1) + 24 + 1 + 2  # ... text, state, waypoints, steering
+    labels = torch.tensor([[0.1, 0.2, -0.1, 0.3]] * 4)
+    batch |= {"waypoints": labels, "waypoints_valid": torch.ones(4, 4, dtype=torch.bool),
+              "waypoints_known": torch.tensor([[True] * 4, [False, False, True, True]] * 2)}
+    model.train()
+    _, predicted, heatmap = model._encode(batch)
+    steer = model._steer(batch, predicted, heatmap)
+    here = model.normalizer.state(batch["state"])[:, :2].repeat(1, 2)
+    found = model.normalizer.waypoints(model.waypoint_head.peak(*heatmap).flatten(1))
+    # Known waypoints are forced (teacher forcing 1.0); the unknown pick falls back to the head's own.
+    torch.testing.assert_close(steer[0], model.normalizer.waypoints(labels)[0] - here[0])
+    torch.testing.assert_close(steer[1, :2], (found - here)[1, :2])
+    model.eval()  # at run time the head's own, always
+    torch.testing.assert_close(model._steer(batch, predicted, heatmap), found - here)
+    loss, parts = model(batch)
+    loss.backward()
+    assert model.waypoint_head.query.select.grad is not None and torch.isfinite(loss)
+    with pytest.raises(ValueError, match="waypoint_target"):
+        tiny_config(waypoint_target=True)  # needs a waypoint head

@@ -188,6 +188,9 @@ def test_waypoint_labels_and_colour_swap_reach_the_training_samples(tiny_dataset
 
     item = swapped[0]
     assert item["waypoints"].shape == (4,) and item["waypoints_valid"].dtype == torch.bool
+    # Known: every label of the subtask's approach, also near the waypoint where it supervises nothing.
+    assert item["waypoints_known"].dtype == torch.bool
+    assert (swapped.waypoints_known >= swapped.waypoints_valid).all()
     text = bytes(t for t in item["text_ids"].tolist() if t).decode()
     assert text == swapped.swap.text(index.subtask_text[0], red_blue) != index.subtask_text[0]
     # The red marker is repainted blue in the observation images; the grey background is not touched.

@@ -61,3 +61,36 @@ def test_record_two_episodes_and_read_back(tmp_path):
     assert "bowl" in item["task"] and isinstance(item["subtask"], str) and "bowl" in item["subtask"]
     # The images are real renders, not blanks.
     assert float(item["observation.images.front"].std()) > 0.02
+
+
+def test_one_family_of_a_mixed_recording_as_png_frames(tmp_path):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from hybrid.envs.tabletop.env import TabletopEnv
+    from hybrid.envs.tabletop.tasks import family_of
+
+    out = tmp_path / "ds"
+    argv = ["env=tabletop", "task=all", "families=[pick_place]", "video=false", "episodes=2", f"out={out}",
+            "seed=0", "env.image_size=32", "progress=false"]
+    assert record_main(argv) == 0
+    ds = LeRobotDataset("hybrid/tabletop", root=out)
+    assert ds.meta.features["observation.images.front"]["dtype"] == "image"
+    tasks = [ds.meta.episodes[ep]["tasks"][0] for ep in range(ds.num_episodes)]
+    assert ds.num_episodes == 2 and {family_of(t) for t in tasks} == {"pick_place"}
+    # The same episodes a task=all recording holds at those seeds: the first two pick_place seeds.
+    env = TabletopEnv(task="all", image_size=32)
+    expected = [info["instruction"] for info in (env.reset(seed=s)[1] for s in range(60))
+                if info["family"] == "pick_place"][:2]
+    env.close()
+    assert tasks == expected
+    assert ds[0]["observation.images.front"].shape == (3, 32, 32)
+
+
+def test_family_of_reads_the_family_back_from_an_instruction():
+    from hybrid.envs.tabletop.tasks import FAMILIES, family_of, sample_task
+
+    rng = np.random.default_rng(0)
+    for family in FAMILIES:
+        for split in ("train", "heldout"):
+            assert family_of(sample_task(family, rng, split).instruction) == family
+    assert family_of("dance") is None

@@ -40,6 +40,11 @@ class FlowConfig:
     waypoint_head: str = "mlp"  # "mlp": xy from all front keypoints + text; "heatmap": two text-queried attention maps
     #   over the front feature map, trained on where the labels project (needs table_homography; waypoint_heads.py)
     table_homography: list | None = None  # 3x3, table xy (m) -> front image (u, v) in [-1, 1]: the camera's calibration
+    waypoint_text: str = "mean"  # what the heatmap's queries read: the text's "mean" token, or its "tokens" (attention)
+    waypoint_target: bool = False  # one more prefix token: the waypoints relative to the effector (pick - xy,
+    #   place - xy), so the expert steers toward what the head found instead of re-finding it
+    waypoint_teacher_forcing: float = 0.5  # training probability that token holds the recorded waypoint (+ noise)
+    waypoint_noise: float = 0.02  # std of that noise, in the state's units (m): the head's own error at run time
     vision_width: int = 128  # scratch ViT width
     vision_depth: int = 2  # scratch ViT blocks
 
@@ -84,6 +89,9 @@ class FlowConfig:
             "keypoint_temperature": self.keypoint_temperature > 0,
             "waypoint_head": self.waypoint_head == "mlp" or (self.waypoint_head == "heatmap"
                                                              and self.table_homography is not None),
+            "waypoint_text": self.waypoint_text in ("mean", "tokens"),
+            "waypoint_target": not self.waypoint_target or self.waypoint_loss > 0,
+            "waypoint_teacher_forcing": 0.0 <= self.waypoint_teacher_forcing <= 1.0,
             "flow_steps": self.flow_steps >= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]

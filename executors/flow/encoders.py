@@ -167,21 +167,36 @@ def soft_argmax(logits: torch.Tensor, h: int, w: int, centres: bool = False) -> 
 
 
 class TextQueryMaps(nn.Module):
-    """Maps the text asks for: each of ``points`` queries made from the text vector attends over the feature
-    map's cells. "Pick the red block" can then bind "red" to red features in one bilinear product, where
-    `SpatialSoftmax`'s fixed 1x1 filters only see the text through the stem's FiLM."""
+    """Maps the text asks for: each of ``points`` queries made from the text attends over the feature map's
+    cells. "Pick the red block" can then bind "red" to red features in one bilinear product, where
+    `SpatialSoftmax`'s fixed 1x1 filters only see the text through the stem's FiLM.
 
-    def __init__(self, text_dim: int, channels: int, points: int = 2, dim: int = 32, temperature: float = 1.0):
+    ``text_pool="mean"`` makes the queries from the text's mean token. ``"tokens"`` lets each query first pick
+    its own words (a learned attention over the text's tokens): the pick map needs the block's colour and the
+    place map the bowl's, and a mean blurs "the orange block in the red bowl" into both."""
+
+    def __init__(self, text_dim: int, channels: int, points: int = 2, dim: int = 32, temperature: float = 1.0,
+                 text_pool: str = "mean"):
         super().__init__()
-        self.points, self.dim = points, dim
-        self.query = nn.Linear(text_dim, points * dim)
+        if text_pool not in ("mean", "tokens"):
+            raise ValueError(f"text_pool: expected 'mean' or 'tokens', got {text_pool!r}")
+        self.points, self.dim, self.text_pool = points, dim, text_pool
+        if text_pool == "mean":
+            self.query = nn.Linear(text_dim, points * dim)
+        else:
+            self.select = nn.Parameter(torch.randn(points, text_dim) * text_dim ** -0.5)
+            self.token_query = nn.Linear(text_dim, dim)
         self.key = nn.Conv2d(channels, dim, kernel_size=1)
         self.log_temperature = nn.Parameter(torch.tensor(float(temperature)).log())
 
     def forward(self, text: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """``text`` ``(N, text_dim)``, ``features`` ``(N, C, h, w)`` -> each query's logits over the cells,
-        ``(N, points, h*w)``."""
-        q = self.query(text).view(-1, self.points, self.dim)
+        """``text`` ``(N, L, text_dim)`` tokens, ``features`` ``(N, C, h, w)`` -> each query's logits over the
+        cells, ``(N, points, h*w)``."""
+        if self.text_pool == "mean":
+            q = self.query(text.mean(1)).view(-1, self.points, self.dim)
+        else:
+            words = torch.softmax(torch.einsum("nld,pd->npl", text, self.select.to(text.dtype)), dim=-1)
+            q = self.token_query(words @ text)  # (N, points, dim)
         k = self.key(features).flatten(2)  # (N, dim, h*w)
         return q @ k / (self.dim ** 0.5 * self.log_temperature.exp())
 

@@ -134,11 +134,14 @@ class FlowModel(nn.Module):
             # prefix token.
             if cfg.waypoint_head == "heatmap":
                 self.waypoint_head = HeatmapWaypointHead(self.text.out_dim, self.vision.keypoints.logits.in_channels,
-                                                         cfg.table_homography, cfg.keypoint_temperature)
+                                                         cfg.table_homography, cfg.keypoint_temperature,
+                                                         cfg.waypoint_text)
             else:
                 self.waypoint_head = nn.Sequential(nn.Linear(2 * cfg.keypoints + self.text.out_dim, w), nn.GELU(),
                                                    nn.Linear(w, 4))
             self.waypoint_proj = nn.Linear(4, w)
+            if cfg.waypoint_target:
+                self.target_proj = nn.Linear(4, w)
         self.prefix_blocks = nn.ModuleList(Block(w, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.prefix_depth))
         self.prefix_norm = nn.LayerNorm(w)
 
@@ -156,11 +159,15 @@ class FlowModel(nn.Module):
 
     def encode(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Prefix tokens and the predicted waypoints ``(B, 4)`` (normalised like the state's xy; None
-        without a waypoint head)."""
-        return self._encode(batch)[:2]
+        without a waypoint head): where the expert is told to go (a heatmap's strongest mode)."""
+        prefix, waypoints, heatmap = self._encode(batch)
+        if heatmap is not None:
+            waypoints = self.normalizer.waypoints(self.waypoint_head.peak(*heatmap).flatten(1))
+        return prefix, waypoints
 
     def _encode(self, batch):
-        """`encode`, plus the heatmap head's logits ``(B, 2, h*w)`` and map size (None otherwise)."""
+        """Prefix tokens, the waypoints as trained (a heatmap's soft-argmax) and the heatmap head's logits
+        ``(B, 2, h*w)`` and map size (None otherwise)."""
         cfg, images = self.cfg, batch["images"]
         b, n_cam = images.shape[:2]
         dtype = self.vision_proj.weight.dtype
@@ -169,7 +176,7 @@ class FlowModel(nn.Module):
             images = torch.cat([images, subgoal], dim=1)
         text = self.text(batch["text_ids"])
         pixels = images.flatten(0, 1).to(dtype) / 255
-        text_mean = text.mean(1).to(dtype)  # read by the FiLM stem and the waypoint head
+        text_mean = text.mean(1).to(dtype)  # read by the FiLM stem (and the mlp waypoint head)
         # With FiLM, the text's mean token conditions every image of its sample.
         film = text_mean.repeat_interleave(images.shape[1], dim=0) if cfg.vision_film else None
         if cfg.keypoints:
@@ -185,23 +192,40 @@ class FlowModel(nn.Module):
                 has = batch["has_subgoal"].to(tokens.device).view(b, 1, 1, 1)
                 goal = tokens[:, n_cam:]
                 tokens = torch.cat([tokens[:, :n_cam], torch.where(has, goal, missing + self.image_slot[n_cam:])], 1)
-        text = self.text_proj(text)
         state = self.state_proj(self.normalizer.state(batch["state"].float()).to(dtype))[:, None]
-        parts, waypoints, heatmap = [tokens.flatten(1, 2), text, state], None, None
+        parts, waypoints, heatmap = [tokens.flatten(1, 2), self.text_proj(text), state], None, None
         if cfg.waypoint_loss > 0:
             if cfg.waypoint_head == "heatmap":
                 front_map = maps.unflatten(0, (b, images.shape[1]))[:, 0]
-                xy, logits = self.waypoint_head(text_mean, front_map)
+                xy, logits = self.waypoint_head(text.to(dtype), front_map)
                 waypoints = self.normalizer.waypoints(xy.flatten(1)).to(dtype)
                 heatmap = (logits, tuple(front_map.shape[-2:]))
             else:
                 front = points.unflatten(0, (b, images.shape[1]))[:, 0].flatten(1)
                 waypoints = self.waypoint_head(torch.cat([front, text_mean], dim=-1))
             parts.append(self.waypoint_proj(waypoints)[:, None])
+            if cfg.waypoint_target:
+                parts.append(self.target_proj(self._steer(batch, waypoints, heatmap).to(dtype))[:, None])
         x = torch.cat(parts, dim=1)
         for block in self.prefix_blocks:
             x = block(x)
         return self.prefix_norm(x), waypoints, heatmap
+
+    def _steer(self, batch, waypoints: torch.Tensor, heatmap) -> torch.Tensor:
+        """Pick and place minus the effector's xy ``(B, 4)``, normalised: where the head says the subtask goes
+        (its strongest mode), or in training, with probability `waypoint_teacher_forcing`, the recorded
+        waypoint plus noise. Detached: the head learns from its own losses, not from the expert's."""
+        cfg = self.cfg
+        found = self.normalizer.waypoints(self.waypoint_head.peak(*heatmap).flatten(1)) if heatmap else waypoints
+        found = found.detach().float()
+        if self.training and "waypoints_known" in batch:
+            labels = batch["waypoints"].float()
+            labels = labels + cfg.waypoint_noise * torch.randn_like(labels)
+            forced = batch["waypoints_known"] & (torch.rand(len(labels), 1, device=labels.device)
+                                                 < cfg.waypoint_teacher_forcing)
+            found = torch.where(forced, self.normalizer.waypoints(labels), found)
+        here = self.normalizer.state(batch["state"].float())[:, :2].repeat(1, 2)
+        return found - here
 
     def prefix_caches(self, prefix: torch.Tensor) -> list[torch.Tensor]:
         return [block.prefix_cache(prefix, self.cfg.chunk) for block in self.blocks]

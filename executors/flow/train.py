@@ -41,7 +41,8 @@ class FlowDataset(Dataset):
     With ``colour_swap`` > 0 that fraction of samples has its colours permuted in the text and in every
     image alike (`hybrid.data.augment`; the tabletop's palette), so the executor meets colour pairs the
     recording does not hold. With a waypoint head (``cfg.waypoint_loss``) samples carry the hindsight pick
-    and place xy of their subtask (`executors.flow.waypoints`).
+    and place xy of their subtask (`executors.flow.waypoints`): which of them supervise the head
+    (``waypoints_valid``, far from the effector) and which are known at all (``waypoints_known``).
     """
 
     def __init__(self, dataset, index: SubtaskIndex, cfg: FlowConfig, tokenizer, cache: bool = True,
@@ -64,6 +65,9 @@ class FlowDataset(Dataset):
             targets, valid = pick_place_waypoints(self.state.numpy(), self.actions, index.subtask_end,
                                                   min_distance=waypoint_min_distance)
             self.waypoints, self.waypoints_valid = torch.from_numpy(targets), torch.from_numpy(valid)
+            # Where the recording says where the subtask goes, near or far (the expert's steering token).
+            self.waypoints_known = torch.from_numpy(pick_place_waypoints(self.state.numpy(), self.actions,
+                                                                         index.subtask_end)[1])
         self.colour_swap = colour_swap
         self.swap = tabletop_colour_swap() if colour_swap > 0 else None
 
@@ -103,6 +107,7 @@ class FlowDataset(Dataset):
             sample["has_subgoal"] = torch.tensor(bool(rng.random() >= self.cfg.subgoal_dropout))
         if self.cfg.waypoint_loss > 0:
             sample["waypoints"], sample["waypoints_valid"] = self.waypoints[i], self.waypoints_valid[i]
+            sample["waypoints_known"] = self.waypoints_known[i]
         if self.swap is not None and rng.random() < self.colour_swap:
             mapping = self.swap.draw(rng)
             text = self.swap.text(text, mapping)

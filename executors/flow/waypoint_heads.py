@@ -27,19 +27,33 @@ def apply_homography(h: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 class HeatmapWaypointHead(nn.Module):
     """Pick and place as attention maps over the front camera's feature map, in a calibrated camera."""
 
-    def __init__(self, text_dim: int, channels: int, table_homography, temperature: float = 1.0):
+    def __init__(self, text_dim: int, channels: int, table_homography, temperature: float = 1.0,
+                 text_pool: str = "mean"):
         super().__init__()
-        self.query = TextQueryMaps(text_dim, channels, points=2, temperature=temperature)
+        self.query = TextQueryMaps(text_dim, channels, points=2, temperature=temperature, text_pool=text_pool)
         h = torch.tensor(table_homography, dtype=torch.float32).reshape(3, 3)
         # From the config, not the weights: a recalibrated camera needs no retraining of the maps.
         self.register_buffer("table_to_image", h, persistent=False)
         self.register_buffer("image_to_table", torch.linalg.inv(h), persistent=False)
 
     def forward(self, text: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Table xy ``(N, 2, 2)`` (pick, place) and the maps' logits ``(N, 2, h*w)``."""
+        """Table xy ``(N, 2, 2)`` (pick, place) from the text's tokens ``(N, L, D)`` and the front feature map,
+        and the maps' logits ``(N, 2, h*w)``."""
         logits = self.query(text, features)
         uv = soft_argmax(logits.float(), *features.shape[-2:], centres=True)
         return apply_homography(self.image_to_table, uv), logits
+
+    def peak(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Table xy ``(N, 2, 2)`` of each map's strongest mode: the soft-argmax of its 3x3 cells around the
+        argmax. The soft-argmax of a whole map lands between two candidate blocks when it is unsure, a place
+        where there is nothing to pick."""
+        h, w = size
+        logits = logits.float()
+        top = logits.argmax(-1, keepdim=True)  # (N, 2, 1)
+        cells = torch.arange(h * w, device=logits.device)
+        near = ((cells // w - top // w).abs() <= 1) & ((cells % w - top % w).abs() <= 1)
+        uv = soft_argmax(logits.masked_fill(~near, float("-inf")), h, w, centres=True)
+        return apply_homography(self.image_to_table, uv)
 
     def loss(self, logits: torch.Tensor, xy: torch.Tensor, valid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Cross-entropy of the maps against the cells the recorded ``xy`` ``(N, 2, 2)`` fall in; ``valid``

@@ -30,6 +30,8 @@ def main(argv: list[str]) -> int:
             repo_id=cfg.repo_id,
             vcodec=cfg.vcodec,
             progress=cfg.progress,
+            families=list(cfg.families) if cfg.families else None,
+            video=cfg.video,
         )
     finally:
         env.close()

@@ -7,6 +7,11 @@ effector has retreated from the finished placement, so the frame at the end of a
 the episode's plan is the `subtask` column grouped by `subtask_index`. Episodes the expert fails are
 dropped and replaced by the next seed, so the dataset holds exactly `episodes` successes.
 
+`families` keeps only the episodes of those families out of a `task=all` recording, with the seeds they
+have there: `families=[pick_place]` re-records exactly the `pick_place` episodes of a mixed recording made
+from the same seed (a single-task baseline's data). `video=False` stores the images as PNG frames instead
+of video, which trainers that read every sample through LeRobot's loader decode far faster on a CPU.
+
 `subtask_index` is per-episode, so no `meta/subtasks.parquet` is written: LeRobot would otherwise
 read that column as an index into it.
 """
@@ -26,11 +31,11 @@ log = logging.getLogger(__name__)
 ROBOT_TYPE = "hybrid_tabletop"
 
 
-def dataset_features(env: TabletopEnv) -> dict[str, dict[str, Any]]:
+def dataset_features(env: TabletopEnv, video: bool = True) -> dict[str, dict[str, Any]]:
     """The LeRobot feature spec of a recording (the names trainers read)."""
     features: dict[str, dict[str, Any]] = {
         f"observation.images.{cam}": {
-            "dtype": "video",
+            "dtype": "video" if video else "image",
             "shape": (env.height, env.width, 3),
             "names": ["height", "width", "channels"],
         }
@@ -43,9 +48,13 @@ def dataset_features(env: TabletopEnv) -> dict[str, dict[str, Any]]:
     return features
 
 
-def run_episode(env: TabletopEnv, seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Roll the expert out for one episode; return LeRobot frames and the final info."""
+def run_episode(env: TabletopEnv, seed: int,
+                families: list[str] | None = None) -> tuple[list[dict[str, Any]] | None, dict[str, Any]]:
+    """Roll the expert out for one episode; return LeRobot frames and the final info (no frames when the
+    seed's family is not one of ``families``)."""
     obs, info = env.reset(seed=seed)
+    if families and info["family"] not in families:
+        return None, info
     expert = env.expert()
     frames = []
     while True:
@@ -71,6 +80,8 @@ def record(
     vcodec: str = "h264",
     max_failures: int | None = None,
     progress: bool = True,
+    families: list[str] | None = None,
+    video: bool = True,
 ) -> dict[str, Any]:
     """Write `episodes` successful expert episodes to a new LeRobot dataset at `out`."""
     import av
@@ -81,19 +92,21 @@ def record(
     dataset = LeRobotDataset.create(
         repo_id,
         fps=round(env.control_hz),
-        features=dataset_features(env),
+        features=dataset_features(env, video),
         root=out,
         robot_type=ROBOT_TYPE,
-        use_videos=True,
+        use_videos=video,
         vcodec=vcodec,
-        streaming_encoding=True,  # encode while stepping instead of writing PNGs first
+        streaming_encoding=video,  # encode while stepping instead of writing PNGs first
     )
     max_failures = episodes if max_failures is None else max_failures
     saved, failures, frames_written, next_seed = 0, 0, 0, seed
     with tqdm(total=episodes, desc="recording", unit="episode", disable=not progress) as bar:
         while saved < episodes:
-            frames, info = run_episode(env, next_seed)
+            frames, info = run_episode(env, next_seed, families)
             next_seed += 1
+            if frames is None:
+                continue
             if not info["success"]:
                 failures += 1
                 log.warning("expert failed seed %d (%s); skipping it", next_seed - 1, info["family"])

@@ -256,3 +256,16 @@ def sample_task(family: str, rng: np.random.Generator, split: Split = "train") -
         if in_split(spec, split):
             return spec
     raise RuntimeError(f"no {split} task of family {family!r} found in 1000 draws")
+
+
+def family_of(instruction: str) -> str | None:
+    """The task family whose instruction templates produce ``instruction`` (None if none does): how a
+    recording's episodes are told apart, e.g. to train a single-task baseline on one family's episodes."""
+    import re
+
+    for family, templates in INSTRUCTIONS.items():
+        for template in templates:
+            pattern = re.escape(template).replace(r"\{colour\}", r"\w+").replace(r"\{bowl\}", r"\w+")
+            if re.fullmatch(pattern.replace(r"\{order\}", ".+"), instruction.strip()):
+                return family
+    return None
