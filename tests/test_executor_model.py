@@ -74,13 +74,13 @@ def test_prefix_is_encoded_once_per_chunk_whatever_the_flow_steps(steps, monkeyp
     model = tiny_model()
     calls = {"prefix": 0, "velocity": 0}
     for name in calls:
-        original = getattr(model, {"prefix": "encode_prefix", "velocity": "velocity"}[name])
+        original = getattr(model, {"prefix": "encode_context", "velocity": "velocity"}[name])
 
         def counted(*args, _name=name, _original=original, **kw):
             calls[_name] += 1
             return _original(*args, **kw)
 
-        monkeypatch.setattr(model, {"prefix": "encode_prefix", "velocity": "velocity"}[name], counted)
+        monkeypatch.setattr(model, {"prefix": "encode_context", "velocity": "velocity"}[name], counted)
     executor = FlowExecutor(model, flow_steps=steps)
     assert executor.act(observation(), SUBTASK, None).actions.shape == (6, 3)
     assert calls == {"prefix": 1, "velocity": steps}
@@ -451,7 +451,7 @@ def test_token_queries_read_words_and_the_steering_token_points_from_the_effecto
     batch |= {"waypoints": labels, "waypoints_valid": torch.ones(4, 4, dtype=torch.bool),
               "waypoints_known": torch.tensor([[True] * 4, [False, False, True, True]] * 2)}
     model.train()
-    _, predicted, heatmap = model._encode(batch)
+    _, predicted, heatmap, _ = model._encode(batch)
     steer = model._steer(batch, predicted, heatmap)
     here = model.normalizer.state(batch["state"])[:, :2].repeat(1, 2)
     found = model.normalizer.waypoints(model.waypoint_head.peak(*heatmap).flatten(1))
@@ -463,5 +463,11 @@ def test_token_queries_read_words_and_the_steering_token_points_from_the_effecto
     loss, parts = model(batch)
     loss.backward()
     assert model.waypoint_head.query.select.grad is not None and torch.isfinite(loss)
+    # The target also reaches every action token directly (zero at first, so a fine-tune starts unchanged).
+    assert model.target_in.weight.grad.abs().sum() > 0
+    torch.nn.init.normal_(model.target_in.weight)
+    _, condition = model.encode_context(batch)
+    moved = dict(batch, state=batch["state"] + torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    assert not torch.allclose(condition, model.encode_context(moved)[1])
     with pytest.raises(ValueError, match="waypoint_target"):
         tiny_config(waypoint_target=True)  # needs a waypoint head

@@ -42,3 +42,20 @@ def test_act_executor_names_a_missing_camera(act_dir):
     with pytest.raises(ValueError, match="needs camera 'wrist'"):
         executor.act(fake_observation(cameras=("front",), size=32, state_dim=4), None, None)
     assert np.isfinite(executor.act(fake_observation(cameras=("front", "wrist"), size=32), None, None).actions).all()
+
+
+def test_eval_runs_a_lerobot_baseline_beside_the_agents_on_its_family(act_dir, capsys):
+    import json
+
+    from hybrid.cli import main
+
+    doubles = ["planner@tiers.planner=mock", "world_model@tiers.world_model=mock", "executor@tiers.executor=mock",
+               "executor@tiers.flat=mock", "families=[pick_place,gather]", "loop.max_steps=6", "env.image_size=32"]
+    argv = ["eval", "--episodes", "1", "--json", *doubles, "~agents.hierarchical", "~agents.oracle_subgoals",
+            "~agents.language_only", "~agents.flat", "+baseline=act", f"agents.act.executor.path={act_dir}"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(report["agents"]) == {"oracle", "act"}
+    assert set(report["agents"]["act"]["families"]) == {"pick_place"}  # ACT takes no language: one family
+    assert report["agents"]["act"]["families"]["pick_place"]["faults"] == 0
+    assert "executor" in report["agents"]["act"]["latency_ms_p50"]

@@ -142,6 +142,10 @@ class FlowModel(nn.Module):
             self.waypoint_proj = nn.Linear(4, w)
             if cfg.waypoint_target:
                 self.target_proj = nn.Linear(4, w)
+                # The same vector added to every action token (as DiT adds its class embedding), zero at first.
+                self.target_in = nn.Linear(4, w)
+                nn.init.zeros_(self.target_in.weight)
+                nn.init.zeros_(self.target_in.bias)
         self.prefix_blocks = nn.ModuleList(Block(w, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.prefix_depth))
         self.prefix_norm = nn.LayerNorm(w)
 
@@ -155,19 +159,28 @@ class FlowModel(nn.Module):
     # --- prefix: once per chunk
     def encode_prefix(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Prefix tokens ``(B, P, W)`` from uint8 images ``(B, C, 3, S, S)``, token ids and the raw state."""
-        return self.encode(batch)[0]
+        return self.encode_context(batch)[0]
+
+    def encode_context(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What the action expert reads, once per chunk: the prefix tokens and the vector added to every
+        action token (the steering target's embedding; None without `waypoint_target`)."""
+        prefix, _, _, steer = self._encode(batch)
+        return prefix, self._action_condition(steer)
+
+    def _action_condition(self, steer: torch.Tensor | None) -> torch.Tensor | None:
+        return None if steer is None else self.target_in(steer.to(self.target_in.weight.dtype))
 
     def encode(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Prefix tokens and the predicted waypoints ``(B, 4)`` (normalised like the state's xy; None
         without a waypoint head): where the expert is told to go (a heatmap's strongest mode)."""
-        prefix, waypoints, heatmap = self._encode(batch)
+        prefix, waypoints, heatmap, _ = self._encode(batch)
         if heatmap is not None:
             waypoints = self.normalizer.waypoints(self.waypoint_head.peak(*heatmap).flatten(1))
         return prefix, waypoints
 
     def _encode(self, batch):
-        """Prefix tokens, the waypoints as trained (a heatmap's soft-argmax) and the heatmap head's logits
-        ``(B, 2, h*w)`` and map size (None otherwise)."""
+        """Prefix tokens, the waypoints as trained (a heatmap's soft-argmax), the heatmap head's logits
+        ``(B, 2, h*w)`` and map size, and the steering target (`_steer`) (None where there is none)."""
         cfg, images = self.cfg, batch["images"]
         b, n_cam = images.shape[:2]
         dtype = self.vision_proj.weight.dtype
@@ -193,7 +206,7 @@ class FlowModel(nn.Module):
                 goal = tokens[:, n_cam:]
                 tokens = torch.cat([tokens[:, :n_cam], torch.where(has, goal, missing + self.image_slot[n_cam:])], 1)
         state = self.state_proj(self.normalizer.state(batch["state"].float()).to(dtype))[:, None]
-        parts, waypoints, heatmap = [tokens.flatten(1, 2), self.text_proj(text), state], None, None
+        parts, waypoints, heatmap, steer = [tokens.flatten(1, 2), self.text_proj(text), state], None, None, None
         if cfg.waypoint_loss > 0:
             if cfg.waypoint_head == "heatmap":
                 front_map = maps.unflatten(0, (b, images.shape[1]))[:, 0]
@@ -205,11 +218,12 @@ class FlowModel(nn.Module):
                 waypoints = self.waypoint_head(torch.cat([front, text_mean], dim=-1))
             parts.append(self.waypoint_proj(waypoints)[:, None])
             if cfg.waypoint_target:
-                parts.append(self.target_proj(self._steer(batch, waypoints, heatmap).to(dtype))[:, None])
+                steer = self._steer(batch, waypoints, heatmap).to(dtype)
+                parts.append(self.target_proj(steer)[:, None])
         x = torch.cat(parts, dim=1)
         for block in self.prefix_blocks:
             x = block(x)
-        return self.prefix_norm(x), waypoints, heatmap
+        return self.prefix_norm(x), waypoints, heatmap, steer
 
     def _steer(self, batch, waypoints: torch.Tensor, heatmap) -> torch.Tensor:
         """Pick and place minus the effector's xy ``(B, 4)``, normalised: where the head says the subtask goes
@@ -236,8 +250,11 @@ class FlowModel(nn.Module):
         time = self.time_embed(t)
         return [block.modulation(time) for block in self.blocks] + [self.head.modulation(time)]
 
-    def velocity(self, x_t: torch.Tensor, mods: list[torch.Tensor], caches) -> torch.Tensor:
+    def velocity(self, x_t: torch.Tensor, mods: list[torch.Tensor], caches,
+                 condition: torch.Tensor | None = None) -> torch.Tensor:
         x = self.action_in(x_t) + self.action_pos[:, : x_t.shape[1]]
+        if condition is not None:
+            x = x + condition[:, None]
         for block, mod, cache in zip(self.blocks, mods, caches):
             x = block(x, mod, cache)
         return self.head(x, mods[-1])
@@ -250,8 +267,8 @@ class FlowModel(nn.Module):
         """``(loss, parts)`` on a training batch, as LeRobot's policies return it: raw ``actions`` ``(B, H, A)``
         and ``action_is_pad``; with a waypoint head also raw ``waypoints`` ``(B, 4)`` and ``waypoints_valid``."""
         actions = self.normalizer.action(batch["actions"].float())
-        prefix, waypoints, heatmap = self._encode(batch)
-        loss = flow = self.flow_loss(prefix, actions, batch["action_is_pad"])
+        prefix, waypoints, heatmap, steer = self._encode(batch)
+        loss = flow = self.flow_loss(prefix, actions, batch["action_is_pad"], self._action_condition(steer))
         parts = {"flow": flow.item()}
         if waypoints is not None:
             target = self.normalizer.waypoints(batch["waypoints"].float())
@@ -268,13 +285,15 @@ class FlowModel(nn.Module):
                 parts["heatmap"] = maps.item()
         return loss, parts
 
-    def flow_loss(self, prefix: torch.Tensor, actions: torch.Tensor, is_pad: torch.Tensor) -> torch.Tensor:
-        """Flow-matching loss of normalised ``actions`` given the prefix, padded steps left out."""
+    def flow_loss(self, prefix: torch.Tensor, actions: torch.Tensor, is_pad: torch.Tensor,
+                  condition: torch.Tensor | None = None) -> torch.Tensor:
+        """Flow-matching loss of normalised ``actions`` given the prefix (and the action tokens' condition),
+        padded steps left out."""
         caches = self.prefix_caches(prefix)
         noise = torch.randn_like(actions)
         t = self.sample_time(actions.shape[0], actions.device)
         x_t = (1 - t[:, None, None]) * noise + t[:, None, None] * actions
-        velocity = self.velocity(x_t.to(caches[0].dtype), self.modulations(t), caches)
+        velocity = self.velocity(x_t.to(caches[0].dtype), self.modulations(t), caches, condition)
         error = (velocity.float() - (actions - noise)) ** 2
         valid = (~is_pad).float()[..., None].expand_as(error)
         return (error * valid).sum() / valid.sum().clamp_min(1)
@@ -289,7 +308,8 @@ class FlowModel(nn.Module):
         the chunk starts with the actions already committed and the rest is integrated to continue them.
         """
         steps = steps or self.cfg.flow_steps
-        caches = self.prefix_caches(self.encode_prefix(batch))
+        prefix_tokens, condition = self.encode_context(batch)
+        caches = self.prefix_caches(prefix_tokens)
         b, dtype, device = batch["state"].shape[0], caches[0].dtype, caches[0].device
         # The chunk is integrated in float32 whatever the compute dtype; only the network runs in it.
         x = torch.randn(b, self.cfg.chunk, self.cfg.action_dim, device=device) if noise is None else noise.float()
@@ -302,7 +322,7 @@ class FlowModel(nn.Module):
             if prefix is not None:
                 t = k / steps
                 x[:, :d] = (1 - t) * start + t * target
-            velocity = self.velocity(x.to(dtype), [m[k : k + 1].expand(b, -1) for m in mods], caches)
+            velocity = self.velocity(x.to(dtype), [m[k : k + 1].expand(b, -1) for m in mods], caches, condition)
             x = x + velocity.float() / steps
         if prefix is not None:
             x[:, :d] = target
