@@ -8,6 +8,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
+import pytest
 
 from hybrid.commands.record import main as record_main
 
@@ -84,6 +85,10 @@ def test_one_family_of_a_mixed_recording_as_png_frames(tmp_path):
     env.close()
     assert tasks == expected
     assert ds[0]["observation.images.front"].shape == (3, 32, 32)
+    # A family the env never makes is refused before anything is written.
+    with pytest.raises(ValueError, match="use task=all"):
+        record_main(["env=tabletop", "task=gather", "families=[pick_place]", "episodes=1", f"out={tmp_path / 'x'}"])
+    assert not (tmp_path / "x").exists()
 
 
 def test_family_of_reads_the_family_back_from_an_instruction():

@@ -41,9 +41,9 @@ class FlowConfig:
     #   over the front feature map, trained on where the labels project (needs table_homography; waypoint_heads.py)
     table_homography: list | None = None  # 3x3, table xy (m) -> front image (u, v) in [-1, 1]: the camera's calibration
     waypoint_text: str = "mean"  # what the heatmap's queries read: the text's "mean" token, or its "tokens" (attention)
-    waypoint_target: bool = False  # one more prefix token: the waypoints relative to the effector (pick - xy,
-    #   place - xy), so the expert steers toward what the head found instead of re-finding it
-    waypoint_teacher_forcing: float = 0.5  # training probability that token holds the recorded waypoint (+ noise)
+    waypoint_target: bool = False  # the waypoints relative to the effector (pick - xy, place - xy) as one more prefix
+    #   token and added to every action token, so the expert steers toward what the head found instead of re-finding it
+    waypoint_teacher_forcing: float = 0.5  # training probability that target is the recorded waypoint (+ noise)
     waypoint_noise: float = 0.02  # std of that noise, in the state's units (m): the head's own error at run time
     vision_width: int = 128  # scratch ViT width
     vision_depth: int = 2  # scratch ViT blocks

@@ -84,6 +84,8 @@ def record(
     video: bool = True,
 ) -> dict[str, Any]:
     """Write `episodes` successful expert episodes to a new LeRobot dataset at `out`."""
+    if families and env.task != "all" and env.task not in families:
+        raise ValueError(f"families={families}: the env only makes {env.task!r} episodes (use task=all)")
     import av
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
     from tqdm import tqdm

@@ -13,6 +13,7 @@ least one. The last `HELDOUT_PARAPHRASES` templates of every list are used only 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -261,8 +262,6 @@ def sample_task(family: str, rng: np.random.Generator, split: Split = "train") -
 def family_of(instruction: str) -> str | None:
     """The task family whose instruction templates produce ``instruction`` (None if none does): how a
     recording's episodes are told apart, e.g. to train a single-task baseline on one family's episodes."""
-    import re
-
     for family, templates in INSTRUCTIONS.items():
         for template in templates:
             pattern = re.escape(template).replace(r"\{colour\}", r"\w+").replace(r"\{bowl\}", r"\w+")
