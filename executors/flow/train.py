@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from executors.flow.configuration_flow import FlowConfig
 from executors.flow.modeling_flow import FlowModel
 from executors.flow.processor_flow import load_tokenizer, resize
-from executors.flow.waypoints import pick_place_waypoints
+from executors.flow.waypoints import far_from_effector, pick_place_waypoints
 from hybrid.data import FEATURES, SubtaskIndex, action_chunks, decode_camera, numeric_column, open_dataset
 from hybrid.data.augment import ColourSwap, tabletop_colour_swap
 
@@ -62,12 +62,13 @@ class FlowDataset(Dataset):
             self.state = torch.from_numpy(numeric_column(dataset, FEATURES["state"]))
             self.actions = numeric_column(dataset, FEATURES["action"])
         if cfg.waypoint_loss > 0:
-            targets, valid = pick_place_waypoints(self.state.numpy(), self.actions, index.subtask_end,
-                                                  min_distance=waypoint_min_distance)
+            # Known: where the recording says the subtask goes, near or far (the expert's steering target);
+            # valid: the known ones far enough from the effector to supervise the head.
+            state = self.state.numpy()
+            targets, known = pick_place_waypoints(state, self.actions, index.subtask_end)
+            valid = far_from_effector(state, targets, known, waypoint_min_distance)
             self.waypoints, self.waypoints_valid = torch.from_numpy(targets), torch.from_numpy(valid)
-            # Where the recording says where the subtask goes, near or far (the expert's steering token).
-            self.waypoints_known = torch.from_numpy(pick_place_waypoints(self.state.numpy(), self.actions,
-                                                                         index.subtask_end)[1])
+            self.waypoints_known = torch.from_numpy(known)
         self.colour_swap = colour_swap
         self.swap = tabletop_colour_swap() if colour_swap > 0 else None
 

@@ -39,7 +39,14 @@ def pick_place_waypoints(state: np.ndarray, action: np.ndarray, subtask_end: np.
         targets[start:stop, :2], targets[start:stop, 2:] = state[grasp, :2], state[release, :2]
         valid[start:grasp + 1, :2] = True
         valid[start:release + 1, 2:] = True
-    if min_distance > 0:
-        for xy in (slice(0, 2), slice(2, 4)):
-            valid[:, xy] &= (np.linalg.norm(state[:, :2] - targets[:, xy], axis=1) >= min_distance)[:, None]
-    return targets, valid
+    return targets, far_from_effector(state, targets, valid, min_distance)
+
+
+def far_from_effector(state: np.ndarray, targets: np.ndarray, valid: np.ndarray, min_distance: float) -> np.ndarray:
+    """``valid`` without the frames whose effector is within ``min_distance`` of the waypoint (per pick / place)."""
+    if min_distance <= 0:
+        return valid
+    valid = valid.copy()
+    for xy in (slice(0, 2), slice(2, 4)):
+        valid[:, xy] &= (np.linalg.norm(state[:, :2] - targets[:, xy], axis=1) >= min_distance)[:, None]
+    return valid
