@@ -68,3 +68,34 @@ def tabletop_colour_swap() -> ColourSwap:
     from hybrid.envs.tabletop.tasks import PALETTE  # imported here: the env package pulls in MuJoCo
 
     return ColourSwap(PALETTE, TABLETOP_HUES)
+
+
+class WordNoise:
+    """Unknown words, replaced and inserted at random in an instruction, with the words that carry its meaning kept.
+
+    A language model trained from scratch has an embedding only for the words of its training instructions; a
+    paraphrase with a word it never saw ("could you put the green *cube* in the orange bowl") throws it off,
+    often onto the most common reading. Training on instructions whose other words are sometimes gibberish
+    teaches it that an unfamiliar word is noise and the kept words (colours) plus the familiar ones decide.
+    """
+
+    def __init__(self, keep: set[str] | frozenset[str], p_replace: float = 0.2, p_insert: float = 0.1):
+        self.keep = frozenset(w.lower() for w in keep)
+        self.p_replace, self.p_insert = p_replace, p_insert
+
+    def pseudo_word(self, rng: np.random.Generator) -> str:
+        while True:
+            word = "".join(chr(ord("a") + int(i)) for i in rng.integers(26, size=int(rng.integers(2, 8))))
+            if word not in self.keep:
+                return word
+
+    def __call__(self, text: str, rng: np.random.Generator) -> str:
+        out = []
+        for token in text.split():
+            word = token.rstrip(",.:;!?")
+            if rng.random() < self.p_insert:
+                out.append(self.pseudo_word(rng))
+            if word and word.lower() not in self.keep and rng.random() < self.p_replace:
+                token = self.pseudo_word(rng) + token[len(word):]  # keep trailing punctuation
+            out.append(token)
+        return " ".join(out)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from hybrid.data import FEATURES, SubtaskIndex, numeric_column, open_dataset
-from hybrid.data.augment import ColourSwap, tabletop_colour_swap
+from hybrid.data.augment import ColourSwap, WordNoise, tabletop_colour_swap
 from hybrid.types import PlanStep
 from planners.subtask.examples import Example, ExampleBuilder
 from planners.subtask.prompting import PromptConfig, build_messages, user_text
@@ -38,6 +38,24 @@ def tokenizer_corpus(index: SubtaskIndex, vocab: list[str], prompt: PromptConfig
     return instructions * 4 + vocab + replies + states + ["user assistant system Done: nothing Current: none"]
 
 
+def augmentation(rng: np.random.Generator, colour_swap: float, word_noise: float):
+    """The training augmentation of an (example, frame): a colour permutation with probability ``colour_swap``,
+    then unknown words in the instruction with probability ``word_noise`` (`hybrid/data/augment.py`)."""
+    from hybrid.envs.tabletop.tasks import COLOURS
+
+    swap = tabletop_colour_swap() if colour_swap > 0 else None
+    noise = WordNoise(keep=set(COLOURS))
+
+    def augment(ex: Example, image: np.ndarray):
+        if swap is not None and rng.random() < colour_swap:
+            ex, image = swap_colours(ex, image, swap, rng)
+        if rng.random() < word_noise:
+            ex = replace(ex, instruction=noise(ex.instruction, rng))
+        return ex, image
+
+    return augment
+
+
 def swap_colours(ex: Example, image: np.ndarray, swap: ColourSwap, rng: np.random.Generator):
     """The example and its frame with one random permutation of the colours applied to words and pixels."""
     m = swap.draw(rng)
@@ -48,18 +66,18 @@ def swap_colours(ex: Example, image: np.ndarray, swap: ColourSwap, rng: np.rando
 
 
 def collate(processor, builder: ExampleBuilder, frames: np.ndarray, examples, prompt: PromptConfig,
-            swap: ColourSwap | None = None, rng: np.random.Generator | None = None, p_swap: float = 0.0,
-            states: np.ndarray | None = None):
+            augment=None, states: np.ndarray | None = None):
     """Processor inputs for a batch with labels on the reply tokens only (right padding).
 
-    ``states``: the dataset's ``observation.state`` per frame, for prompts that include it."""
+    ``augment``: ``(example, frame) -> (example, frame)`` applied to each; ``states``: the dataset's
+    ``observation.state`` per frame, for prompts that include it."""
     from PIL import Image
 
     texts, reply_lens, images = [], [], []
     for ex in examples:
         image = frames[ex.frame]
-        if swap is not None and rng.random() < p_swap:
-            ex, image = swap_colours(ex, image, swap, rng)
+        if augment is not None:
+            ex, image = augment(ex, image)
         state = None if states is None else states[ex.frame]
         chat = processor.apply_chat_template(build_messages(prompt, ex.instruction, ex.done, ex.current, state),
                                              add_generation_prompt=True, tokenize=False)
@@ -82,8 +100,10 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
           resume: bool = True, seed: int = 0, done_tail_s: float = 0.5, camera: str = "front",
           canonical: bool = True, model: dict | None = None, max_minutes: float | None = None,
           threads: int | None = None, log_every: int = 25, colour_swap: float = 0.0,
-          done_fraction: float = 0.0, state_in_prompt: bool = False, init: str | None = None) -> Path:
+          done_fraction: float = 0.0, state_in_prompt: bool = False, init: str | None = None,
+          word_noise: float = 0.0) -> Path:
     """``colour_swap``: probability that an example's colours are permuted (words and pixels, `augment.py`);
+    ``word_noise``: probability that some of an instruction's words are replaced by unknown ones (`WordNoise`);
     ``done_fraction``: share of examples drawn from the frames labelled done, which are a few per episode;
     ``state_in_prompt``: write the robot state into the prompt (`PromptConfig.state_in_prompt`);
     ``init``: a trained planner directory to fine-tune (its weights and tokenizer) instead of a new model."""
@@ -148,7 +168,7 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
 
     all_frames = np.arange(len(index))
     done_frames = np.flatnonzero([builder.is_done_frame(i) for i in all_frames])
-    swap = tabletop_colour_swap() if colour_swap > 0 else None
+    augment = augmentation(rng, colour_swap, word_noise)
 
     def draw():
         if done_fraction > 0 and rng.random() < done_fraction:
@@ -159,8 +179,8 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     t0, losses, step = time.monotonic(), [], start
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="planner", disable=not accelerator.is_main_process)
     for step in bar:
-        batch = collate(processor, builder, frames, [draw() for _ in range(batch_size)], prompt,
-                        swap, rng, colour_swap, states).to(accelerator.device)
+        batch = collate(processor, builder, frames, [draw() for _ in range(batch_size)], prompt, augment,
+                        states).to(accelerator.device)
         loss = net(**batch).loss
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(net.parameters(), 1.0)

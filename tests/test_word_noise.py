@@ -1,0 +1,45 @@
+"""Word-noise augmentation of planner instructions: unknown words replaced and inserted, colours kept."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hybrid.data.augment import WordNoise
+from hybrid.envs.tabletop.tasks import COLOURS
+from hybrid.types import PlanStep
+from planners.subtask.examples import Example
+from planners.subtask.train import augmentation
+
+INSTRUCTION = "build a tower: red at the bottom, then blue, then green on top"
+
+
+def test_colours_and_punctuation_survive_every_replacement():
+    noise = WordNoise(set(COLOURS), p_replace=1.0, p_insert=0.0)
+    out = noise(INSTRUCTION, np.random.default_rng(0)).split()
+    words = INSTRUCTION.split()
+    assert len(out) == len(words)
+    for new, old in zip(out, words, strict=True):
+        stem_new, stem_old = new.rstrip(",:"), old.rstrip(",:")
+        if stem_old in COLOURS:
+            assert new == old
+        else:
+            assert stem_new != stem_old and new[len(stem_new):] == old[len(stem_old):]
+
+
+def test_insertions_add_unknown_words_and_keep_the_order_of_the_rest():
+    noise = WordNoise(set(COLOURS), p_replace=0.0, p_insert=0.5)
+    out = noise(INSTRUCTION, np.random.default_rng(1)).split()
+    assert len(out) > len(INSTRUCTION.split())
+    it = iter(out)
+    assert all(word in it for word in INSTRUCTION.split())  # the original words, in order, as a subsequence
+    assert not set(out) - set(INSTRUCTION.split()) & set(COLOURS)  # no colour is ever invented
+
+
+def test_augmentation_noises_only_the_instruction():
+    ex = Example(0, INSTRUCTION, ["put the blue block on the red block"], None,
+                 PlanStep(subtask="put the green block on the blue block"), frozenset())
+    frame = np.zeros((8, 8, 3), np.uint8)
+    new, image = augmentation(np.random.default_rng(0), colour_swap=0.0, word_noise=1.0)(ex, frame)
+    assert new.instruction != ex.instruction
+    assert [w for w in new.instruction.split() if w.rstrip(",") in COLOURS] == ["red", "blue,", "green"]
+    assert (new.done, new.current, new.target) == (ex.done, ex.current, ex.target) and image is frame
