@@ -28,7 +28,7 @@ def trained(tiny_data, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("planner") / "model"
     train(str(tiny_data.root), str(out), steps=120, batch_size=8, lr=3e-3, warmup_steps=10,
-          checkpoint_every=60, threads=1, model=TINY)
+          checkpoint_every=60, threads=1, model=TINY, done_tail_s=0.1)
     return out
 
 
@@ -92,7 +92,7 @@ def test_trained_planner_round_trips_and_looks_at_the_image(trained, tiny_data):
     assert set(PLAN) <= set(settings["vocabulary"]) and settings["prompt"]["image_size"] == 56
     planner = transformers_planner(str(trained))
     frames = decode_frames(open_dataset(tiny_data.root), "observation.images.front", 56)
-    # Episode 0: frames 0-3 pick up, 4-7 put in the bowl (the last 5 frames are labelled done).
+    # Episode 0: frames 0-3 pick up, 4-7 put in the bowl (each subtask's last frame counts as finished).
     assert planner.plan(obs_of(frames[0]), INSTRUCTION, []) == PlanStep(subtask=PLAN[0])
     assert planner.current == PLAN[0]
     # Later frames, with the first subtask reported done: a valid step from the vocabulary.

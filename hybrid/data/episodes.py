@@ -40,6 +40,7 @@ class SubtaskIndex:
     episode_start: np.ndarray  # [N] first frame index of the frame's episode
     episode_end: np.ndarray  # [N] last frame index of the frame's episode (inclusive)
     subtask_index: np.ndarray  # [N] position of the frame's subtask in its episode's plan
+    subtask_start: np.ndarray  # [N] first frame index of the frame's subtask
     subtask_end: np.ndarray  # [N] last frame index of the frame's subtask (inclusive)
     subtask_text: list[str]  # [N] the frame's subtask
     instruction: list[str]  # [N] the episode's instruction (LeRobot's task)
@@ -63,19 +64,19 @@ class SubtaskIndex:
 
         n = len(index)
         episode_start, episode_end = np.empty(n, np.int64), np.empty(n, np.int64)
-        subtask_end = np.empty(n, np.int64)
+        subtask_start, subtask_end = np.empty(n, np.int64), np.empty(n, np.int64)
         plans: dict[int, list[str]] = {}
         # Runs of equal (episode, subtask_index) are the subtask segments, in time order.
         boundaries = np.flatnonzero((np.diff(episode) != 0) | (np.diff(sub_idx) != 0)) + 1
         for start, stop in zip(np.r_[0, boundaries], np.r_[boundaries, n]):
-            subtask_end[start:stop] = stop - 1
+            subtask_start[start:stop], subtask_end[start:stop] = start, stop - 1
             plan = plans.setdefault(int(episode[start]), [])
             if int(sub_idx[start]) == len(plan):
                 plan.append(texts[start])
         for ep in np.unique(episode):
             rows = np.flatnonzero(episode == ep)
             episode_start[rows], episode_end[rows] = rows[0], rows[-1]
-        return cls(episode, episode_start, episode_end, sub_idx, subtask_end, texts, instruction, plans,
+        return cls(episode, episode_start, episode_end, sub_idx, subtask_start, subtask_end, texts, instruction, plans,
                    float(dataset.fps))
 
     def __len__(self) -> int:

@@ -3,8 +3,12 @@
 At frame i of subtask k of a plan P (canonical phrasings), the runtime may be up to date
 (done P[:k], current P[k]), starting afresh (done P[:k], no current), or one subtask behind (done
 P[:k-1], current P[k-1]: the image shows P[k-1] finished). All three must answer P[k], so the model
-has to look at the image to tell "still working on P[k-1]" from "P[k-1] is finished". Frames in the
-last ``done_tail_s`` of an episode whose last subtask is under way are labelled done.
+has to look at the image to tell "still working on P[k-1]" from "P[k-1] is finished".
+
+A subtask counts as finished in its last ``done_tail_s``: the recording labels a subtask until the effector
+has retreated from the finished placement, so those frames already show it done. Every subtask is treated
+alike (the last one's tail is where the answer is "done"); otherwise the retreat of an intermediate subtask
+would teach "stay" and the same picture a moment later "advance".
 """
 
 from __future__ import annotations
@@ -35,14 +39,19 @@ class ExampleBuilder:
         self.plans = {ep: [canonical(s) for s in plan] for ep, plan in index.plans.items()}
         self.tail = max(1, int(round(done_tail_s * index.fps)))
 
+    def finished(self, i: int) -> int:
+        """How many subtasks of its plan are finished at frame ``i`` (the tail: at most the second half)."""
+        k, start, end = int(self.index.subtask_index[i]), self.index.subtask_start[i], self.index.subtask_end[i]
+        return k + 1 if i > max(end - self.tail, (start + end) / 2) else k
+
     def is_done_frame(self, i: int) -> bool:
-        return self.index.is_last_subtask(i) and i > self.index.episode_end[i] - self.tail
+        return self.finished(i) == len(self.plans[int(self.index.episode[i])])
 
     def example(self, i: int, variant: str) -> Example | None:
         """The example of frame ``i`` in ``variant`` (None where the variant does not apply)."""
         plan = self.plans[int(self.index.episode[i])]
-        k, n, instr = int(self.index.subtask_index[i]), len(plan), self.index.instruction[i]
-        if self.is_done_frame(i):
+        k, n, instr = self.finished(i), len(plan), self.index.instruction[i]
+        if k == n:
             if variant == "current":
                 return Example(i, instr, plan[:n - 1], plan[n - 1], PlanStep(done=True), frozenset())
             if variant == "fresh":

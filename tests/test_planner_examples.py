@@ -1,0 +1,35 @@
+"""Planner training examples: which subtask is the right answer at each frame, in each runtime situation."""
+
+from __future__ import annotations
+
+import pytest
+
+from hybrid.data import SubtaskIndex, open_dataset
+from hybrid.testing.datasets import PLAN, make_tiny_dataset
+from hybrid.types import PlanStep
+from planners.subtask.examples import ExampleBuilder
+
+
+@pytest.fixture(scope="module")
+def builder(tmp_path_factory):
+    ds = make_tiny_dataset(tmp_path_factory.mktemp("examples") / "data", episodes=1, frames_per_subtask=10)
+    return ExampleBuilder(SubtaskIndex.from_dataset(open_dataset(ds.root)), done_tail_s=0.3)  # 3 frames at 10 fps
+
+
+def test_every_subtask_counts_as_finished_in_its_tail(builder):
+    # Frames 0-9 are the first subtask, 10-19 the second (the last); the last 3 of each show it finished.
+    assert [builder.finished(i) for i in (0, 6, 7, 9, 10, 16, 17, 19)] == [0, 0, 1, 1, 1, 1, 2, 2]
+    assert [builder.is_done_frame(i) for i in (9, 16, 17)] == [False, False, True]
+
+
+def test_up_to_date_and_one_behind_answer_the_next_unfinished_subtask(builder):
+    mid = builder.example(3, "current")
+    assert (mid.done, mid.current, mid.target) == ([], PLAN[0], PlanStep(subtask=PLAN[0]))
+    # The first subtask's retreat: a runtime still on it must move on, like one a few frames later.
+    for frame in (8, 12):
+        behind = builder.example(frame, "behind")
+        assert (behind.done, behind.current, behind.target) == ([], PLAN[0], PlanStep(subtask=PLAN[1]))
+    assert builder.example(3, "behind") is None  # nothing to be behind on
+    end = builder.example(18, "current")
+    assert (end.done, end.current, end.target) == (PLAN[:1], PLAN[1], PlanStep(done=True))
+    assert builder.example(18, "fresh").done == PLAN
