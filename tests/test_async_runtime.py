@@ -64,7 +64,7 @@ def agent(planner=None, world_model=None, executor=None, **cfg):
 
 def run(a, env=None, view=None, **loop):
     env = env or EndlessPointEnv(max_steps=100_000)
-    loop = {"control_hz": 50, "max_steps": 80, "planner_hz": 20, **loop}
+    loop = {"control_hz": 50, "max_steps": 80, "planner_hz": 20, "shutdown_timeout_s": 0.5, **loop}
     try:
         result = run_async_episode(a, EnvAdapter(env), AsyncRuntimeConfig(**loop), [view] if view else [], seed=0)
     finally:
@@ -217,6 +217,26 @@ def test_hanging_executor_times_out_and_the_loop_keeps_its_rate():
     assert result.status == "budget" and len(env.sent) + rt.get("warmup_skipped", 0) + rt.get("skipped_steps", 0) == 60
     assert kinds[0] == "timeout" and ex.calls == 1  # later calls are refused while the first one hangs
     assert all(np.array_equal(a, np.zeros(2)) for a in env.sent)
+
+
+def test_closing_a_tier_caller_waits_a_bounded_time_for_the_call_in_flight():
+    import threading
+
+    from hybrid.runtime.tier_call import TierCaller
+
+    finished, gate = threading.Event(), threading.Event()
+
+    def slow():
+        gate.wait(5.0)
+        finished.set()
+        return 1.0
+
+    caller = TierCaller("executor", float, timeout_s=0.01)
+    assert caller(slow).fault.kind == "timeout"
+    assert not caller.close(timeout_s=0.05)  # still inside the call: closing gives up after the bound
+    gate.set()
+    assert TierCaller("executor", float, timeout_s=0.01).close(1.0)  # an idle caller closes at once
+    assert caller.close(timeout_s=5.0) and finished.is_set()  # the call ran to its end before the thread did
 
 
 def test_hanging_planner_does_not_stop_control():

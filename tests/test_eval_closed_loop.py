@@ -65,3 +65,31 @@ def test_oracle_planner_names_the_first_subtask_the_physics_says_is_unfinished()
         assert list(dict.fromkeys(said)) == [*info["subtasks"], "done"]  # each subtask in order, then done
     finally:
         env.close()
+
+
+def test_oracles_word_subtasks_as_the_trained_planner_does():
+    import numpy as np
+
+    from hybrid.envs.tabletop import TabletopEnv
+    from hybrid.eval.tiers import OraclePlanner, OracleWorldModel
+    from hybrid.runtime.env_adapter import EnvAdapter
+    from hybrid.types import Subtask
+    from planners.subtask.tabletop_language import canonical_subtask
+
+    phrasing = "planners.subtask.tabletop_language.canonical_subtask"
+    env = TabletopEnv(task="sort", split="heldout")
+    try:
+        raw, info = env.reset(seed=0)
+        plan = info["subtasks"]
+        canonical = [canonical_subtask(s) for s in plan]
+        assert canonical != plan  # held-out paraphrases
+        obs = EnvAdapter(env).observation(raw)
+        planner, world_model = OraclePlanner(phrasing), OracleWorldModel(phrasing)
+        planner.bind(env, plan)
+        world_model.bind(env, plan)
+        assert planner.plan(obs, info["instruction"], []).subtask == canonical[0]
+        # The planner's canonical wording of the second subtask, at the history position of the first.
+        goal = world_model.imagine(obs, Subtask(text=canonical[1], index=0))
+        assert np.array_equal(goal.images["front"], env.render_subgoal(1)["front"])
+    finally:
+        env.close()

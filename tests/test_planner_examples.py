@@ -33,3 +33,14 @@ def test_up_to_date_and_one_behind_answer_the_next_unfinished_subtask(builder):
     end = builder.example(18, "current")
     assert (end.done, end.current, end.target) == (PLAN[:1], PLAN[1], PlanStep(done=True))
     assert builder.example(18, "fresh").done == PLAN
+
+
+def test_resuming_without_history_reads_progress_from_the_frame_alone(builder):
+    import numpy as np
+
+    for frame, target in ((3, PlanStep(subtask=PLAN[0])), (12, PlanStep(subtask=PLAN[1])), (18, PlanStep(done=True))):
+        ex = builder.example(frame, "resume")
+        assert (ex.done, ex.current, ex.target) == ([], None, target)
+    rng = np.random.default_rng(0)
+    drawn = [builder.sample(rng, np.arange(20), {"resume": 1.0}) for _ in range(20)]
+    assert all(ex.done == [] and ex.current is None for ex in drawn)

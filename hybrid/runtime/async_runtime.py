@@ -50,6 +50,8 @@ class AsyncRuntimeConfig(BaseModel):
     max_consecutive_faults: int = Field(3, gt=0, description="end the episode after this many executor faults in a row")
     late_tolerance: float = Field(0.5, gt=0, description="a tick later than this fraction of a period misses its deadline")
     instruction: str | None = Field(None, description="overrides the env's info['instruction']")
+    shutdown_timeout_s: float = Field(5.0, ge=0, description="at an episode's end and on close, how long to wait for "
+                                      "tier calls in flight (one left inside PyTorch at interpreter exit aborts it)")
     safety: SafetyConfig = SafetyConfig()
 
 
@@ -68,8 +70,9 @@ class AsyncRuntime:
                      type(agent.executor).__name__)
 
     def close(self) -> None:
+        deadline = time.monotonic() + self.config.shutdown_timeout_s
         for caller in self.callers.values():
-            caller.close()
+            caller.close(max(0.0, deadline - time.monotonic()))
 
     def run_episode(self, seed: int | None = None) -> EpisodeResult:
         """One episode; never raises for a tier fault, a bad observation or Ctrl-C: the result says why it ended."""
@@ -95,8 +98,9 @@ class AsyncRuntime:
         except KeyboardInterrupt:
             status = "interrupted"
         finally:
+            deadline = time.monotonic() + cfg.shutdown_timeout_s
             for w in workers.values():
-                w.stop()
+                w.stop(max(0.0, deadline - time.monotonic()))
             env.halt()  # a robot is told to hold where it is, whatever ended the episode
             result = EpisodeResult(
                 status=status, success=bool(info.get("success", False)), steps=s.queue.next_step, instruction=instruction,

@@ -3,7 +3,9 @@
 A tier that raises, overruns its deadline, or returns the wrong type becomes a `TierFault` value,
 never an exception in the control loop. A call that overran keeps its worker thread busy; until it
 returns, further calls to that tier fault at once instead of piling up behind it. That thread is a
-daemon: a tier that never returns cannot keep the process alive after Ctrl-C.
+daemon: a tier that never returns cannot keep the process alive after Ctrl-C. Closing waits a bounded
+time for the call in flight: a daemon thread still inside a native library (PyTorch, MuJoCo) when the
+interpreter exits aborts the process.
 """
 
 from __future__ import annotations
@@ -62,9 +64,9 @@ class TierCaller:
     def _fault(self, kind: str, message: str, start: float) -> TierResult:
         return TierResult(None, (time.perf_counter() - start) * 1e3, TierFault(tier=self.tier, kind=kind, message=message))
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
+    def close(self, timeout_s: float = 0.0) -> bool:
+        """End the worker thread after the call in flight; True when it ended within ``timeout_s``."""
+        return True if self._pool is None else self._pool.close(timeout_s)
 
 
 class _DaemonWorker:
@@ -90,8 +92,10 @@ class _DaemonWorker:
             except BaseException as err:  # handed to the caller, who decides what is fatal
                 future.set_exception(err)
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 0.0) -> bool:
         self._jobs.put(None)
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
 
 
 class _StillBusy(Exception):

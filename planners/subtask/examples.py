@@ -3,7 +3,9 @@
 At frame i of subtask k of a plan P (canonical phrasings), the runtime may be up to date
 (done P[:k], current P[k]), starting afresh (done P[:k], no current), or one subtask behind (done
 P[:k-1], current P[k-1]: the image shows P[k-1] finished). All three must answer P[k], so the model
-has to look at the image to tell "still working on P[k-1]" from "P[k-1] is finished".
+has to look at the image to tell "still working on P[k-1]" from "P[k-1] is finished". A fourth,
+training-only situation, resuming with the history lost (nothing done, no current: a restarted runtime),
+leaves the image as the only evidence of progress on every frame, not just at the boundaries.
 
 A subtask counts as finished in its last ``done_tail_s``: the recording labels a subtask until the effector
 has retreated from the finished placement, so those frames already show it done. Every subtask is treated
@@ -20,7 +22,8 @@ import numpy as np
 from hybrid.data import SubtaskIndex
 from hybrid.types import PlanStep
 
-VARIANTS = ("current", "fresh", "behind")
+VARIANTS = ("current", "fresh", "behind")  # the runtime situations `hybrid eval planner` scores
+TRAIN_WEIGHTS = {"current": 0.4, "fresh": 0.2, "behind": 0.4}
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ class ExampleBuilder:
         plan = self.plans[int(self.index.episode[i])]
         k, n, instr = self.finished(i), len(plan), self.index.instruction[i]
         if k == n:
+            if variant == "resume":
+                return Example(i, instr, [], None, PlanStep(done=True), frozenset())
             if variant == "current":
                 return Example(i, instr, plan[:n - 1], plan[n - 1], PlanStep(done=True), frozenset())
             if variant == "fresh":
@@ -65,12 +70,17 @@ class ExampleBuilder:
         accepted = frozenset(plan[k:]) if order_free else frozenset({plan[k]})
         if variant == "fresh":
             return Example(i, instr, plan[:k], None, target, accepted)
+        if variant == "resume":
+            return Example(i, instr, [], None, target, accepted)
         if variant == "behind" and k >= 1:
             return Example(i, instr, plan[:k - 1], plan[k - 1], target, accepted)
         return None
 
-    def sample(self, rng: np.random.Generator, frames: np.ndarray, weights=(0.4, 0.2, 0.4)) -> Example:
+    def sample(self, rng: np.random.Generator, frames: np.ndarray, weights: dict[str, float] = TRAIN_WEIGHTS) -> Example:
+        """An example of a random frame of ``frames`` in a variant drawn with ``weights`` (variant -> share)."""
+        names = list(weights)
+        p = np.array([weights[v] for v in names], np.float64)
         while True:
-            ex = self.example(int(rng.choice(frames)), VARIANTS[int(rng.choice(3, p=weights))])
+            ex = self.example(int(rng.choice(frames)), names[int(rng.choice(len(names), p=p / p.sum()))])
             if ex is not None:
                 return ex

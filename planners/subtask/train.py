@@ -19,7 +19,7 @@ import numpy as np
 from hybrid.data import FEATURES, SubtaskIndex, numeric_column, open_dataset
 from hybrid.data.augment import ColourSwap, WordNoise, tabletop_colour_swap
 from hybrid.types import PlanStep
-from planners.subtask.examples import Example, ExampleBuilder
+from planners.subtask.examples import TRAIN_WEIGHTS, Example, ExampleBuilder
 from planners.subtask.prompting import PromptConfig, build_messages, user_text
 from planners.subtask.reply import reply_text
 from planners.subtask.tabletop_language import canonical_subtask, colours_in, vocabulary
@@ -101,12 +101,13 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
           canonical: bool = True, model: dict | None = None, max_minutes: float | None = None,
           threads: int | None = None, log_every: int = 25, colour_swap: float = 0.0,
           done_fraction: float = 0.0, state_in_prompt: bool = False, init: str | None = None,
-          word_noise: float = 0.0) -> Path:
+          word_noise: float = 0.0, variants: dict[str, float] | None = None) -> Path:
     """``colour_swap``: probability that an example's colours are permuted (words and pixels, `augment.py`);
     ``word_noise``: probability that some of an instruction's words are replaced by unknown ones (`WordNoise`);
     ``done_fraction``: share of examples drawn from the frames labelled done, which are a few per episode;
     ``state_in_prompt``: write the robot state into the prompt (`PromptConfig.state_in_prompt`);
-    ``init``: a trained planner directory to fine-tune (its weights and tokenizer) instead of a new model."""
+    ``init``: a trained planner directory to fine-tune (its weights and tokenizer) instead of a new model;
+    ``variants``: share of each example variant (`examples.py`: current, fresh, behind, resume)."""
     import torch
     from accelerate import Accelerator
     from tqdm import tqdm
@@ -166,14 +167,15 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
         accelerator.unwrap_model(net).save_pretrained(out)
         (state_dir / "step.json").write_text(json.dumps({"step": step}))
 
+    weights = dict(variants or TRAIN_WEIGHTS)
     all_frames = np.arange(len(index))
     done_frames = np.flatnonzero([builder.is_done_frame(i) for i in all_frames])
     augment = augmentation(rng, colour_swap, word_noise)
 
     def draw():
         if done_fraction > 0 and rng.random() < done_fraction:
-            return builder.sample(rng, done_frames, weights=(0.5, 0.5, 0.0))
-        return builder.sample(rng, all_frames)
+            return builder.sample(rng, done_frames, weights={"current": 0.5, "fresh": 0.5})
+        return builder.sample(rng, all_frames, weights)
 
     net.train()
     t0, losses, step = time.monotonic(), [], start
