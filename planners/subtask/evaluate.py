@@ -55,15 +55,17 @@ def main(argv: list[str]) -> int:
     rng = np.random.default_rng(args.seed)
     last = np.flatnonzero([index.is_last_subtask(i) for i in range(len(index))])
     next_hits = next_n = done_hits = done_n = faults = 0
+    by_variant = {v: [0, 0] for v in VARIANTS}  # hits, examples
     tp = fp = fn = 0
     latencies = []
     for j in range(args.examples):
         # Alternate next-subtask examples (any frame) and done-detection examples (last-subtask frames).
         scoring_done = j % 3 == 2
         if scoring_done:
-            ex = builder.example(int(rng.choice(last)), "current")
+            frame, variant = int(rng.choice(last)), "current"
         else:
-            ex = builder.example(int(rng.integers(len(index))), VARIANTS[int(rng.integers(3))])
+            frame, variant = int(rng.integers(len(index))), VARIANTS[int(rng.integers(3))]
+        ex = builder.example(frame, variant)
         if ex is None or (not scoring_done and ex.target.done):
             continue
         planner.reset()
@@ -84,10 +86,14 @@ def main(argv: list[str]) -> int:
             fp += said_done and not ex.target.done
             fn += (not said_done) and ex.target.done
         else:
-            next_n += 1
-            next_hits += step is not None and not step.done and canon(step.subtask) in ex.accepted
+            hit = step is not None and not step.done and canon(step.subtask) in ex.accepted
+            next_n, next_hits = next_n + 1, next_hits + hit
+            by_variant[variant][0] += hit
+            by_variant[variant][1] += 1
     result = {
         "next_subtask_accuracy": round(next_hits / max(next_n, 1), 4),
+        # up to date / starting afresh / one subtask behind (the image must show the current one finished)
+        "next_subtask_accuracy_by_situation": {v: round(h / max(n, 1), 4) for v, (h, n) in by_variant.items()},
         "done_accuracy": round(done_hits / max(done_n, 1), 4),
         "done_precision": round(tp / max(tp + fp, 1), 4),
         "done_recall": round(tp / max(tp + fn, 1), 4),
