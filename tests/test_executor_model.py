@@ -216,6 +216,16 @@ def test_reset_makes_chunks_reproducible_and_noise_varies_between_chunks():
     np.testing.assert_array_equal(executor.act(obs, SUBTASK, None).actions, first)
 
 
+def test_noise_scale_narrows_the_sampled_chunks():
+    model, obs = tiny_model(), observation()
+    spread = {}
+    for scale in (1.0, 0.5, 0.0):
+        chunks = [FlowExecutor(model, seed=seed, noise_scale=scale).act(obs, SUBTASK, subgoal_for(obs)).actions
+                  for seed in range(4)]
+        spread[scale] = float(np.std(chunks, axis=0).mean())
+    assert spread[0.0] == 0.0 < spread[0.5] < spread[1.0]  # no noise: the same chunk whatever the seed
+
+
 def test_one_training_step_reduces_the_loss_on_a_fixed_batch():
     model = FlowModel(tiny_config())  # the real (zero-initialised output) init
     batch = training_batch(model)

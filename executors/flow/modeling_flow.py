@@ -358,8 +358,9 @@ class FlowExecutor:
 
     def __init__(self, model: FlowModel, tokenizer=None, device: str | torch.device = "cpu",
                  flow_steps: int | None = None, dtype: torch.dtype | str = torch.float32, seed: int = 0,
-                 cuda_graph: bool = False):
+                 cuda_graph: bool = False, noise_scale: float = 1.0):
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        self.noise_scale = float(noise_scale)
         self.device = torch.device(device)
         self.model = model.to(self.device, dtype).eval()
         self.model.normalizer.float()  # statistics stay float32 whatever the compute dtype
@@ -373,9 +374,10 @@ class FlowExecutor:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "cpu", flow_steps: int | None = None,
-                        dtype: str = "float32", seed: int = 0, cuda_graph: bool = False) -> FlowExecutor:
+                        dtype: str = "float32", seed: int = 0, cuda_graph: bool = False,
+                        noise_scale: float = 1.0) -> FlowExecutor:
         model = FlowModel.from_pretrained(path)
-        return cls(model, load_tokenizer(model.cfg, path), device, flow_steps, dtype, seed, cuda_graph)
+        return cls(model, load_tokenizer(model.cfg, path), device, flow_steps, dtype, seed, cuda_graph, noise_scale)
 
     def save_pretrained(self, directory: str | Path) -> None:
         self.model.save_pretrained(directory)
@@ -393,7 +395,8 @@ class FlowExecutor:
             prefix: np.ndarray | None = None) -> ActionChunk:
         batch = observation_batch(self.cfg, self.tokenizer, obs, subtask, subgoal)
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        noise = torch.randn(1, self.cfg.chunk, self.cfg.action_dim, device=self.device, generator=self.generator)
+        noise = self.noise_scale * torch.randn(1, self.cfg.chunk, self.cfg.action_dim, device=self.device,
+                                               generator=self.generator)
         if prefix is not None and len(prefix):
             prefix = np.asarray(prefix, np.float32)[: self.cfg.chunk - 1]
             if prefix.ndim != 2 or prefix.shape[1] != self.cfg.action_dim or not np.isfinite(prefix).all():
