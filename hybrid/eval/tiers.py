@@ -47,10 +47,11 @@ class OracleWorldModel:
         if self.env is None:
             raise RuntimeError("OracleWorldModel: bind(env, plan) must be called before imagine()")
         # The planner's text names the subtask; when it paraphrases, its position in the plan does.
+        phrased = self.phrase(subtask.text)
         if subtask.text in self.plan:
             index = self.plan.index(subtask.text)
-        elif self.phrase(subtask.text) in self.phrased:
-            index = self.phrased.index(self.phrase(subtask.text))
+        elif phrased in self.phrased:
+            index = self.phrased.index(phrased)
         else:
             index = min(subtask.index, len(self.plan) - 1)
         images = self.env.render_subgoal(index)

@@ -54,8 +54,8 @@ def main(argv: list[str]) -> int:
 
     rng = np.random.default_rng(args.seed)
     last = np.flatnonzero([index.is_last_subtask(i) for i in range(len(index))])
-    next_hits = next_n = done_hits = done_n = faults = 0
-    by_variant = {v: [0, 0] for v in VARIANTS}  # hits, examples
+    done_hits = done_n = faults = 0
+    by_variant = {v: [0, 0] for v in VARIANTS}  # next-subtask hits, examples
     tp = fp = fn = 0
     latencies = []
     for j in range(args.examples):
@@ -86,10 +86,9 @@ def main(argv: list[str]) -> int:
             fp += said_done and not ex.target.done
             fn += (not said_done) and ex.target.done
         else:
-            hit = step is not None and not step.done and canon(step.subtask) in ex.accepted
-            next_n, next_hits = next_n + 1, next_hits + hit
-            by_variant[variant][0] += hit
+            by_variant[variant][0] += step is not None and not step.done and canon(step.subtask) in ex.accepted
             by_variant[variant][1] += 1
+    next_hits, next_n = (sum(counts) for counts in zip(*by_variant.values()))
     result = {
         "next_subtask_accuracy": round(next_hits / max(next_n, 1), 4),
         # up to date / starting afresh / one subtask behind (the image must show the current one finished)
