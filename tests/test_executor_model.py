@@ -224,6 +224,9 @@ def test_noise_scale_narrows_the_sampled_chunks():
                   for seed in range(4)]
         spread[scale] = float(np.std(chunks, axis=0).mean())
     assert spread[0.0] == 0.0 < spread[0.5] < spread[1.0]  # no noise: the same chunk whatever the seed
+    for bad in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match="noise_scale"):
+            FlowExecutor(model, noise_scale=bad)
 
 
 def test_one_training_step_reduces_the_loss_on_a_fixed_batch():

@@ -360,6 +360,8 @@ class FlowExecutor:
                  flow_steps: int | None = None, dtype: torch.dtype | str = torch.float32, seed: int = 0,
                  cuda_graph: bool = False, noise_scale: float = 1.0):
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        if not math.isfinite(noise_scale) or noise_scale < 0:
+            raise ValueError(f"noise_scale: expected a finite number >= 0, got {noise_scale!r}")
         self.noise_scale = float(noise_scale)
         self.device = torch.device(device)
         self.model = model.to(self.device, dtype).eval()
