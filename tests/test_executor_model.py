@@ -339,6 +339,44 @@ def test_normalizer_takes_dataset_stats_and_only_centres_constant_dimensions():
     torch.testing.assert_close(norm.unaction(norm.action(x)), x)
 
 
+def test_path_normalizer_learns_running_sums_per_chunk_step_and_gives_deltas_back():
+    from executors.flow.processor_flow import from_path, to_path
+
+    actions = np.array([[0.01, 0.0, 1.0], [0.02, 0.0, 1.0], [0.03, 0.0, 0.0], [0.04, 0.0, 0.0], [0.05, 0.0, 1.0]],
+                       np.float32)
+    episode_end = np.array([2, 2, 2, 4, 4])  # two episodes: frames 0-2 and 3-4
+    norm = Normalizer(3, 3, chunk=2, path_dims=[0, 1])
+    norm.set_path_stats(actions, episode_end)
+    # Chunks (padding past an episode's end left out): step 0 sees dx .01 .02 .03 .04 .05, step 1 the sums
+    # .03 .05 .09 (frames 2 and 4 end their episodes).
+    torch.testing.assert_close(norm.action_mean[:, 0], torch.tensor([0.03, 0.17 / 3]))
+    assert norm.action_std[0, 1] == 1.0  # constant: only centred
+    x = torch.from_numpy(actions[None, :2])
+    torch.testing.assert_close(norm.action(x) * norm.action_std + norm.action_mean, to_path(x, [0, 1]))
+    torch.testing.assert_close(to_path(x, [0, 1])[0, 1], torch.tensor([0.03, 0.0, 1.0]))  # suction is not summed
+    torch.testing.assert_close(norm.unaction(norm.action(x)), x)
+    torch.testing.assert_close(from_path(to_path(x, [0, 1]), [0, 1]), x)
+    # A chunk's first steps alone (a real-time-chunking prefix) use the first rows of the statistics.
+    torch.testing.assert_close(norm.unaction(norm.action(x[:, :1])), x[:, :1])
+
+
+def test_path_executor_acts_in_deltas_keeps_its_prefix_and_round_trips(tmp_path):
+    model = tiny_model(path_dims=[0, 1])
+    assert model.normalizer.action_mean.shape == (6, 3)
+    executor = FlowExecutor(model)
+    obs = observation()
+    prefix = np.array([[0.3, -0.2, 1.0], [0.4, -0.1, 1.5]], np.float32)
+    chunk = executor.act(obs, SUBTASK, None, prefix=prefix)
+    np.testing.assert_allclose(chunk.actions[:2], prefix, atol=1e-5)
+    executor.save_pretrained(tmp_path / "ckpt")
+    again = FlowExecutor.from_pretrained(tmp_path / "ckpt")
+    assert again.cfg.path_dims == [0, 1]
+    executor.reset()
+    np.testing.assert_allclose(again.act(obs, SUBTASK, None).actions, executor.act(obs, SUBTASK, None).actions)
+    with pytest.raises(ValueError, match="invalid path_dims"):
+        tiny_config(path_dims=[3])
+
+
 def test_config_json_round_trip(tmp_path):
     cfg = tiny_config(conditioning="instruction", subgoal_dropout=1.0, time_beta=(2.0, 1.0))
     cfg.save(tmp_path)

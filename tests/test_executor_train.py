@@ -70,6 +70,22 @@ def test_flat_baseline_trains_on_instructions_without_subgoals(tiny_dataset, tmp
     assert executor.act(obs, None, None).actions.shape == (4, 4)
 
 
+def test_path_actions_train_with_per_step_statistics_of_the_recording(tiny_dataset, tmp_path):
+    from hybrid.data import numeric_column
+
+    out = tmp_path / "path"
+    assert hybrid(["train", "executor=tabletop", f"data={tiny_dataset}", f"out={out}", *TINY, "steps=2",
+                   "+model.path_dims=[0,1,2]"]) == 0
+    executor = FlowExecutor.from_pretrained(out / "model")
+    dataset = open_dataset(tiny_dataset)
+    actions = numeric_column(dataset, FEATURES["action"])
+    assert executor.model.normalizer.action_mean.shape == (4, 4)
+    # A path's first step is the chunk's first action, so its statistics are the recording's per-frame ones.
+    np.testing.assert_allclose(executor.model.normalizer.action_mean[0].numpy(), actions.mean(0), atol=1e-5)
+    obs = observation_from(dataset, 0)
+    assert executor.act(obs, Subtask(text=PLAN[0], index=0), None).actions.shape == (4, 4)
+
+
 def test_training_samples_carry_chunks_padding_and_hindsight_subgoals(tiny_dataset):
     dataset = open_dataset(tiny_dataset, delta_timestamps={FEATURES["action"]: [k / 10 for k in range(4)]})
     cfg = dataset_config(dataset, {"chunk": 4, "image_size": 16, "patch_size": 8, "subgoal_dropout": 0.5})

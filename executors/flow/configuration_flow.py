@@ -19,6 +19,10 @@ class FlowConfig:
     action_dim: int = 4  # action size A
     chunk: int = 16  # actions per chunk H
     dt: float = 0.1  # seconds between two actions of a chunk (1 / dataset fps)
+    # Action dimensions that are per-step deltas (the tabletop's dx, dy, dz), learned as their running sum
+    # over the chunk: a path relative to where the chunk starts (UMI's relative trajectory), so one step's
+    # error does not carry into every later step, and "go to the target" is one value, not a speed profile.
+    path_dims: list[int] = field(default_factory=list)
 
     # --- what conditions the expert
     conditioning: str = "subtask"  # text read: the current "subtask", or the episode "instruction" (flat VLA)
@@ -71,6 +75,7 @@ class FlowConfig:
 
     def __post_init__(self):
         self.cameras, self.subgoal_cameras = list(self.cameras), list(self.subgoal_cameras)
+        self.path_dims = [int(d) for d in self.path_dims]
         self.time_beta = tuple(float(x) for x in self.time_beta)
         checks = {
             "conditioning": self.conditioning in ("subtask", "instruction"),
@@ -93,6 +98,8 @@ class FlowConfig:
             "waypoint_target": not self.waypoint_target or self.waypoint_loss > 0,
             "waypoint_teacher_forcing": 0.0 <= self.waypoint_teacher_forcing <= 1.0,
             "flow_steps": self.flow_steps >= 1,
+            "path_dims": len(set(self.path_dims)) == len(self.path_dims)
+            and all(0 <= d < self.action_dim for d in self.path_dims),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

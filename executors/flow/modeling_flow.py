@@ -117,7 +117,7 @@ class FlowModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         w = cfg.width
-        self.normalizer = Normalizer(cfg.state_dim, cfg.action_dim)
+        self.normalizer = Normalizer(cfg.state_dim, cfg.action_dim, cfg.chunk, cfg.path_dims)
         self.text = build_text(cfg)
         self.vision = build_vision(cfg, self.text.out_dim)
         n_img = len(cfg.cameras) + (len(cfg.subgoal_cameras) if cfg.use_subgoal else 0)

@@ -18,15 +18,35 @@ from hybrid.types import Observation, Subgoal, Subtask, check_image, check_vecto
 TOKENIZER_DIR = "tokenizer"
 
 
-class Normalizer(nn.Module):
-    """Mean/std normalisation of state and actions. Constant dimensions (std ≈ 0) are only centred."""
+def to_path(actions: torch.Tensor, dims: list[int]) -> torch.Tensor:
+    """Raw action chunks ``(..., H, A)`` with the delta dimensions ``dims`` summed along the chunk."""
+    path = actions.clone()
+    path[..., dims] = actions[..., dims].cumsum(dim=-2)
+    return path
 
-    def __init__(self, state_dim: int, action_dim: int):
+
+def from_path(path: torch.Tensor, dims: list[int]) -> torch.Tensor:
+    """The inverse of `to_path`: each step's delta is its path point minus the one before (the first: itself)."""
+    actions = path.clone()
+    actions[..., 1:, dims] = path[..., 1:, dims] - path[..., :-1, dims]
+    return actions
+
+
+class Normalizer(nn.Module):
+    """Mean/std normalisation of state and actions. Constant dimensions (std ≈ 0) are only centred.
+
+    With ``path_dims`` the actions are normalised as paths (`to_path`), with statistics per chunk step
+    ``(H, A)``: a path's spread grows along the chunk.
+    """
+
+    def __init__(self, state_dim: int, action_dim: int, chunk: int = 1, path_dims: list[int] | None = None):
         super().__init__()
+        self.path_dims = list(path_dims or [])
+        action_shape = (chunk, action_dim) if self.path_dims else (action_dim,)
         self.register_buffer("state_mean", torch.zeros(state_dim))
         self.register_buffer("state_std", torch.ones(state_dim))
-        self.register_buffer("action_mean", torch.zeros(action_dim))
-        self.register_buffer("action_std", torch.ones(action_dim))
+        self.register_buffer("action_mean", torch.zeros(action_shape))
+        self.register_buffer("action_std", torch.ones(action_shape))
 
     def set_stats(self, stats: dict, state_key: str, action_key: str) -> None:
         """Take LeRobot's ``dataset.meta.stats`` (feature -> {"mean", "std", ...})."""
@@ -39,11 +59,34 @@ class Normalizer(nn.Module):
     def state(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.state_mean) / self.state_std
 
+    def set_path_stats(self, actions: np.ndarray, episode_end: np.ndarray) -> None:
+        """Per-step statistics of the paths of every chunk of a recording: raw ``actions`` ``(N, A)`` and
+        each frame's last frame of its episode; steps past an episode's end are left out."""
+        chunk = self.action_mean.shape[0]
+        idx = np.arange(len(actions))[:, None] + np.arange(chunk)
+        valid = torch.from_numpy(idx <= episode_end[:, None])[..., None]
+        paths = to_path(torch.from_numpy(actions[np.minimum(idx, episode_end[:, None])]).double(), self.path_dims)
+        count = valid.sum(0)
+        mean = (paths * valid).sum(0) / count
+        std = (((paths - mean) ** 2 * valid).sum(0) / count).sqrt()
+        self.action_mean.copy_(mean.float())
+        self.action_std.copy_(torch.where(std < 1e-6, torch.ones_like(std), std).float())
+
+    def _action_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.path_dims:
+            return self.action_mean, self.action_std
+        steps = x.shape[-2]  # a chunk's first steps (a real-time-chunking prefix) use the first rows
+        return self.action_mean[:steps], self.action_std[:steps]
+
     def action(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.action_mean) / self.action_std
+        """Raw action chunks ``(..., H, A)`` -> what the flow learns (paths where `path_dims` say so)."""
+        mean, std = self._action_stats(x)
+        return ((to_path(x, self.path_dims) if self.path_dims else x) - mean) / std
 
     def unaction(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.action_std + self.action_mean
+        mean, std = self._action_stats(x)
+        x = x * std + mean
+        return from_path(x, self.path_dims) if self.path_dims else x
 
     def waypoints(self, x: torch.Tensor) -> torch.Tensor:
         """Pick and place xy ``(..., 4)`` normalised like the state's first two dimensions (the effector's xy)."""
