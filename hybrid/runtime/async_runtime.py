@@ -55,6 +55,12 @@ class AsyncRuntimeConfig(BaseModel):
     safety: SafetyConfig = SafetyConfig()
 
 
+def time_left(timeout_s: float):
+    """Seconds left of one deadline shared by several waits (each thread stopped gets what the last left)."""
+    deadline = time.monotonic() + timeout_s
+    return lambda: max(0.0, deadline - time.monotonic())
+
+
 class AsyncRuntime:
     """Drives a `HybridAgent` on a gymnasium env (`EnvAdapter`) or a robot (`RobotEnv`) at a fixed control rate."""
 
@@ -70,9 +76,9 @@ class AsyncRuntime:
                      type(agent.executor).__name__)
 
     def close(self) -> None:
-        deadline = time.monotonic() + self.config.shutdown_timeout_s
+        left = time_left(self.config.shutdown_timeout_s)
         for caller in self.callers.values():
-            caller.close(max(0.0, deadline - time.monotonic()))
+            caller.close(left())
 
     def run_episode(self, seed: int | None = None) -> EpisodeResult:
         """One episode; never raises for a tier fault, a bad observation or Ctrl-C: the result says why it ended."""
@@ -98,9 +104,9 @@ class AsyncRuntime:
         except KeyboardInterrupt:
             status = "interrupted"
         finally:
-            deadline = time.monotonic() + cfg.shutdown_timeout_s
+            left = time_left(cfg.shutdown_timeout_s)
             for w in workers.values():
-                w.stop(max(0.0, deadline - time.monotonic()))
+                w.stop(left())
             env.halt()  # a robot is told to hold where it is, whatever ended the episode
             result = EpisodeResult(
                 status=status, success=bool(info.get("success", False)), steps=s.queue.next_step, instruction=instruction,
