@@ -75,7 +75,7 @@ def test_path_actions_train_with_per_step_statistics_of_the_recording(tiny_datas
 
     out = tmp_path / "path"
     assert hybrid(["train", "executor=tabletop", f"data={tiny_dataset}", f"out={out}", *TINY, "steps=2",
-                   "+model.path_dims=[0,1,2]"]) == 0
+                   "model.path_dims=[0,1,2]"]) == 0
     executor = FlowExecutor.from_pretrained(out / "model")
     dataset = open_dataset(tiny_dataset)
     actions = numeric_column(dataset, FEATURES["action"])
