@@ -341,12 +341,13 @@ def test_normalizer_takes_dataset_stats_and_only_centres_constant_dimensions():
 
 def test_path_normalizer_learns_running_sums_per_chunk_step_and_gives_deltas_back():
     from executors.flow.processor_flow import from_path, to_path
+    from hybrid.data import action_chunks
 
     actions = np.array([[0.01, 0.0, 1.0], [0.02, 0.0, 1.0], [0.03, 0.0, 0.0], [0.04, 0.0, 0.0], [0.05, 0.0, 1.0]],
                        np.float32)
     episode_end = np.array([2, 2, 2, 4, 4])  # two episodes: frames 0-2 and 3-4
     norm = Normalizer(3, 3, chunk=2, path_dims=[0, 1])
-    norm.set_path_stats(actions, episode_end)
+    norm.set_path_stats(*action_chunks(actions, episode_end, np.arange(len(actions))[:, None], 2))
     # Chunks (padding past an episode's end left out): step 0 sees dx .01 .02 .03 .04 .05, step 1 the sums
     # .03 .05 .09 (frames 2 and 4 end their episodes).
     torch.testing.assert_close(norm.action_mean[:, 0], torch.tensor([0.03, 0.17 / 3]))

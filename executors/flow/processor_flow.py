@@ -59,13 +59,11 @@ class Normalizer(nn.Module):
     def state(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.state_mean) / self.state_std
 
-    def set_path_stats(self, actions: np.ndarray, episode_end: np.ndarray) -> None:
-        """Per-step statistics of the paths of every chunk of a recording: raw ``actions`` ``(N, A)`` and
-        each frame's last frame of its episode; steps past an episode's end are left out."""
-        chunk = self.action_mean.shape[0]
-        idx = np.arange(len(actions))[:, None] + np.arange(chunk)
-        valid = torch.from_numpy(idx <= episode_end[:, None])[..., None]
-        paths = to_path(torch.from_numpy(actions[np.minimum(idx, episode_end[:, None])]).double(), self.path_dims)
+    def set_path_stats(self, chunks: np.ndarray, is_pad: np.ndarray) -> None:
+        """Per-step statistics of the paths of a recording's action chunks: raw ``chunks`` ``(N, H, A)`` and
+        their padding ``(N, H)`` (steps past an episode's end, left out)."""
+        valid = torch.from_numpy(~is_pad)[..., None]
+        paths = to_path(torch.from_numpy(chunks).double(), self.path_dims)
         count = valid.sum(0)
         mean = (paths * valid).sum(0) / count
         std = (((paths - mean) ** 2 * valid).sum(0) / count).sqrt()

@@ -217,7 +217,9 @@ def train(data: str, out: str, model: dict | None = None, steps: int = 20_000, b
     net = FlowModel(cfg)
     net.normalizer.set_stats(dataset.meta.stats, FEATURES["state"], FEATURES["action"])
     if cfg.path_dims:
-        net.normalizer.set_path_stats(numeric_column(dataset, FEATURES["action"]), index.episode_end)
+        actions = numeric_column(dataset, FEATURES["action"])
+        every_frame = np.arange(len(actions))[:, None]
+        net.normalizer.set_path_stats(*action_chunks(actions, index.episode_end, every_frame, cfg.chunk))
     tokenizer = load_tokenizer(cfg)
     ema = copy.deepcopy(net).requires_grad_(False)
     samples = FlowDataset(dataset, index, cfg, tokenizer, cache=cache, colour_swap=colour_swap,

@@ -83,9 +83,11 @@ def numeric_column(dataset, key: str) -> np.ndarray:
     return np.asarray(column, np.float32).reshape(len(column), -1)
 
 
-def action_chunks(actions: np.ndarray, episode_end: np.ndarray, i: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+def action_chunks(actions: np.ndarray, episode_end: np.ndarray, i: int | np.ndarray,
+                  horizon: int) -> tuple[np.ndarray, np.ndarray]:
     """Actions i..i+horizon-1 of frame i's episode, the last one repeated past its end, and the padding mask
-    (what LeRobot's delta timestamps give, read from memory)."""
+    (what LeRobot's delta timestamps give, read from memory). ``i`` may be a column of frames ``(N, 1)``:
+    then every one's chunk at once, ``(N, horizon, A)`` and ``(N, horizon)``."""
     idx = i + np.arange(horizon)
     pad = idx > episode_end[i]
     return actions[np.minimum(idx, episode_end[i])], pad
