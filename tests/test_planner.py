@@ -115,6 +115,32 @@ def test_state_in_prompt_writes_the_robot_state_and_needs_it():
     assert "State:" not in build_messages(PromptConfig(), "stack", [], None, obs.state)[-1]["content"][1]["text"]
 
 
+def test_gripper_releases_since_the_current_subtask_began_are_counted_into_the_prompt():
+    replies = [VOCAB[0], VOCAB[0], VOCAB[1], VOCAB[1], VOCAB[1]]
+    backend = CannedBackend([json.dumps({"subtask": r, "done": False}) for r in replies])
+    planner = VLMPlanner(backend, prompt={"gripper_index": -1, "schema_in_prompt": False}, vocabulary=VOCAB)
+
+    def at(gripper):
+        return OBS.model_copy(update={"state": np.array([0.1, 0.0, 0.2, gripper], np.float32)})
+
+    # open -> closed (carrying) -> open (released: the planner moves on) -> the next subtask starts at 0.
+    for gripper in (0.0, 1.0, 0.0, 0.0, 1.0):
+        planner.plan(at(gripper), "put the red block in the blue bowl", [])
+    lines = [sent[-1]["content"][1]["text"].splitlines() for sent, _ in backend.sent]
+    assert [ln[3] for ln in lines] == ["Released: 0", "Released: 0", "Released: 1", "Released: 0", "Released: 0"]
+    assert [ln[2] for ln in lines[2:4]] == [f"Current: {VOCAB[0]}", f"Current: {VOCAB[1]}"]
+    planner.resume(VOCAB[1], releases=2, state=at(1.0).state)  # a situation taken up from a recording
+    assert (planner.current, planner.releases) == (VOCAB[1], 2)
+    planner.reset()
+    assert (planner.current, planner.releases) == (None, 0)
+
+
+def test_a_gripper_index_outside_the_state_is_a_clear_error():
+    planner = VLMPlanner(CannedBackend([]), prompt={"gripper_index": 7}, vocabulary=VOCAB)
+    with pytest.raises(ValueError, match="gripper_index 7 is outside the robot state"):
+        planner.plan(OBS, "put the red block in the blue bowl", [])
+
+
 @pytest.mark.parametrize("bad", [
     "not json at all", '{"subtask": "", "done": false}', "", '{"subtask": "juggle", "done": false}',
     BackendError("no reply within 1 s", kind="timeout"),

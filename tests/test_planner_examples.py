@@ -44,3 +44,29 @@ def test_resuming_without_history_reads_progress_from_the_frame_alone(builder):
     rng = np.random.default_rng(0)
     drawn = [builder.sample(rng, np.arange(20), {"resume": 1.0}) for _ in range(20)]
     assert all(ex.done == [] and ex.current is None for ex in drawn)
+
+
+@pytest.fixture(scope="module")
+def gripping(tmp_path_factory):
+    import numpy as np
+
+    ds = make_tiny_dataset(tmp_path_factory.mktemp("gripping") / "data", episodes=1, frames_per_subtask=10)
+    # Each subtask closes the gripper on its block and lets go at frame 6 and 17.
+    gripper = np.zeros(20)
+    gripper[2:6], gripper[12:17] = 1.0, 1.0
+    return ExampleBuilder(SubtaskIndex.from_dataset(open_dataset(ds.root)), done_tail_s=0.3, gripper=gripper)
+
+
+def test_with_the_gripper_a_subtask_finishes_at_its_last_release(gripping):
+    assert [gripping.finished(i) for i in (5, 6, 9, 10, 16, 17, 19)] == [0, 1, 1, 1, 1, 2, 2]
+    assert [gripping.is_done_frame(i) for i in (16, 17)] == [False, True]
+
+
+def test_examples_count_the_releases_since_their_current_subtask_began(gripping):
+    assert gripping.example(4, "current").releases == 0
+    behind = gripping.example(12, "behind")  # still on the first subtask, whose release the runtime saw
+    assert (behind.current, behind.releases, behind.target) == (PLAN[0], 1, PlanStep(subtask=PLAN[1]))
+    assert gripping.example(12, "current").releases == 0  # the second began after that release
+    end = gripping.example(18, "current")
+    assert (end.current, end.releases, end.target) == (PLAN[1], 1, PlanStep(done=True))
+    assert gripping.example(12, "fresh").releases == 0  # no current subtask, nothing to count

@@ -125,3 +125,20 @@ def test_eval_and_bench_print_their_json(trained, tiny_data, capsys):
                        "--size", "32", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["latency_ms_p50"] > 0 and result["calls"] == 3 and result["faults"] == 0
+
+
+@pytest.mark.slow
+def test_fine_tuning_to_count_gripper_releases_keeps_the_setting_with_the_model(trained, tiny_data, tmp_path, capsys):
+    from planners.subtask import evaluate
+    from planners.subtask.train import train
+    from planners.subtask.transformers_backend import transformers_planner
+
+    out = tmp_path / "gripper"
+    train(str(tiny_data.root), str(out), steps=4, batch_size=4, lr=1e-3, warmup_steps=1, threads=1,
+          init=str(trained), gripper_index=-1, release_noise=0.5, model=TINY)
+    assert json.loads((out / "planner.json").read_text())["prompt"]["gripper_index"] == -1
+    planner = transformers_planner(str(out))
+    step = planner.plan(obs_of(np.zeros((56, 56, 3), np.uint8)), INSTRUCTION, [])
+    assert step.done or step.subtask in PLAN
+    assert evaluate.main(["--data", str(tiny_data.root), "--model", str(out), "--examples", "6", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["next_examples"] > 0

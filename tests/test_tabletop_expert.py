@@ -11,9 +11,9 @@ import pytest
 from hybrid.envs.tabletop import FAMILIES, TabletopEnv
 
 
-def solve(env: TabletopEnv, seed: int) -> tuple[dict, list[int], list[dict]]:
+def solve(env: TabletopEnv, seed: int, miss: float = 0.0) -> tuple[dict, list[int], list[dict]]:
     obs, info = env.reset(seed=seed)
-    expert = env.expert()
+    expert = env.expert(miss)
     labels, infos = [], []
     while True:
         action = expert.act(obs)
@@ -40,6 +40,31 @@ def test_expert_solves_family(family):
     for t in range(1, len(labels)):
         if labels[t] != labels[t - 1]:
             assert infos[t - 1]["subtask_success"][labels[t - 1]]
+
+
+@pytest.mark.parametrize("family", ["sort", "stack"])
+def test_a_missed_placement_is_let_go_beside_the_goal_then_retried_under_the_same_subtask(family):
+    env = TabletopEnv(task=family, cameras=("front",), image_size=32)
+    try:
+        obs, info = env.reset(seed=7)
+        expert = env.expert(miss=1.0)
+        labels, grips, infos = [], [], []
+        while not expert.done:
+            action = expert.act(obs)
+            labels.append(expert.subtask_index)
+            grips.append(action[3] >= 0.5)
+            obs, _, _, truncated, info = env.step(action)
+            infos.append(info)
+            assert not truncated
+    finally:
+        env.close()
+    assert info["success"], info
+    # Every subtask is let go of twice: beside its goal (not done after it), then on it.
+    for k in range(len(info["subtasks"])):
+        steps = [t for t, label in enumerate(labels) if label == k]
+        releases = [t for t in steps[1:] if grips[t - 1] and not grips[t]]
+        assert len(releases) == 2, (k, releases)
+        assert not infos[releases[0] + 3]["subtask_success"][k] and infos[steps[-1]]["subtask_success"][k]
 
 
 @pytest.mark.slow

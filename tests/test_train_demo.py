@@ -29,7 +29,7 @@ def test_fine_tuning_stage_waits_for_its_base_and_only_shipped_stages_are_copied
     cfg.trainings = OmegaConf.create({
         "base": {"args": ["planner=tabletop"], "ship": None},
         "other": {"args": ["executor=tabletop"], "ship": "model"},
-        "tuned": {"args": ["planner=tabletop"], "ship": "model", "init_from": "base"},
+        "tuned": {"args": ["planner=tabletop"], "ship": "model", "init_from": "base", "data": "heldout"},
     })
     monkeypatch.setattr(train_demo, "_stage", fake_stage)
     monkeypatch.setattr(train_demo, "compose", lambda name, argv: cfg)
@@ -39,4 +39,6 @@ def test_fine_tuning_stage_waits_for_its_base_and_only_shipped_stages_are_copied
     assert "base" in done_before_tuned  # started only once its base had finished
     assert f"init={tmp_path / 'work' / 'runs' / 'base'}" in tuned_args
     assert not any(a.startswith("init=") for a in by_name["other"][0])
+    assert f"data={tmp_path / 'work' / 'tabletop_heldout'}" in tuned_args  # a stage may name its recording
+    assert f"data={tmp_path / 'work' / 'tabletop_train'}" in by_name["other"][0]
     assert sorted(p.name for p in (tmp_path / "ship").iterdir()) == ["other", "tuned"]  # the base is not shipped

@@ -32,6 +32,7 @@ def main(argv: list[str]) -> int:
             progress=cfg.progress,
             families=list(cfg.families) if cfg.families else None,
             video=cfg.video,
+            expert_miss=cfg.expert_miss,
         )
     finally:
         env.close()

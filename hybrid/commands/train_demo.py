@@ -58,7 +58,8 @@ def main(argv: list[str]) -> int:
 
     def train(name: str) -> float:
         spec = cfg.trainings[name]
-        args = ["train", *spec.args, f"data={data['train']}", f"out={runs[name]}", "resume=true"]
+        recording = data[spec.get("data", "train")]  # which recording it trains on
+        args = ["train", *spec.args, f"data={recording}", f"out={runs[name]}", "resume=true"]
         if spec.get("init_from"):  # a fine-tuning stage starts from another stage's result
             futures[spec.init_from].result()
             args.append(f"init={runs[spec.init_from]}")

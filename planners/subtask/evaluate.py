@@ -25,6 +25,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--examples", type=int, default=600, help="how many examples to score")
     p.add_argument("--done-tail-s", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gripper-index", type=int, default=None,
+                   help="state entry of the gripper: subtasks finish at their last release (default: the "
+                        "planner's own gripper_index; without one, the last --done-tail-s of each subtask)")
     p.add_argument("--exact", action="store_true", help="compare subtask text exactly, not canonically")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     args = p.parse_args(argv)
@@ -45,12 +48,14 @@ def main(argv: list[str]) -> int:
     canon = (lambda s: normalize(s)) if args.exact else canonical_subtask
     dataset = open_dataset(args.data)
     index = SubtaskIndex.from_dataset(dataset)
-    builder = ExampleBuilder(index, canon, args.done_tail_s)
+    states = numeric_column(dataset, FEATURES["state"])
+    grip = planner.prompt.gripper_index if args.gripper_index is None else args.gripper_index
+    builder = ExampleBuilder(index, canon, args.done_tail_s, None if grip is None else states[:, grip],
+                             planner.prompt.gripper_closed)
     cam = planner.prompt.camera
     key = next((k for k in FEATURES["cameras"] if k.endswith("." + cam)), FEATURES["cameras"][0])
     size = planner.prompt.image_size or 224
     frames = decode_frames(dataset, key, size)
-    states = numeric_column(dataset, FEATURES["state"])
 
     rng = np.random.default_rng(args.seed)
     last = np.flatnonzero([index.is_last_subtask(i) for i in range(len(index))])
@@ -68,8 +73,7 @@ def main(argv: list[str]) -> int:
         ex = builder.example(frame, variant)
         if ex is None or (not scoring_done and ex.target.done):
             continue
-        planner.reset()
-        planner.current = ex.current
+        planner.resume(ex.current, ex.releases, states[ex.frame])
         obs = Observation(images={cam: frames[ex.frame]}, state=states[ex.frame])
         history = [Subtask(text=s, index=k, status="done") for k, s in enumerate(ex.done)]
         t = time.perf_counter()

@@ -7,10 +7,15 @@ has to look at the image to tell "still working on P[k-1]" from "P[k-1] is finis
 training-only situation, resuming with the history lost (nothing done, no current: a restarted runtime),
 leaves the image as the only evidence of progress on every frame, not just at the boundaries.
 
-A subtask counts as finished in its last ``done_tail_s``: the recording labels a subtask until the effector
-has retreated from the finished placement, so those frames already show it done. Every subtask is treated
-alike (the last one's tail is where the answer is "done"); otherwise the retreat of an intermediate subtask
-would teach "stay" and the same picture a moment later "advance".
+A subtask counts as finished from its last release of the gripper on, when the recording's gripper
+command is given (``gripper``), else in its last ``done_tail_s``: the recording labels a subtask until the
+effector has retreated from the finished placement, so those frames already show it done. Every subtask
+is treated alike (the last one's finish is where the answer is "done"); otherwise the retreat of an
+intermediate subtask would teach "stay" and the same picture a moment later "advance".
+
+Each example also carries how many times the gripper let go since its current subtask began (the runtime
+switched to it when the previous one finished): a planner that tracks the gripper (`PromptConfig.gripper_index`)
+sees it in the prompt, as the evidence a single frame lacks that the pick-and-place under way has ended.
 """
 
 from __future__ import annotations
@@ -34,18 +39,50 @@ class Example:
     current: str | None
     target: PlanStep
     accepted: frozenset[str]  # subtasks that count as right (order-free placements allow any remaining)
+    releases: int = 0  # times the gripper let go since ``current`` began (0 without a current subtask)
+
+
+def release_events(index: SubtaskIndex, closed: np.ndarray) -> np.ndarray:
+    """bool [N]: frame ``i`` is the first with the gripper open after it was closed, in the same episode."""
+    event = np.zeros(len(index), bool)
+    event[1:] = closed[:-1] & ~closed[1:] & (index.episode[1:] == index.episode[:-1])
+    return event
 
 
 class ExampleBuilder:
-    def __init__(self, index: SubtaskIndex, canonical=lambda s: s, done_tail_s: float = 0.5):
+    """``gripper``: the recording's gripper command per frame (e.g. ``observation.state[:, -1]``), closed at
+    or above ``closed_at``; with it a subtask finishes at its last release, and examples count releases."""
+
+    def __init__(self, index: SubtaskIndex, canonical=lambda s: s, done_tail_s: float = 0.5,
+                 gripper: np.ndarray | None = None, closed_at: float = 0.5):
         self.index = index
         self.plans = {ep: [canonical(s) for s in plan] for ep, plan in index.plans.items()}
         self.tail = max(1, int(round(done_tail_s * index.fps)))
+        events = np.zeros(len(index), bool)
+        if gripper is not None:
+            events = release_events(index, np.asarray(gripper).reshape(len(index)) >= closed_at)
+        self.released = np.cumsum(events)
+        # (episode, subtask position) -> the frame from which that subtask counts as finished
+        self.finish: dict[tuple[int, int], int] = {}
+        for start in np.unique(index.subtask_start):
+            end = int(index.subtask_end[start])
+            key = (int(index.episode[start]), int(index.subtask_index[start]))
+            lets_go = np.flatnonzero(events[start: end + 1])
+            if len(lets_go):
+                self.finish[key] = int(start + lets_go[-1])
+            else:  # the time tail: at most the second half
+                self.finish[key] = int(np.floor(max(end - self.tail, (start + end) / 2))) + 1
 
     def finished(self, i: int) -> int:
-        """How many subtasks of its plan are finished at frame ``i`` (the tail: at most the second half)."""
-        k, start, end = int(self.index.subtask_index[i]), self.index.subtask_start[i], self.index.subtask_end[i]
-        return k + 1 if i > max(end - self.tail, (start + end) / 2) else k
+        """How many subtasks of its plan are finished at frame ``i``."""
+        k = int(self.index.subtask_index[i])
+        return k + 1 if i >= self.finish[int(self.index.episode[i]), k] else k
+
+    def releases(self, i: int, current: int) -> int:
+        """Releases of the gripper after subtask ``current`` of frame ``i``'s plan began, up to frame ``i``.
+        It began when the one before it finished; that release is not counted."""
+        began = self.finish[int(self.index.episode[i]), current - 1] if current else int(self.index.episode_start[i])
+        return int(self.released[i] - self.released[began])
 
     def is_done_frame(self, i: int) -> bool:
         return self.finished(i) == len(self.plans[int(self.index.episode[i])])
@@ -58,7 +95,8 @@ class ExampleBuilder:
             if variant == "resume":
                 return Example(i, instr, [], None, PlanStep(done=True), frozenset())
             if variant == "current":
-                return Example(i, instr, plan[:n - 1], plan[n - 1], PlanStep(done=True), frozenset())
+                return Example(i, instr, plan[:n - 1], plan[n - 1], PlanStep(done=True), frozenset(),
+                               self.releases(i, n - 1))
             if variant == "fresh":
                 return Example(i, instr, plan, None, PlanStep(done=True), frozenset())
             return None
@@ -66,14 +104,14 @@ class ExampleBuilder:
         # Placing blocks in bowls can be done in any order (sorting), stacking cannot.
         order_free = all(" bowl" in s for s in plan[k:])
         if variant == "current":
-            return Example(i, instr, plan[:k], plan[k], target, frozenset({plan[k]}))
+            return Example(i, instr, plan[:k], plan[k], target, frozenset({plan[k]}), self.releases(i, k))
         accepted = frozenset(plan[k:]) if order_free else frozenset({plan[k]})
         if variant == "fresh":
             return Example(i, instr, plan[:k], None, target, accepted)
         if variant == "resume":
             return Example(i, instr, [], None, target, accepted)
         if variant == "behind" and k >= 1:
-            return Example(i, instr, plan[:k - 1], plan[k - 1], target, accepted)
+            return Example(i, instr, plan[:k - 1], plan[k - 1], target, accepted, self.releases(i, k - 1))
         return None
 
     def sample(self, rng: np.random.Generator, frames: np.ndarray, weights: dict[str, float] = TRAIN_WEIGHTS) -> Example:

@@ -33,7 +33,8 @@ class VLMPlanner:
 
     The planner remembers the subtask it last asked for: the runtime's history holds only finished
     subtasks, and the model needs to know which one is under way to judge from the image whether it
-    is finished. Each bad reply (invalid JSON, schema violation, empty or unknown subtask) and each
+    is finished. With ``prompt.gripper_index`` it also counts the gripper's releases since that subtask
+    began, from the states it is shown (so the replan period must be shorter than a carry). Each bad reply (invalid JSON, schema violation, empty or unknown subtask) and each
     retryable backend error costs one of ``max_attempts``; then `PlannerFault` is raised.
     """
 
@@ -48,16 +49,39 @@ class VLMPlanner:
         self.max_attempts, self.retry_backoff_s = int(max_attempts), float(retry_backoff_s)
         self.replan = replan if isinstance(replan, ReplanPolicy) else ReplanPolicy.model_validate(dict(replan or {}))
         self.current: str | None = None
+        self.releases, self._closed = 0, False
 
     def reset(self) -> None:
-        self.current = None
+        self.resume(None)
+
+    def resume(self, current: str | None, releases: int = 0, state: np.ndarray | None = None) -> None:
+        """Take up a runtime's situation: ``current`` under way, the gripper released ``releases`` times since
+        it began and now as in ``state`` (evaluation builds situations from recorded frames this way)."""
+        self.current, self.releases = current, int(releases)
+        self._closed = state is not None and self.prompt.gripper_index is not None and self._gripper_closed(state)
+
+    def _gripper_closed(self, state: np.ndarray) -> bool:
+        state, i = np.asarray(state).reshape(-1), self.prompt.gripper_index
+        if not -len(state) <= i < len(state):
+            raise ValueError(f"gripper_index {i} is outside the robot state ({len(state)} entries)")
+        return float(state[i]) >= self.prompt.gripper_closed
+
+    def _track_gripper(self, state: np.ndarray | None) -> None:
+        if self.prompt.gripper_index is None:
+            return
+        if state is None:
+            raise ValueError("this planner counts gripper releases (gripper_index) but the observation has no state")
+        closed = self._gripper_closed(state)
+        self.releases += self._closed and not closed
+        self._closed = closed
 
     def messages(self, instruction: str, history: list[Subtask], state: np.ndarray | None = None) -> list[dict]:
         done = [s.text for s in history if s.status == "done"]
         current = self.current if self.current is not None and self.current not in done else None
-        return build_messages(self.prompt, instruction, done, current, state)
+        return build_messages(self.prompt, instruction, done, current, state, self.releases if current else 0)
 
     def plan(self, obs: Observation, instruction: str, history: list[Subtask]) -> PlanStep:
+        self._track_gripper(obs.state)
         messages = self.messages(instruction, history, obs.state)
         image = resize(pick_image(obs, self.prompt.camera), self.prompt.image_size)
         attempts: list[str] = []
@@ -79,6 +103,8 @@ class VLMPlanner:
                 if not err.retryable:
                     break
                 continue
+            if step.subtask != self.current:  # a new subtask begins now
+                self.releases = 0
             self.current = step.subtask
             return step
         raise PlannerFault(kind, attempts)

@@ -30,6 +30,11 @@ class PromptConfig(BaseModel):
     image_size: int | None = Field(None, gt=0, description="resize so the longer side is this many pixels")
     state_in_prompt: bool = Field(False, description="write the proprioceptive state into the user turn: "
                                   "whether the gripper still holds tells 'placing' from 'placed'")
+    gripper_index: int | None = Field(None, description="the state entry of the gripper command; when set, the "
+                                      "planner counts the gripper's releases since the current subtask began "
+                                      "and writes them into the user turn ('Released: N'), the evidence one "
+                                      "frame lacks that a pick-and-place has ended")
+    gripper_closed: float = Field(0.5, description="gripper commands at or above this count as closed")
 
 
 def pick_image(obs: Observation, camera: str) -> np.ndarray:
@@ -52,10 +57,12 @@ def resize(image: np.ndarray, size: int | None) -> np.ndarray:
 
 
 def user_text(instruction: str, done: list[str], current: str | None, schema_in_prompt: bool,
-              state: np.ndarray | None = None) -> str:
+              state: np.ndarray | None = None, releases: int | None = None) -> str:
     lines = [f"Instruction: {instruction.strip()}",
              f"Done: {'; '.join(done) if done else 'nothing'}",
              f"Current: {current or 'none'}"]
+    if releases is not None:
+        lines.append(f"Released: {releases}")
     if state is not None:
         lines.append("State: " + " ".join(f"{v:.2f}" for v in np.asarray(state, np.float64).reshape(-1)))
     if schema_in_prompt:
@@ -64,16 +71,18 @@ def user_text(instruction: str, done: list[str], current: str | None, schema_in_
 
 
 def build_messages(cfg: PromptConfig, instruction: str, done: list[str], current: str | None,
-                   state: np.ndarray | None = None) -> list[dict]:
+                   state: np.ndarray | None = None, releases: int = 0) -> list[dict]:
     """OpenAI-style messages; the image is a `{"type": "image"}` placeholder the backend fills in.
 
-    ``state``: the observation's proprioceptive state, written into the prompt when ``cfg.state_in_prompt``.
+    ``state``: the observation's proprioceptive state, written into the prompt when ``cfg.state_in_prompt``;
+    ``releases``: the gripper's releases since ``current`` began, written when ``cfg.gripper_index`` is set.
     """
     if cfg.state_in_prompt and state is None:
         raise ValueError("this planner's prompt includes the robot state (state_in_prompt), but none was given")
     messages = []
     if cfg.system:
         messages.append({"role": "system", "content": [{"type": "text", "text": cfg.system}]})
-    text = user_text(instruction, done, current, cfg.schema_in_prompt, state if cfg.state_in_prompt else None)
+    text = user_text(instruction, done, current, cfg.schema_in_prompt, state if cfg.state_in_prompt else None,
+                     None if cfg.gripper_index is None else int(releases))
     messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]})
     return messages

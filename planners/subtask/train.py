@@ -34,13 +34,16 @@ def tokenizer_corpus(index: SubtaskIndex, vocab: list[str], prompt: PromptConfig
     instructions = sorted(set(index.instruction))
     replies = [reply_text(PlanStep(subtask=s)) for s in vocab] + [reply_text(PlanStep(done=True))]
     state = np.array([0.12, -0.05, 0.2, 1.0]) if prompt.state_in_prompt else None  # digits, signs, points
-    states = [user_text(i, vocab[:2], vocab[0], prompt.schema_in_prompt, state) for i in instructions[:50]]
+    releases = 0 if prompt.gripper_index is not None else None
+    states = [user_text(i, vocab[:2], vocab[0], prompt.schema_in_prompt, state, releases) for i in instructions[:50]]
     return instructions * 4 + vocab + replies + states + ["user assistant system Done: nothing Current: none"]
 
 
-def augmentation(rng: np.random.Generator, colour_swap: float, word_noise: float):
+def augmentation(rng: np.random.Generator, colour_swap: float, word_noise: float, release_noise: float = 0.0):
     """The training augmentation of an (example, frame): a colour permutation with probability ``colour_swap``,
-    then unknown words in the instruction with probability ``word_noise`` (`hybrid/data/augment.py`)."""
+    then unknown words in the instruction with probability ``word_noise`` (`hybrid/data/augment.py`), then,
+    with probability ``release_noise``, a release counted where the current subtask is unfinished (a dropped
+    or missed block: the answer stays the current subtask, so the image must confirm a placement)."""
     from hybrid.envs.tabletop.tasks import COLOURS
 
     swap = tabletop_colour_swap() if colour_swap > 0 else None
@@ -51,6 +54,9 @@ def augmentation(rng: np.random.Generator, colour_swap: float, word_noise: float
             ex, image = swap_colours(ex, image, swap, rng)
         if rng.random() < word_noise:
             ex = replace(ex, instruction=noise(ex.instruction, rng))
+        if ex.releases == 0 and ex.current is not None and ex.target.subtask == ex.current \
+                and rng.random() < release_noise:
+            ex = replace(ex, releases=1)
         return ex, image
 
     return augment
@@ -79,7 +85,8 @@ def collate(processor, builder: ExampleBuilder, frames: np.ndarray, examples, pr
         if augment is not None:
             ex, image = augment(ex, image)
         state = None if states is None else states[ex.frame]
-        chat = processor.apply_chat_template(build_messages(prompt, ex.instruction, ex.done, ex.current, state),
+        chat = processor.apply_chat_template(build_messages(prompt, ex.instruction, ex.done, ex.current, state,
+                                                            ex.releases),
                                              add_generation_prompt=True, tokenize=False)
         reply = reply_text(ex.target) + "<|im_end|>"
         texts.append(chat + reply)
@@ -101,13 +108,17 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
           canonical: bool = True, model: dict | None = None, max_minutes: float | None = None,
           threads: int | None = None, log_every: int = 25, colour_swap: float = 0.0,
           done_fraction: float = 0.0, state_in_prompt: bool = False, init: str | None = None,
-          word_noise: float = 0.0, variants: dict[str, float] | None = None) -> Path:
+          word_noise: float = 0.0, variants: dict[str, float] | None = None, gripper_index: int | None = None,
+          release_noise: float = 0.0) -> Path:
     """``colour_swap``: probability that an example's colours are permuted (words and pixels, `augment.py`);
     ``word_noise``: probability that some of an instruction's words are replaced by unknown ones (`WordNoise`);
     ``done_fraction``: share of examples drawn from the frames labelled done, which are a few per episode;
     ``state_in_prompt``: write the robot state into the prompt (`PromptConfig.state_in_prompt`);
     ``init``: a trained planner directory to fine-tune (its weights and tokenizer) instead of a new model;
-    ``variants``: share of each example variant (`examples.py`: current, fresh, behind, resume)."""
+    ``variants``: share of each example variant (`examples.py`: current, fresh, behind, resume);
+    ``gripper_index``: the state entry of the gripper: subtasks finish at their last release, and the prompt
+    counts releases since the current subtask began (`PromptConfig.gripper_index`);
+    ``release_noise``: share of unfinished examples shown one release anyway (`augmentation`)."""
     import torch
     from accelerate import Accelerator
     from tqdm import tqdm
@@ -120,20 +131,22 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     out = Path(out)
     cfg = TabletopModelConfig.model_validate(dict(model or {}))
     prompt = PromptConfig(system=None, schema_in_prompt=False, camera=camera, image_size=cfg.image_size,
-                          state_in_prompt=state_in_prompt)
+                          state_in_prompt=state_in_prompt, gripper_index=gripper_index)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
 
     dataset = open_dataset(data)
     index = SubtaskIndex.from_dataset(dataset)
     to_canonical = canonical_subtask if canonical else (lambda s: " ".join(s.split()))
-    builder = ExampleBuilder(index, to_canonical, done_tail_s)
+    states = numeric_column(dataset, FEATURES["state"])
+    gripper = None if gripper_index is None else states[:, gripper_index]
+    builder = ExampleBuilder(index, to_canonical, done_tail_s, gripper, prompt.gripper_closed)
     seen = sorted({s for plan in builder.plans.values() for s in plan})
     vocab = vocabulary(colours_in(seen)) if canonical else seen
     vocab += [s for s in seen if s not in vocab]
     key = next((k for k in FEATURES["cameras"] if k.endswith("." + camera)), FEATURES["cameras"][0])
     frames = decode_frames(dataset, key, cfg.image_size)
-    states = numeric_column(dataset, FEATURES["state"]) if state_in_prompt else None
+    states = states if state_in_prompt else None
 
     state_dir = out / STATE_DIR
     start = 0
@@ -170,7 +183,7 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     weights = dict(variants or TRAIN_WEIGHTS)
     all_frames = np.arange(len(index))
     done_frames = np.flatnonzero([builder.is_done_frame(i) for i in all_frames])
-    augment = augmentation(rng, colour_swap, word_noise)
+    augment = augmentation(rng, colour_swap, word_noise, release_noise)
 
     def draw():
         if done_fraction > 0 and rng.random() < done_fraction:

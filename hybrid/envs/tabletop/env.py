@@ -154,10 +154,11 @@ class TabletopEnv(gym.Env):
         """The action that keeps the robot still: no motion, suction as it is now."""
         return np.array([0.0, 0.0, 0.0, self.scene.suction_command], np.float32)
 
-    def expert(self) -> ScriptedExpert:
-        """The scripted expert for the current episode (seeded by it, so its noise is reproducible)."""
+    def expert(self, miss: float = 0.0) -> ScriptedExpert:
+        """The scripted expert for the current episode (seeded by it, so its noise is reproducible);
+        ``miss``: probability that a subtask's first placement is aimed beside its goal (`ScriptedExpert`)."""
         return ScriptedExpert(
-            self.scene, np.random.default_rng(self._expert_seed), lambda: self._target.copy()
+            self.scene, np.random.default_rng(self._expert_seed), lambda: self._target.copy(), miss=miss
         )
 
     def render_subgoal(self, subtask_index: int) -> dict[str, np.ndarray]:

@@ -6,6 +6,10 @@ waypoints are recomputed from the physics state every step, so it is closed-loop
 sends it back to pick it again, a phase that stalls starts its subtask over, and an unfinished
 subtask after the retreat is retried. It labels each step with the subtask it is working on; the
 label advances only after the retreat that ends a subtask, so a subtask's last frames show it done.
+
+With ``miss`` > 0 some first placements are aimed beside the goal on purpose: the block is let go where
+it does not count, and the retry that follows is recorded under the same subtask. Such episodes teach a
+planner that a release is not a placement, and an executor how to recover.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from hybrid.envs.tabletop.scene import BLOCK_HALF, Scene
+from hybrid.envs.tabletop.scene import BLOCK_HALF, BOWL_INNER, Scene
 from hybrid.envs.tabletop.tasks import StackOn
 
 PHASES = ("rise", "over_block", "descend", "grip", "lift", "over_goal", "lower", "release", "retreat")
@@ -25,6 +29,7 @@ ACCEL = 0.012  # metres per step per step (1.2 m/s^2): how fast the expert chang
 MIN_SPEED = 0.004  # metres per step: the slowest it moves while a waypoint is still ahead
 DWELL = 2  # control steps to let the suction build up or let go
 PHASE_BUDGET = 40  # control steps; a phase that takes longer is stuck, so the subtask starts over
+MISS_BY = (0.03, 0.05)  # metres beyond a bowl's rim, or from the lower block's centre, a missed placement lands
 
 
 class ScriptedExpert:
@@ -36,11 +41,14 @@ class ScriptedExpert:
         rng: np.random.Generator,
         commanded: Callable[[], np.ndarray],
         noise: float = 0.004,
+        miss: float = 0.0,
     ) -> None:
+        """``miss``: probability that a subtask's first placement is aimed beside its goal (then retried)."""
         # `commanded` reads the env's commanded tool position: actions move the command, which the
         # servo tracks with some lag, so steering the command (not the measured position) avoids
         # overshooting waypoints at speed.
         self.scene, self.rng, self.noise, self.commanded = scene, rng, noise, commanded
+        self.miss, self._tried = float(miss), set()
         self.spec = scene.spec
         self.speed = rng.uniform(0.035, MAX_DELTA)  # per-episode cruise speed, for diversity
         self._speed_now = 0.0
@@ -64,6 +72,12 @@ class ScriptedExpert:
         self._grasp_offset = self.rng.uniform(-0.003, 0.003, size=2)
         tol = 0.002 if isinstance(self.goal, StackOn) else 0.006
         self._place_offset = self.rng.uniform(-tol, tol, size=2)
+        first = self.subtask_index not in self._tried
+        self._tried.add(self.subtask_index)
+        if self.miss and first and self.rng.random() < self.miss:  # no draw at miss=0: recordings stay as they were
+            rim = 0.0 if isinstance(self.goal, StackOn) else BOWL_INNER
+            angle = self.rng.uniform(0.0, 2 * np.pi)
+            self._place_offset = (rim + self.rng.uniform(*MISS_BY)) * np.array([np.cos(angle), np.sin(angle)])
 
     @property
     def goal(self):

@@ -48,14 +48,14 @@ def dataset_features(env: TabletopEnv, video: bool = True) -> dict[str, dict[str
     return features
 
 
-def run_episode(env: TabletopEnv, seed: int,
-                families: list[str] | None = None) -> tuple[list[dict[str, Any]] | None, dict[str, Any]]:
+def run_episode(env: TabletopEnv, seed: int, families: list[str] | None = None,
+                miss: float = 0.0) -> tuple[list[dict[str, Any]] | None, dict[str, Any]]:
     """Roll the expert out for one episode; return LeRobot frames and the final info (no frames when the
-    seed's family is not one of ``families``)."""
+    seed's family is not one of ``families``). ``miss``: the expert's deliberate-miss probability."""
     obs, info = env.reset(seed=seed)
     if families and info["family"] not in families:
         return None, info
-    expert = env.expert()
+    expert = env.expert(miss)
     frames = []
     while True:
         action = expert.act(obs)
@@ -82,8 +82,10 @@ def record(
     progress: bool = True,
     families: list[str] | None = None,
     video: bool = True,
+    expert_miss: float = 0.0,
 ) -> dict[str, Any]:
-    """Write `episodes` successful expert episodes to a new LeRobot dataset at `out`."""
+    """Write `episodes` successful expert episodes to a new LeRobot dataset at `out` (``expert_miss``: the
+    probability that a subtask's first placement misses on purpose and is retried, `ScriptedExpert`)."""
     if families and env.task != "all" and env.task not in families:
         raise ValueError(f"families={families}: the env only makes {env.task!r} episodes (use task=all)")
     import av
@@ -105,7 +107,7 @@ def record(
     saved, failures, frames_written, next_seed = 0, 0, 0, seed
     with tqdm(total=episodes, desc="recording", unit="episode", disable=not progress) as bar:
         while saved < episodes:
-            frames, info = run_episode(env, next_seed, families)
+            frames, info = run_episode(env, next_seed, families, expert_miss)
             next_seed += 1
             if frames is None:
                 continue
