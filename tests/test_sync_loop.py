@@ -188,3 +188,17 @@ def test_non_finite_action_that_bypassed_validation_never_reaches_the_env():
     result, env = run(agent(planner=planner, executor=Buggy()), max_steps=20, max_consecutive_faults=3)
     assert result.status == "fault" and env.sent == [] and len(result.faults) == 3
     assert "action: non-finite values" in result.faults[0].message
+
+
+def test_the_summary_counts_subtasks_the_env_judges_done_not_those_the_planner_believes():
+    from hybrid.runtime.subscriber import EpisodeResult
+    from hybrid.runtime.summary import ConsoleSummary
+
+    lines = []
+    summary = ConsoleSummary(lines.append)
+    believed = dict(status="done", success=False, steps=9, instruction="stack", subtasks_completed=2, subtasks=["a", "b"])
+    summary.on_episode_end(EpisodeResult(**believed, info={"subtask_success": [True, False, False]}))
+    summary.on_episode_end(EpisodeResult(**believed))  # an env that does not judge subtasks: the plan's count
+    summary.close()
+    assert "subtasks=1/3" in lines[0] and "subtasks=2/2" in lines[1]
+    assert lines[-1].startswith("summary: 2 episodes, success 0.00, subtasks completed 1.50")

@@ -42,3 +42,12 @@ def test_fine_tuning_stage_waits_for_its_base_and_only_shipped_stages_are_copied
     assert f"data={tmp_path / 'work' / 'tabletop_heldout'}" in tuned_args  # a stage may name its recording
     assert f"data={tmp_path / 'work' / 'tabletop_train'}" in by_name["other"][0]
     assert sorted(p.name for p in (tmp_path / "ship").iterdir()) == ["other", "tuned"]  # the base is not shipped
+
+
+def test_the_shipped_pipeline_names_only_earlier_stages_and_its_own_recordings():
+    cfg = train_demo.compose("train_demo", [])
+    names = list(cfg.trainings)
+    for i, (name, spec) in enumerate(cfg.trainings.items()):
+        if spec.get("init_from"):
+            assert spec.init_from in names[:i], name  # listed before, or the pool could wait on itself
+        assert spec.get("data", "train") in cfg.record, name

@@ -22,6 +22,14 @@ class EpisodeResult(BaseModel):
     latency_ms: dict[str, dict[str, float]] = Field(default_factory=dict)  # tier -> {p50, p95, mean, n}
     info: dict[str, Any] = Field(default_factory=dict)
 
+    def achieved(self) -> tuple[int, int]:
+        """(subtasks done, subtasks): from the env's own judgement (``info["subtask_success"]``) when it gives
+        one, since the plan's count is the planner's belief; else from the plan."""
+        done = self.info.get("subtask_success")
+        if isinstance(done, list):
+            return int(sum(bool(d) for d in done)), len(done)
+        return self.subtasks_completed, len(self.subtasks)
+
 
 class Subscriber(Protocol):
     def on_episode_start(self, instruction: str, info: dict[str, Any]) -> None: ...

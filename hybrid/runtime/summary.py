@@ -25,7 +25,7 @@ class ConsoleSummary:
         self.results.append(result)
         lat = " ".join(f"{k}={v['p50']:.1f}ms" for k, v in result.latency_ms.items())
         self.print(f"  -> {result.status} success={result.success} steps={result.steps} "
-                   f"subtasks={result.subtasks_completed}/{len(result.subtasks)} faults={len(result.faults)} p50[{lat}]")
+                   f"subtasks={'/'.join(map(str, result.achieved()))} faults={len(result.faults)} p50[{lat}]")
         for fault in result.faults[:5]:
             self.print(f"     fault: {fault}")
 
@@ -33,5 +33,5 @@ class ConsoleSummary:
         if not self.results:
             return
         rate = np.mean([r.success for r in self.results])
-        subtasks = np.mean([r.subtasks_completed for r in self.results])
+        subtasks = np.mean([r.achieved()[0] for r in self.results])
         self.print(f"summary: {len(self.results)} episodes, success {rate:.2f}, subtasks completed {subtasks:.2f} on average")

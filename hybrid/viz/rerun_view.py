@@ -144,7 +144,7 @@ class RerunView:
         rr = self.rr
         lat = ", ".join(f"{k} p50 {v['p50']:.1f} ms" for k, v in result.latency_ms.items())
         text = (f"**{result.status}** (success={result.success}) after {result.steps} steps; "
-                f"subtasks completed: {result.subtasks_completed}/{len(result.subtasks)}; {lat}")
+                f"subtasks completed: {'/'.join(map(str, result.achieved()))}; {lat}")
         self.rec.log("episode/summary", rr.TextLog(text, level=rr.TextLogLevel.INFO))
         self.rec.flush()
 
