@@ -34,8 +34,9 @@ class VLMPlanner:
     The planner remembers the subtask it last asked for: the runtime's history holds only finished
     subtasks, and the model needs to know which one is under way to judge from the image whether it
     is finished. With ``prompt.gripper_index`` it also counts the gripper's releases since that subtask
-    began, from the states it is shown (so the replan period must be shorter than a carry). Each bad reply (invalid JSON, schema violation, empty or unknown subtask) and each
-    retryable backend error costs one of ``max_attempts``; then `PlannerFault` is raised.
+    began, from the states it is shown (so the replan period must be shorter than a carry). Each bad
+    reply (invalid JSON, schema violation, empty or unknown subtask) and each retryable backend error
+    costs one of ``max_attempts``; then `PlannerFault` is raised.
     """
 
     def __init__(self, backend: Backend, prompt: PromptConfig | dict | None = None,
