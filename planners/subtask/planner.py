@@ -67,11 +67,9 @@ class VLMPlanner:
             raise ValueError(f"gripper_index {i} is outside the robot state ({len(state)} entries)")
         return float(state[i]) >= self.prompt.gripper_closed
 
-    def _track_gripper(self, state: np.ndarray | None) -> None:
+    def _track_gripper(self, state: np.ndarray) -> None:
         if self.prompt.gripper_index is None:
             return
-        if state is None:
-            raise ValueError("this planner counts gripper releases (gripper_index) but the observation has no state")
         closed = self._gripper_closed(state)
         self.releases += self._closed and not closed
         self._closed = closed

@@ -146,7 +146,6 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     vocab += [s for s in seen if s not in vocab]
     key = next((k for k in FEATURES["cameras"] if k.endswith("." + camera)), FEATURES["cameras"][0])
     frames = decode_frames(dataset, key, cfg.image_size)
-    states = states if state_in_prompt else None
 
     state_dir = out / STATE_DIR
     start = 0
@@ -195,7 +194,7 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="planner", disable=not accelerator.is_main_process)
     for step in bar:
         batch = collate(processor, builder, frames, [draw() for _ in range(batch_size)], prompt, augment,
-                        states).to(accelerator.device)
+                        states if state_in_prompt else None).to(accelerator.device)
         loss = net(**batch).loss
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(net.parameters(), 1.0)
