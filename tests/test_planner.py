@@ -13,7 +13,13 @@ from hybrid.types import PlanStep, Subtask
 from planners.subtask import BadReply, PlannerFault, ReplanPolicy, ScriptedPlanner, VLMPlanner, parse_reply
 from planners.subtask.planner import BackendError
 from planners.subtask.reply import make_vocabulary, reply_text
-from planners.subtask.tabletop_language import canonical_subtask, colours_in, vocabulary
+from planners.subtask.tabletop_language import (
+    HISTORY_ORDINALS,
+    canonical_subtask,
+    colours_in,
+    history_ordinals,
+    vocabulary,
+)
 
 OBS = fake_observation(cameras=("front", "wrist"), size=40)
 VOCAB = ["pick up the red block", "put it in the blue bowl"]
@@ -244,6 +250,25 @@ def test_tabletop_vocabulary_covers_unseen_pairs():
     vocab = vocabulary(colours)
     assert "put the last blue block in the green bowl" in vocab and "put the blue block on the green block" in vocab
     assert all(canonical_subtask(v) == v for v in vocab)
+
+
+def test_history_ordinals_name_same_coloured_blocks_from_the_history_alone():
+    gather = ["put a red block in the blue bowl", "put another red block in the blue bowl",
+              "put the last red block in the blue bowl"]
+    assert history_ordinals(gather) == ["put a red block in the blue bowl", "put another red block in the blue bowl",
+                                        "put yet another red block in the blue bowl"]
+    # Two red blocks or one: the first is named alike, so naming it needs no count from the picture.
+    two = ["put a red block in the red bowl", "put the yellow block in the yellow bowl",
+           "put the other red block in the red bowl"]
+    assert history_ordinals(two) == ["put a red block in the red bowl", "put a yellow block in the yellow bowl",
+                                     "put another red block in the red bowl"]
+    assert history_ordinals(["put the red block in the blue bowl"]) == ["put a red block in the blue bowl"]
+    stack = ["put the green block on the red block", "put the blue block on the green block"]
+    assert history_ordinals(stack) == stack
+    with pytest.raises(ValueError, match="more than 3"):
+        history_ordinals(["put the red block in the blue bowl"] * 4)
+    vocab = vocabulary(["blue", "red"], HISTORY_ORDINALS)
+    assert "put yet another red block in the blue bowl" in vocab and all(canonical_subtask(v) == v for v in vocab)
 
 
 @pytest.mark.parametrize("name", ["tabletop", "transformers", "vllm", "scripted"])

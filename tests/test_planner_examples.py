@@ -70,3 +70,13 @@ def test_examples_count_the_releases_since_their_current_subtask_began(gripping)
     end = gripping.example(18, "current")
     assert (end.current, end.releases, end.target) == (PLAN[1], 1, PlanStep(done=True))
     assert gripping.example(12, "fresh").releases == 0  # no current subtask, nothing to count
+
+
+def test_a_plan_form_rewrites_every_plan(tmp_path):
+    from planners.subtask.tabletop_language import canonical_subtask, history_ordinals
+
+    plan = ["carry a red block over to the blue bowl", "carry the other red block over to the blue bowl"]
+    ds = make_tiny_dataset(tmp_path / "data", episodes=1, frames_per_subtask=4, plan=plan)
+    b = ExampleBuilder(SubtaskIndex.from_dataset(open_dataset(ds.root)), canonical_subtask, plan_form=history_ordinals)
+    assert b.plans[0] == ["put a red block in the blue bowl", "put another red block in the blue bowl"]
+    assert b.example(5, "current").current == "put another red block in the blue bowl"

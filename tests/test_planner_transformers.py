@@ -142,3 +142,21 @@ def test_fine_tuning_to_count_gripper_releases_keeps_the_setting_with_the_model(
     assert step.done or step.subtask in PLAN
     assert evaluate.main(["--data", str(tiny_data.root), "--model", str(out), "--examples", "6", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["next_examples"] > 0
+
+
+def test_a_planner_naming_blocks_from_the_history_is_trained_and_scored_in_that_language(tmp_path, capsys):
+    from planners.subtask import evaluate
+    from planners.subtask.train import train
+
+    plan = ["put a red block in the blue bowl", "put the other red block in the blue bowl"]
+    data = make_tiny_dataset(tmp_path / "data", episodes=1, frames_per_subtask=4, plan=plan)
+    with pytest.raises(ValueError, match="ordinals"):
+        train(str(data.root), str(tmp_path / "bad"), steps=1, model=TINY, ordinals="counted")
+    out = tmp_path / "history"
+    train(str(data.root), str(out), steps=2, batch_size=2, warmup_steps=1, threads=1, model=TINY, ordinals="history")
+    settings = json.loads((out / "planner.json").read_text())
+    assert settings["ordinals"] == "history"
+    assert "put another red block in the blue bowl" in settings["vocabulary"]
+    assert not any(s.startswith(("put the other", "put the last")) for s in settings["vocabulary"])
+    assert evaluate.main(["--data", str(data.root), "--model", str(out), "--examples", "6", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["next_examples"] > 0

@@ -37,8 +37,8 @@ def main(argv: list[str]) -> int:
     from planners.subtask.examples import VARIANTS, ExampleBuilder
     from planners.subtask.frames import decode_frames
     from planners.subtask.reply import PlannerFault, normalize
-    from planners.subtask.tabletop_language import canonical_subtask
-    from planners.subtask.transformers_backend import transformers_planner
+    from planners.subtask.tabletop_language import PLAN_FORMS, canonical_subtask
+    from planners.subtask.transformers_backend import load_settings, transformers_planner
 
     if args.model is None:
         from hybrid.config import compose
@@ -50,8 +50,10 @@ def main(argv: list[str]) -> int:
     index = SubtaskIndex.from_dataset(dataset)
     states = numeric_column(dataset, FEATURES["state"])
     grip = planner.prompt.gripper_index if args.gripper_index is None else args.gripper_index
+    # The planner's own naming of same-coloured blocks (planner.json; `train.py`'s ``ordinals``).
+    plan_form = PLAN_FORMS[load_settings(args.model).get("ordinals", "scene")]
     builder = ExampleBuilder(index, canon, args.done_tail_s, None if grip is None else states[:, grip],
-                             planner.prompt.gripper_closed)
+                             planner.prompt.gripper_closed, plan_form)
     cam = planner.prompt.camera
     key = next((k for k in FEATURES["cameras"] if k.endswith("." + cam)), FEATURES["cameras"][0])
     size = planner.prompt.image_size or 224

@@ -54,9 +54,10 @@ class ExampleBuilder:
     or above ``closed_at``; with it a subtask finishes at its last release, and examples count releases."""
 
     def __init__(self, index: SubtaskIndex, canonical=lambda s: s, done_tail_s: float = 0.5,
-                 gripper: np.ndarray | None = None, closed_at: float = 0.5):
+                 gripper: np.ndarray | None = None, closed_at: float = 0.5, plan_form=list):
+        """``plan_form``: rewrites a whole canonical plan (e.g. `tabletop_language.history_ordinals`)."""
         self.index = index
-        self.plans = {ep: [canonical(s) for s in plan] for ep, plan in index.plans.items()}
+        self.plans = {ep: plan_form([canonical(s) for s in plan]) for ep, plan in index.plans.items()}
         self.tail = max(1, int(round(done_tail_s * index.fps)))
         events = np.zeros(len(index), bool)
         if gripper is not None:

@@ -12,8 +12,12 @@ import re
 
 from planners.subtask.reply import normalize
 
+# How the recording names the k-th of n same-coloured blocks (the env's words: they need n, i.e. the scene).
 ORDINALS = ("the", "a", "another", "the other", "the last")
-_BLOCK = re.compile(r"\b(?:(the other|the last|another|the|a)\s+)?([a-z]+)\s+(?:block|cube)s?\b")
+# The same named from the history alone: how many of that colour went to that bowl before.
+HISTORY_ORDINALS = ("a", "another", "yet another")
+_BLOCK = re.compile(r"\b(?:(the other|the last|yet another|another|the|a)\s+)?([a-z]+)\s+(?:block|cube)s?\b")
+_PLACE = re.compile(r"put (?:the other|the last|yet another|another|the|a) ([a-z]+) block in the ([a-z]+) bowl")
 _BOWL = re.compile(r"\b([a-z]+)\s+bowl\b")
 
 
@@ -40,8 +44,32 @@ def colours_in(subtasks: list[str]) -> list[str]:
     return sorted(found)
 
 
-def vocabulary(colours: list[str]) -> list[str]:
+def history_ordinals(plan: list[str]) -> list[str]:
+    """A canonical plan with each placement's ordinal taken from the placements before it: the first red block
+    for the blue bowl is "a red block", the next "another", the third "yet another". The recording's "the
+    red block" / "the other red block" say how many red blocks there are in all, which a planner must count
+    from the picture before it names the first one (and, miscounted, it then asks for "the other" block that
+    is not there). Named from the history, only the question the picture has to answer is left: is one left?
+    Consecutive subtasks still never share a text."""
+    seen: dict[tuple[str, str], int] = {}
+    out = []
+    for text in plan:
+        m = _PLACE.fullmatch(text)
+        if m is None:  # stacking names each block once: nothing to count
+            out.append(text)
+            continue
+        k = seen[m.groups()] = seen.get(m.groups(), -1) + 1
+        if k >= len(HISTORY_ORDINALS):
+            raise ValueError(f"{text!r}: more than {len(HISTORY_ORDINALS)} blocks of one colour for one bowl")
+        out.append(f"put {HISTORY_ORDINALS[k]} {m.group(1)} block in the {m.group(2)} bowl")
+    return out
+
+
+PLAN_FORMS = {"scene": list, "history": history_ordinals}  # planner.json "ordinals" -> plan rewrite
+
+
+def vocabulary(colours: list[str], ordinals: tuple[str, ...] = ORDINALS) -> list[str]:
     """Every canonical subtask over ``colours``, including pairs never seen together in training."""
-    place = [f"put {o} {c} block in the {b} bowl" for o in ORDINALS for c in colours for b in colours]
+    place = [f"put {o} {c} block in the {b} bowl" for o in ordinals for c in colours for b in colours]
     stack = [f"put the {c} block on the {b} block" for c in colours for b in colours if c != b]
     return place + stack

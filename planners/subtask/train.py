@@ -22,7 +22,14 @@ from hybrid.types import PlanStep
 from planners.subtask.examples import TRAIN_WEIGHTS, Example, ExampleBuilder
 from planners.subtask.prompting import PromptConfig, build_messages, user_text
 from planners.subtask.reply import reply_text
-from planners.subtask.tabletop_language import canonical_subtask, colours_in, vocabulary
+from planners.subtask.tabletop_language import (
+    HISTORY_ORDINALS,
+    ORDINALS,
+    PLAN_FORMS,
+    canonical_subtask,
+    colours_in,
+    vocabulary,
+)
 from planners.subtask.tabletop_model import TabletopModelConfig, build, save
 from planners.subtask.transformers_backend import SETTINGS_FILE
 
@@ -109,7 +116,7 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
           threads: int | None = None, log_every: int = 25, colour_swap: float = 0.0,
           done_fraction: float = 0.0, state_in_prompt: bool = False, init: str | None = None,
           word_noise: float = 0.0, variants: dict[str, float] | None = None, gripper_index: int | None = None,
-          release_noise: float = 0.0) -> Path:
+          release_noise: float = 0.0, ordinals: str = "scene") -> Path:
     """``colour_swap``: probability that an example's colours are permuted (words and pixels, `augment.py`);
     ``word_noise``: probability that some of an instruction's words are replaced by unknown ones (`WordNoise`);
     ``done_fraction``: share of examples drawn from the frames labelled done, which are a few per episode;
@@ -118,7 +125,10 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     ``variants``: share of each example variant (`examples.py`: current, fresh, behind, resume);
     ``gripper_index``: the state entry of the gripper: subtasks finish at their last release, and the prompt
     counts releases since the current subtask began (`PromptConfig.gripper_index`);
-    ``release_noise``: share of unfinished examples shown one release anyway (`augmentation`)."""
+    ``release_noise``: share of unfinished examples shown one release anyway (`augmentation`);
+    ``ordinals``: how same-coloured blocks are told apart in the replies, "scene" (the recording's "the" /
+    "the other" / "the last", which count the blocks) or "history" ("a" / "another" / "yet another",
+    `tabletop_language.history_ordinals`); needs ``canonical``."""
     import torch
     from accelerate import Accelerator
     from tqdm import tqdm
@@ -137,12 +147,16 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
 
     dataset = open_dataset(data)
     index = SubtaskIndex.from_dataset(dataset)
+    if ordinals not in PLAN_FORMS or (ordinals != "scene" and not canonical):
+        raise ValueError(f"ordinals: expected one of {sorted(PLAN_FORMS)} ('history' with canonical=true), "
+                         f"got {ordinals!r}")
     to_canonical = canonical_subtask if canonical else (lambda s: " ".join(s.split()))
     states = numeric_column(dataset, FEATURES["state"])
     gripper = None if gripper_index is None else states[:, gripper_index]
-    builder = ExampleBuilder(index, to_canonical, done_tail_s, gripper, prompt.gripper_closed)
+    builder = ExampleBuilder(index, to_canonical, done_tail_s, gripper, prompt.gripper_closed, PLAN_FORMS[ordinals])
     seen = sorted({s for plan in builder.plans.values() for s in plan})
-    vocab = vocabulary(colours_in(seen)) if canonical else seen
+    words = HISTORY_ORDINALS if ordinals == "history" else ORDINALS
+    vocab = vocabulary(colours_in(seen), words) if canonical else seen
     vocab += [s for s in seen if s not in vocab]
     key = next((k for k in FEATURES["cameras"] if k.endswith("." + camera)), FEATURES["cameras"][0])
     frames = decode_frames(dataset, key, cfg.image_size)
@@ -162,7 +176,8 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     else:
         net, processor = build(tokenizer_corpus(index, vocab, prompt), cfg)
         save(net, processor, out)
-    (out / SETTINGS_FILE).write_text(json.dumps({"prompt": prompt.model_dump(), "vocabulary": vocab}, indent=1))
+    (out / SETTINGS_FILE).write_text(json.dumps({"prompt": prompt.model_dump(), "vocabulary": vocab,
+                                                 "ordinals": ordinals}, indent=1))
 
     accelerator = Accelerator()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
