@@ -255,20 +255,20 @@ def test_tabletop_vocabulary_covers_unseen_pairs():
 def test_history_ordinals_name_same_coloured_blocks_from_the_history_alone():
     gather = ["put a red block in the blue bowl", "put another red block in the blue bowl",
               "put the last red block in the blue bowl"]
-    assert history_ordinals(gather) == ["put a red block in the blue bowl", "put another red block in the blue bowl",
-                                        "put yet another red block in the blue bowl"]
+    assert history_ordinals(gather) == ["put the red block in the blue bowl", "put another red block in the blue bowl",
+                                        "put the last red block in the blue bowl"]
     # Two red blocks or one: the first is named alike, so naming it needs no count from the picture.
     two = ["put a red block in the red bowl", "put the yellow block in the yellow bowl",
            "put the other red block in the red bowl"]
-    assert history_ordinals(two) == ["put a red block in the red bowl", "put a yellow block in the yellow bowl",
+    assert history_ordinals(two) == ["put the red block in the red bowl", "put the yellow block in the yellow bowl",
                                      "put another red block in the red bowl"]
-    assert history_ordinals(["put the red block in the blue bowl"]) == ["put a red block in the blue bowl"]
     stack = ["put the green block on the red block", "put the blue block on the green block"]
     assert history_ordinals(stack) == stack
     with pytest.raises(ValueError, match="more than 3"):
         history_ordinals(["put the red block in the blue bowl"] * 4)
     vocab = vocabulary(["blue", "red"], HISTORY_ORDINALS)
-    assert "put yet another red block in the blue bowl" in vocab and all(canonical_subtask(v) == v for v in vocab)
+    assert "put the last red block in the blue bowl" in vocab and "put a red block in the blue bowl" not in vocab
+    assert all(canonical_subtask(v) == v for v in vocab)
 
 
 @pytest.mark.parametrize("name", ["tabletop", "transformers", "vllm", "scripted"])

@@ -78,5 +78,5 @@ def test_a_plan_form_rewrites_every_plan(tmp_path):
     plan = ["carry a red block over to the blue bowl", "carry the other red block over to the blue bowl"]
     ds = make_tiny_dataset(tmp_path / "data", episodes=1, frames_per_subtask=4, plan=plan)
     b = ExampleBuilder(SubtaskIndex.from_dataset(open_dataset(ds.root)), canonical_subtask, plan_form=history_ordinals)
-    assert b.plans[0] == ["put a red block in the blue bowl", "put another red block in the blue bowl"]
+    assert b.plans[0] == ["put the red block in the blue bowl", "put another red block in the blue bowl"]
     assert b.example(5, "current").current == "put another red block in the blue bowl"

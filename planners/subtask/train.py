@@ -127,7 +127,7 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     counts releases since the current subtask began (`PromptConfig.gripper_index`);
     ``release_noise``: share of unfinished examples shown one release anyway (`augmentation`);
     ``ordinals``: how same-coloured blocks are told apart in the replies, "scene" (the recording's "the" /
-    "the other" / "the last", which count the blocks) or "history" ("a" / "another" / "yet another",
+    "the other" / "the last", which count the blocks) or "history" ("the" / "another" / "the last" in turn,
     `tabletop_language.history_ordinals`); needs ``canonical``."""
     import torch
     from accelerate import Accelerator
