@@ -33,6 +33,7 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
 
     from hybrid.data import FEATURES, SubtaskIndex, numeric_column, open_dataset
+    from hybrid.envs.tabletop.tasks import family_of
     from hybrid.types import Observation, Subtask
     from planners.subtask.examples import VARIANTS, ExampleBuilder
     from planners.subtask.frames import decode_frames
@@ -63,6 +64,7 @@ def main(argv: list[str]) -> int:
     last = np.flatnonzero([index.is_last_subtask(i) for i in range(len(index))])
     done_hits = done_n = faults = 0
     by_variant = {v: [0, 0] for v in VARIANTS}  # next-subtask hits, examples
+    by_family: dict[str, list[int]] = {}  # the same per task family (tabletop instructions; else "other")
     tp = fp = fn = 0
     latencies = []
     for j in range(args.examples):
@@ -92,13 +94,16 @@ def main(argv: list[str]) -> int:
             fp += said_done and not ex.target.done
             fn += (not said_done) and ex.target.done
         else:
-            by_variant[variant][0] += step is not None and not step.done and canon(step.subtask) in ex.accepted
-            by_variant[variant][1] += 1
+            hit = step is not None and not step.done and canon(step.subtask) in ex.accepted
+            for counts in (by_variant[variant], by_family.setdefault(family_of(ex.instruction) or "other", [0, 0])):
+                counts[0] += hit
+                counts[1] += 1
     next_hits, next_n = (sum(counts) for counts in zip(*by_variant.values()))
     result = {
         "next_subtask_accuracy": round(next_hits / max(next_n, 1), 4),
         # up to date / starting afresh / one subtask behind (the image must show the current one finished)
         "next_subtask_accuracy_by_situation": {v: round(h / max(n, 1), 4) for v, (h, n) in by_variant.items()},
+        "next_subtask_accuracy_by_family": {f: round(h / n, 4) for f, (h, n) in sorted(by_family.items())},
         "done_accuracy": round(done_hits / max(done_n, 1), 4),
         "done_precision": round(tp / max(tp + fp, 1), 4),
         "done_recall": round(tp / max(tp + fn, 1), 4),
