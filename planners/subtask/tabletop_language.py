@@ -15,7 +15,8 @@ from planners.subtask.reply import normalize
 # How the recording names the k-th of n same-coloured blocks (the env's words: they need n, i.e. the scene).
 ORDINALS = ("the", "a", "another", "the other", "the last")
 # The same named from the history alone: how many of that colour went to that bowl before (at most three do,
-# so the third is the last). Words the executor was trained on: with "a" for a lone block it missed 5 of 20.
+# so the third is the last). Words the executor was trained on: told "a red block" for a lone block, the oracle
+# agent placed 15 of 20 held-out pick_place blocks; told "the", 20 of 20.
 HISTORY_ORDINALS = ("the", "another", "the last")
 _BLOCK = re.compile(r"\b(?:(the other|the last|another|the|a)\s+)?([a-z]+)\s+(?:block|cube)s?\b")
 _PLACE = re.compile(r"put (?:the other|the last|another|the|a) ([a-z]+) block in the ([a-z]+) bowl")
