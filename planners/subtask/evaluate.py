@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
     from planners.subtask.examples import VARIANTS, ExampleBuilder
     from planners.subtask.frames import decode_frames
     from planners.subtask.reply import PlannerFault, normalize
-    from planners.subtask.tabletop_language import PLAN_FORMS, canonical_subtask
+    from planners.subtask.tabletop_language import NAMINGS, canonical_subtask
     from planners.subtask.transformers_backend import load_settings, transformers_planner
 
     if args.model is None:
@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
     states = numeric_column(dataset, FEATURES["state"])
     grip = planner.prompt.gripper_index if args.gripper_index is None else args.gripper_index
     # The planner's own naming of same-coloured blocks (planner.json; `train.py`'s ``ordinals``).
-    plan_form = PLAN_FORMS[load_settings(args.model).get("ordinals", "scene")]
+    plan_form = NAMINGS[load_settings(args.model).get("ordinals", "scene")].rewrite
     builder = ExampleBuilder(index, canon, args.done_tail_s, None if grip is None else states[:, grip],
                              planner.prompt.gripper_closed, plan_form)
     cam = planner.prompt.camera

@@ -9,6 +9,8 @@ compares meanings, so a held-out paraphrase of a subtask counts as that subtask.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from planners.subtask.reply import normalize
 
@@ -67,7 +69,17 @@ def history_ordinals(plan: list[str]) -> list[str]:
     return out
 
 
-PLAN_FORMS = {"scene": list, "history": history_ordinals}  # planner.json "ordinals" -> plan rewrite
+@dataclass(frozen=True)
+class Naming:
+    """How a planner's replies tell same-coloured blocks apart: the rewrite of each canonical plan into its
+    words, and the ordinal words its vocabulary is built from."""
+
+    rewrite: Callable[[list[str]], list[str]]
+    ordinals: tuple[str, ...]
+
+
+# planner.json "ordinals" (the trainer's ``ordinals``) -> its naming
+NAMINGS = {"scene": Naming(list, ORDINALS), "history": Naming(history_ordinals, HISTORY_ORDINALS)}
 
 
 def vocabulary(colours: list[str], ordinals: tuple[str, ...] = ORDINALS) -> list[str]:

@@ -22,14 +22,7 @@ from hybrid.types import PlanStep
 from planners.subtask.examples import TRAIN_WEIGHTS, Example, ExampleBuilder
 from planners.subtask.prompting import PromptConfig, build_messages, user_text
 from planners.subtask.reply import reply_text
-from planners.subtask.tabletop_language import (
-    HISTORY_ORDINALS,
-    ORDINALS,
-    PLAN_FORMS,
-    canonical_subtask,
-    colours_in,
-    vocabulary,
-)
+from planners.subtask.tabletop_language import NAMINGS, canonical_subtask, colours_in, vocabulary
 from planners.subtask.tabletop_model import TabletopModelConfig, build, save
 from planners.subtask.transformers_backend import SETTINGS_FILE
 
@@ -145,18 +138,18 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
 
+    if ordinals not in NAMINGS or (ordinals != "scene" and not canonical):
+        raise ValueError(f"ordinals: expected one of {sorted(NAMINGS)} ('history' with canonical=true), "
+                         f"got {ordinals!r}")
+    naming = NAMINGS[ordinals]
     dataset = open_dataset(data)
     index = SubtaskIndex.from_dataset(dataset)
-    if ordinals not in PLAN_FORMS or (ordinals != "scene" and not canonical):
-        raise ValueError(f"ordinals: expected one of {sorted(PLAN_FORMS)} ('history' with canonical=true), "
-                         f"got {ordinals!r}")
     to_canonical = canonical_subtask if canonical else (lambda s: " ".join(s.split()))
     states = numeric_column(dataset, FEATURES["state"])
     gripper = None if gripper_index is None else states[:, gripper_index]
-    builder = ExampleBuilder(index, to_canonical, done_tail_s, gripper, prompt.gripper_closed, PLAN_FORMS[ordinals])
+    builder = ExampleBuilder(index, to_canonical, done_tail_s, gripper, prompt.gripper_closed, naming.rewrite)
     seen = sorted({s for plan in builder.plans.values() for s in plan})
-    words = HISTORY_ORDINALS if ordinals == "history" else ORDINALS
-    vocab = vocabulary(colours_in(seen), words) if canonical else seen
+    vocab = vocabulary(colours_in(seen), naming.ordinals) if canonical else seen
     vocab += [s for s in seen if s not in vocab]
     key = next((k for k in FEATURES["cameras"] if k.endswith("." + camera)), FEATURES["cameras"][0])
     frames = decode_frames(dataset, key, cfg.image_size)
