@@ -161,3 +161,21 @@ def test_a_planner_naming_blocks_from_the_history_is_trained_and_scored_in_that_
     assert not any(s.startswith(("put the other", "put a ")) for s in settings["vocabulary"])
     assert evaluate.main(["--data", str(data.root), "--model", str(out), "--examples", "6", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["next_examples"] > 0
+
+
+def test_fine_tuning_at_a_larger_image_size_reads_the_larger_grid(trained, tiny_data, tmp_path):
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from planners.subtask.train import train
+    from planners.subtask.transformers_backend import transformers_planner
+
+    out = tmp_path / "larger"
+    train(str(tiny_data.root), str(out), steps=2, batch_size=2, warmup_steps=1, threads=1, init=str(trained),
+          model={**TINY, "image_size": 112})
+    assert json.loads((out / "planner.json").read_text())["prompt"]["image_size"] == 112
+    processor = AutoProcessor.from_pretrained(out)
+    grid = processor.image_processor(images=[Image.new("RGB", (112, 112))], return_tensors="pt")["image_grid_thw"]
+    assert grid.tolist() == [[1, 8, 8]]  # 112 px / patch 14 (the init read 56 px: 4 x 4)
+    step = transformers_planner(str(out)).plan(obs_of(np.zeros((96, 96, 3), np.uint8)), INSTRUCTION, [])
+    assert step.done or step.subtask in PLAN

@@ -70,6 +70,17 @@ def build_processor(tokenizer, image_size: int):
                             video_processor=video_processor, chat_template=CHAT_TEMPLATE)
 
 
+def set_image_size(processor, image_size: int) -> None:
+    """Resize every image to ``image_size``^2 pixels, as `build_processor` does: to fine-tune a planner at
+    another resolution than it was trained at (Qwen2-VL's vision rotary positions follow the patch grid,
+    so the same weights read a larger grid)."""
+    pixels = image_size * image_size
+    for proc in (processor.image_processor, getattr(processor, "video_processor", None)):
+        if proc is not None:
+            proc.size = {"shortest_edge": pixels, "longest_edge": pixels}
+            proc.min_pixels = proc.max_pixels = None  # else they override size
+
+
 def build_model(tokenizer, cfg: TabletopModelConfig):
     """A randomly initialised Qwen2-VL with the tiny sizes of ``cfg``."""
     from transformers import GenerationConfig, Qwen2VLConfig, Qwen2VLForConditionalGeneration

@@ -23,7 +23,7 @@ from planners.subtask.examples import TRAIN_WEIGHTS, Example, ExampleBuilder
 from planners.subtask.prompting import PromptConfig, build_messages, user_text
 from planners.subtask.reply import reply_text
 from planners.subtask.tabletop_language import NAMINGS, canonical_subtask, colours_in, vocabulary
-from planners.subtask.tabletop_model import TabletopModelConfig, build, save
+from planners.subtask.tabletop_model import TabletopModelConfig, build, save, set_image_size
 from planners.subtask.transformers_backend import SETTINGS_FILE
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,7 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
         log.info("resuming from step %d in %s", start, out)
     elif init is not None:
         processor = AutoProcessor.from_pretrained(init)
+        set_image_size(processor, cfg.image_size)  # the prompt's size: the init's or a new one
         net = AutoModelForImageTextToText.from_pretrained(init)
         save(net, processor, out)
         log.info("fine-tuning %s", init)
