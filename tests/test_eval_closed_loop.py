@@ -15,6 +15,8 @@ def test_eval_reports_every_agent_per_family(capsys):
     for name, agent in report["agents"].items():
         fam = agent["families"]["pick_place"]
         assert fam["success"] == 0.0  # zero actions never solve a task
+        # the tabletop's placement probe: nothing was picked up, so nothing was released
+        assert fam["releases_per_episode"] == 0 and fam["release_error_cm_p50"] is None
         assert "executor" in agent["latency_ms_p50"]
     assert "world_model" in report["agents"]["oracle_subgoals"]["latency_ms_p50"]
     for oracle in ("oracle", "oracle_subgoals"):

@@ -76,3 +76,27 @@ def test_expert_success_rate_on_heldout(family):
     finally:
         env.close()
     assert sum(wins) >= 4, wins
+
+
+def test_placement_probe_measures_each_release_where_the_block_comes_to_rest():
+    """The expert places every block on target; told to miss first, half its releases land beside the goal."""
+    for miss, on_target in ((0.0, 1.0), (1.0, 0.5)):
+        env = TabletopEnv(task="stack", cameras=("front",), image_size=32)
+        probe = env.placement_probe()
+        try:
+            obs, info = env.reset(seed=7)
+            probe.on_episode_start(info["instruction"], info)
+            expert = env.expert(miss)
+            while not expert.done:
+                obs, _, _, truncated, info = env.step(expert.act(obs))
+                probe.on_step(None)
+                assert not truncated
+            probe.on_episode_end(None)
+        finally:
+            env.close()
+        summary = probe.summary()
+        n = len(info["subtasks"])
+        assert summary["releases_per_episode"] == n * (1 + miss) and summary["wrong_block_releases"] == 0
+        assert summary["releases_on_target"] == on_target, summary
+        if miss == 0.0:
+            assert summary["release_error_cm_p50"] < 1.0  # the expert aims at the lower block's centre

@@ -53,6 +53,9 @@ def evaluate(cfg) -> dict:
             env = EnvAdapter(instantiate(cfg.env, task=family, split=cfg.split), adapter_cfg)
             oracles = [t for t in (agent.planner, agent.world_model) if hasattr(t, "bind")]
             subscribers = [_BindOracle(oracles, env.env)] if oracles else []
+            # Envs that can say how far each placement missed (the tabletop) hand eval a probe for it.
+            probe = env.env.placement_probe() if hasattr(env.env, "placement_probe") else None
+            subscribers += [probe] if probe else []
             results = []
             for ep in tqdm(range(cfg.episodes), desc=f"{name}/{family}", leave=False):
                 seed = cfg.seed + ep
@@ -63,6 +66,7 @@ def evaluate(cfg) -> dict:
                 # what the physics says is done: the planner's own bookkeeping is what is being judged
                 "subtasks_completed": float(np.mean([r.achieved()[0] for r in results])),
                 "faults": int(sum(len(r.faults) for r in results)),
+                **(probe.summary() if probe else {}),
             }
             for r in results:
                 for tier, stats in r.latency_ms.items():

@@ -23,6 +23,7 @@ import numpy as np
 from gymnasium import spaces
 
 from hybrid.envs.tabletop.expert import ScriptedExpert
+from hybrid.envs.tabletop.placement import PlacementProbe
 from hybrid.envs.tabletop.scene import BLOCK_HALF, Scene
 from hybrid.envs.tabletop.tasks import FAMILIES, sample_task
 
@@ -160,6 +161,10 @@ class TabletopEnv(gym.Env):
         return ScriptedExpert(
             self.scene, np.random.default_rng(self._expert_seed), lambda: self._target.copy(), miss=miss
         )
+
+    def placement_probe(self) -> PlacementProbe:
+        """A runtime subscriber that measures where released blocks come to rest (`hybrid eval` reports it)."""
+        return PlacementProbe(self)
 
     def render_subgoal(self, subtask_index: int) -> dict[str, np.ndarray]:
         """Images of the scene once subtasks 0..subtask_index are done (the oracle subgoal).
