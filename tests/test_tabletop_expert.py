@@ -100,3 +100,27 @@ def test_placement_probe_measures_each_release_where_the_block_comes_to_rest():
         assert summary["releases_on_target"] == on_target, summary
         if miss == 0.0:
             assert summary["release_error_cm_p50"] < 1.0  # the expert aims at the lower block's centre
+
+
+@pytest.mark.parametrize("family", ["stack", "sort"])
+def test_an_expert_grasping_off_centre_still_puts_the_block_on_its_target(family):
+    import numpy as np
+
+    env = TabletopEnv(task=family, cameras=("front",), image_size=32)
+    probe = env.placement_probe()
+    try:
+        obs, info = env.reset(seed=7)
+        probe.on_episode_start(info["instruction"], info)
+        expert, offsets = env.expert(grasp_spread=0.025), []
+        while not expert.done:
+            obs, _, _, truncated, info = env.step(expert.act(obs))
+            probe.on_step(None)
+            assert not truncated
+            offsets += [np.linalg.norm(env.scene.block_pos(i)[:2] - env.scene.effector[:2])
+                        for i in env.scene.held_blocks()]
+        probe.on_episode_end(None)
+    finally:
+        env.close()
+    assert info["success"], info
+    assert max(offsets) > 0.01  # held a centimetre or more off-centre (the default expert: within 4 mm)
+    assert probe.summary()["releases_on_target"] == 1.0

@@ -33,6 +33,7 @@ def main(argv: list[str]) -> int:
             families=list(cfg.families) if cfg.families else None,
             video=cfg.video,
             expert_miss=cfg.expert_miss,
+            expert_grasp_spread=cfg.expert_grasp_spread,
         )
     finally:
         env.close()

@@ -155,12 +155,12 @@ class TabletopEnv(gym.Env):
         """The action that keeps the robot still: no motion, suction as it is now."""
         return np.array([0.0, 0.0, 0.0, self.scene.suction_command], np.float32)
 
-    def expert(self, miss: float = 0.0) -> ScriptedExpert:
+    def expert(self, miss: float = 0.0, grasp_spread: float | None = None) -> ScriptedExpert:
         """The scripted expert for the current episode (seeded by it, so its noise is reproducible);
-        ``miss``: probability that a subtask's first placement is aimed beside its goal (`ScriptedExpert`)."""
-        return ScriptedExpert(
-            self.scene, np.random.default_rng(self._expert_seed), lambda: self._target.copy(), miss=miss
-        )
+        ``miss``: probability that a subtask's first placement is aimed beside its goal; ``grasp_spread``: how
+        far from a block's centre it may grasp (`ScriptedExpert`)."""
+        return ScriptedExpert(self.scene, np.random.default_rng(self._expert_seed), lambda: self._target.copy(),
+                              miss=miss, grasp_spread=grasp_spread)
 
     def placement_probe(self) -> PlacementProbe:
         """A runtime subscriber that measures where released blocks come to rest (`hybrid eval` reports it)."""

@@ -42,13 +42,18 @@ class ScriptedExpert:
         commanded: Callable[[], np.ndarray],
         noise: float = 0.004,
         miss: float = 0.0,
+        grasp_spread: float | None = None,
     ) -> None:
-        """``miss``: probability that a subtask's first placement is aimed beside its goal (then retried)."""
+        """``miss``: probability that a subtask's first placement is aimed beside its goal (then retried);
+        ``grasp_spread``: grasp the block up to this far (metres) from its centre, in a random direction (None:
+        within 3 mm per axis). The placement still puts the *block* on its target: the cup is moved by the
+        offset the block is held at, which is what a policy that grasps off-centre has to learn."""
         # `commanded` reads the env's commanded tool position: actions move the command, which the
         # servo tracks with some lag, so steering the command (not the measured position) avoids
         # overshooting waypoints at speed.
         self.scene, self.rng, self.noise, self.commanded = scene, rng, noise, commanded
         self.miss, self._tried = float(miss), set()
+        self.grasp_spread = grasp_spread
         self.spec = scene.spec
         self.speed = rng.uniform(0.035, MAX_DELTA)  # per-episode cruise speed, for diversity
         self._speed_now = 0.0
@@ -69,7 +74,11 @@ class ScriptedExpert:
         self._travel_z = (
             max(self.scene.stack_top(), 2 * BLOCK_HALF) + 2 * BLOCK_HALF + self.rng.uniform(0.03, 0.06)
         )
-        self._grasp_offset = self.rng.uniform(-0.003, 0.003, size=2)
+        if self.grasp_spread is None:  # the draw recordings were made with
+            self._grasp_offset = self.rng.uniform(-0.003, 0.003, size=2)
+        else:
+            angle, radius = self.rng.uniform(0.0, 2 * np.pi), self.rng.uniform(0.0, self.grasp_spread)
+            self._grasp_offset = radius * np.array([np.cos(angle), np.sin(angle)])
         tol = 0.002 if isinstance(self.goal, StackOn) else 0.006
         self._place_offset = self.rng.uniform(-tol, tol, size=2)
         first = self.subtask_index not in self._tried

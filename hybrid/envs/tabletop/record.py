@@ -49,13 +49,14 @@ def dataset_features(env: TabletopEnv, video: bool = True) -> dict[str, dict[str
 
 
 def run_episode(env: TabletopEnv, seed: int, families: list[str] | None = None,
-                miss: float = 0.0) -> tuple[list[dict[str, Any]] | None, dict[str, Any]]:
+                miss: float = 0.0, grasp_spread: float | None = None
+                ) -> tuple[list[dict[str, Any]] | None, dict[str, Any]]:
     """Roll the expert out for one episode; return LeRobot frames and the final info (no frames when the
-    seed's family is not one of ``families``). ``miss``: the expert's deliberate-miss probability."""
+    seed's family is not one of ``families``). ``miss``, ``grasp_spread``: `ScriptedExpert`'s."""
     obs, info = env.reset(seed=seed)
     if families and info["family"] not in families:
         return None, info
-    expert = env.expert(miss)
+    expert = env.expert(miss, grasp_spread)
     frames = []
     while True:
         action = expert.act(obs)
@@ -83,9 +84,11 @@ def record(
     families: list[str] | None = None,
     video: bool = True,
     expert_miss: float = 0.0,
+    expert_grasp_spread: float | None = None,
 ) -> dict[str, Any]:
     """Write `episodes` successful expert episodes to a new LeRobot dataset at `out` (``expert_miss``: the
-    probability that a subtask's first placement misses on purpose and is retried, `ScriptedExpert`)."""
+    probability that a subtask's first placement misses on purpose and is retried; ``expert_grasp_spread``:
+    how far from a block's centre it may grasp; `ScriptedExpert`)."""
     if families and env.task != "all" and env.task not in families:
         raise ValueError(f"families={families}: the env only makes {env.task!r} episodes (use task=all)")
     import av
@@ -107,7 +110,7 @@ def record(
     saved, failures, frames_written, next_seed = 0, 0, 0, seed
     with tqdm(total=episodes, desc="recording", unit="episode", disable=not progress) as bar:
         while saved < episodes:
-            frames, info = run_episode(env, next_seed, families, expert_miss)
+            frames, info = run_episode(env, next_seed, families, expert_miss, expert_grasp_spread)
             next_seed += 1
             if frames is None:
                 continue
