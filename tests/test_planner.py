@@ -141,6 +141,25 @@ def test_gripper_releases_since_the_current_subtask_began_are_counted_into_the_p
     assert (planner.current, planner.releases) == (None, 0)
 
 
+def test_a_change_of_subtask_is_taken_only_after_the_replies_in_a_row_the_policy_asks_for():
+    a, b = VOCAB
+    replies = [a, b, a, b, b, b, {"done": True}, {"done": True}]
+    backend = CannedBackend([json.dumps(r if isinstance(r, dict) else {"subtask": r, "done": False}) for r in replies])
+    planner = VLMPlanner(backend, prompt={"gripper_index": -1}, vocabulary=VOCAB,
+                         replan={"switch_confirmations": 2, "switch_confirmations_before_release": 3})
+
+    def at(gripper):
+        return OBS.model_copy(update={"state": np.array([0.1, 0.0, 0.2, gripper], np.float32)})
+
+    steps = [planner.plan(at(gripper), "put the red block in the blue bowl", [])
+             for gripper in (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0)]
+    # A stray b is dropped; with the gripper closed since a began, b takes 3 replies in a row; once the
+    # gripper has let go (step 7), done takes 2.
+    assert ["done" if s.done else s.subtask for s in steps] == [a, a, a, a, a, b, b, "done"]
+    assert "unconfirmed change to '<done>' (1/2)" in steps[6].reason
+    assert planner.current is None and planner._proposal is None
+
+
 def test_a_gripper_index_outside_the_state_is_a_clear_error():
     planner = VLMPlanner(CannedBackend([]), prompt={"gripper_index": 7}, vocabulary=VOCAB)
     with pytest.raises(ValueError, match="gripper_index 7 is outside the robot state"):

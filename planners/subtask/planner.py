@@ -51,6 +51,7 @@ class VLMPlanner:
         self.replan = replan if isinstance(replan, ReplanPolicy) else ReplanPolicy.model_validate(dict(replan or {}))
         self.current: str | None = None
         self.releases, self._closed = 0, False
+        self._proposal: tuple[str, int] | None = None  # an unconfirmed change of subtask, and its replies so far
 
     def reset(self) -> None:
         self.resume(None)
@@ -58,8 +59,25 @@ class VLMPlanner:
     def resume(self, current: str | None, releases: int = 0, state: np.ndarray | None = None) -> None:
         """Take up a runtime's situation: ``current`` under way, the gripper released ``releases`` times since
         it began and now as in ``state`` (evaluation builds situations from recorded frames this way)."""
-        self.current, self.releases = current, int(releases)
+        self.current, self.releases, self._proposal = current, int(releases), None
         self._closed = state is not None and self.prompt.gripper_index is not None and self._gripper_closed(state)
+
+    def _confirmed(self, step: PlanStep) -> PlanStep:
+        """``step``, or the current subtask while a change to ``step`` lacks the replies in a row that
+        `ReplanPolicy` asks for (more of them before the gripper has let go since the current one began)."""
+        if self.current is None or (step.subtask == self.current and not step.done):
+            self._proposal = None
+            return step
+        released = self.prompt.gripper_index is None or self.releases > 0
+        needed = self.replan.switch_confirmations if released else self.replan.switch_confirmations_before_release
+        change = "<done>" if step.done else step.subtask
+        count = self._proposal[1] + 1 if self._proposal and self._proposal[0] == change else 1
+        if count < needed:
+            self._proposal = (change, count)
+            log.debug("planner: holding %r (%d/%d replies for %r)", self.current, count, needed, change)
+            return PlanStep(subtask=self.current, reason=f"unconfirmed change to {change!r} ({count}/{needed})")
+        self._proposal = None
+        return step
 
     def _gripper_closed(self, state: np.ndarray) -> bool:
         state, i = np.asarray(state).reshape(-1), self.prompt.gripper_index
@@ -102,6 +120,7 @@ class VLMPlanner:
                 if not err.retryable:
                     break
                 continue
+            step = self._confirmed(step)
             if step.subtask != self.current:  # a new subtask begins now
                 self.releases = 0
             self.current = step.subtask

@@ -1,4 +1,4 @@
-"""When the runtime should ask the planner again."""
+"""When the runtime should ask the planner again, and when its reply may replace the subtask under way."""
 
 from __future__ import annotations
 
@@ -18,6 +18,13 @@ class ReplanPolicy(BaseModel):
     on_subtask_done: bool = Field(True, description="replan when the current subtask is reported done")
     every_s: float | None = Field(2.0, gt=0, description="replan at least this often (None: no timer)")
     on_stall_s: float | None = Field(5.0, gt=0, description="replan once progress has stalled this long")
+    # Asked every chunk, a planner that is right 95% of the time still names another subtask now and then in
+    # the middle of a carry, and the executor turns to it. A change of subtask (or done) is taken only once
+    # that many replies in a row name it; before the gripper has let go since the current subtask began
+    # (with the prompt's gripper_index) a pick-and-place cannot have ended, so more are asked for there.
+    switch_confirmations: int = Field(1, ge=1, description="consecutive replies naming a change before it is taken")
+    switch_confirmations_before_release: int = Field(
+        1, ge=1, description="the same while the gripper has not let go since the current subtask began")
 
     def should_replan(self, now: float, last_plan_time: float | None, subtask_changed: bool = False,
                       stalled: bool | float = False) -> bool:
