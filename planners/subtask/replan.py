@@ -6,7 +6,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class ReplanPolicy(BaseModel):
-    """Replanning triggers a runtime reads from the planner's config.
+    """Replanning triggers a runtime reads from the planner's config, and how many replies the planner
+    itself wants before it drops the subtask under way (`VLMPlanner`).
 
     The planner decides subtask completion from the image, so it is asked again when the executor
     reports its subtask done, on a timer (completion can happen between reports), and when progress
