@@ -78,22 +78,32 @@ def test_expert_success_rate_on_heldout(family):
     assert sum(wins) >= 4, wins
 
 
+def probed_expert_run(family: str, seed: int = 7, **expert_kwargs):
+    """One expert episode watched by the placement probe: (final info, probe, xy offsets of held blocks)."""
+    import numpy as np
+
+    env = TabletopEnv(task=family, cameras=("front",), image_size=32)
+    probe, offsets = env.placement_probe(), []
+    try:
+        obs, info = env.reset(seed=seed)
+        probe.on_episode_start(info["instruction"], info)
+        expert = env.expert(**expert_kwargs)
+        while not expert.done:
+            obs, _, _, truncated, info = env.step(expert.act(obs))
+            probe.on_step(None)
+            assert not truncated
+            offsets += [np.linalg.norm(env.scene.block_pos(i)[:2] - env.scene.effector[:2])
+                        for i in env.scene.held_blocks()]
+        probe.on_episode_end(None)
+    finally:
+        env.close()
+    return info, probe, offsets
+
+
 def test_placement_probe_measures_each_release_where_the_block_comes_to_rest():
     """The expert places every block on target; told to miss first, half its releases land beside the goal."""
     for miss, on_target in ((0.0, 1.0), (1.0, 0.5)):
-        env = TabletopEnv(task="stack", cameras=("front",), image_size=32)
-        probe = env.placement_probe()
-        try:
-            obs, info = env.reset(seed=7)
-            probe.on_episode_start(info["instruction"], info)
-            expert = env.expert(miss)
-            while not expert.done:
-                obs, _, _, truncated, info = env.step(expert.act(obs))
-                probe.on_step(None)
-                assert not truncated
-            probe.on_episode_end(None)
-        finally:
-            env.close()
+        info, probe, _ = probed_expert_run("stack", miss=miss)
         summary = probe.summary()
         n = len(info["subtasks"])
         assert summary["releases_per_episode"] == n * (1 + miss) and summary["wrong_block_releases"] == 0
@@ -104,23 +114,8 @@ def test_placement_probe_measures_each_release_where_the_block_comes_to_rest():
 
 @pytest.mark.parametrize("family", ["stack", "sort"])
 def test_an_expert_grasping_off_centre_still_puts_the_block_on_its_target(family):
-    import numpy as np
-
-    env = TabletopEnv(task=family, cameras=("front",), image_size=32)
-    probe = env.placement_probe()
-    try:
-        obs, info = env.reset(seed=7)
-        probe.on_episode_start(info["instruction"], info)
-        expert, offsets = env.expert(grasp_spread=0.025), []
-        while not expert.done:
-            obs, _, _, truncated, info = env.step(expert.act(obs))
-            probe.on_step(None)
-            assert not truncated
-            offsets += [np.linalg.norm(env.scene.block_pos(i)[:2] - env.scene.effector[:2])
-                        for i in env.scene.held_blocks()]
-        probe.on_episode_end(None)
-    finally:
-        env.close()
+    info, probe, offsets = probed_expert_run(family, grasp_spread=0.025)
     assert info["success"], info
     assert max(offsets) > 0.01  # held a centimetre or more off-centre (the default expert: within 4 mm)
     assert probe.summary()["releases_on_target"] == 1.0
+

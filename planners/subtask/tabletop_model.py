@@ -61,19 +61,17 @@ def train_tokenizer(corpus: list[str], vocab_size: int):
 def build_processor(tokenizer, image_size: int):
     from transformers import Qwen2VLImageProcessorFast, Qwen2VLProcessor, Qwen2VLVideoProcessor
 
-    pixels = image_size * image_size
-    # min = max pixels: every image is resized to image_size^2, so the image token count is fixed.
-    size = {"shortest_edge": pixels, "longest_edge": pixels}
-    image_processor = Qwen2VLImageProcessorFast(size=size, patch_size=14, merge_size=2, temporal_patch_size=2)
-    video_processor = Qwen2VLVideoProcessor(size=size, patch_size=14, merge_size=2, temporal_patch_size=2)
-    return Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                            video_processor=video_processor, chat_template=CHAT_TEMPLATE)
+    grid = {"patch_size": 14, "merge_size": 2, "temporal_patch_size": 2}
+    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessorFast(**grid), tokenizer=tokenizer,
+                                 video_processor=Qwen2VLVideoProcessor(**grid), chat_template=CHAT_TEMPLATE)
+    set_image_size(processor, image_size)
+    return processor
 
 
 def set_image_size(processor, image_size: int) -> None:
-    """Resize every image to ``image_size``^2 pixels, as `build_processor` does: to fine-tune a planner at
-    another resolution than it was trained at (Qwen2-VL's vision rotary positions follow the patch grid,
-    so the same weights read a larger grid)."""
+    """Resize every image to ``image_size``^2 pixels (min = max pixels), so the image token count is fixed;
+    also how a planner is fine-tuned at another resolution than it was trained at (Qwen2-VL's vision rotary
+    positions follow the patch grid, so the same weights read a larger grid)."""
     pixels = image_size * image_size
     for proc in (processor.image_processor, getattr(processor, "video_processor", None)):
         if proc is not None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from hybrid.envs.tabletop.scene import BLOCK_HALF, BOWL_INNER, RESTING_SPEED
+from hybrid.envs.tabletop.scene import BLOCK_HALF, BOWL_INNER
 from hybrid.envs.tabletop.tasks import StackOn
 
 SETTLE_STEPS = 20  # control steps (2 s) after a release before a still-moving block is measured anyway
@@ -39,7 +39,7 @@ class PlacementProbe:
 
     def on_step(self, record) -> None:
         scene = self.env.scene
-        held = scene.held_blocks()
+        held, resting = scene.held_blocks(), scene.resting()
         for i in self._held - held:
             self._settling[i] = 0
         for i in list(self._settling):
@@ -47,8 +47,7 @@ class PlacementProbe:
                 del self._settling[i]
                 continue
             self._settling[i] += 1
-            speed = np.linalg.norm(scene.data.qvel[scene.block_qvel[i] + np.arange(3)])
-            if speed < RESTING_SPEED or self._settling[i] >= SETTLE_STEPS:
+            if resting[i] or self._settling[i] >= SETTLE_STEPS:
                 self._measure(i)
                 del self._settling[i]
         self._held = held

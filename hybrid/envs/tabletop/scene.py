@@ -137,12 +137,16 @@ class Scene:
         return self.touching_cup() if self.suction_command >= SUCTION_ON else set()
 
     # ---- predicates ------------------------------------------------------------------------------
+    def resting(self) -> np.ndarray:
+        """bool[n_blocks]: each active block moves slower than `RESTING_SPEED` (held or not)."""
+        n = self.n_blocks()
+        vel = self.data.qvel[self.block_qvel[:n, None] + np.arange(3)]
+        return np.linalg.norm(vel, axis=1) < RESTING_SPEED
+
     def _placed(self, held: set[int] | None) -> tuple[np.ndarray, np.ndarray]:
         """Active block positions, and which of them are let go of and still (may count as placed)."""
-        n = self.n_blocks()
-        pos = self.data.xpos[self.block_body[:n]]
-        vel = self.data.qvel[self.block_qvel[:n, None] + np.arange(3)]
-        free = np.linalg.norm(vel, axis=1) < RESTING_SPEED
+        pos = self.data.xpos[self.block_body[: self.n_blocks()]]
+        free = self.resting()
         held = self.held_blocks() if held is None else held
         free[list(held)] = False
         return pos, free
