@@ -158,6 +158,8 @@ def test_a_change_of_subtask_is_taken_only_after_the_replies_in_a_row_the_policy
     assert ["done" if s.done else s.subtask for s in steps] == [a, a, a, a, a, b, b, "done"]
     assert "unconfirmed change to '<done>' (1/2)" in steps[6].reason
     assert planner.current is None and planner._proposal is None
+    with pytest.raises(ValueError, match="switch_confirmations"):  # a change needs at least one reply
+        VLMPlanner(CannedBackend([]), vocabulary=VOCAB, replan={"switch_confirmations": 0})
 
 
 def test_a_gripper_index_outside_the_state_is_a_clear_error():

@@ -119,3 +119,13 @@ def test_an_expert_grasping_off_centre_still_puts_the_block_on_its_target(family
     assert max(offsets) > 0.01  # held a centimetre or more off-centre (the default expert: within 4 mm)
     assert probe.summary()["releases_on_target"] == 1.0
 
+
+@pytest.mark.parametrize("spread", [-0.01, float("nan")])
+def test_a_negative_or_nan_grasp_spread_is_a_clear_error(spread):
+    env = TabletopEnv(task="stack", cameras=("front",), image_size=32)
+    try:
+        env.reset(seed=7)
+        with pytest.raises(ValueError, match="grasp_spread: expected a distance"):
+            env.expert(grasp_spread=spread)
+    finally:
+        env.close()

@@ -51,6 +51,8 @@ class ScriptedExpert:
         # `commanded` reads the env's commanded tool position: actions move the command, which the
         # servo tracks with some lag, so steering the command (not the measured position) avoids
         # overshooting waypoints at speed.
+        if grasp_spread is not None and not grasp_spread >= 0.0:  # NaN too
+            raise ValueError(f"grasp_spread: expected a distance in metres >= 0, got {grasp_spread}")
         self.scene, self.rng, self.noise, self.commanded = scene, rng, noise, commanded
         self.miss, self._tried = float(miss), set()
         self.grasp_spread = grasp_spread
