@@ -99,3 +99,11 @@ def test_family_of_reads_the_family_back_from_an_instruction():
         for split in ("train", "heldout"):
             assert family_of(sample_task(family, rng, split).instruction) == family
     assert family_of("dance") is None
+
+
+def test_a_negative_grasp_spread_is_refused_before_any_dataset_is_created(tmp_path):
+    out = tmp_path / "ds"
+    with pytest.raises(ValueError, match="grasp_spread: expected a distance"):
+        record_main(["env=tabletop", "task=stack", "episodes=1", f"out={out}", "env.image_size=32",
+                     "expert_grasp_spread=-0.01", "progress=false"])
+    assert not out.exists()  # a rerun with a good value can use the same directory

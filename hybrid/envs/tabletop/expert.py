@@ -32,6 +32,11 @@ PHASE_BUDGET = 40  # control steps; a phase that takes longer is stuck, so the s
 MISS_BY = (0.03, 0.05)  # metres beyond a bowl's rim, or from the lower block's centre, a missed placement lands
 
 
+def check_grasp_spread(grasp_spread: float | None) -> None:
+    if grasp_spread is not None and not grasp_spread >= 0.0:  # NaN too
+        raise ValueError(f"grasp_spread: expected a distance in metres >= 0, got {grasp_spread}")
+
+
 class ScriptedExpert:
     """`act(obs) -> action`; `subtask_index` / `subtask_text` say what it is doing now."""
 
@@ -51,8 +56,7 @@ class ScriptedExpert:
         # `commanded` reads the env's commanded tool position: actions move the command, which the
         # servo tracks with some lag, so steering the command (not the measured position) avoids
         # overshooting waypoints at speed.
-        if grasp_spread is not None and not grasp_spread >= 0.0:  # NaN too
-            raise ValueError(f"grasp_spread: expected a distance in metres >= 0, got {grasp_spread}")
+        check_grasp_spread(grasp_spread)
         self.scene, self.rng, self.noise, self.commanded = scene, rng, noise, commanded
         self.miss, self._tried = float(miss), set()
         self.grasp_spread = grasp_spread

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from hybrid.envs.tabletop.env import TabletopEnv
+from hybrid.envs.tabletop.expert import check_grasp_spread
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ def record(
     how far from a block's centre it may grasp; `ScriptedExpert`)."""
     if families and env.task != "all" and env.task not in families:
         raise ValueError(f"families={families}: the env only makes {env.task!r} episodes (use task=all)")
+    check_grasp_spread(expert_grasp_spread)  # before the dataset directory is created
     import av
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
     from tqdm import tqdm
