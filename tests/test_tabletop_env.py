@@ -174,3 +174,22 @@ def test_front_camera_calibration_projects_each_block_onto_its_pixels(env):
     assert np.mean(hits) >= 0.75, hits
     with pytest.raises(ValueError, match="moves"):
         table_homography("wrist")
+
+
+def test_sort_plans_take_the_blocks_from_the_front_images_left_to_its_right():
+    from hybrid.envs.tabletop.scene import table_homography
+
+    env = TabletopEnv(task="sort")
+    h = table_homography("front")
+    try:
+        for seed in range(8):
+            env.reset(seed=seed)
+            scene = env.scene
+            columns = []
+            for goal in scene.spec.goals:  # in plan order
+                x, y, _ = scene.block_pos(goal.block)
+                u, _, s = h @ np.array([x, y, 1.0])
+                columns.append(u / s)
+            assert columns == sorted(columns), (seed, columns)
+    finally:
+        env.close()

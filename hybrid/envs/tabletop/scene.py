@@ -10,7 +10,15 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
-from hybrid.envs.tabletop.tasks import MAX_BLOCKS, N_BOWLS, PALETTE, Goal, PlaceIn, StackOn, TaskSpec
+from hybrid.envs.tabletop.tasks import (
+    MAX_BLOCKS,
+    N_BOWLS,
+    PALETTE,
+    Goal,
+    PlaceIn,
+    StackOn,
+    TaskSpec,
+)
 
 ASSET = Path(__file__).resolve().parent / "assets" / "tabletop.xml"
 
@@ -65,6 +73,7 @@ class Scene:
         self.n_substeps = 1  # set by the env from its control rate
         self.spec: TaskSpec | None = None
         self._default_light_dir = m.light_dir[self.light].copy()
+        self._front = table_homography("front")
 
     # ---- episode setup -------------------------------------------------------------------------
     def randomise(self, spec: TaskSpec, rng: np.random.Generator) -> None:
@@ -79,7 +88,8 @@ class Scene:
             m.body_pos[body] = (*xy, 0.0)
             m.geom_rgba[geoms] = (*self._jitter(rng, PALETTE[name], 0.08), 1.0)
         n = len(spec.block_colours)
-        blocks = _sample_points(rng, n, BLOCK_REGION, BLOCK_SPACING, bowls, BLOCK_BOWL_CLEARANCE)
+        points = _sample_points(rng, n, BLOCK_REGION, BLOCK_SPACING, bowls, BLOCK_BOWL_CLEARANCE)
+        blocks = self._left_to_right(spec, points)
         for i in range(MAX_BLOCKS):
             active = i < n
             geom, adr = self.block_geom[i], self.block_qpos[i]
@@ -102,6 +112,18 @@ class Scene:
         d.qpos[:3] = start
         d.ctrl[:3] = start
         mujoco.mj_forward(m, d)
+
+    def _left_to_right(self, spec: TaskSpec, points: np.ndarray) -> np.ndarray:
+        """Hand a `sort` episode's sampled block positions [n, 2] to its plan's blocks from the front image's
+        left to its right, so the plan takes the leftmost block still on the table next: what to sort next is
+        then a fact of the picture, not a coin the planner has to guess. The points are exchangeable draws, so
+        no layout changes its probability; other families keep theirs as drawn."""
+        if spec.family != "sort":
+            return points
+        u, _, s = self._front @ np.column_stack([points, np.ones(len(points))]).T
+        out = points.copy()
+        out[[g.block for g in spec.goals]] = points[np.argsort(u / s, kind="stable")]
+        return out
 
     @staticmethod
     def _jitter(rng: np.random.Generator, rgb, amount: float = COLOUR_JITTER) -> np.ndarray:
