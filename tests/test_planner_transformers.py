@@ -122,6 +122,7 @@ def test_eval_and_bench_print_their_json(trained, tiny_data, capsys):
     by_situation = result["next_subtask_accuracy_by_situation"]
     assert set(by_situation) == {"current", "fresh", "behind"} and all(0 <= a <= 1 for a in by_situation.values())
     assert set(result["next_subtask_accuracy_by_family"]) <= {"pick_place", "gather", "stack", "sort", "other"}
+    assert 0.0 <= result["next_subtask_accuracy_as_planned"] <= result["next_subtask_accuracy"]
     assert bench.main(["--config", "tabletop", "--model", str(trained), "--calls", "3", "--warmup", "1",
                        "--size", "32", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

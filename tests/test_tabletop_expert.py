@@ -129,3 +129,28 @@ def test_a_negative_or_nan_grasp_spread_is_a_clear_error(spread):
             env.expert(grasp_spread=spread)
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("family", ["gather", "stack", "sort"])
+def test_every_subtask_of_the_experts_plan_is_grounded_when_it_begins(family):
+    """The grounding probe, run on the expert's own plan: each subtask names a block still to be moved."""
+    from types import SimpleNamespace
+
+    from hybrid.envs.tabletop.grounding import GroundingProbe
+    from hybrid.types import Subtask
+
+    env = TabletopEnv(task=family, cameras=("front",), image_size=32)
+    probe = GroundingProbe(env)
+    try:
+        obs, info = env.reset(seed=11)
+        probe.on_episode_start(info["instruction"], info)
+        expert = env.expert()
+        while not expert.done:
+            current = Subtask(text=expert.subtask_text, index=expert.subtask_index)
+            probe.on_step(SimpleNamespace(current_subtask=current))
+            obs, *_, info = env.step(expert.act(obs))
+    finally:
+        env.close()
+    assert info["success"]
+    summary = probe.summary()
+    assert summary["subtasks_per_episode"] == len(info["subtasks"]) and summary["ungrounded_subtasks"] == 0.0

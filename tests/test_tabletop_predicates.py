@@ -12,6 +12,7 @@ import pytest
 
 from hybrid.envs.tabletop import TabletopEnv
 from hybrid.envs.tabletop.scene import BLOCK_HALF, BOWL_FLOOR
+from hybrid.envs.tabletop.tasks import COLOURS
 
 
 @pytest.fixture
@@ -93,3 +94,48 @@ def test_a_held_block_is_not_placed(env):
     for _ in range(3):
         *_, info = env.step([0, 0, 0.02, 0.0])  # let go and lift
     assert info["success"] is True
+
+
+def test_grounding_probe_tells_blocks_still_to_move_from_placed_and_absent_ones(env):
+    from types import SimpleNamespace
+
+    from hybrid.envs.tabletop.grounding import GroundingProbe
+    from hybrid.types import Subtask
+
+    env.reset(seed=0, options={"family": "pick_place"})
+    spec, probe = env.scene.spec, GroundingProbe(env)
+    goal = spec.goals[0]
+    colour, bowl = spec.block_colours[goal.block], spec.bowl_colours[goal.bowl]
+    asked = f"put the {colour} block in the {bowl} bowl"
+    absent = [c for c in COLOURS if c not in spec.block_colours]
+    assert probe.grounded(asked)
+    assert not probe.grounded(f"put the {absent[0]} block in the {bowl} bowl")  # no such block on the table
+    no_bowl = next(c for c in COLOURS if c not in spec.bowl_colours)
+    assert not probe.grounded(f"put the {colour} block in the {no_bowl} bowl")
+    assert not probe.grounded("wave at the camera")
+
+    def step(text: str | None, index: int = 0) -> None:  # a control step of the runtime with this subtask current
+        probe.on_step(SimpleNamespace(current_subtask=Subtask(text=text, index=index) if text else None))
+
+    probe.on_episode_start(spec.instruction, {})
+    for _ in range(3):
+        step(asked)
+    teleport(env, goal.block, env.scene.bowl_pos(goal.bowl) + (0, 0, 0.1))
+    settle(env, 8)
+    assert not probe.grounded(asked)  # already in that bowl: nothing left to move
+    step(asked, index=1)  # asked again for the block just placed
+    step(None)
+    assert probe.summary() == {"subtasks_per_episode": 2.0, "ungrounded_subtasks": 0.5, "steps_on_ungrounded": 0.25}
+
+
+def test_grounding_probe_knows_a_stacked_block_is_done(env):
+    from hybrid.envs.tabletop.grounding import GroundingProbe
+
+    env.reset(seed=1, options={"family": "stack"})
+    spec, probe = env.scene.spec, GroundingProbe(env)
+    first = spec.goals[0]
+    asked = f"put the {spec.block_colours[first.block]} block on the {spec.block_colours[first.base]} block"
+    assert probe.grounded(asked)
+    teleport(env, first.block, env.scene.block_pos(first.base) + (0.0, 0.0, 2 * BLOCK_HALF + 0.01))
+    settle(env, 5)
+    assert not probe.grounded(asked)

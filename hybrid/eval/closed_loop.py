@@ -53,9 +53,10 @@ def evaluate(cfg) -> dict:
             env = EnvAdapter(instantiate(cfg.env, task=family, split=cfg.split), adapter_cfg)
             oracles = [t for t in (agent.planner, agent.world_model) if hasattr(t, "bind")]
             subscribers = [_BindOracle(oracles, env.env)] if oracles else []
-            # Envs that can say how far each placement missed (the tabletop) hand eval a probe for it.
-            probe = env.env.placement_probe() if hasattr(env.env, "placement_probe") else None
-            subscribers += [probe] if probe else []
+            # Envs that can judge more than success (the tabletop: how far placements missed, whether the
+            # subtasks asked for were possible) hand eval probes for it.
+            probes = env.env.eval_probes() if hasattr(env.env, "eval_probes") else []
+            subscribers += probes
             results = []
             for ep in tqdm(range(cfg.episodes), desc=f"{name}/{family}", leave=False):
                 seed = cfg.seed + ep
@@ -66,7 +67,7 @@ def evaluate(cfg) -> dict:
                 # what the physics says is done: the planner's own bookkeeping is what is being judged
                 "subtasks_completed": float(np.mean([r.achieved()[0] for r in results])),
                 "faults": int(sum(len(r.faults) for r in results)),
-                **(probe.summary() if probe else {}),
+                **{key: value for probe in probes for key, value in probe.summary().items()},
             }
             for r in results:
                 for tier, stats in r.latency_ms.items():

@@ -64,6 +64,7 @@ def main(argv: list[str]) -> int:
     last = np.flatnonzero([index.is_last_subtask(i) for i in range(len(index))])
     done_hits = done_n = faults = 0
     by_variant = {v: [0, 0] for v in VARIANTS}  # next-subtask hits, examples
+    as_planned = 0  # hits that are the recorded plan's own next subtask (where any remaining placement counts)
     by_family: dict[str, list[int]] = {}  # the same per task family (tabletop instructions; else "other")
     tp = fp = fn = 0
     latencies = []
@@ -95,6 +96,7 @@ def main(argv: list[str]) -> int:
             fn += (not said_done) and ex.target.done
         else:
             hit = step is not None and not step.done and canon(step.subtask) in ex.accepted
+            as_planned += hit and canon(step.subtask) == ex.target.subtask
             for counts in (by_variant[variant], by_family.setdefault(family_of(ex.instruction) or "other", [0, 0])):
                 counts[0] += hit
                 counts[1] += 1
@@ -104,6 +106,8 @@ def main(argv: list[str]) -> int:
         # up to date / starting afresh / one subtask behind (the image must show the current one finished)
         "next_subtask_accuracy_by_situation": {v: round(h / max(n, 1), 4) for v, (h, n) in by_variant.items()},
         "next_subtask_accuracy_by_family": {f: round(h / n, 4) for f, (h, n) in sorted(by_family.items())},
+        # the recorded plan's order only (a `sort` plan goes left to right in the front image)
+        "next_subtask_accuracy_as_planned": round(as_planned / max(next_n, 1), 4),
         "done_accuracy": round(done_hits / max(done_n, 1), 4),
         "done_precision": round(tp / max(tp + fp, 1), 4),
         "done_recall": round(tp / max(tp + fn, 1), 4),

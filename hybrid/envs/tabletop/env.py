@@ -23,6 +23,7 @@ import numpy as np
 from gymnasium import spaces
 
 from hybrid.envs.tabletop.expert import ScriptedExpert
+from hybrid.envs.tabletop.grounding import GroundingProbe
 from hybrid.envs.tabletop.placement import PlacementProbe
 from hybrid.envs.tabletop.scene import BLOCK_HALF, Scene
 from hybrid.envs.tabletop.tasks import FAMILIES, sample_task
@@ -165,6 +166,11 @@ class TabletopEnv(gym.Env):
     def placement_probe(self) -> PlacementProbe:
         """A runtime subscriber that measures where released blocks come to rest (`hybrid eval` reports it)."""
         return PlacementProbe(self)
+
+    def eval_probes(self) -> list:
+        """Runtime subscribers whose ``summary()`` `hybrid eval` reports per family: where released blocks come to
+        rest (`PlacementProbe`) and whether the subtasks taken on name blocks still to be moved (`GroundingProbe`)."""
+        return [PlacementProbe(self), GroundingProbe(self)]
 
     def render_subgoal(self, subtask_index: int) -> dict[str, np.ndarray]:
         """Images of the scene once subtasks 0..subtask_index are done (the oracle subgoal).

@@ -3,6 +3,7 @@
 A task is sampled, not scripted: colours, counts and paraphrases come from the episode's RNG. Each
 subtask carries a *goal* that the physics can check (`PlaceIn`, `StackOn`) and names the block the
 plan intends to move, which the scripted expert and the oracle subgoal renderer use.
+A `sort` plan takes its blocks from the front image's left to its right (`Scene` lays them out so).
 
 Held-out split. An episode *grounds* (object colour, target colour) pairs: block→bowl for
 `pick_place` and `gather`, (upper, lower) for each level of a `stack`, and for `sort` (whose bowls
