@@ -7,6 +7,7 @@ the asynchronous runtime drive the same agent, so the tiers and the plan logic a
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, Field
@@ -101,15 +102,40 @@ class HybridAgent:
             "executor": TierCaller("executor", ActionChunk, self.config.executor_timeout_s),
         }
         self.stack = PlanStack()
+        self._last_plan: float | None = None  # the loop's clock at the last plan call
+        self._done_reported = False
 
     def reset(self, instruction: str) -> None:
         self.stack = PlanStack(instruction=instruction)
+        self._last_plan, self._done_reported = None, False
         for tier in (self.planner, self.world_model, self.executor):
             if tier is not None:
                 tier.reset()
 
-    def plan(self, obs: Observation) -> TierResult[PlanStep]:
-        """Ask the planner; on a fault the current subtask is kept."""
+    def report_subtask_done(self) -> None:
+        """Something outside the planner (an operator, an executor that detects completion) says the current
+        subtask is finished: a planner whose replan policy has ``on_subtask_done`` is asked at the next chance."""
+        self._done_reported = True
+
+    def plan_due(self, now: float, stalled_s: float = 0.0) -> bool:
+        """Whether the loop should ask the planner at ``now`` (seconds on the loop's clock): always without a
+        current subtask; otherwise as the planner's own `ReplanPolicy` (its ``replan``) says, from the time of
+        the last plan call, a reported finish and how long the robot has not moved (``stalled_s``). A planner
+        without a policy is asked whenever the loop offers."""
+        policy = getattr(self.planner, "replan", None)
+        if self.stack.current is None or policy is None or self._last_plan is None:
+            return True
+        # still since the planner was last asked: a stall asks once, then again after as long again
+        stalled_s = min(stalled_s, now - self._last_plan)
+        return policy.should_replan(now, self._last_plan, self._done_reported, stalled_s)
+
+    def mark_planned(self, now: float) -> None:
+        """The planner is being asked at ``now`` (the clock `plan_due` is given)."""
+        self._last_plan, self._done_reported = now, False
+
+    def plan(self, obs: Observation, now: float | None = None) -> TierResult[PlanStep]:
+        """Ask the planner (``now``: the loop's clock, for `plan_due`); on a fault the current subtask is kept."""
+        self.mark_planned(time.monotonic() if now is None else now)
         res = self._call["planner"](self.planner.plan, obs, self.stack.instruction, self.stack.history)
         if res.value is not None and self.stack.apply(res.value) and self.stack.subgoal is not None:
             # A subgoal made for the previous subtask is stale for the new one.

@@ -202,3 +202,45 @@ def test_the_summary_counts_subtasks_the_env_judges_done_not_those_the_planner_b
     summary.close()
     assert "subtasks=1/3" in lines[0] and "subtasks=2/2" in lines[1]
     assert lines[-1].startswith("summary: 2 episodes, success 0.00, subtasks completed 1.50")
+
+
+def replanning_planner(**policy):
+    from planners.subtask.replan import ReplanPolicy
+
+    planner = MockPlanner(["go right", "go up"], calls_per_subtask=100)
+    planner.replan = ReplanPolicy(on_subtask_done=True, **policy)  # as `VLMPlanner` carries its config's
+    return planner
+
+
+def test_loop_asks_the_planner_on_its_replan_policys_timer_not_every_chunk():
+    planner = replanning_planner(every_s=0.8, on_stall_s=None)
+    result, _ = run(agent(planner=planner), max_steps=40, execute_horizon=4)
+    assert result.steps == 40  # ten chunks of 0.4 s: asked at 0 s, then every 0.8 s of env time
+    assert planner.calls == 5
+
+
+def test_loop_asks_the_planner_once_the_robot_has_stalled():
+    still = MockExecutor(actions=np.zeros((4, 2), np.float32))  # holds still: state never changes
+    planner = replanning_planner(every_s=None, on_stall_s=1.0)
+    run(agent(planner=planner, executor=still), max_steps=40, execute_horizon=4)
+    # asked at 0 s; the state first seen still at 0.1 s stays still: asked at 1.2 s, then 1.0 s after each
+    assert planner.calls == 4  # 0, 1.2, 2.4, 3.6
+
+
+def test_plan_due_follows_the_policy_and_a_reported_finish():
+    from hybrid.types import PlanStep
+
+    planner = replanning_planner(every_s=5.0, on_stall_s=3.0)
+    a = agent(planner=planner)
+    a.reset("move the point")
+    assert a.plan_due(0.0)  # no subtask yet
+    a.mark_planned(0.0)
+    a.stack.apply(PlanStep(subtask="go right"))
+    assert not a.plan_due(4.0) and a.plan_due(5.0)  # the timer
+    assert a.plan_due(3.5, stalled_s=3.0) and not a.plan_due(3.5, stalled_s=2.9)  # a stall
+    assert not a.plan_due(2.0, stalled_s=9.0)  # still since before the last call: counted from the call
+    a.report_subtask_done()
+    assert a.plan_due(0.5)
+    a.mark_planned(0.5)
+    assert not a.plan_due(1.0)  # the report was used up by that call
+    assert agent().plan_due(0.1)  # a planner without a policy: whenever the loop offers

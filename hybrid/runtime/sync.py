@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from hybrid.agent import HybridAgent
 from hybrid.runtime.env_adapter import EnvAdapter, ObservationError
 from hybrid.runtime.safety import SafetyFilter, UnsafeAction
+from hybrid.runtime.stall import StallClock
 from hybrid.runtime.subscriber import EpisodeResult, Subscriber
 from hybrid.runtime.telemetry import LatencyLog
 from hybrid.types import Observation, StepRecord, TierFault
@@ -26,7 +27,10 @@ log = logging.getLogger(__name__)
 class SyncLoopConfig(BaseModel):
     max_steps: int = Field(400, gt=0, description="step budget: env steps per episode")
     execute_horizon: int | None = Field(None, gt=0, description="actions of each chunk to execute; None = all")
-    replan_every: int = Field(1, gt=0, description="ask the planner before every n-th chunk")
+    replan_every: int = Field(1, gt=0, description="offer the planner a call before every n-th chunk (its own "
+                              "replan policy, if it has one, decides whether it is asked)")
+    stall_tolerance: float = Field(1e-3, ge=0, description="state change below which the robot counts as still "
+                                   "(the stall signal of the planner's replan policy)")
     max_consecutive_faults: int = Field(3, gt=0, description="end the episode after this many faults in a row")
     instruction: str | None = Field(None, description="overrides the env's info['instruction']")
 
@@ -45,6 +49,7 @@ def run_episode(agent: HybridAgent, env: EnvAdapter, config: SyncLoopConfig | No
         sub.on_episode_start(instruction, dict(info))
 
     steps, chunks, streak, status = 0, 0, 0, "budget"
+    clock, stalled_s, stall = 0.0, 0.0, StallClock(cfg.stall_tolerance)  # env time: the chunks' dt per step
     terminated = truncated = False
     step_faults: list[TierFault] = []
 
@@ -65,8 +70,8 @@ def run_episode(agent: HybridAgent, env: EnvAdapter, config: SyncLoopConfig | No
         obs = env.observation(raw, instruction)
         while steps < cfg.max_steps:
             lat: dict[str, float] = {}
-            if chunks % cfg.replan_every == 0 or agent.stack.current is None:
-                res = agent.plan(obs)
+            if agent.stack.current is None or (chunks % cfg.replan_every == 0 and agent.plan_due(clock, stalled_s)):
+                res = agent.plan(obs, now=clock)
                 lat["planner"] = latency.add("planner", res.latency_ms)
                 if res.fault:
                     fault(res.fault)
@@ -98,7 +103,7 @@ def run_episode(agent: HybridAgent, env: EnvAdapter, config: SyncLoopConfig | No
                     status = "fault"
                     break
                 continue
-            actions = res.value.actions[: cfg.execute_horizon]
+            actions, dt = res.value.actions[: cfg.execute_horizon], res.value.dt
             for action in actions:
                 try:
                     safe = safety(action)
@@ -110,7 +115,9 @@ def run_episode(agent: HybridAgent, env: EnvAdapter, config: SyncLoopConfig | No
                 streak = 0
                 raw, _, terminated, truncated, info = env.env.step(safe)
                 steps += 1
+                clock += dt
                 obs = env.observation(raw, instruction)
+                stalled_s = stall.update(obs.state, clock)
                 publish(obs, safe, lat)
                 lat = {}
                 if info.get("success"):

@@ -15,6 +15,7 @@ from functools import partial
 
 from hybrid.agent import PlanStack, check_subgoal
 from hybrid.runtime.chunk_queue import ChunkQueue
+from hybrid.runtime.stall import StallClock
 from hybrid.runtime.subgoals import SubgoalBoard
 from hybrid.runtime.telemetry import LatencyLog, RuntimeTelemetry
 from hybrid.runtime.tier_call import TierCaller, TierResult
@@ -58,6 +59,7 @@ class TierJobs:
         self.hz, self.max_obs_age_s, self.margin = control_hz, max_obs_age_s, refill_margin_steps
         self.rtc, self.prefetch, self.action_dim = rtc, prefetch, action_dim
         self.wake_world_model, self.wake_executor = wake_world_model, wake_executor
+        self.stall = StallClock()  # how long the robot has been still, for the planner's replan policy
 
     # ---- shared helpers -------------------------------------------------------------------------
 
@@ -97,6 +99,10 @@ class TierJobs:
         stack = self.s.stack
         if obs is None or stack.finished:
             return
+        now = time.monotonic()
+        if not self.agent.plan_due(now, self.stall.update(obs.state, now)):  # the planner's replan policy
+            return
+        self.agent.mark_planned(now)
         res = self.callers["planner"](self.agent.planner.plan, obs, stack.instruction, stack.history)
         self.s.latency_ms("planner", res.latency_ms)
         if res.fault:  # keep the current subtask

@@ -9,9 +9,11 @@ class ReplanPolicy(BaseModel):
     """Replanning triggers a runtime reads from the planner's config, and how many replies the planner
     itself wants before it drops the subtask under way (`VLMPlanner`).
 
-    The planner decides subtask completion from the image, so it is asked again when the executor
-    reports its subtask done, on a timer (completion can happen between reports), and when progress
-    stalls (a stuck subtask may need another one).
+    The planner decides subtask completion from the image, so it is asked again when something reports the
+    subtask done (`HybridAgent.report_subtask_done`), on a timer (completion can happen between reports), and
+    when the robot has not moved for a while (a stuck subtask may need another one). Both runtimes ask through
+    `HybridAgent.plan_due`: the synchronous loop on the env's clock (its chunks' ``dt`` per step), the
+    asynchronous one on the wall clock, each at most as often as it offers (every chunk; ``planner_hz``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -39,7 +41,7 @@ class ReplanPolicy(BaseModel):
             return True
         if subtask_changed and self.on_subtask_done:
             return True
-        if self.every_s is not None and now - last_plan_time >= self.every_s:
+        if self.every_s is not None and now - last_plan_time >= self.every_s - 1e-9:  # steps * dt rounds
             return True
         if self.on_stall_s is not None and stalled is not False:
             return stalled is True or float(stalled) >= self.on_stall_s
