@@ -147,7 +147,7 @@ def test_every_subtask_of_the_experts_plan_is_grounded_when_it_begins(family):
         expert = env.expert()
         while not expert.done:
             current = Subtask(text=expert.subtask_text, index=expert.subtask_index)
-            probe.on_step(SimpleNamespace(current_subtask=current))
+            probe.on_step(SimpleNamespace(current_subtask=current, instruction=info["instruction"]))
             obs, *_, info = env.step(expert.act(obs))
     finally:
         env.close()

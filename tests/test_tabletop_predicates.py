@@ -115,7 +115,8 @@ def test_grounding_probe_tells_blocks_still_to_move_from_placed_and_absent_ones(
     assert not probe.grounded("wave at the camera")
 
     def step(text: str | None, index: int = 0) -> None:  # a control step of the runtime with this subtask current
-        probe.on_step(SimpleNamespace(current_subtask=Subtask(text=text, index=index) if text else None))
+        probe.on_step(SimpleNamespace(current_subtask=Subtask(text=text, index=index) if text else None,
+                                      instruction=spec.instruction))
 
     probe.on_episode_start(spec.instruction, {})
     for _ in range(3):
@@ -125,6 +126,7 @@ def test_grounding_probe_tells_blocks_still_to_move_from_placed_and_absent_ones(
     assert not probe.grounded(asked)  # already in that bowl: nothing left to move
     step(asked, index=1)  # asked again for the block just placed
     step(None)
+    step(spec.instruction)  # an agent acting on the instruction itself (the flat one) is not judged
     assert probe.summary() == {"subtasks_per_episode": 2.0, "ungrounded_subtasks": 0.5, "steps_on_ungrounded": 0.25}
 
 

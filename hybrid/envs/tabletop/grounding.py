@@ -38,7 +38,7 @@ class GroundingProbe:
 
     def on_step(self, record) -> None:
         subtask = record.current_subtask
-        if subtask is None:
+        if subtask is None or subtask.text == record.instruction:  # no planner (the flat agent): nothing to judge
             return
         if (subtask.index, subtask.text) != self._current:
             self._current = (subtask.index, subtask.text)
@@ -82,7 +82,8 @@ class GroundingProbe:
 
     def summary(self) -> dict[str, float | None]:
         """``subtasks_per_episode`` (subtasks taken on), ``ungrounded_subtasks`` (their share naming no block
-        still to be moved; None without any) and ``steps_on_ungrounded`` (the share of steps spent on those)."""
+        still to be moved) and ``steps_on_ungrounded`` (the share of steps spent on those); both None without
+        a subtask (an agent that acts on the instruction itself)."""
         return {
             "subtasks_per_episode": round(self.asked / max(1, self.episodes), 2),
             "ungrounded_subtasks": round(self.ungrounded / self.asked, 3) if self.asked else None,
