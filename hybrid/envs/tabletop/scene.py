@@ -10,15 +10,7 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
-from hybrid.envs.tabletop.tasks import (
-    MAX_BLOCKS,
-    N_BOWLS,
-    PALETTE,
-    Goal,
-    PlaceIn,
-    StackOn,
-    TaskSpec,
-)
+from hybrid.envs.tabletop.tasks import MAX_BLOCKS, N_BOWLS, PALETTE, Goal, PlaceIn, StackOn, TaskSpec
 
 ASSET = Path(__file__).resolve().parent / "assets" / "tabletop.xml"
 
