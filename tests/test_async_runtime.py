@@ -290,3 +290,19 @@ def test_env_success_ends_the_episode():
 
     result, _ = run(agent(), env=Solved(max_steps=1000), max_steps=200)
     assert result.status == "success" and result.success
+
+
+def test_planner_worker_follows_the_planners_replan_policy():
+    """A planner whose policy asks for a call only every 100 s is asked once (for its first subtask), though
+    its worker wakes 20 times a second; with a stall rule it is asked again, as the robot stands still (the
+    mock executor's chunks are zeros)."""
+    from planners.subtask.replan import ReplanPolicy
+
+    timer_only = MockPlanner(["go right", "go up"], calls_per_subtask=1000)
+    timer_only.replan = ReplanPolicy(every_s=100.0, on_stall_s=None)
+    run(agent(planner=timer_only), max_steps=60)
+    assert timer_only.calls == 1
+    stalling = MockPlanner(["go right", "go up"], calls_per_subtask=1000)
+    stalling.replan = ReplanPolicy(every_s=100.0, on_stall_s=0.1)
+    run(agent(planner=stalling), max_steps=60, stall_tolerance=1e-6)
+    assert stalling.calls >= 2

@@ -39,7 +39,10 @@ log = logging.getLogger(__name__)
 class AsyncRuntimeConfig(BaseModel):
     control_hz: float = Field(20.0, gt=0, le=1000, description="control rate: one action sent per tick (10-50 Hz for arms)")
     max_steps: int = Field(400, gt=0, description="step budget: control ticks per episode")
-    planner_hz: float = Field(1.0, gt=0, description="how often the planner worker re-plans")
+    planner_hz: float = Field(1.0, gt=0, description="how often the planner worker may re-plan (its replan policy "
+                              "decides whether it is asked)")
+    stall_tolerance: float = Field(1e-3, ge=0, description="state change below which the robot counts as still "
+                                   "(the stall signal of the planner's replan policy)")
     blend: BlendMode = Field("rtc", description="joining overlapping chunks: rtc | replace | ensemble")
     ensemble_decay: float = Field(0.01, ge=0, description="temporal ensembling: weight exp(-decay * k) of the k-th prediction")
     refill_margin_steps: int = Field(2, ge=0, description="request a chunk this many ticks before the queue would run dry")
@@ -122,7 +125,7 @@ class AsyncRuntime:
         cfg, workers = self.config, {}
         jobs = TierJobs(self.agent, self.callers, s, control_hz=cfg.control_hz, max_obs_age_s=cfg.max_obs_age_s,
                         refill_margin_steps=cfg.refill_margin_steps, rtc=self.rtc, prefetch=cfg.prefetch_subgoals,
-                        action_dim=self.env.action_dim,
+                        action_dim=self.env.action_dim, stall_tolerance=cfg.stall_tolerance,
                         wake_world_model=lambda: "world_model" in workers and workers["world_model"].wake(),
                         wake_executor=lambda: workers["executor"].wake())
         workers["executor"] = Worker("executor", jobs.act)

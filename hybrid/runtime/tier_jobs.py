@@ -54,12 +54,12 @@ class TierJobs:
 
     def __init__(self, agent, callers: dict[str, TierCaller], state: EpisodeState, *, control_hz: float,
                  max_obs_age_s: float, refill_margin_steps: int, rtc: bool, prefetch: bool, action_dim: int,
-                 wake_world_model=lambda: None, wake_executor=lambda: None):
+                 stall_tolerance: float = 1e-3, wake_world_model=lambda: None, wake_executor=lambda: None):
         self.agent, self.callers, self.s = agent, callers, state
         self.hz, self.max_obs_age_s, self.margin = control_hz, max_obs_age_s, refill_margin_steps
         self.rtc, self.prefetch, self.action_dim = rtc, prefetch, action_dim
         self.wake_world_model, self.wake_executor = wake_world_model, wake_executor
-        self.stall = StallClock()  # how long the robot has been still, for the planner's replan policy
+        self.stall = StallClock(stall_tolerance)  # how long the robot has been still, for the replan policy
 
     # ---- shared helpers -------------------------------------------------------------------------
 
