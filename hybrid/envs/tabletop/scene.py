@@ -65,7 +65,7 @@ class Scene:
         self.n_substeps = 1  # set by the env from its control rate
         self.spec: TaskSpec | None = None
         self._default_light_dir = m.light_dir[self.light].copy()
-        self._front = table_homography("front")
+        self._front = table_homography("front", model=m)
 
     # ---- episode setup -------------------------------------------------------------------------
     def randomise(self, spec: TaskSpec, rng: np.random.Generator) -> None:
@@ -230,11 +230,14 @@ class Scene:
         return float(self.data.xpos[self.block_body[:n], 2].max() + BLOCK_HALF) if n else 0.0
 
 
-def table_homography(camera: str = "front", height: float = BLOCK_HALF) -> np.ndarray:
+def table_homography(
+    camera: str = "front", height: float = BLOCK_HALF, model: mujoco.MjModel | None = None
+) -> np.ndarray:
     """3x3 homography from table xy (metres, at ``height`` above the table) to a fixed camera's image
     coordinates (u right, v down, both in [-1, 1] across a square image): the camera's calibration, as
-    a policy that localises targets in the image needs it to speak in table coordinates."""
-    m = mujoco.MjModel.from_xml_path(str(ASSET))
+    a policy that localises targets in the image needs it to speak in table coordinates. ``model``: the
+    tabletop's, already loaded (default: loaded here)."""
+    m = mujoco.MjModel.from_xml_path(str(ASSET)) if model is None else model
     d = mujoco.MjData(m)
     mujoco.mj_forward(m, d)
     cam = m.camera(camera).id
