@@ -9,6 +9,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import pytest
 
 from hybrid.envs.tabletop import FAMILIES, TabletopEnv
+from hybrid.envs.tabletop.placement import PlacementProbe
 
 
 def solve(env: TabletopEnv, seed: int, miss: float = 0.0) -> tuple[dict, list[int], list[dict]]:
@@ -83,7 +84,7 @@ def probed_expert_run(family: str, seed: int = 7, **expert_kwargs):
     import numpy as np
 
     env = TabletopEnv(task=family, cameras=("front",), image_size=32)
-    probe, offsets = env.placement_probe(), []
+    probe, offsets = PlacementProbe(env), []
     try:
         obs, info = env.reset(seed=seed)
         probe.on_episode_start(info["instruction"], info)

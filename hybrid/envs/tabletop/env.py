@@ -163,10 +163,6 @@ class TabletopEnv(gym.Env):
         return ScriptedExpert(self.scene, np.random.default_rng(self._expert_seed), lambda: self._target.copy(),
                               miss=miss, grasp_spread=grasp_spread)
 
-    def placement_probe(self) -> PlacementProbe:
-        """A runtime subscriber that measures where released blocks come to rest (`hybrid eval` reports it)."""
-        return PlacementProbe(self)
-
     def eval_probes(self) -> list:
         """Runtime subscribers whose ``summary()`` `hybrid eval` reports per family: where released blocks come to
         rest (`PlacementProbe`) and whether the subtasks taken on name blocks still to be moved (`GroundingProbe`)."""
