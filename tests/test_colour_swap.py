@@ -60,3 +60,13 @@ def test_swapped_example_is_consistent():
     colours = {w for w in new.instruction.split() if w in PALETTE}
     assert len(colours) == 2 and all(c in new.target.subtask and c in new.current for c in colours)
     assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+
+
+def test_an_example_asking_what_is_left_has_its_list_swapped_too():
+    ex = Example(0, "sort the blocks", [], None, PlanStep(subtask="put the red block in the red bowl"), frozenset(),
+                 left=("put the red block in the red bowl", "put the green block in the green bowl"))
+    for seed in range(5):
+        out, _ = swap_colours(ex, scene(), SWAP, np.random.default_rng(seed))
+        first, second = ({w for w in s.split() if w in PALETTE} for s in out.left)
+        assert out.left[0] == out.target.subtask  # one permutation for the target and the list
+        assert len(first) == len(second) == 1 and first != second

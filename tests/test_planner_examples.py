@@ -46,6 +46,10 @@ def test_resuming_without_history_reads_progress_from_the_frame_alone(builder):
     assert all(ex.done == [] and ex.current is None for ex in drawn)
 
 
+def test_the_subtasks_left_are_the_plan_after_the_finished_ones(builder):
+    assert [builder.left(i) for i in (3, 8, 12, 18)] == [PLAN, PLAN[1:], PLAN[1:], []]
+
+
 @pytest.fixture(scope="module")
 def gripping(tmp_path_factory):
     import numpy as np

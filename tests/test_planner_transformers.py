@@ -180,3 +180,25 @@ def test_fine_tuning_at_a_larger_image_size_reads_the_larger_grid(trained, tiny_
     assert grid.tolist() == [[1, 8, 8]]  # 112 px / patch 14 (the init read 56 px: 4 x 4)
     step = transformers_planner(str(out)).plan(obs_of(np.zeros((96, 96, 3), np.uint8)), INSTRUCTION, [])
     assert step.done or step.subtask in PLAN
+
+
+def test_an_auxiliary_example_asks_what_is_left_and_is_trained_on_that_list(tiny_data, tmp_path):
+    from planners.subtask.examples import Example
+    from planners.subtask.prompting import PromptConfig
+    from planners.subtask.tabletop_model import TabletopModelConfig, build
+    from planners.subtask.train import LEFT_QUESTION, collate, left_reply, train
+
+    _, processor = build([INSTRUCTION, LEFT_QUESTION, left_reply(PLAN), *PLAN] * 5, TabletopModelConfig(**TINY))
+    frames = np.zeros((1, 56, 56, 3), np.uint8)
+    prompt = PromptConfig(system=None, schema_in_prompt=False, image_size=56)
+    next_step = Example(0, INSTRUCTION, [], None, PlanStep(subtask=PLAN[0]), frozenset({PLAN[0]}))
+    aux = Example(0, INSTRUCTION, [], None, PlanStep(subtask=PLAN[0]), frozenset({PLAN[0]}), left=tuple(PLAN))
+    batch = collate(processor, None, frames, [next_step, aux], prompt)
+    texts = processor.batch_decode(batch["input_ids"], skip_special_tokens=False)
+    assert LEFT_QUESTION not in texts[0] and LEFT_QUESTION in texts[1]
+    labels = [processor.decode(row[row >= 0]) for row in batch["labels"]]
+    assert labels == ['{"subtask": "%s", "done": false}<|im_end|>' % PLAN[0], left_reply(PLAN) + "<|im_end|>"]
+    out = tmp_path / "left"
+    train(str(tiny_data.root), str(out), steps=2, batch_size=4, warmup_steps=1, threads=1, model=TINY,
+          left_fraction=0.5)
+    assert (out / "model.safetensors").is_file()

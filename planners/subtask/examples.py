@@ -16,6 +16,10 @@ intermediate subtask would teach "stay" and the same picture a moment later "adv
 Each example also carries how many times the gripper let go since its current subtask began (the runtime
 switched to it when the previous one finished): a planner that tracks the gripper (`PromptConfig.gripper_index`)
 sees it in the prompt, as the evidence a single frame lacks that the pick-and-place under way has ended.
+
+An auxiliary example asks instead for every subtask still left (`ExampleBuilder.left`): in `sort` that is
+which blocks are still out of their bowls, read off the picture alone, a denser signal for the vision tower
+than the one next subtask.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ class Example:
     target: PlanStep
     accepted: frozenset[str]  # subtasks that count as right (order-free placements allow any remaining)
     releases: int = 0  # times the gripper let go since ``current`` began (0 without a current subtask)
+    left: tuple[str, ...] | None = None  # asked instead which subtasks are left (an auxiliary target): these
 
 
 def release_events(index: SubtaskIndex, closed: np.ndarray) -> np.ndarray:
@@ -84,6 +89,10 @@ class ExampleBuilder:
         It began when the one before it finished; that release is not counted."""
         began = self.finish[int(self.index.episode[i]), current - 1] if current else int(self.index.episode_start[i])
         return int(self.released[i] - self.released[began])
+
+    def left(self, i: int) -> list[str]:
+        """The subtasks of frame ``i``'s plan not finished yet, in the plan's order."""
+        return self.plans[int(self.index.episode[i])][self.finished(i):]
 
     def is_done_frame(self, i: int) -> bool:
         return self.finished(i) == len(self.plans[int(self.index.episode[i])])

@@ -28,6 +28,10 @@ from planners.subtask.transformers_backend import SETTINGS_FILE
 
 log = logging.getLogger(__name__)
 STATE_DIR = "trainer_state"
+# The auxiliary question (`left_fraction`), appended to the user turn; its reply is {"left": [subtasks]}.
+LEFT_QUESTION = "Question: which subtasks are left?"
+# Asked with the history (fresh) or without it (resume): without, only the picture says what is left.
+LEFT_WEIGHTS = {"fresh": 0.5, "resume": 0.5}
 
 
 def tokenizer_corpus(index: SubtaskIndex, vocab: list[str], prompt: PromptConfig) -> list[str]:
@@ -36,7 +40,13 @@ def tokenizer_corpus(index: SubtaskIndex, vocab: list[str], prompt: PromptConfig
     state = np.array([0.12, -0.05, 0.2, 1.0]) if prompt.state_in_prompt else None  # digits, signs, points
     releases = 0 if prompt.gripper_index is not None else None
     states = [user_text(i, vocab[:2], vocab[0], prompt.schema_in_prompt, state, releases) for i in instructions[:50]]
-    return instructions * 4 + vocab + replies + states + ["user assistant system Done: nothing Current: none"]
+    lefts = [left_reply(vocab[:3]), left_reply([])]
+    return (instructions * 4 + vocab + replies + states + lefts
+            + ["user assistant system Done: nothing Current: none", LEFT_QUESTION])
+
+
+def left_reply(left) -> str:
+    return json.dumps({"left": list(left)})
 
 
 def augmentation(rng: np.random.Generator, colour_swap: float, word_noise: float, release_noise: float = 0.0):
@@ -66,8 +76,9 @@ def swap_colours(ex: Example, image: np.ndarray, swap: ColourSwap, rng: np.rando
     """The example and its frame with one random permutation of the colours applied to words and pixels."""
     m = swap.draw(rng)
     target = PlanStep(subtask=swap.text(ex.target.subtask, m)) if ex.target.subtask else ex.target
+    left = None if ex.left is None else tuple(swap.text(s, m) for s in ex.left)
     ex = replace(ex, instruction=swap.text(ex.instruction, m), done=[swap.text(s, m) for s in ex.done],
-                 current=None if ex.current is None else swap.text(ex.current, m), target=target)
+                 current=None if ex.current is None else swap.text(ex.current, m), target=target, left=left)
     return ex, swap.image(image, m)
 
 
@@ -85,10 +96,11 @@ def collate(processor, builder: ExampleBuilder, frames: np.ndarray, examples, pr
         if augment is not None:
             ex, image = augment(ex, image)
         state = None if states is None else states[ex.frame]
-        chat = processor.apply_chat_template(build_messages(prompt, ex.instruction, ex.done, ex.current, state,
-                                                            ex.releases),
-                                             add_generation_prompt=True, tokenize=False)
-        reply = reply_text(ex.target) + "<|im_end|>"
+        messages = build_messages(prompt, ex.instruction, ex.done, ex.current, state, ex.releases)
+        if ex.left is not None:
+            messages[-1]["content"][-1]["text"] += "\n" + LEFT_QUESTION
+        chat = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        reply = (reply_text(ex.target) if ex.left is None else left_reply(ex.left)) + "<|im_end|>"
         texts.append(chat + reply)
         reply_lens.append(len(processor.tokenizer(reply, add_special_tokens=False)["input_ids"]))
         images.append(Image.fromarray(image))
@@ -109,7 +121,7 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
           threads: int | None = None, log_every: int = 25, colour_swap: float = 0.0,
           done_fraction: float = 0.0, state_in_prompt: bool = False, init: str | None = None,
           word_noise: float = 0.0, variants: dict[str, float] | None = None, gripper_index: int | None = None,
-          release_noise: float = 0.0, ordinals: str = "scene") -> Path:
+          release_noise: float = 0.0, ordinals: str = "scene", left_fraction: float = 0.0) -> Path:
     """``colour_swap``: probability that an example's colours are permuted (words and pixels, `augment.py`);
     ``word_noise``: probability that some of an instruction's words are replaced by unknown ones (`WordNoise`);
     ``done_fraction``: share of examples drawn from the frames labelled done, which are a few per episode;
@@ -121,7 +133,9 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     ``release_noise``: share of unfinished examples shown one release anyway (`augmentation`);
     ``ordinals``: how same-coloured blocks are told apart in the replies, "scene" (the recording's "the" /
     "the other" / "the last", which count the blocks) or "history" ("the" / "another" / "the last" in turn,
-    `tabletop_language.history_ordinals`); needs ``canonical``."""
+    `tabletop_language.history_ordinals`); needs ``canonical``;
+    ``left_fraction``: share of examples that ask for every subtask still left instead of the next one
+    (`LEFT_QUESTION`, an auxiliary target the planner is never asked at run time)."""
     import torch
     from accelerate import Accelerator
     from tqdm import tqdm
@@ -194,6 +208,9 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     augment = augmentation(rng, colour_swap, word_noise, release_noise)
 
     def draw():
+        if left_fraction > 0 and rng.random() < left_fraction:
+            ex = builder.sample(rng, all_frames, LEFT_WEIGHTS)
+            return replace(ex, left=tuple(builder.left(ex.frame)))
         if done_fraction > 0 and rng.random() < done_fraction:
             return builder.sample(rng, done_frames, weights={"current": 0.5, "fresh": 0.5})
         return builder.sample(rng, all_frames, weights)
