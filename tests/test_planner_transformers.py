@@ -197,7 +197,7 @@ def test_an_auxiliary_example_asks_what_is_left_and_is_trained_on_that_list(tiny
     texts = processor.batch_decode(batch["input_ids"], skip_special_tokens=False)
     assert LEFT_QUESTION not in texts[0] and LEFT_QUESTION in texts[1]
     labels = [processor.decode(row[row >= 0]) for row in batch["labels"]]
-    assert labels == ['{"subtask": "%s", "done": false}<|im_end|>' % PLAN[0], left_reply(PLAN) + "<|im_end|>"]
+    assert labels == [f'{{"subtask": "{PLAN[0]}", "done": false}}<|im_end|>', left_reply(PLAN) + "<|im_end|>"]
     out = tmp_path / "left"
     train(str(tiny_data.root), str(out), steps=2, batch_size=4, warmup_steps=1, threads=1, model=TINY,
           left_fraction=0.5)
