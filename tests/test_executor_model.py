@@ -475,6 +475,30 @@ def test_heatmap_head_reads_table_xy_through_the_calibration_and_targets_the_lab
     assert head.loss(logits.flip(1), torch.tensor([[[9.0, 9.0], [9.0, 9.0]]]), valid, (h, w)).item() == 0.0
 
 
+def test_bilinear_map_targets_put_the_peak_between_cell_centres_where_the_label_is():
+    from executors.flow.waypoint_heads import HeatmapWaypointHead, apply_homography, bilinear_cells
+
+    calibration = torch.tensor([[2.0, 0.0, 0.1], [0.0, -2.0, 0.0], [0.0, 0.2, 1.0]])
+    head = HeatmapWaypointHead(text_dim=8, channels=4, table_homography=calibration.tolist(), target="bilinear")
+    weights = bilinear_cells(torch.tensor([2.25, -3.0]), torch.tensor([6.5, 9.0]), 8, 8)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2))
+    assert weights[0, 6 * 8 + 2] == 0.375 and weights[0, 7 * 8 + 3] == 0.125  # (1-.25)(1-.5), .25 * .5
+    assert weights[1, 7 * 8 + 0] == 1.0  # beyond the corner's centre: the corner
+    xy = torch.tensor([[[0.1, -0.2], [-0.3, 0.25]], [[0.37, 0.4], [-0.2, 0.1]]])
+    h, w, valid = 8, 8, torch.ones(2, 2, dtype=torch.bool)
+    logits = torch.zeros(2, 2, h * w, requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=0.5)
+    for _ in range(300):  # the maps that minimise the loss are the targets themselves
+        opt.zero_grad()
+        head.loss(logits, xy, valid, (h, w)).backward()
+        opt.step()
+    found = head.peak(logits.detach(), (h, w))
+    torch.testing.assert_close(found, xy, atol=0.01, rtol=0)  # well inside a cell (0.125 of the image wide)
+    assert (apply_homography(calibration, xy).abs() < 0.875).all()  # inside the outermost cell centres
+    with pytest.raises(ValueError, match="target"):
+        HeatmapWaypointHead(text_dim=8, channels=4, table_homography=calibration.tolist(), target="gauss")
+
+
 def test_heatmap_peak_keeps_the_strongest_mode_where_the_soft_argmax_averages_two():
     from executors.flow.encoders import soft_argmax
     from executors.flow.waypoint_heads import HeatmapWaypointHead

@@ -44,6 +44,9 @@ class FlowConfig:
     waypoint_head: str = "mlp"  # "mlp": xy from all front keypoints + text; "heatmap": two text-queried attention maps
     #   over the front feature map, trained on where the labels project (needs table_homography; waypoint_heads.py)
     table_homography: list | None = None  # 3x3, table xy (m) -> front image (u, v) in [-1, 1]: the camera's calibration
+    waypoint_map_target: str = "cell"  # what the heatmap is trained toward: the "cell" a label falls in, or
+    #   "bilinear": its weight shared among the 4 nearest cell centres, so the map's soft-argmax can land between
+    #   centres (a cell of the tabletop's 24x24 map is ~3.5 cm of table: a cell's centre misses a stack)
     waypoint_text: str = "mean"  # what the heatmap's queries read: the text's "mean" token, or its "tokens" (attention)
     waypoint_target: bool = False  # the waypoints relative to the effector (pick - xy, place - xy) as one more prefix
     #   token and added to every action token, so the expert steers toward what the head found instead of re-finding it
@@ -95,6 +98,7 @@ class FlowConfig:
             "waypoint_head": self.waypoint_head == "mlp" or (self.waypoint_head == "heatmap"
                                                              and self.table_homography is not None),
             "waypoint_text": self.waypoint_text in ("mean", "tokens"),
+            "waypoint_map_target": self.waypoint_map_target in ("cell", "bilinear"),
             "waypoint_target": not self.waypoint_target or self.waypoint_loss > 0,
             "waypoint_teacher_forcing": 0.0 <= self.waypoint_teacher_forcing <= 1.0,
             "flow_steps": self.flow_steps >= 1,

@@ -135,7 +135,7 @@ class FlowModel(nn.Module):
             if cfg.waypoint_head == "heatmap":
                 self.waypoint_head = HeatmapWaypointHead(self.text.out_dim, self.vision.keypoints.logits.in_channels,
                                                          cfg.table_homography, cfg.keypoint_temperature,
-                                                         cfg.waypoint_text)
+                                                         cfg.waypoint_text, cfg.waypoint_map_target)
             else:
                 self.waypoint_head = nn.Sequential(nn.Linear(2 * cfg.keypoints + self.text.out_dim, w), nn.GELU(),
                                                    nn.Linear(w, 4))

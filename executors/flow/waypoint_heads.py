@@ -28,8 +28,11 @@ class HeatmapWaypointHead(nn.Module):
     """Pick and place as attention maps over the front camera's feature map, in a calibrated camera."""
 
     def __init__(self, text_dim: int, channels: int, table_homography, temperature: float = 1.0,
-                 text_pool: str = "mean"):
+                 text_pool: str = "mean", target: str = "cell"):
         super().__init__()
+        if target not in ("cell", "bilinear"):
+            raise ValueError(f"target: expected 'cell' or 'bilinear', got {target!r}")
+        self.target = target
         self.query = TextQueryMaps(text_dim, channels, points=2, temperature=temperature, text_pool=text_pool)
         h = torch.tensor(table_homography, dtype=torch.float32).reshape(3, 3)
         # From the config, not the weights: a recalibrated camera needs no retraining of the maps.
@@ -56,13 +59,30 @@ class HeatmapWaypointHead(nn.Module):
         return apply_homography(self.image_to_table, uv)
 
     def loss(self, logits: torch.Tensor, xy: torch.Tensor, valid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Cross-entropy of the maps against the cells the recorded ``xy`` ``(N, 2, 2)`` fall in; ``valid``
-        ``(N, 2)`` marks the labels to use (points outside the image are left out too)."""
+        """Cross-entropy of the maps against where the recorded ``xy`` ``(N, 2, 2)`` project: the cell each falls
+        in, or (``target="bilinear"``) the four cell centres around it, weighted bilinearly, whose mean is the
+        point itself. ``valid`` ``(N, 2)`` marks the labels to use (points outside the image are left out too)."""
         h, w = size
         uv = apply_homography(self.table_to_image, xy.float())
-        col = ((uv[..., 0] + 1) / 2 * w).floor().long()
-        row = ((uv[..., 1] + 1) / 2 * h).floor().long()
+        col, row = (uv[..., 0] + 1) / 2 * w, (uv[..., 1] + 1) / 2 * h  # in cells, 0 at the image's edge
         use = valid & (col >= 0) & (col < w) & (row >= 0) & (row < h)
         if not use.any():
             return logits.sum() * 0.0
-        return F.cross_entropy(logits[use].float(), (row * w + col)[use])
+        logits, col, row = logits[use].float(), col[use], row[use]
+        if self.target == "cell":
+            return F.cross_entropy(logits, row.floor().long() * w + col.floor().long())
+        target = bilinear_cells(col - 0.5, row - 0.5, h, w)  # centres at integer coordinates
+        return -(target * logits.log_softmax(-1)).sum(-1).mean()
+
+
+def bilinear_cells(x: torch.Tensor, y: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``(M, h*w)`` weights on the 4 cells around each point ``(x, y)`` (cell-centre units, ``(M,)`` each),
+    clamped at the map's border, so that the weighted mean of the centres is the point."""
+    x, y = x.clamp(0, w - 1), y.clamp(0, h - 1)
+    x0, y0 = x.floor().clamp(max=w - 2).long(), y.floor().clamp(max=h - 2).long()
+    fx, fy = x - x0, y - y0
+    out = torch.zeros(len(x), h * w, device=x.device)
+    for dy, wy in ((0, 1 - fy), (1, fy)):
+        for dx, wx in ((0, 1 - fx), (1, fx)):
+            out.scatter_add_(1, ((y0 + dy) * w + x0 + dx)[:, None], (wy * wx)[:, None])
+    return out
