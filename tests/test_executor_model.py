@@ -515,6 +515,28 @@ def test_heatmap_peak_keeps_the_strongest_mode_where_the_soft_argmax_averages_tw
     assert mean.abs().max() < 0.5  # the whole map's soft-argmax: between the two, on neither
 
 
+def test_a_place_map_on_the_subgoal_reads_the_subgoal_where_there_is_one():
+    calibration = [[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, 1.0]]
+    heatmap = dict(vision_stem="conv", keypoints=4, waypoint_loss=1.0, waypoint_head="heatmap",
+                   table_homography=calibration, waypoint_text="tokens")
+    model = tiny_model(waypoint_place_map="subgoal", **heatmap).eval()
+    batch = training_batch(model)  # samples 0 and 2 have a subgoal, 1 and 3 not
+    other = dict(batch, subgoal=255 - batch["subgoal"])
+    _, before = model.encode(batch)
+    _, after = model.encode(other)
+    torch.testing.assert_close(before[:, :2], after[:, :2])  # the pick reads the observation
+    assert not torch.allclose(before[::2, 2:], after[::2, 2:])  # the place, the subgoal where given
+    torch.testing.assert_close(before[1::2, 2:], after[1::2, 2:])
+    # Without a subgoal both maps read the observation, as a head trained on the observation alone does.
+    plain = tiny_model(**heatmap).eval()
+    plain.load_state_dict(model.state_dict())
+    no_goal = {k: v for k, v in batch.items() if k != "subgoal"}
+    torch.testing.assert_close(model.encode(no_goal)[1], plain.encode(no_goal)[1])
+    torch.testing.assert_close(before[1::2], plain.encode(batch)[1][1::2])
+    with pytest.raises(ValueError, match="waypoint_place_map"):
+        tiny_config(waypoint_place_map="subgoal", subgoal_dropout=1.0, **heatmap)  # no subgoal to read
+
+
 def test_token_queries_read_words_and_the_steering_token_points_from_the_effector_to_the_waypoint():
     calibration = [[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, 1.0]]
     model = tiny_model(vision_stem="conv", keypoints=4, waypoint_loss=1.0, waypoint_head="heatmap",

@@ -47,6 +47,9 @@ class FlowConfig:
     waypoint_map_target: str = "cell"  # what the heatmap is trained toward: the "cell" a label falls in, or
     #   "bilinear": its weight shared among the 4 nearest cell centres, so the map's soft-argmax can land between
     #   centres (a cell of the tabletop's 24x24 map is ~3.5 cm of table: a cell's centre misses a stack)
+    waypoint_place_map: str = "observation"  # which front image the heatmap's place map reads: the
+    #   "observation", or the "subgoal" where there is one (it shows the block where the subtask leaves it: where
+    #   to place is then where to look, as where to pick is in the observation)
     waypoint_text: str = "mean"  # what the heatmap's queries read: the text's "mean" token, or its "tokens" (attention)
     waypoint_target: bool = False  # the waypoints relative to the effector (pick - xy, place - xy) as one more prefix
     #   token and added to every action token, so the expert steers toward what the head found instead of re-finding it
@@ -99,6 +102,9 @@ class FlowConfig:
                                                              and self.table_homography is not None),
             "waypoint_text": self.waypoint_text in ("mean", "tokens"),
             "waypoint_map_target": self.waypoint_map_target in ("cell", "bilinear"),
+            "waypoint_place_map": self.waypoint_place_map == "observation" or (
+                self.waypoint_place_map == "subgoal" and self.waypoint_head == "heatmap" and self.use_subgoal
+                and self.subgoal_cameras[0] == self.cameras[0]),
             "waypoint_target": not self.waypoint_target or self.waypoint_loss > 0,
             "waypoint_teacher_forcing": 0.0 <= self.waypoint_teacher_forcing <= 1.0,
             "flow_steps": self.flow_steps >= 1,

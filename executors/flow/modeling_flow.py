@@ -209,8 +209,11 @@ class FlowModel(nn.Module):
         parts, waypoints, heatmap, steer = [tokens.flatten(1, 2), self.text_proj(text), state], None, None, None
         if cfg.waypoint_loss > 0:
             if cfg.waypoint_head == "heatmap":
-                front_map = maps.unflatten(0, (b, images.shape[1]))[:, 0]
-                xy, logits = self.waypoint_head(text.to(dtype), front_map)
+                all_maps = maps.unflatten(0, (b, images.shape[1]))
+                front_map, goal_map = all_maps[:, 0], None
+                if cfg.waypoint_place_map == "subgoal" and subgoal is not None:
+                    goal_map = (all_maps[:, n_cam], batch["has_subgoal"].to(front_map.device))
+                xy, logits = self.waypoint_head(text.to(dtype), front_map, goal_map)
                 waypoints = self.normalizer.waypoints(xy.flatten(1)).to(dtype)
                 heatmap = (logits, tuple(front_map.shape[-2:]))
             else:

@@ -39,10 +39,16 @@ class HeatmapWaypointHead(nn.Module):
         self.register_buffer("table_to_image", h, persistent=False)
         self.register_buffer("image_to_table", torch.linalg.inv(h), persistent=False)
 
-    def forward(self, text: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, text: torch.Tensor, features: torch.Tensor,
+                subgoal: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Table xy ``(N, 2, 2)`` (pick, place) from the text's tokens ``(N, L, D)`` and the front feature map,
-        and the maps' logits ``(N, 2, h*w)``."""
+        and the maps' logits ``(N, 2, h*w)``. ``subgoal``: the front subgoal's feature map and which samples
+        have one ``(N,)`` bool: their place map reads it instead (the block is shown where it is to go)."""
         logits = self.query(text, features)
+        if subgoal is not None:
+            goal_features, has = subgoal
+            place = torch.where(has.view(-1, 1), self.query(text, goal_features)[:, 1], logits[:, 1])
+            logits = torch.stack([logits[:, 0], place], dim=1)
         uv = soft_argmax(logits.float(), *features.shape[-2:], centres=True)
         return apply_homography(self.image_to_table, uv), logits
 
