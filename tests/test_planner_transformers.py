@@ -202,3 +202,15 @@ def test_an_auxiliary_example_asks_what_is_left_and_is_trained_on_that_list(tiny
     train(str(tiny_data.root), str(out), steps=2, batch_size=4, warmup_steps=1, threads=1, model=TINY,
           left_fraction=0.5)
     assert (out / "model.safetensors").is_file()
+
+
+def test_the_tokenizer_corpus_has_the_auxiliary_question_only_when_it_is_asked(tiny_data):
+    from hybrid.data import SubtaskIndex
+    from planners.subtask.prompting import PromptConfig
+    from planners.subtask.train import LEFT_QUESTION, tokenizer_corpus
+
+    index, prompt = SubtaskIndex.from_dataset(open_dataset(tiny_data.root)), PromptConfig()
+    plain = tokenizer_corpus(index, PLAN, prompt)
+    asked = tokenizer_corpus(index, PLAN, prompt, ask_left=True)
+    assert LEFT_QUESTION not in plain and LEFT_QUESTION in asked
+    assert asked[: len(plain)] == plain  # the tokenizer of a planner trained without it is unchanged

@@ -34,15 +34,17 @@ LEFT_QUESTION = "Question: which subtasks are left?"
 LEFT_WEIGHTS = {"fresh": 0.5, "resume": 0.5}
 
 
-def tokenizer_corpus(index: SubtaskIndex, vocab: list[str], prompt: PromptConfig) -> list[str]:
+def tokenizer_corpus(index: SubtaskIndex, vocab: list[str], prompt: PromptConfig, ask_left: bool = False) -> list[str]:
+    """What the BPE is trained on; ``ask_left`` adds the auxiliary question and its replies (`left_fraction`)."""
     instructions = sorted(set(index.instruction))
     replies = [reply_text(PlanStep(subtask=s)) for s in vocab] + [reply_text(PlanStep(done=True))]
     state = np.array([0.12, -0.05, 0.2, 1.0]) if prompt.state_in_prompt else None  # digits, signs, points
     releases = 0 if prompt.gripper_index is not None else None
     states = [user_text(i, vocab[:2], vocab[0], prompt.schema_in_prompt, state, releases) for i in instructions[:50]]
-    lefts = [left_reply(vocab[:3]), left_reply([])]
-    return (instructions * 4 + vocab + replies + states + lefts
-            + ["user assistant system Done: nothing Current: none", LEFT_QUESTION])
+    corpus = instructions * 4 + vocab + replies + states + ["user assistant system Done: nothing Current: none"]
+    if ask_left:  # else the tokenizer stays the one planners were trained with before the question existed
+        corpus += [left_reply(vocab[:3]), left_reply([]), LEFT_QUESTION]
+    return corpus
 
 
 def left_reply(left) -> str:
@@ -182,7 +184,7 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
         save(net, processor, out)
         log.info("fine-tuning %s", init)
     else:
-        net, processor = build(tokenizer_corpus(index, vocab, prompt), cfg)
+        net, processor = build(tokenizer_corpus(index, vocab, prompt, ask_left=left_fraction > 0), cfg)
         save(net, processor, out)
     (out / SETTINGS_FILE).write_text(json.dumps({"prompt": prompt.model_dump(), "vocabulary": vocab,
                                                  "ordinals": ordinals}, indent=1))
