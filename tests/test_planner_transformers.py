@@ -198,6 +198,10 @@ def test_an_auxiliary_example_asks_what_is_left_and_is_trained_on_that_list(tiny
     assert LEFT_QUESTION not in texts[0] and LEFT_QUESTION in texts[1]
     labels = [processor.decode(row[row >= 0]) for row in batch["labels"]]
     assert labels == [f'{{"subtask": "{PLAN[0]}", "done": false}}<|im_end|>', left_reply(PLAN) + "<|im_end|>"]
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="left_fraction"):
+            train(str(tiny_data.root), str(tmp_path / "bad"), steps=1, model=TINY, left_fraction=bad)
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
     out = tmp_path / "left"
     train(str(tiny_data.root), str(out), steps=2, batch_size=4, warmup_steps=1, threads=1, model=TINY,
           left_fraction=0.5)

@@ -157,6 +157,8 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     if ordinals not in NAMINGS or (ordinals != "scene" and not canonical):
         raise ValueError(f"ordinals: expected one of {sorted(NAMINGS)} ('history' with canonical=true), "
                          f"got {ordinals!r}")
+    if not 0.0 <= left_fraction <= 1.0:  # NaN too
+        raise ValueError(f"left_fraction: expected a share in [0, 1], got {left_fraction!r}")
     naming = NAMINGS[ordinals]
     dataset = open_dataset(data)
     index = SubtaskIndex.from_dataset(dataset)
