@@ -7,6 +7,7 @@ the asynchronous runtime drive the same agent, so the tiers and the plan logic a
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -15,6 +16,8 @@ from pydantic import BaseModel, Field
 from hybrid.interfaces import TIER_INTERFACES
 from hybrid.runtime.tier_call import TierCaller, TierResult
 from hybrid.types import ActionChunk, Observation, PlanStep, Subgoal, Subtask
+
+log = logging.getLogger(__name__)
 
 
 class AgentConfig(BaseModel):
@@ -96,6 +99,12 @@ class HybridAgent:
             if obj is not None:
                 check_tier(tier, obj)
         self.planner, self.world_model, self.executor = planner, world_model, executor
+        if getattr(planner, "wants_affordance", False):  # grounded decoding (planners/subtask/affordance.py)
+            supported = getattr(executor, "supports_affordance", False)
+            planner.use_affordance(executor.affordance if supported else None)
+            if not supported:
+                log.warning("planner: affordance check asked for, but %s cannot score subtasks; plain decoding",
+                            type(executor).__name__)
         self._call = {
             "planner": TierCaller("planner", PlanStep, self.config.planner_timeout_s),
             "world_model": TierCaller("world_model", Subgoal, self.config.world_model_timeout_s),

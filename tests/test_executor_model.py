@@ -569,3 +569,36 @@ def test_token_queries_read_words_and_the_steering_token_points_from_the_effecto
     assert not torch.allclose(condition, model.encode_context(moved)[1])
     with pytest.raises(ValueError, match="waypoint_target"):
         tiny_config(waypoint_target=True)  # needs a waypoint head
+
+
+def test_affordance_scores_peaked_far_picks_high_and_flat_or_already_placed_ones_low():
+    from executors.flow.affordance import AffordanceConfig, affordance_scores
+
+    logits = torch.zeros(3, 2, 16)
+    logits[0, 0, 3] = logits[2, 0, 3] = 20.0  # a clear pick peak; sample 1's pick map is flat
+    far = torch.tensor([[0.0, 0.0], [0.3, 0.0]])
+    near = torch.tensor([[0.0, 0.0], [0.01, 0.0]])  # the block is already where it goes
+    scores = affordance_scores(logits, torch.stack([far, far, near]), AffordanceConfig())
+    assert scores[0] > 0.99 and scores[1] < 0.01 and scores[2] < 0.02
+    with pytest.raises(ValueError, match="non-finite"):
+        affordance_scores(torch.full((1, 2, 16), float("nan")), far[None], AffordanceConfig())
+    with pytest.raises(ValueError):
+        AffordanceConfig(contrast_scale=0.0)
+
+
+def test_executor_affordance_scores_a_batch_of_subtasks_as_one_at_a_time():
+    calibration = [[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, 1.0]]
+    model = tiny_model(vision_stem="conv", keypoints=4, waypoint_loss=1.0, waypoint_head="heatmap",
+                       table_homography=calibration, waypoint_text="tokens")
+    executor = FlowExecutor(model, affordance={"contrast_at": 0.0, "reach_at": 0.0})
+    obs, texts = observation(), ["pick up the red block", "put the blue block in the red bowl", "stack it"]
+    assert executor.supports_affordance
+    scores = executor.affordance(obs, texts)
+    assert scores.shape == (3,) and ((scores >= 0) & (scores <= 1)).all()
+    np.testing.assert_allclose(scores, [executor.affordance(obs, [t])[0] for t in texts], rtol=1e-5, atol=1e-6)
+    assert len(scores) == len(set(scores.round(6)))  # the text decides the score
+    assert executor.affordance(obs, []).shape == (0,)
+    plain = FlowExecutor(tiny_model())
+    assert not plain.supports_affordance
+    with pytest.raises(ValueError, match="heatmap"):
+        plain.affordance(obs, texts)

@@ -218,3 +218,26 @@ def test_the_tokenizer_corpus_has_the_auxiliary_question_only_when_it_is_asked(t
     asked = tokenizer_corpus(index, PLAN, prompt, ask_left=True)
     assert LEFT_QUESTION not in plain and LEFT_QUESTION in asked
     assert asked[: len(plain)] == plain  # the tokenizer of a planner trained without it is unchanged
+
+
+def test_beam_candidates_stay_inside_the_vocabulary_even_with_more_beams_than_replies(tmp_path):
+    from planners.subtask.affordance import distinct
+    from planners.subtask.reply import parse_reply
+    from planners.subtask.tabletop_model import TabletopModelConfig, build, save
+    from planners.subtask.transformers_backend import transformers_planner
+
+    vocab = ["put the red block in the blue bowl", "put the blue block on the red block"]
+    model, processor = build([INSTRUCTION, '{"subtask": "", "done": false}', *vocab] * 5, TabletopModelConfig(**TINY))
+    save(model, processor, tmp_path)
+    image = np.random.default_rng(0).integers(0, 256, (56, 56, 3), dtype=np.uint8)
+    planner = transformers_planner(str(tmp_path), vocabulary=vocab, affordance={"candidates": 5},
+                                   prompt={"system": None, "schema_in_prompt": False, "image_size": 56})
+    messages = planner.messages(INSTRUCTION, [])
+    beams = distinct(planner.backend.candidates(messages, image, 5))  # 3 replies exist: two beams are padding
+    steps = [parse_reply(text, planner.vocabulary) for text, _ in beams]
+    assert len(beams) == 3 and len({s.subtask for s in steps}) == 3 and sum(s.done for s in steps) == 1
+    scores = [s for _, s in beams]
+    assert scores == sorted(scores, reverse=True) and all(s < 0 for s in scores)
+    planner.use_affordance(lambda obs, texts: np.array([t == vocab[1] for t in texts], float))
+    step = planner.plan(obs_of(image), INSTRUCTION, [])
+    assert step.subtask == vocab[1] or (step.done and scores[0] == max(scores))

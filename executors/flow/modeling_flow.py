@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from executors.flow.affordance import AffordanceConfig, affordance_scores
 from executors.flow.configuration_flow import FlowConfig
 from executors.flow.encoders import MLP, Block, build_text, build_vision, vision_tokens
 from executors.flow.processor_flow import Normalizer, load_tokenizer, observation_batch
@@ -361,8 +362,10 @@ class FlowExecutor:
 
     def __init__(self, model: FlowModel, tokenizer=None, device: str | torch.device = "cpu",
                  flow_steps: int | None = None, dtype: torch.dtype | str = torch.float32, seed: int = 0,
-                 cuda_graph: bool = False, noise_scale: float = 1.0):
+                 cuda_graph: bool = False, noise_scale: float = 1.0, affordance: dict | None = None):
+        """``affordance``: `AffordanceConfig` fields, how `affordance` turns the waypoint maps into scores."""
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        self.affordance_cfg = AffordanceConfig.model_validate(dict(affordance or {}))
         if not math.isfinite(noise_scale) or noise_scale < 0:
             raise ValueError(f"noise_scale: expected a finite number >= 0, got {noise_scale!r}")
         self.noise_scale = float(noise_scale)
@@ -380,9 +383,10 @@ class FlowExecutor:
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "cpu", flow_steps: int | None = None,
                         dtype: str = "float32", seed: int = 0, cuda_graph: bool = False,
-                        noise_scale: float = 1.0) -> FlowExecutor:
+                        noise_scale: float = 1.0, affordance: dict | None = None) -> FlowExecutor:
         model = FlowModel.from_pretrained(path)
-        return cls(model, load_tokenizer(model.cfg, path), device, flow_steps, dtype, seed, cuda_graph, noise_scale)
+        return cls(model, load_tokenizer(model.cfg, path), device, flow_steps, dtype, seed, cuda_graph, noise_scale,
+                   affordance)
 
     def save_pretrained(self, directory: str | Path) -> None:
         self.model.save_pretrained(directory)
@@ -425,6 +429,27 @@ class FlowExecutor:
         batch = observation_batch(self.cfg, self.tokenizer, obs, subtask, subgoal)
         _, predicted = self.model.encode({k: v.to(self.device) for k, v in batch.items()})
         return self.model.normalizer.unwaypoints(predicted.float())[0].cpu().numpy()
+
+    @property
+    def supports_affordance(self) -> bool:
+        """Whether `affordance` can score subtasks: it reads the heatmap waypoint head's maps."""
+        return self.cfg.waypoint_loss > 0 and self.cfg.waypoint_head == "heatmap"
+
+    @torch.inference_mode()
+    def affordance(self, obs: Observation, subtasks: list[str]) -> np.ndarray:
+        """How likely each of ``subtasks`` can be started from ``obs``, in [0, 1] (`executors/flow/affordance.py`):
+        the planner's SayCan-style check before it switches to a new subtask. One batch for all of them."""
+        if not self.supports_affordance:
+            raise ValueError("affordance: this executor has no heatmap waypoint head (FlowConfig.waypoint_head)")
+        if not subtasks:
+            return np.zeros(0)
+        batch = observation_batch(self.cfg, self.tokenizer, obs, Subtask(text=subtasks[0], index=0), None)
+        k = len(subtasks)
+        batch = {name: value.expand(k, *value.shape[1:]) for name, value in batch.items()}
+        batch["text_ids"] = self.tokenizer(list(subtasks))
+        batch = {name: value.to(self.device) for name, value in batch.items()}
+        _, _, (logits, size), _ = self.model._encode(batch)
+        return affordance_scores(logits, self.model.waypoint_head.peak(logits, size), self.affordance_cfg)
 
     def _replay(self, batch: dict[str, torch.Tensor], steps: int, noise: torch.Tensor) -> torch.Tensor:
         """`sample_actions` through a CUDA graph recorded for this input layout and step count."""

@@ -1,4 +1,7 @@
-"""`hybrid bench planner --config tabletop --json`: latency of one plan call, as the runtime makes it."""
+"""`hybrid bench planner --config tabletop --json`: latency of one plan call, as the runtime makes it.
+
+A planner that checks its candidates against the executor's affordance (`affordance.candidates`) is timed with
+that check, on the executor of ``--executor`` (configs/executor/<name>.yaml), as the agent would bind it."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--size", type=int, default=224, help="camera image side fed to the planner")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.add_argument("--model", help="model directory (the config's planner.model)")
+    p.add_argument("--executor", default="flow_tabletop", help="configs/executor/<name>.yaml, for the affordance")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. planner.max_new_tokens=32")
     args = p.parse_args(argv)
 
@@ -29,7 +33,12 @@ def main(argv: list[str]) -> int:
 
     overrides = list(args.overrides) + ([f"planner.model={args.model}"] if args.model else [])
     planner = instantiate(compose(f"planner/{args.config}", overrides).planner)
-    obs = fake_observation(size=args.size, seed=0)
+    cameras = ("front",)
+    if getattr(planner, "wants_affordance", False):
+        executor = instantiate(compose(f"executor/{args.executor}").executor)
+        planner.use_affordance(executor.affordance)
+        cameras = tuple(executor.cfg.cameras)
+    obs = fake_observation(cameras=cameras, size=args.size, seed=0)
     instruction = "put the red block in the blue bowl"
     history: list[Subtask] = []
     times, faults = [], 0
@@ -44,6 +53,7 @@ def main(argv: list[str]) -> int:
             times.append((time.perf_counter() - t) * 1e3)
     t = np.asarray(times)
     result = {"bench": "planner", "config": args.config, "calls": len(t),
+              "candidates": int(getattr(getattr(planner, "affordance", None), "candidates", 0)),
               "latency_ms_p50": round(float(np.percentile(t, 50)), 2),
               "latency_ms_p90": round(float(np.percentile(t, 90)), 2),
               "latency_ms_mean": round(float(t.mean()), 2), "faults": faults}

@@ -5,6 +5,10 @@ starting afresh, one subtask behind); the planner answers each from the frame. A
 it means an accepted subtask (tabletop subtasks are compared in canonical form, so a paraphrase is
 the same subtask); a `PlannerFault` counts as wrong. Done detection is scored on the frames of each
 episode's last subtask (done or not yet) with the last subtask current.
+
+With ``--affordance`` the planner weighs its candidate replies against the tabletop executor's affordance
+(`planners/subtask/affordance.py`) as the agent does: the settings of configs/planner/tabletop.yaml and the
+executor of configs/executor/flow_tabletop.yaml, which is shown the frame's cameras at its own size.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ def main(argv: list[str]) -> int:
                    help="state entry of the gripper: subtasks finish at their last release (default: the "
                         "planner's own gripper_index; without one, the last --done-tail-s of each subtask)")
     p.add_argument("--exact", action="store_true", help="compare subtask text exactly, not canonically")
+    p.add_argument("--affordance", action="store_true",
+                   help="check candidate replies against the tabletop executor's affordance, as the agent does")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     args = p.parse_args(argv)
 
@@ -41,11 +47,11 @@ def main(argv: list[str]) -> int:
     from planners.subtask.tabletop_language import NAMINGS, canonical_subtask
     from planners.subtask.transformers_backend import load_settings, transformers_planner
 
-    if args.model is None:
-        from hybrid.config import compose
+    from hybrid.config import compose, instantiate
 
-        args.model = compose("planner/tabletop").planner.model
-    planner = transformers_planner(args.model)
+    shipped = compose("planner/tabletop").planner
+    args.model = args.model or shipped.model
+    planner = transformers_planner(args.model, affordance=shipped.affordance if args.affordance else None)
     canon = (lambda s: normalize(s)) if args.exact else canonical_subtask
     dataset = open_dataset(args.data)
     index = SubtaskIndex.from_dataset(dataset)
@@ -58,7 +64,12 @@ def main(argv: list[str]) -> int:
     cam = planner.prompt.camera
     key = next((k for k in FEATURES["cameras"] if k.endswith("." + cam)), FEATURES["cameras"][0])
     size = planner.prompt.image_size or 224
-    frames = decode_frames(dataset, key, size)
+    frames = {cam: decode_frames(dataset, key, size)}
+    if args.affordance:  # the executor's cameras at its size; the planner resizes its own as at run time
+        executor = instantiate(compose("executor/flow_tabletop").executor)
+        planner.use_affordance(executor.affordance)
+        frames = {c: decode_frames(dataset, next(k for k in FEATURES["cameras"] if k.endswith("." + c)),
+                                   executor.cfg.image_size) for c in executor.cfg.cameras}
 
     rng = np.random.default_rng(args.seed)
     last = np.flatnonzero([index.is_last_subtask(i) for i in range(len(index))])
@@ -79,7 +90,7 @@ def main(argv: list[str]) -> int:
         if ex is None or (not scoring_done and ex.target.done):
             continue
         planner.resume(ex.current, ex.releases, states[ex.frame])
-        obs = Observation(images={cam: frames[ex.frame]}, state=states[ex.frame])
+        obs = Observation(images={c: f[ex.frame] for c, f in frames.items()}, state=states[ex.frame])
         history = [Subtask(text=s, index=k, status="done") for k, s in enumerate(ex.done)]
         t = time.perf_counter()
         try:
@@ -113,7 +124,7 @@ def main(argv: list[str]) -> int:
         "done_recall": round(tp / max(tp + fn, 1), 4),
         "next_examples": next_n, "done_examples": done_n, "faults": faults,
         "episodes": len(index.plans), "latency_ms_p50": round(float(np.median(latencies)), 2) if latencies else None,
-        "model": str(args.model), "data": str(args.data),
+        "model": str(args.model), "data": str(args.data), "affordance": bool(args.affordance),
     }
     print_result(result, args.json)
     return 0

@@ -9,6 +9,7 @@ from typing import Protocol
 import numpy as np
 
 from hybrid.types import Observation, PlanStep, Subtask
+from planners.subtask.affordance import AffordanceCheck, AffordanceFn, choose, distinct
 from planners.subtask.prompting import PromptConfig, build_messages, pick_image, resize
 from planners.subtask.replan import ReplanPolicy
 from planners.subtask.reply import BadReply, PlannerFault, make_vocabulary, parse_reply
@@ -41,9 +42,16 @@ class VLMPlanner:
 
     def __init__(self, backend: Backend, prompt: PromptConfig | dict | None = None,
                  vocabulary: list[str] | None = None, max_attempts: int = 3, retry_backoff_s: float = 0.0,
-                 replan: ReplanPolicy | dict | None = None):
+                 replan: ReplanPolicy | dict | None = None, affordance: AffordanceCheck | dict | None = None):
+        """``affordance``: weigh that many candidate replies against the executor's affordance before switching
+        subtask (`planners/subtask/affordance.py`); the runtime hands the scorer over with `use_affordance`."""
         if max_attempts < 1:
             raise ValueError("max_attempts: expected >= 1")
+        self.affordance = affordance if isinstance(affordance, AffordanceCheck) else \
+            AffordanceCheck.model_validate(dict(affordance or {}))
+        if self.affordance.candidates > 1 and not callable(getattr(backend, "candidates", None)):
+            raise ValueError(f"affordance.candidates: {type(backend).__name__} cannot return candidate replies")
+        self._score: AffordanceFn | None = None
         self.backend = backend
         self.prompt = prompt if isinstance(prompt, PromptConfig) else PromptConfig.model_validate(dict(prompt or {}))
         self.vocabulary = make_vocabulary(None if vocabulary is None else list(vocabulary))
@@ -55,6 +63,30 @@ class VLMPlanner:
 
     def reset(self) -> None:
         self.resume(None)
+
+    @property
+    def wants_affordance(self) -> bool:
+        return self.affordance.candidates > 1
+
+    def use_affordance(self, score: AffordanceFn | None) -> None:
+        """Check new subtasks with ``score`` (e.g. the executor's `affordance`); None turns the check off."""
+        self._score = score
+
+    def _reply(self, messages: list[dict], image: np.ndarray, obs: Observation) -> PlanStep:
+        """One reply: the backend's, or with an affordance check the best candidate the executor can start."""
+        if not self.wants_affordance or self._score is None:
+            return parse_reply(self.backend.complete(messages, image), self.vocabulary)
+        steps, log_probs, bad = [], [], []
+        for text, log_prob in distinct(self.backend.candidates(messages, image, self.affordance.candidates)):
+            try:
+                steps.append(parse_reply(text, self.vocabulary))
+                log_probs.append(log_prob)
+            except BadReply as err:
+                bad.append(err)
+        if not steps:
+            raise bad[0] if bad else BadReply("empty", "no candidate reply")
+        product = self.affordance.rule == "product"
+        return choose(steps, self.current, obs, self._score, self.affordance.min_score, log_probs if product else None)
 
     def resume(self, current: str | None, releases: int = 0, state: np.ndarray | None = None) -> None:
         """Take up a runtime's situation: ``current`` under way, the gripper released ``releases`` times since
@@ -107,7 +139,7 @@ class VLMPlanner:
             if attempt and self.retry_backoff_s:
                 time.sleep(self.retry_backoff_s * 2 ** (attempt - 1))
             try:
-                step = parse_reply(self.backend.complete(messages, image), self.vocabulary)
+                step = self._reply(messages, image, obs)
             except BadReply as err:
                 kind = "bad_reply"
                 attempts.append(str(err))

@@ -63,6 +63,7 @@ class TransformersBackend:
             eos = eos[0] if isinstance(eos, (list, tuple)) else eos
             tok = self.processor.tokenizer
             self.trie = ReplyTrie([tok(r, add_special_tokens=False)["input_ids"] + [eos] for r in replies])
+            self.eos = eos
 
     def inputs(self, messages: list[dict], images: list[np.ndarray]):
         from PIL import Image
@@ -71,24 +72,44 @@ class TransformersBackend:
         pil = [Image.fromarray(img) for img in images]
         return self.processor(text=[text], images=pil, return_tensors="pt").to(self.device)
 
-    def complete(self, messages: list[dict], image: np.ndarray) -> str:
-        import torch
-
+    def _prompt(self, messages: list[dict], image: np.ndarray):
+        """The model inputs, where the reply starts, and the trie's rule for each next token (or None)."""
         inputs = self.inputs(messages, [image])
         start = inputs["input_ids"].shape[1]
         allowed = None
         if self.trie is not None:
-            allowed = lambda batch_id, ids: self.trie.allowed(ids[start:].tolist())  # noqa: E731
+            # A beam past its end (beam search keeps finished and padding beams in the batch) may only end.
+            allowed = lambda batch_id, ids: self.trie.allowed(ids[start:].tolist()) or [self.eos]  # noqa: E731
+        return inputs, start, allowed
+
+    def complete(self, messages: list[dict], image: np.ndarray) -> str:
+        import torch
+
+        inputs, start, allowed = self._prompt(messages, image)
         with torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
                                       prefix_allowed_tokens_fn=allowed)
         return self.processor.batch_decode(out[:, start:], skip_special_tokens=True)[0]
 
+    def candidates(self, messages: list[dict], image: np.ndarray, k: int) -> list[tuple[str, float]]:
+        """The ``k`` most likely replies by beam search, best first, with their summed token log-probabilities
+        (no length normalisation: the replies compete as whole answers)."""
+        import torch
+
+        inputs, start, allowed = self._prompt(messages, image)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                      num_beams=k, num_return_sequences=k, length_penalty=0.0,
+                                      prefix_allowed_tokens_fn=allowed, output_scores=True,
+                                      return_dict_in_generate=True)
+        texts = self.processor.batch_decode(out.sequences[:, start:], skip_special_tokens=True)
+        return list(zip(texts, out.sequences_scores.tolist(), strict=True))
+
 
 def transformers_planner(model: str, device: str = "cpu", dtype: str = "float32", max_new_tokens: int = 64,
                          prompt: dict | None = None, vocabulary: list[str] | None = None,
                          max_attempts: int = 3, replan: dict | ReplanPolicy | None = None,
-                         constrained: bool = True) -> VLMPlanner:
+                         constrained: bool = True, affordance: dict | None = None) -> VLMPlanner:
     """A `VLMPlanner` on a local model directory; its saved prompt and vocabulary are the defaults.
     ``constrained``: with a vocabulary, decode only replies naming one of its subtasks (or done)."""
     saved = load_settings(model)
@@ -98,4 +119,4 @@ def transformers_planner(model: str, device: str = "cpu", dtype: str = "float32"
         replies = [reply_text(PlanStep(subtask=s)) for s in vocabulary] + [reply_text(PlanStep(done=True))]
     return VLMPlanner(TransformersBackend(model, device, dtype, max_new_tokens, replies),
                       prompt={**saved.get("prompt", {}), **dict(prompt or {})},
-                      vocabulary=vocabulary, max_attempts=max_attempts, replan=replan)
+                      vocabulary=vocabulary, max_attempts=max_attempts, replan=replan, affordance=affordance)

@@ -1,0 +1,95 @@
+"""Grounded decoding: the planner's candidate replies, checked against what the executor can do from here.
+
+A small planner trained from scratch leans on its language prior: asked what comes after "put a red block in
+the red bowl" it names "the other red block" whether or not the picture shows one (on the tabletop's `sort`
+a third of the subtasks it switched to named a block that was not there). As SayCan weighs each skill a
+language model proposes by the policy's own value of it, the planner here takes its ``candidates`` best
+replies (beam search) and switches only to a new subtask the executor's `affordance` scores at least
+``min_score``; "done" only while no candidate subtask does (a block left on the table is a subtask left), and
+the subtask under way needs no check. When no candidate passes, the planner's own best reply stands: a check
+that fails must not stop the robot.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from hybrid.types import Observation, PlanStep
+
+log = logging.getLogger(__name__)
+
+# (observation, subtask texts) -> one score in [0, 1] per text: e.g. `FlowExecutor.affordance`
+AffordanceFn = Callable[[Observation, list[str]], np.ndarray]
+
+
+class AffordanceCheck(BaseModel):
+    """``candidates``: replies weighed per plan call (beam search; 0 or 1: plain decoding, no check)."""
+
+    model_config = ConfigDict(extra="forbid")
+    candidates: int = Field(0, ge=0)
+    rule: Literal["threshold", "product"] = "threshold"
+    min_score: float = Field(0.5, ge=0, le=1)
+
+
+def choose(steps: Sequence[PlanStep], current: str | None, obs: Observation, score: AffordanceFn,
+           min_score: float, log_probs: Sequence[float] | None = None) -> PlanStep:
+    """With ``log_probs`` (the planner's, per step) the step that maximises log-probability + log affordance
+    (SayCan's product; "done" counts as afforded as far as no new subtask is, the current subtask fully).
+    Without, the first of ``steps`` (best first) that keeps ``current``, scores ``min_score`` or is "done" while
+    no new subtask among them does; else the first. A scorer that raises or returns the wrong number of finite
+    scores is logged and ignored."""
+    new = sorted({s.subtask for s in steps if not s.done and s.subtask != current})
+    try:
+        values = np.asarray(score(obs, new), np.float64).reshape(-1) if new else np.zeros(0)
+        if len(values) != len(new) or not np.isfinite(values).all():
+            raise ValueError(f"expected {len(new)} finite scores, got {values.tolist()}")
+    except Exception as err:  # noqa: BLE001 - a broken check falls back to the planner's own reply
+        log.warning("planner: affordance check failed, taking the planner's reply: %s", err)
+        return steps[0]
+    scores = dict(zip(new, values.tolist(), strict=True))
+    can_start = max(scores.values(), default=0.0)
+    if log_probs is not None:
+        def afforded(step: PlanStep) -> float:
+            return 1.0 - can_start if step.done else 1.0 if step.subtask == current else scores[step.subtask]
+
+        weighed = [lp + np.log(max(afforded(s), 1e-3)) for s, lp in zip(steps, log_probs, strict=True)]
+        best = int(np.argmax(weighed))
+        if best == 0:
+            return steps[0]
+        why = f"affordance: {afforded(steps[0]):.2f} for the likelier {steps[0].subtask or 'done'!r}"
+        return steps[best].model_copy(update={"reason": why})
+    skipped = []
+    for step in steps:
+        if step.done:
+            ok, name, value = can_start < min_score, "done", can_start
+        else:
+            ok, name = step.subtask == current or scores[step.subtask] >= min_score, step.subtask
+            value = scores.get(step.subtask, 1.0)
+        if ok:
+            if not skipped:
+                return step
+            why = "; ".join(f"{s!r} ({v:.2f})" for s, v in skipped)
+            return step.model_copy(update={"reason": f"affordance: skipped {why}"})
+        skipped.append((name, value))
+    return steps[0]
+
+
+# transformers' beam search scores the beams it pads its output with (fewer replies than beams) -1e9
+_PADDING_SCORE = -1e8
+
+
+def distinct(candidates: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Each reply once, best first, without the padding beams (cut-off, empty or repeated sequences)."""
+    seen: set[str] = set()
+    out = []
+    for text, s in candidates:
+        if math.isfinite(s) and s > _PADDING_SCORE and text.strip() and text not in seen:
+            seen.add(text)
+            out.append((text, s))
+    return out

@@ -1,0 +1,141 @@
+"""Grounded decoding: candidate replies checked against the executor's affordance before a switch."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from hybrid.agent import HybridAgent
+from hybrid.testing.doubles import MockExecutor, MockWorldModel, fake_observation
+from hybrid.types import PlanStep
+from planners.subtask import PlannerFault, VLMPlanner
+from planners.subtask.affordance import choose
+from planners.subtask.reply import reply_text
+
+OBS = fake_observation(cameras=("front",), size=32)
+RED, BLUE, GREEN = (f"put the {c} block in the {c} bowl" for c in ("red", "blue", "green"))
+DONE = PlanStep(done=True)
+
+
+def steps(*texts):
+    return [DONE if t is None else PlanStep(subtask=t) for t in texts]
+
+
+def scorer(table):
+    """An affordance from a dict text -> score; records what it was asked."""
+    def score(obs, texts):
+        score.asked.append(list(texts))
+        return np.array([table[t] for t in texts])
+    score.asked = []
+    return score
+
+
+def test_a_new_subtask_the_executor_cannot_start_is_passed_over_for_the_next_candidate():
+    score = scorer({RED: 0.1, BLUE: 0.9})
+    step = choose(steps(RED, BLUE), None, OBS, score, 0.5)
+    assert step.subtask == BLUE and "skipped" in step.reason and RED in step.reason
+    assert score.asked == [sorted([RED, BLUE])]  # one call for all candidates
+    assert choose(steps(RED, BLUE), None, OBS, scorer({RED: 0.6, BLUE: 0.9}), 0.5).subtask == RED
+
+
+def test_the_subtask_under_way_needs_no_check_and_none_passing_keeps_the_planners_reply():
+    assert choose(steps(BLUE, RED), RED, OBS, scorer({BLUE: 0.1}), 0.5).subtask == RED
+    assert choose(steps(BLUE, GREEN), RED, OBS, scorer({BLUE: 0.1, GREEN: 0.2}), 0.5).subtask == BLUE
+
+
+def test_done_waits_while_a_candidate_subtask_can_still_be_started():
+    assert choose(steps(None, RED), None, OBS, scorer({RED: 0.8}), 0.5).subtask == RED
+    assert choose(steps(None, RED), None, OBS, scorer({RED: 0.2}), 0.5).done
+    assert choose(steps(None), RED, OBS, scorer({}), 0.5).done
+
+
+def test_the_product_rule_trades_the_planners_confidence_against_the_affordance():
+    # SayCan: log p(reply) + log affordance. A slightly likelier subtask that cannot start loses ...
+    step = choose(steps(RED, BLUE), None, OBS, scorer({RED: 0.05, BLUE: 0.9}), 0.5, log_probs=[-0.5, -1.0])
+    assert step.subtask == BLUE and "0.05" in step.reason
+    # ... a much likelier one that scores low but not hopeless wins, and the current subtask counts as afforded.
+    assert choose(steps(RED, BLUE), None, OBS, scorer({RED: 0.3, BLUE: 0.9}), 0.5, log_probs=[-0.1, -4.0]).subtask == RED
+    assert choose(steps(BLUE, RED), RED, OBS, scorer({BLUE: 0.2}), 0.5, log_probs=[-1.0, -1.2]).subtask == RED
+    # "done" is afforded as far as no new subtask is.
+    assert choose(steps(None, RED), None, OBS, scorer({RED: 0.95}), 0.5, log_probs=[-0.5, -1.5]).subtask == RED
+    assert choose(steps(None, RED), None, OBS, scorer({RED: 0.05}), 0.5, log_probs=[-0.5, -1.5]).done
+
+
+@pytest.mark.parametrize("bad", [RuntimeError("executor busy"), "nan", "short"])
+def test_a_broken_affordance_check_falls_back_to_the_planners_reply(bad, caplog):
+    def score(obs, texts):
+        if isinstance(bad, Exception):
+            raise bad
+        return np.array([np.nan, 1.0]) if bad == "nan" else np.array([1.0])
+
+    with caplog.at_level(logging.WARNING):
+        assert choose(steps(RED, BLUE), None, OBS, score, 0.5).subtask == RED
+    assert "affordance check failed" in caplog.text
+
+
+class CandidatesBackend:
+    """Ranked candidate replies from a list per call; ``complete`` gives the first of them."""
+
+    def __init__(self, *calls):
+        self.calls = list(calls)
+
+    def complete(self, messages, image):
+        return self.calls.pop(0)[0][0]
+
+    def candidates(self, messages, image, k):
+        return self.calls.pop(0)[:k]
+
+
+def ranked(*replies):
+    return [(r if isinstance(r, str) else reply_text(r), -float(i)) for i, r in enumerate(replies)]
+
+
+def test_the_planner_weighs_its_candidates_only_once_a_scorer_is_given():
+    call = ranked(PlanStep(subtask=RED), PlanStep(subtask=BLUE))
+    planner = VLMPlanner(CandidatesBackend(call, call), vocabulary=[RED, BLUE], affordance={"candidates": 4})
+    assert planner.wants_affordance
+    assert planner.plan(OBS, "sort", []).subtask == RED  # no scorer yet: plain decoding
+    planner.reset()
+    planner.use_affordance(scorer({RED: 0.0, BLUE: 1.0}))
+    assert planner.plan(OBS, "sort", []).subtask == BLUE
+
+
+def test_bad_candidates_are_dropped_and_only_all_bad_costs_an_attempt():
+    beams = [("not json", -0.5), *ranked(PlanStep(subtask=BLUE)), ('{"subtask": "dance", "done": false}', -2.0),
+             ("x", float("-inf"))]
+    planner = VLMPlanner(CandidatesBackend(beams, [("nope", -1.0)]), vocabulary=[RED, BLUE],
+                         affordance={"candidates": 8}, max_attempts=1)
+    planner.use_affordance(scorer({BLUE: 0.9}))
+    assert planner.plan(OBS, "sort", []).subtask == BLUE
+    with pytest.raises(PlannerFault, match="invalid_json"):
+        planner.plan(OBS, "sort", [])
+
+
+def test_candidates_need_a_backend_that_gives_them():
+    class Plain:
+        def complete(self, messages, image):
+            return reply_text(DONE)
+
+    with pytest.raises(ValueError, match="cannot return candidate replies"):
+        VLMPlanner(Plain(), affordance={"candidates": 4})
+    with pytest.raises(ValueError):
+        VLMPlanner(Plain(), affordance={"candidates": -1})
+
+
+class ScoringExecutor(MockExecutor):
+    supports_affordance = True
+
+    def affordance(self, obs, subtasks):
+        return np.ones(len(subtasks))
+
+
+def test_the_agent_hands_its_executors_affordance_to_a_planner_that_asks(caplog):
+    planner = VLMPlanner(CandidatesBackend(), vocabulary=[RED], affordance={"candidates": 4})
+    executor = ScoringExecutor()
+    HybridAgent(planner, MockWorldModel(), executor)
+    assert planner._score == executor.affordance
+    with caplog.at_level(logging.WARNING):
+        HybridAgent(planner, MockWorldModel(), MockExecutor())
+    assert planner._score is None and "cannot score subtasks" in caplog.text
