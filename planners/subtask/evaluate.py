@@ -38,6 +38,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON line")
     args = p.parse_args(argv)
 
+    from hybrid.config import compose, instantiate
     from hybrid.data import FEATURES, SubtaskIndex, numeric_column, open_dataset
     from hybrid.envs.tabletop.tasks import family_of
     from hybrid.types import Observation, Subtask
@@ -46,8 +47,6 @@ def main(argv: list[str]) -> int:
     from planners.subtask.reply import PlannerFault, normalize
     from planners.subtask.tabletop_language import NAMINGS, canonical_subtask
     from planners.subtask.transformers_backend import load_settings, transformers_planner
-
-    from hybrid.config import compose, instantiate
 
     shipped = compose("planner/tabletop").planner
     args.model = args.model or shipped.model
