@@ -162,6 +162,21 @@ def test_a_change_of_subtask_is_taken_only_after_the_replies_in_a_row_the_policy
         VLMPlanner(CannedBackend([]), vocabulary=VOCAB, replan={"switch_confirmations": 0})
 
 
+def test_a_subtask_is_kept_without_asking_the_model_while_the_gripper_holds_a_block():
+    a, b = VOCAB
+    backend = CannedBackend([json.dumps({"subtask": t, "done": False}) for t in (a, b, b)])
+    planner = VLMPlanner(backend, prompt={"gripper_index": -1}, vocabulary=VOCAB,
+                         replan={"keep_while_holding": True})
+
+    def at(gripper):
+        return OBS.model_copy(update={"state": np.array([0.1, 0.0, 0.2, gripper], np.float32)})
+
+    steps = [planner.plan(at(g), "put the red block in the blue bowl", []) for g in (0.0, 1.0, 1.0, 0.0)]
+    assert [s.subtask for s in steps] == [a, a, a, b]
+    assert "holding a block" in steps[1].reason and len(backend.replies) == 1  # two model calls skipped
+    assert planner.releases == 0  # the release started subtask b, which counts from there
+
+
 def test_a_gripper_index_outside_the_state_is_a_clear_error():
     planner = VLMPlanner(CannedBackend([]), prompt={"gripper_index": 7}, vocabulary=VOCAB)
     with pytest.raises(ValueError, match="gripper_index 7 is outside the robot state"):

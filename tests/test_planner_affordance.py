@@ -139,3 +139,75 @@ def test_the_agent_hands_its_executors_affordance_to_a_planner_that_asks(caplog)
     with caplog.at_level(logging.WARNING):
         HybridAgent(planner, MockWorldModel(), MockExecutor())
     assert planner._score is None and "cannot score subtasks" in caplog.text
+
+
+def test_widening_finds_the_afforded_subtask_the_beam_never_named():
+    from planners.subtask.affordance import unafforded, widened
+
+    score = scorer({RED: 0.1, BLUE: 0.2, GREEN: 0.9})
+    assert unafforded(PlanStep(subtask=RED), None, OBS, score, 0.5)
+    assert not unafforded(PlanStep(subtask=RED), RED, OBS, score, 0.5)  # the subtask under way is never checked
+    assert unafforded(DONE, RED, OBS, score, 0.5)  # "done" is checked against the vocabulary
+    texts = [RED, BLUE, GREEN]
+    step = widened(texts, np.array([-0.1, -1.0, -6.0]), None, OBS, score, 0.5, k=3, nats=12.0)
+    assert step.subtask == GREEN and "widened" in step.reason
+    # what the planner deems impossible (beyond `nats`) or beyond the k likeliest is never taken
+    assert widened(texts, np.array([-0.1, -1.0, -20.0]), None, OBS, score, 0.5, k=3, nats=12.0) is None
+    assert widened(texts, np.array([-0.1, -1.0, -6.0]), None, OBS, score, 0.5, k=2, nats=12.0) is None
+    assert widened(texts, np.array([-0.1, -1.0, -6.0]), GREEN, OBS, score, 0.5, k=3, nats=12.0) is None
+
+    def broken(obs, texts):
+        raise RuntimeError("executor gone")
+    assert widened(texts, np.array([-0.1, -1.0, -6.0]), None, OBS, broken, 0.5, k=3, nats=12.0) is None
+    assert not unafforded(PlanStep(subtask=RED), None, OBS, broken, 0.5)  # a broken check never stops the robot
+
+
+def test_widening_needs_a_vocabulary_and_a_backend_that_scores():
+    class Generates:
+        def complete(self, messages, image):
+            return '{"done": true}'
+
+        def candidates(self, messages, image, k):
+            return [('{"done": true}', -0.1)]
+
+    with pytest.raises(ValueError, match="widen"):
+        VLMPlanner(Generates(), vocabulary=[RED], affordance={"candidates": 4, "widen": 8})
+
+
+def test_the_subtask_under_way_is_checked_too_once_the_gripper_has_let_go_since_it_began():
+    def at(gripper):
+        return OBS.model_copy(update={"state": np.array([0.1, 0.0, 0.2, gripper], np.float32)})
+
+    keep_red = ranked(PlanStep(subtask=RED), PlanStep(subtask=BLUE))
+    planner = VLMPlanner(CandidatesBackend(keep_red, keep_red, keep_red), vocabulary=[RED, BLUE],
+                         prompt={"gripper_index": -1}, affordance={"candidates": 4})
+    planner.use_affordance(scorer({RED: 0.1, BLUE: 0.9}))
+    planner.resume(RED, state=np.array([0.0, 0.0, 0.0, 1.0]))  # carrying the red block
+    assert planner.plan(at(1.0), "sort", []).subtask == RED  # under way: not checked
+    # let go: the red block may be placed, and the executor sees no red block left to pick
+    assert planner.plan(at(0.0), "sort", []).subtask == BLUE
+
+
+class ScoringBackend(CandidatesBackend):
+    """Candidates as `CandidatesBackend`; `score` gives each reply of the vocabulary a fixed log-probability."""
+
+    def __init__(self, log_probs, *calls):
+        super().__init__(*calls)
+        self.log_probs = log_probs
+
+    def score(self, messages, image, replies):
+        return np.array([self.log_probs.get(r, -30.0) for r in replies])
+
+
+def test_a_planner_widens_to_its_vocabulary_when_its_beam_holds_nothing_the_executor_can_start():
+    beam = ranked(PlanStep(subtask=RED), DONE)
+    log_probs = {reply_text(PlanStep(subtask=RED)): -0.1, reply_text(PlanStep(subtask=BLUE)): -2.0,
+                 reply_text(PlanStep(subtask=GREEN)): -5.0}
+    planner = VLMPlanner(ScoringBackend(log_probs, beam, beam), vocabulary=[RED, BLUE, GREEN],
+                         affordance={"candidates": 4, "widen": 8})
+    planner.use_affordance(scorer({RED: 0.1, BLUE: 0.2, GREEN: 0.8}))
+    step = planner.plan(OBS, "sort", [])
+    assert step.subtask == GREEN and "widened" in step.reason
+    planner.reset()
+    planner.use_affordance(scorer({RED: 0.1, BLUE: 0.2, GREEN: 0.3}))
+    assert planner.plan(OBS, "sort", []).done  # none passes: the beam's choice stands (no subtask can start)

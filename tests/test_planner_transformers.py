@@ -241,3 +241,26 @@ def test_beam_candidates_stay_inside_the_vocabulary_even_with_more_beams_than_re
     planner.use_affordance(lambda obs, texts: np.array([t == vocab[1] for t in texts], float))
     step = planner.plan(obs_of(image), INSTRUCTION, [])
     assert step.subtask == vocab[1] or (step.done and scores[0] == max(scores))
+
+
+def test_scoring_every_reply_by_teacher_forcing_matches_beam_search(tmp_path):
+    from hybrid.types import PlanStep
+    from planners.subtask.reply import reply_text
+    from planners.subtask.tabletop_model import TabletopModelConfig, build, save
+    from planners.subtask.transformers_backend import transformers_planner
+
+    vocab = ["put the red block in the blue bowl", "put the blue block on the red block",
+             "put the other red block in the red bowl"]
+    model, processor = build([INSTRUCTION, '{"subtask": "", "done": false}', *vocab] * 5, TabletopModelConfig(**TINY))
+    save(model, processor, tmp_path)
+    image = np.random.default_rng(1).integers(0, 256, (56, 56, 3), dtype=np.uint8)
+    planner = transformers_planner(str(tmp_path), vocabulary=vocab, affordance={"candidates": 4},
+                                   prompt={"system": None, "schema_in_prompt": False, "image_size": 56})
+    messages = planner.messages(INSTRUCTION, [])
+    replies = [reply_text(PlanStep(subtask=s)) for s in vocab] + [reply_text(PlanStep(done=True))]
+    exact = planner.backend.score(messages, image, replies, batch_size=3)  # two batches of the cached prompt
+    beams = dict(planner.backend.candidates(messages, image, 4))
+    assert set(beams) == set(replies)
+    np.testing.assert_allclose(exact, [beams[r] for r in replies], rtol=1e-4, atol=1e-4)
+    probs = np.exp(exact)
+    assert (probs > 0).all() and probs.sum() <= 1 + 1e-4  # whole answers of one distribution

@@ -7,13 +7,22 @@ look-alikes); asked for one that is already where the subtask puts it, the pick 
 On the tabletop (40 held-out `sort` scenes, every colour asked for, 720 questions) the shipped executor's pick
 map peaked 11.5 logits above its median for blocks still to be moved, 7.9 for colours not on the table and 9.1
 for blocks already in their bowl (medians); at 9.5 logits the score passes 0.95 / 0.14 / 0.36 of them.
+
+Those thresholds pass too much in the loop (a colour not on the table scored 0.94 in one `sort` scene), so an
+executor can carry a learned check instead (`AffordanceHead`, `FlowConfig.affordance_head`): a small
+classifier on what the pick map found (the front feature map pooled under it, the map's sharpness, the
+pick-to-place reach) and the text, trained on recorded frames with the subtasks that can and cannot start
+there (`executors/flow/train_affordance.py`), SayCan's value function learned as theirs was.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
 
 
 class AffordanceConfig(BaseModel):
@@ -42,3 +51,29 @@ def affordance_scores(logits: torch.Tensor, pick_place: torch.Tensor, cfg: Affor
     if not np.isfinite(out).all():
         raise ValueError(f"affordance: non-finite scores {out.tolist()} (check the executor's weights)")
     return out
+
+
+class AffordanceHead(nn.Module):
+    """The logit that the text's block can be picked from here: an MLP over the front feature map pooled under
+    the pick map (what the map found: its colour, whether it sits in a bowl), the map's sharpness (peak over
+    median, normalised entropy), the pick-to-place reach and the text's mean token."""
+
+    STATS = 3
+
+    def __init__(self, channels: int, text_dim: int, width: int = 64):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels + text_dim + self.STATS)
+        self.mlp = nn.Sequential(nn.Linear(channels + text_dim + self.STATS, width), nn.GELU(), nn.Linear(width, 1))
+
+    def forward(self, logits: torch.Tensor, features: torch.Tensor, text: torch.Tensor,
+                peaks: torch.Tensor) -> torch.Tensor:
+        """``logits`` ``(N, 2, h*w)`` (pick, place), ``features`` ``(N, C, h, w)``, ``text`` ``(N, L, D)``,
+        ``peaks`` ``(N, 2, 2)`` table xy -> ``(N,)`` logits."""
+        pick = logits[:, 0].float()
+        weights = pick.softmax(-1)
+        pooled = torch.einsum("nk,nck->nc", weights, features.flatten(2).float())
+        contrast = pick.max(-1).values - pick.median(-1).values
+        entropy = -(weights * weights.clamp_min(1e-12).log()).sum(-1) / math.log(pick.shape[-1])
+        reach = (peaks[:, 0] - peaks[:, 1]).float().norm(dim=-1) * 10  # decimetres: order one
+        x = torch.cat([pooled, text.float().mean(1), torch.stack([contrast / 10, entropy, reach], -1)], -1)
+        return self.mlp(self.norm(x.to(self.mlp[0].weight.dtype)))[:, 0]

@@ -55,6 +55,8 @@ class FlowConfig:
     #   token and added to every action token, so the expert steers toward what the head found instead of re-finding it
     waypoint_teacher_forcing: float = 0.5  # training probability that target is the recorded waypoint (+ noise)
     waypoint_noise: float = 0.02  # std of that noise, in the state's units (m): the head's own error at run time
+    affordance_head: bool = False  # a learned check whether the subtask's block can be picked from here, read off
+    #   the pick map (executors/flow/affordance.py; trained apart by `hybrid train executor=affordance`)
     vision_width: int = 128  # scratch ViT width
     vision_depth: int = 2  # scratch ViT blocks
 
@@ -106,6 +108,7 @@ class FlowConfig:
                 self.waypoint_place_map == "subgoal" and self.waypoint_head == "heatmap" and self.use_subgoal
                 and self.subgoal_cameras[0] == self.cameras[0]),
             "waypoint_target": not self.waypoint_target or self.waypoint_loss > 0,
+            "affordance_head": not self.affordance_head or (self.waypoint_loss > 0 and self.waypoint_head == "heatmap"),
             "waypoint_teacher_forcing": 0.0 <= self.waypoint_teacher_forcing <= 1.0,
             "flow_steps": self.flow_steps >= 1,
             "path_dims": len(set(self.path_dims)) == len(self.path_dims)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from executors.flow.affordance import AffordanceConfig, affordance_scores
+from executors.flow.affordance import AffordanceConfig, AffordanceHead, affordance_scores
 from executors.flow.configuration_flow import FlowConfig
 from executors.flow.encoders import MLP, Block, build_text, build_vision, vision_tokens
 from executors.flow.processor_flow import Normalizer, load_tokenizer, observation_batch
@@ -147,6 +147,8 @@ class FlowModel(nn.Module):
                 self.target_in = nn.Linear(4, w)
                 nn.init.zeros_(self.target_in.weight)
                 nn.init.zeros_(self.target_in.bias)
+        if cfg.affordance_head:
+            self.affordance_head = AffordanceHead(self.vision.keypoints.logits.in_channels, self.text.out_dim)
         self.prefix_blocks = nn.ModuleList(Block(w, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.prefix_depth))
         self.prefix_norm = nn.LayerNorm(w)
 
@@ -228,6 +230,21 @@ class FlowModel(nn.Module):
         for block in self.prefix_blocks:
             x = block(x)
         return self.prefix_norm(x), waypoints, heatmap, steer
+
+    def front_maps(self, images: torch.Tensor, text_ids: torch.Tensor):
+        """What the heatmap head reads of the front camera alone: its logits ``(N, 2, h*w)``, the FiLM-conditioned
+        feature map ``(N, C, h, w)`` and the text's tokens (the same numbers `_encode` computes for it)."""
+        dtype = self.vision_proj.weight.dtype
+        text = self.text(text_ids)
+        pixels = images[:, 0].to(dtype) / 255
+        _, _, maps = self.vision.forward_keypoints(pixels, text.mean(1).to(dtype) if self.cfg.vision_film else None)
+        return self.waypoint_head.query(text.to(dtype), maps), maps, text
+
+    def affordance_logits(self, images: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
+        """``(N,)``: the learned check that each text's block can be picked (`FlowConfig.affordance_head`)."""
+        logits, maps, text = self.front_maps(images, text_ids)
+        peaks = self.waypoint_head.peak(logits, tuple(maps.shape[-2:]))
+        return self.affordance_head(logits, maps, text, peaks)
 
     def _steer(self, batch, waypoints: torch.Tensor, heatmap) -> torch.Tensor:
         """Pick and place minus the effector's xy ``(B, 4)``, normalised: where the head says the subtask goes
@@ -448,6 +465,12 @@ class FlowExecutor:
         batch = {name: value.expand(k, *value.shape[1:]) for name, value in batch.items()}
         batch["text_ids"] = self.tokenizer(list(subtasks))
         batch = {name: value.to(self.device) for name, value in batch.items()}
+        if self.cfg.affordance_head:  # the learned check; the front camera alone
+            scores = torch.sigmoid(self.model.affordance_logits(batch["images"], batch["text_ids"]).float())
+            out = scores.cpu().numpy().astype(np.float64)
+            if not np.isfinite(out).all():
+                raise ValueError(f"affordance: non-finite scores {out.tolist()} (check the executor's weights)")
+            return out
         _, _, (logits, size), _ = self.model._encode(batch)
         return affordance_scores(logits, self.model.waypoint_head.peak(logits, size), self.affordance_cfg)
 

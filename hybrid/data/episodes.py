@@ -100,3 +100,10 @@ class SubtaskIndex:
             return int(self.subtask_end[i])
         ahead = int(rng.integers(0, int(round(max_ahead_s * self.fps)) + 1))
         return int(min(i + ahead, self.episode_end[i]))
+
+
+def release_events(index: SubtaskIndex, closed: np.ndarray) -> np.ndarray:
+    """bool [N]: frame ``i`` is the first with the gripper open after it was closed, in the same episode."""
+    event = np.zeros(len(index), bool)
+    event[1:] = closed[:-1] & ~closed[1:] & (index.episode[1:] == index.episode[:-1])
+    return event

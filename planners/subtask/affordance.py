@@ -6,8 +6,11 @@ a third of the subtasks it switched to named a block that was not there). As Say
 language model proposes by the policy's own value of it, the planner here takes its ``candidates`` best
 replies (beam search) and switches only to a new subtask the executor's `affordance` scores at least
 ``min_score``; "done" only while no candidate subtask does (a block left on the table is a subtask left), and
-the subtask under way needs no check. When no candidate passes, the planner's own best reply stands: a check
-that fails must not stop the robot.
+the subtask under way needs no check. A beam's few replies are often the same block named in several ways
+("a blue block", "the other blue block", ...), so with ``widen`` the planner, when its beam holds nothing the
+executor can start (or only "done"), scores its whole vocabulary by teacher forcing and checks its ``widen``
+likeliest new subtasks within ``widen_nats`` of the best: the block the beam never named is found there.
+When still no candidate passes, the planner's own best reply stands: a check that fails must not stop the robot.
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ class AffordanceCheck(BaseModel):
     candidates: int = Field(0, ge=0)
     rule: Literal["threshold", "product"] = "threshold"
     min_score: float = Field(0.5, ge=0, le=1)
+    widen: int = Field(0, ge=0, description="new subtasks of the whole vocabulary checked when the beam holds "
+                       "none the executor can start (0: the beam's alone)")
+    widen_nats: float = Field(12.0, gt=0, description="how far below the likeliest reply a widened subtask may "
+                              "lie (log-probability): what the planner itself deems impossible is never taken")
 
 
 def choose(steps: Sequence[PlanStep], current: str | None, obs: Observation, score: AffordanceFn,
@@ -78,6 +85,44 @@ def choose(steps: Sequence[PlanStep], current: str | None, obs: Observation, sco
             return step.model_copy(update={"reason": f"affordance: skipped {why}"})
         skipped.append((name, value))
     return steps[0]
+
+
+def unafforded(step: PlanStep, current: str | None, obs: Observation, score: AffordanceFn, min_score: float) -> bool:
+    """Whether ``step`` leaves the executor nothing it can start: "done", or a new subtask scored below
+    ``min_score`` (a scorer that fails counts as passing: the check must not stop the robot)."""
+    if step.done:
+        return True
+    if step.subtask == current:
+        return False
+    try:
+        value = float(np.asarray(score(obs, [step.subtask]), np.float64).reshape(-1)[0])
+    except Exception as err:  # noqa: BLE001
+        log.warning("planner: affordance check failed: %s", err)
+        return False
+    return not value >= min_score
+
+
+def widened(texts: Sequence[str], log_probs: np.ndarray, current: str | None, obs: Observation,
+            score: AffordanceFn, min_score: float, k: int, nats: float) -> PlanStep | None:
+    """The likeliest of ``texts`` (every subtask, scored by the planner) that is new, within ``nats`` of the
+    likeliest and passes ``min_score``, among the ``k`` likeliest new ones; None when none does."""
+    order = np.argsort(-np.asarray(log_probs, np.float64), kind="stable")
+    best = float(np.max(log_probs))
+    pool = [i for i in order if texts[i] != current and log_probs[i] >= best - nats][:k]
+    if not pool:
+        return None
+    try:
+        values = np.asarray(score(obs, [texts[i] for i in pool]), np.float64).reshape(-1)
+        if len(values) != len(pool) or not np.isfinite(values).all():
+            raise ValueError(f"expected {len(pool)} finite scores, got {values.tolist()}")
+    except Exception as err:  # noqa: BLE001
+        log.warning("planner: affordance check failed, taking the planner's reply: %s", err)
+        return None
+    for i, value in zip(pool, values.tolist(), strict=True):
+        if value >= min_score:
+            why = f"affordance: widened to the vocabulary, {value:.2f} (log p {log_probs[i] - best:.1f} from the best)"
+            return PlanStep(subtask=texts[i], reason=why)
+    return None
 
 
 # transformers' beam search scores the beams it pads its output with (fewer replies than beams) -1e9

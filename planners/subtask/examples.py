@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hybrid.data import SubtaskIndex
+from hybrid.data import SubtaskIndex, release_events
 from hybrid.types import PlanStep
 
 VARIANTS = ("current", "fresh", "behind")  # the runtime situations `hybrid eval planner` scores
@@ -45,13 +45,6 @@ class Example:
     accepted: frozenset[str]  # subtasks that count as right (order-free placements allow any remaining)
     releases: int = 0  # times the gripper let go since ``current`` began (0 without a current subtask)
     left: tuple[str, ...] | None = None  # asked instead which subtasks are left (an auxiliary target): these
-
-
-def release_events(index: SubtaskIndex, closed: np.ndarray) -> np.ndarray:
-    """bool [N]: frame ``i`` is the first with the gripper open after it was closed, in the same episode."""
-    event = np.zeros(len(index), bool)
-    event[1:] = closed[:-1] & ~closed[1:] & (index.episode[1:] == index.episode[:-1])
-    return event
 
 
 class ExampleBuilder:

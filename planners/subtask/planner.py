@@ -9,10 +9,10 @@ from typing import Protocol
 import numpy as np
 
 from hybrid.types import Observation, PlanStep, Subtask
-from planners.subtask.affordance import AffordanceCheck, AffordanceFn, choose, distinct
+from planners.subtask.affordance import AffordanceCheck, AffordanceFn, choose, distinct, unafforded, widened
 from planners.subtask.prompting import PromptConfig, build_messages, pick_image, resize
 from planners.subtask.replan import ReplanPolicy
-from planners.subtask.reply import BadReply, PlannerFault, make_vocabulary, parse_reply
+from planners.subtask.reply import BadReply, PlannerFault, make_vocabulary, parse_reply, reply_text
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,9 @@ class VLMPlanner:
             AffordanceCheck.model_validate(dict(affordance or {}))
         if self.affordance.candidates > 1 and not callable(getattr(backend, "candidates", None)):
             raise ValueError(f"affordance.candidates: {type(backend).__name__} cannot return candidate replies")
+        if self.affordance.widen and not (callable(getattr(backend, "score", None)) and vocabulary):
+            raise ValueError(f"affordance.widen: needs a subtask vocabulary and a backend that scores replies "
+                             f"({type(backend).__name__})")
         self._score: AffordanceFn | None = None
         self.backend = backend
         self.prompt = prompt if isinstance(prompt, PromptConfig) else PromptConfig.model_validate(dict(prompt or {}))
@@ -85,8 +88,17 @@ class VLMPlanner:
                 bad.append(err)
         if not steps:
             raise bad[0] if bad else BadReply("empty", "no candidate reply")
-        product = self.affordance.rule == "product"
-        return choose(steps, self.current, obs, self._score, self.affordance.min_score, log_probs if product else None)
+        check = self.affordance
+        # The subtask under way needs no check until the gripper has let go since it began: it may be finished.
+        current = self.current if self.prompt.gripper_index is None or self.releases == 0 else None
+        step = choose(steps, current, obs, self._score, check.min_score,
+                      log_probs if check.rule == "product" else None)
+        if check.widen and unafforded(step, current, obs, self._score, check.min_score):
+            texts = sorted(set(self.vocabulary.values()))
+            scores = self.backend.score(messages, image, [reply_text(PlanStep(subtask=t)) for t in texts])
+            step = widened(texts, scores, current, obs, self._score, check.min_score, check.widen,
+                           check.widen_nats) or step
+        return step
 
     def resume(self, current: str | None, releases: int = 0, state: np.ndarray | None = None) -> None:
         """Take up a runtime's situation: ``current`` under way, the gripper released ``releases`` times since
@@ -131,6 +143,8 @@ class VLMPlanner:
 
     def plan(self, obs: Observation, instruction: str, history: list[Subtask]) -> PlanStep:
         self._track_gripper(obs.state)
+        if self.replan.keep_while_holding and self._closed and self.current is not None:
+            return PlanStep(subtask=self.current, reason="holding a block: the subtask under way is kept")
         messages = self.messages(instruction, history, obs.state)
         image = resize(pick_image(obs, self.prompt.camera), self.prompt.image_size)
         attempts: list[str] = []

@@ -28,6 +28,11 @@ class ReplanPolicy(BaseModel):
     switch_confirmations: int = Field(1, ge=1, description="consecutive replies naming a change before it is taken")
     switch_confirmations_before_release: int = Field(
         1, ge=1, description="the same while the gripper has not let go since the current subtask began")
+    # A pick-and-place finishes when its block is let go of: while the gripper holds one, a change of subtask
+    # can only make the executor carry it somewhere else (to another bowl, as traced in `sort`).
+    keep_while_holding: bool = Field(
+        False, description="keep the current subtask, without asking the model, while the gripper is closed "
+        "(needs the prompt's gripper_index)")
 
     def should_replan(self, now: float, last_plan_time: float | None, subtask_changed: bool = False,
                       stalled: bool | float = False) -> bool:

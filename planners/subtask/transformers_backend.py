@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -58,12 +59,11 @@ class TransformersBackend:
         self.model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=getattr(torch, dtype))
         self.model.to(device).eval()
         self.trie = None
+        eos = self.model.generation_config.eos_token_id
+        self.eos = eos[0] if isinstance(eos, (list, tuple)) else eos
         if replies:
-            eos = self.model.generation_config.eos_token_id
-            eos = eos[0] if isinstance(eos, (list, tuple)) else eos
             tok = self.processor.tokenizer
-            self.trie = ReplyTrie([tok(r, add_special_tokens=False)["input_ids"] + [eos] for r in replies])
-            self.eos = eos
+            self.trie = ReplyTrie([tok(r, add_special_tokens=False)["input_ids"] + [self.eos] for r in replies])
 
     def inputs(self, messages: list[dict], images: list[np.ndarray]):
         from PIL import Image
@@ -79,7 +79,7 @@ class TransformersBackend:
         allowed = None
         if self.trie is not None:
             # A beam past its end (beam search keeps finished and padding beams in the batch) may only end.
-            allowed = lambda batch_id, ids: self.trie.allowed(ids[start:].tolist()) or [self.eos]  # noqa: E731
+            allowed = lambda batch_id, ids: self.trie.allowed(ids[start:].tolist()) or [self.eos]
         return inputs, start, allowed
 
     def complete(self, messages: list[dict], image: np.ndarray) -> str:
@@ -104,6 +104,39 @@ class TransformersBackend:
                                       return_dict_in_generate=True)
         texts = self.processor.batch_decode(out.sequences[:, start:], skip_special_tokens=True)
         return list(zip(texts, out.sequences_scores.tolist(), strict=True))
+
+    def score(self, messages: list[dict], image: np.ndarray, replies: list[str], batch_size: int = 64) -> np.ndarray:
+        """Each of ``replies``' summed token log-probability (its end-of-sequence token included) as the answer,
+        by teacher forcing: the prompt is encoded once and its key/value cache repeated under the replies, as
+        generation's decoding steps continue it. SayCan scores every skill this way; beam search only
+        approximates the best few."""
+        import torch
+
+        inputs, start, _ = self._prompt(messages, image)
+        tok = self.processor.tokenizer
+        seqs = [tok(r, add_special_tokens=False)["input_ids"] + [self.eos] for r in replies]
+        out = np.zeros(len(seqs))
+        with torch.inference_mode():
+            prefill = self.model(**inputs, use_cache=True)
+            first = prefill.logits[0, -1].float().log_softmax(-1)  # the reply's first token
+            for lo in range(0, len(seqs), batch_size):
+                chunk = seqs[lo:lo + batch_size]
+                n, width = len(chunk), max(len(q) for q in chunk)
+                ids = torch.full((n, width), self.eos, dtype=torch.long)
+                valid = torch.zeros((n, width), dtype=torch.bool)
+                for i, q in enumerate(chunk):
+                    ids[i, :len(q)], valid[i, :len(q)] = torch.tensor(q), True
+                ids, valid = ids.to(self.device), valid.to(self.device)
+                cache = copy.deepcopy(prefill.past_key_values)  # the forward below appends to it
+                cache.batch_repeat_interleave(n)
+                mask = torch.cat([inputs["attention_mask"].expand(n, -1), valid.long()], dim=1)
+                logits = self.model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
+                                    cache_position=torch.arange(start, start + width, device=self.device)).logits
+                # token j is predicted at position j - 1; the last position predicts past the reply
+                lp = logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
+                total = first[ids[:, 0]] + (lp * valid[:, 1:]).sum(-1)
+                out[lo:lo + n] = total.cpu().numpy()
+        return out
 
 
 def transformers_planner(model: str, device: str = "cpu", dtype: str = "float32", max_new_tokens: int = 64,
