@@ -180,7 +180,7 @@ def test_the_subtask_under_way_is_checked_too_once_the_gripper_has_let_go_since_
 
     keep_red = ranked(PlanStep(subtask=RED), PlanStep(subtask=BLUE))
     planner = VLMPlanner(CandidatesBackend(keep_red, keep_red, keep_red), vocabulary=[RED, BLUE],
-                         prompt={"gripper_index": -1}, affordance={"candidates": 4})
+                         prompt={"gripper_index": -1}, affordance={"candidates": 4, "recheck": True})
     planner.use_affordance(scorer({RED: 0.1, BLUE: 0.9}))
     planner.resume(RED, state=np.array([0.0, 0.0, 0.0, 1.0]))  # carrying the red block
     assert planner.plan(at(1.0), "sort", []).subtask == RED  # under way: not checked

@@ -42,6 +42,8 @@ class AffordanceCheck(BaseModel):
                        "none the executor can start (0: the beam's alone)")
     widen_nats: float = Field(12.0, gt=0, description="how far below the likeliest reply a widened subtask may "
                               "lie (log-probability): what the planner itself deems impossible is never taken")
+    recheck: bool = Field(False, description="check the subtask under way too once the gripper has let go since "
+                          "it began (it may be finished; needs the prompt's gripper_index)")
 
 
 def choose(steps: Sequence[PlanStep], current: str | None, obs: Observation, score: AffordanceFn,

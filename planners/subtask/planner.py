@@ -89,8 +89,9 @@ class VLMPlanner:
         if not steps:
             raise bad[0] if bad else BadReply("empty", "no candidate reply")
         check = self.affordance
-        # The subtask under way needs no check until the gripper has let go since it began: it may be finished.
-        current = self.current if self.prompt.gripper_index is None or self.releases == 0 else None
+        # The subtask under way needs no check, or (recheck) none until the gripper has let go since it began.
+        may_be_finished = check.recheck and self.prompt.gripper_index is not None and self.releases > 0
+        current = None if may_be_finished else self.current
         step = choose(steps, current, obs, self._score, check.min_score,
                       log_probs if check.rule == "product" else None)
         if check.widen and unafforded(step, current, obs, self._score, check.min_score):
