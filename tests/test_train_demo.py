@@ -30,6 +30,7 @@ def test_fine_tuning_stage_waits_for_its_base_and_only_shipped_stages_are_copied
         "base": {"args": ["planner=tabletop"], "ship": None},
         "other": {"args": ["executor=tabletop"], "ship": "model"},
         "tuned": {"args": ["planner=tabletop"], "ship": "model", "init_from": "base", "data": "heldout"},
+        "both": {"args": ["executor=affordance"], "ship": None, "init_from": "other", "data": ["train", "heldout"]},
     })
     monkeypatch.setattr(train_demo, "_stage", fake_stage)
     monkeypatch.setattr(train_demo, "compose", lambda name, argv: cfg)
@@ -41,6 +42,8 @@ def test_fine_tuning_stage_waits_for_its_base_and_only_shipped_stages_are_copied
     assert not any(a.startswith("init=") for a in by_name["other"][0])
     assert f"data={tmp_path / 'work' / 'tabletop_heldout'}" in tuned_args  # a stage may name its recording
     assert f"data={tmp_path / 'work' / 'tabletop_train'}" in by_name["other"][0]
+    work = tmp_path / "work"
+    assert f"data=[{work / 'tabletop_train'},{work / 'tabletop_heldout'}]" in by_name["both"][0]  # or several
     assert sorted(p.name for p in (tmp_path / "ship").iterdir()) == ["other", "tuned"]  # the base is not shipped
 
 
@@ -50,4 +53,5 @@ def test_the_shipped_pipeline_names_only_earlier_stages_and_its_own_recordings()
     for i, (name, spec) in enumerate(cfg.trainings.items()):
         if spec.get("init_from"):
             assert spec.init_from in names[:i], name  # listed before, or the pool could wait on itself
-        assert spec.get("data", "train") in cfg.record, name
+        recordings = spec.get("data", "train")
+        assert set([recordings] if isinstance(recordings, str) else recordings) <= set(cfg.record), name

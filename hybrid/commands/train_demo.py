@@ -58,8 +58,9 @@ def main(argv: list[str]) -> int:
 
     def train(name: str) -> float:
         spec = cfg.trainings[name]
-        recording = data[spec.get("data", "train")]  # which recording it trains on
-        args = ["train", *spec.args, f"data={recording}", f"out={runs[name]}", "resume=true"]
+        recording = spec.get("data", "train")  # which recording(s) it trains on
+        where = f"[{','.join(str(data[r]) for r in recording)}]" if OmegaConf.is_list(recording) else data[recording]
+        args = ["train", *spec.args, f"data={where}", f"out={runs[name]}", "resume=true"]
         if spec.get("init_from"):  # a fine-tuning stage starts from another stage's result
             futures[spec.init_from].result()
             args.append(f"init={runs[spec.init_from]}")
