@@ -63,7 +63,7 @@ def test_sort_asks_every_colour_and_only_blocks_still_to_be_placed_can_start():
     index = index_of({0: (SORT, SORT_PLAN)}, frames=6)
     qs = questions(index, gripper(6, 3, 1, 4))
     at = {(q.frame, q.block): q for q in qs}
-    assert len(qs) == 18 * len(COLOURS) and all(q.block == q.target and not q.onto for q in qs)
+    assert len(qs) == 18 * len(COLOURS) and all(q.target is None and not q.onto for q in qs)  # any bowl
     assert at[0, "red"].can_start and at[0, "blue"].can_start and not at[0, "green"].can_start
     assert at[0, "green"].absent and not at[16, "red"].absent  # no green block; the red one is placed
     assert at[3, "red"].can_start  # carried, not let go yet
@@ -146,3 +146,5 @@ def test_a_question_names_its_block_and_bowl_in_the_planners_words():
     texts = {question_text(Question(0, "red", "blue", True), rng) for _ in range(50)}
     assert texts == {f"put {o} red block in the blue bowl" for o in ORDINALS}
     assert question_text(Question(0, "red", "blue", True, onto=True), rng) == "put the red block on the blue block"
+    bowls = {question_text(Question(0, "red", None, True), rng).split()[-2] for _ in range(100)}
+    assert bowls == set(COLOURS)

@@ -9,8 +9,9 @@ colour is still to be placed: in `sort` every colour is asked about (a colour no
 are all in their bowl, cannot start), in `pick_place` and `gather` the target colour (no distractor shares
 it), once its last block is let go of in the bowl it cannot; in `stack` every level of the tower can start
 until its block is let go of on the one below. A subtask counts as finished from its last release of the
-gripper, as the planner's examples count it. Colour swap (`hybrid.data.augment`) repaints text
-and pixels alike, so every colour is seen absent and present.
+gripper, as the planner's examples count it. `sort` questions name a bowl of any colour: whether a block can
+be picked does not depend on where it goes, and `gather` sends blocks to bowls of other colours. Colour swap
+(`hybrid.data.augment`) repaints text and pixels alike, so every colour is seen absent and present.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ _STACK = re.compile(r"\b([a-z]+)\s+(?:block|cube)\b.*\b([a-z]+)\s+(?:block|cube)
 class Question:
     frame: int
     block: str  # colour of the block asked for
-    target: str  # colour of the bowl it goes to, or of the block it goes on (``onto``)
+    target: str | None  # colour of the bowl it goes to (None: any bowl), or of the block it goes on (``onto``)
     can_start: bool
     absent: bool = False  # cannot start because no block has that colour (else: it is where it goes already)
     onto: bool = False  # a stacking subtask
@@ -93,9 +94,10 @@ def questions(index: SubtaskIndex, closed: np.ndarray) -> list[Question]:
             out.extend(Question(i, block, base, j >= k, onto=True) for j, (block, base, _) in enumerate(plan))
             continue
         left = {block for block, _, _ in plan[k:]}
-        if family == "sort":  # every block is in the plan: a colour it never names is on no block
+        if family == "sort":  # every block is in the plan: a colour it never names is on no block. Any bowl:
+            # whether a block can be picked does not hang on where it goes (gather's bowls are other colours)
             named = {block for block, _, _ in plan}
-            out.extend(Question(i, c, c, c in left, c not in named) for c in COLOURS)
+            out.extend(Question(i, c, None, c in left, c not in named) for c in COLOURS)
         else:  # pick_place, gather: no distractor has the target colour
             block, bowl, _ = plan[0]
             out.append(Question(i, block, bowl, block in left))
@@ -106,7 +108,8 @@ def question_text(q: Question, rng: np.random.Generator) -> str:
     """The subtask in the tabletop planner's canonical words (what the executor is asked at run time)."""
     if q.onto:
         return f"put the {q.block} block on the {q.target} block"
-    return f"put {ORDINALS[int(rng.integers(len(ORDINALS)))]} {q.block} block in the {q.target} bowl"
+    bowl = q.target or COLOURS[int(rng.integers(len(COLOURS)))]
+    return f"put {ORDINALS[int(rng.integers(len(ORDINALS)))]} {q.block} block in the {bowl} bowl"
 
 
 class QuestionSampler:

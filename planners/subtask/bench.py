@@ -1,7 +1,9 @@
 """`hybrid bench planner --config tabletop --json`: latency of one plan call, as the runtime makes it.
 
 A planner that checks its candidates against the executor's affordance (`affordance.candidates`) is timed with
-that check, on the executor of ``--executor`` (configs/executor/<name>.yaml), as the agent would bind it."""
+that check, on the executor of ``--executor`` (configs/executor/<name>.yaml), as the agent would bind it. On the
+random test image no subtask can start, so a planner that widens (`affordance.widen`) does so on every call:
+its worst case."""
 
 from __future__ import annotations
 
@@ -54,6 +56,7 @@ def main(argv: list[str]) -> int:
     t = np.asarray(times)
     result = {"bench": "planner", "config": args.config, "calls": len(t),
               "candidates": int(getattr(getattr(planner, "affordance", None), "candidates", 0)),
+              "widen": int(getattr(getattr(planner, "affordance", None), "widen", 0)),
               "latency_ms_p50": round(float(np.percentile(t, 50)), 2),
               "latency_ms_p90": round(float(np.percentile(t, 90)), 2),
               "latency_ms_mean": round(float(t.mean()), 2), "faults": faults}
