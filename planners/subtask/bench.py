@@ -1,9 +1,8 @@
 """`hybrid bench planner --config tabletop --json`: latency of one plan call, as the runtime makes it.
 
 A planner that checks its candidates against the executor's affordance (`affordance.candidates`) is timed with
-that check, on the executor of ``--executor`` (configs/executor/<name>.yaml), as the agent would bind it. On the
-random test image no subtask can start, so a planner that widens (`affordance.widen`) does so on every call:
-its worst case."""
+that check, on the executor of ``--executor`` (configs/executor/<name>.yaml), as the agent would bind it (and, with
+`affordance.widen`, its search of the whole vocabulary wherever the random test image affords no candidate)."""
 
 from __future__ import annotations
 
