@@ -211,3 +211,16 @@ def test_a_planner_widens_to_its_vocabulary_when_its_beam_holds_nothing_the_exec
     planner.reset()
     planner.use_affordance(scorer({RED: 0.1, BLUE: 0.2, GREEN: 0.3}))
     assert planner.plan(OBS, "sort", []).done  # none passes: the beam's choice stands (no subtask can start)
+
+
+def test_a_vocabulary_search_that_fails_keeps_the_reply_found_so_far(caplog):
+    class Broken(ScoringBackend):
+        def score(self, messages, image, replies):
+            raise RuntimeError("out of memory")
+
+    beam = ranked(PlanStep(subtask=RED), PlanStep(subtask=BLUE))
+    planner = VLMPlanner(Broken({}, beam), vocabulary=[RED, BLUE, GREEN], affordance={"candidates": 4, "widen": 8})
+    planner.use_affordance(scorer({RED: 0.1, BLUE: 0.2, GREEN: 0.9}))
+    with caplog.at_level(logging.WARNING):
+        assert planner.plan(OBS, "sort", []).subtask == RED
+    assert "scoring the vocabulary failed" in caplog.text

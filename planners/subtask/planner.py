@@ -96,7 +96,11 @@ class VLMPlanner:
                       log_probs if check.rule == "product" else None)
         if check.widen and unafforded(step, current, obs, self._score, check.min_score):
             texts = sorted(set(self.vocabulary.values()))
-            scores = self.backend.score(messages, image, [reply_text(PlanStep(subtask=t)) for t in texts])
+            try:
+                scores = self.backend.score(messages, image, [reply_text(PlanStep(subtask=t)) for t in texts])
+            except Exception as err:  # noqa: BLE001 - a failed search keeps the reply found so far
+                log.warning("planner: scoring the vocabulary failed, keeping %r: %s", step.subtask or "done", err)
+                return step
             step = widened(texts, scores, current, obs, self._score, check.min_score, check.widen,
                            check.widen_nats) or step
         return step
