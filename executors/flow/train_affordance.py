@@ -176,8 +176,8 @@ def evaluate(net: FlowModel, sampler: QuestionSampler, per_kind: int = 640, seed
     return out
 
 
-def train_affordance(data: str | list[str], init: str, out: str, steps: int = 1500, batch_size: int = 64, lr: float = 1e-3,
-                     weight_decay: float = 1e-4, colour_swap: float = 0.5, gripper_index: int = -1,
+def train_affordance(data: str | list[str], init: str, out: str, steps: int = 3000, batch_size: int = 64,
+                     lr: float = 1e-3, weight_decay: float = 1e-4, colour_swap: float = 0.5, gripper_index: int = -1,
                      gripper_closed: float = 0.5, eval_data: str | None = None, seed: int = 0, log_every: int = 50,
                      threads: int | None = None, max_minutes: float | None = None, resume: bool = False) -> Path:
     """Add an `AffordanceHead` to the executor at ``init`` (a model directory or a training run's ``out``) and
