@@ -30,7 +30,15 @@ from executors.flow.affordance import AffordanceHead
 from executors.flow.configuration_flow import FlowConfig
 from executors.flow.modeling_flow import FlowModel
 from executors.flow.processor_flow import load_tokenizer, resize
-from hybrid.data import FEATURES, SubtaskIndex, decode_camera, numeric_column, open_dataset, release_events
+from hybrid.data import (
+    FEATURES,
+    SubtaskIndex,
+    decode_camera,
+    last_releases,
+    numeric_column,
+    open_dataset,
+    release_events,
+)
 from hybrid.data.augment import tabletop_colour_swap
 from hybrid.envs.tabletop.tasks import COLOURS, family_of
 
@@ -55,12 +63,10 @@ class Question:
 def finished_subtasks(index: SubtaskIndex, closed: np.ndarray) -> np.ndarray:
     """int [N]: how many of its plan's subtasks are finished at each frame; a subtask finishes at its last
     release of the gripper (``closed`` bool [N]), or at its end where it has none."""
-    events = release_events(index, closed)
     last = np.full(len(index), -1)
-    for start in np.unique(index.subtask_start):
+    for start, released in last_releases(index, release_events(index, closed)).items():
         end = int(index.subtask_end[start])
-        lets_go = np.flatnonzero(events[start:end + 1])
-        last[start:end + 1] = start + lets_go[-1] if len(lets_go) else end + 1
+        last[start:end + 1] = end + 1 if released is None else released
     return index.subtask_index + (np.arange(len(index)) >= last)
 
 

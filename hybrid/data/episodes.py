@@ -107,3 +107,13 @@ def release_events(index: SubtaskIndex, closed: np.ndarray) -> np.ndarray:
     event = np.zeros(len(index), bool)
     event[1:] = closed[:-1] & ~closed[1:] & (index.episode[1:] == index.episode[:-1])
     return event
+
+
+def last_releases(index: SubtaskIndex, events: np.ndarray) -> dict[int, int | None]:
+    """Each subtask's last release of the gripper (``events`` from `release_events`), by the subtask's first
+    frame: the frame index, or None where the gripper never let go during it."""
+    out = {}
+    for start in np.unique(index.subtask_start):
+        lets_go = np.flatnonzero(events[start: int(index.subtask_end[start]) + 1])
+        out[int(start)] = int(start + lets_go[-1]) if len(lets_go) else None
+    return out

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hybrid.data import SubtaskIndex, release_events
+from hybrid.data import SubtaskIndex, last_releases, release_events
 from hybrid.types import PlanStep
 
 VARIANTS = ("current", "fresh", "behind")  # the runtime situations `hybrid eval planner` scores
@@ -63,12 +63,11 @@ class ExampleBuilder:
         self.released = np.cumsum(events)
         # (episode, subtask position) -> the frame from which that subtask counts as finished
         self.finish: dict[tuple[int, int], int] = {}
-        for start in np.unique(index.subtask_start):
+        for start, released in last_releases(index, events).items():
             end = int(index.subtask_end[start])
             key = (int(index.episode[start]), int(index.subtask_index[start]))
-            lets_go = np.flatnonzero(events[start: end + 1])
-            if len(lets_go):
-                self.finish[key] = int(start + lets_go[-1])
+            if released is not None:
+                self.finish[key] = released
             else:  # the time tail: at most the second half
                 self.finish[key] = int(np.floor(max(end - self.tail, (start + end) / 2))) + 1
 
