@@ -220,18 +220,25 @@ def test_the_tokenizer_corpus_has_the_auxiliary_question_only_when_it_is_asked(t
     assert asked[: len(plain)] == plain  # the tokenizer of a planner trained without it is unchanged
 
 
-def test_beam_candidates_stay_inside_the_vocabulary_even_with_more_beams_than_replies(tmp_path):
-    from planners.subtask.affordance import distinct
-    from planners.subtask.reply import parse_reply
+def random_planner(tmp_path, vocab: list[str], candidates: int, seed: int):
+    """A random tiny tabletop planner over ``vocab``, saved and loaded back, and a random 56-px image."""
     from planners.subtask.tabletop_model import TabletopModelConfig, build, save
     from planners.subtask.transformers_backend import transformers_planner
 
-    vocab = ["put the red block in the blue bowl", "put the blue block on the red block"]
     model, processor = build([INSTRUCTION, '{"subtask": "", "done": false}', *vocab] * 5, TabletopModelConfig(**TINY))
     save(model, processor, tmp_path)
-    image = np.random.default_rng(0).integers(0, 256, (56, 56, 3), dtype=np.uint8)
-    planner = transformers_planner(str(tmp_path), vocabulary=vocab, affordance={"candidates": 5},
+    image = np.random.default_rng(seed).integers(0, 256, (56, 56, 3), dtype=np.uint8)
+    planner = transformers_planner(str(tmp_path), vocabulary=vocab, affordance={"candidates": candidates},
                                    prompt={"system": None, "schema_in_prompt": False, "image_size": 56})
+    return planner, image
+
+
+def test_beam_candidates_stay_inside_the_vocabulary_even_with_more_beams_than_replies(tmp_path):
+    from planners.subtask.affordance import distinct
+    from planners.subtask.reply import parse_reply
+
+    vocab = ["put the red block in the blue bowl", "put the blue block on the red block"]
+    planner, image = random_planner(tmp_path, vocab, candidates=5, seed=0)
     messages = planner.messages(INSTRUCTION, [])
     beams = distinct(planner.backend.candidates(messages, image, 5))  # 3 replies exist: two beams are padding
     steps = [parse_reply(text, planner.vocabulary) for text, _ in beams]
@@ -246,16 +253,10 @@ def test_beam_candidates_stay_inside_the_vocabulary_even_with_more_beams_than_re
 def test_scoring_every_reply_by_teacher_forcing_matches_beam_search(tmp_path):
     from hybrid.types import PlanStep
     from planners.subtask.reply import reply_text
-    from planners.subtask.tabletop_model import TabletopModelConfig, build, save
-    from planners.subtask.transformers_backend import transformers_planner
 
     vocab = ["put the red block in the blue bowl", "put the blue block on the red block",
              "put the other red block in the red bowl"]
-    model, processor = build([INSTRUCTION, '{"subtask": "", "done": false}', *vocab] * 5, TabletopModelConfig(**TINY))
-    save(model, processor, tmp_path)
-    image = np.random.default_rng(1).integers(0, 256, (56, 56, 3), dtype=np.uint8)
-    planner = transformers_planner(str(tmp_path), vocabulary=vocab, affordance={"candidates": 4},
-                                   prompt={"system": None, "schema_in_prompt": False, "image_size": 56})
+    planner, image = random_planner(tmp_path, vocab, candidates=4, seed=1)
     messages = planner.messages(INSTRUCTION, [])
     replies = [reply_text(PlanStep(subtask=s)) for s in vocab] + [reply_text(PlanStep(done=True))]
     exact = planner.backend.score(messages, image, replies, batch_size=3)  # two batches of the cached prompt
