@@ -58,6 +58,9 @@ class VLMPlanner:
         self.backend = backend
         self.prompt = prompt if isinstance(prompt, PromptConfig) else PromptConfig.model_validate(dict(prompt or {}))
         self.vocabulary = make_vocabulary(None if vocabulary is None else list(vocabulary))
+        # What a widened check scores: every subtask once, as the reply the model gives (fixed with the vocabulary)
+        self._widen_texts = sorted(set(self.vocabulary.values())) if self.affordance.widen else []
+        self._widen_replies = [reply_text(PlanStep(subtask=t)) for t in self._widen_texts]
         self.max_attempts, self.retry_backoff_s = int(max_attempts), float(retry_backoff_s)
         self.replan = replan if isinstance(replan, ReplanPolicy) else ReplanPolicy.model_validate(dict(replan or {}))
         self.current: str | None = None
@@ -95,9 +98,9 @@ class VLMPlanner:
         step = choose(steps, current, obs, self._score, check.min_score,
                       log_probs if check.rule == "product" else None)
         if check.widen and unafforded(step, current, obs, self._score, check.min_score):
-            texts = sorted(set(self.vocabulary.values()))
+            texts = self._widen_texts
             try:
-                scores = self.backend.score(messages, image, [reply_text(PlanStep(subtask=t)) for t in texts])
+                scores = self.backend.score(messages, image, self._widen_replies)
             except Exception as err:  # noqa: BLE001 - a failed search keeps the reply found so far
                 log.warning("planner: scoring the vocabulary failed, keeping %r: %s", step.subtask or "done", err)
                 return step
