@@ -148,3 +148,16 @@ def test_a_question_names_its_block_and_bowl_in_the_planners_words():
     assert question_text(Question(0, "red", "blue", True, onto=True), rng) == "put the red block on the blue block"
     bowls = {question_text(Question(0, "red", None, True), rng).split()[-2] for _ in range(100)}
     assert bowls == set(COLOURS)
+
+
+def test_a_recording_without_both_answers_is_refused_with_a_clear_error():
+    from executors.flow.processor_flow import ByteTokenizer
+    from executors.flow.train_affordance import QuestionSampler
+
+    images = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    only_yes = [Question(0, "red", "blue", True), Question(1, "red", "blue", True)]
+    with pytest.raises(ValueError, match="2 subtasks that can start and 0 that cannot"):
+        QuestionSampler(only_yes, images, ByteTokenizer(16))
+    both = QuestionSampler([*only_yes, Question(1, "green", None, False, absent=True)], images, ByteTokenizer(16))
+    b = both.batch(np.random.default_rng(0), 8)
+    assert b["labels"].tolist() == [1.0] * 4 + [0.0] * 4 and b["images"].shape == (8, 1, 3, 8, 8)
