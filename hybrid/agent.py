@@ -113,10 +113,11 @@ class HybridAgent:
         self.stack = PlanStack()
         self._last_plan: float | None = None  # the loop's clock at the last plan call
         self._done_reported = False
+        self.last_reply: PlanStep | None = None  # the planner's last valid reply (its reason, for traces)
 
     def reset(self, instruction: str) -> None:
         self.stack = PlanStack(instruction=instruction)
-        self._last_plan, self._done_reported = None, False
+        self._last_plan, self._done_reported, self.last_reply = None, False, None
         for tier in (self.planner, self.world_model, self.executor):
             if tier is not None:
                 tier.reset()
@@ -146,6 +147,7 @@ class HybridAgent:
         """Ask the planner (``now``: the loop's clock, for `plan_due`); on a fault the current subtask is kept."""
         self.mark_planned(time.monotonic() if now is None else now)
         res = self._call["planner"](self.planner.plan, obs, self.stack.instruction, self.stack.history)
+        self.last_reply = res.value or self.last_reply
         if res.value is not None and self.stack.apply(res.value) and self.stack.subgoal is not None:
             # A subgoal made for the previous subtask is stale for the new one.
             if self.stack.current is None or self.stack.subgoal.subtask != self.stack.current.text:

@@ -26,6 +26,25 @@ def test_eval_reports_every_agent_per_family(capsys):
     assert "world_model" not in report["agents"]["language_only"]["latency_ms_p50"]
 
 
+def test_eval_trace_records_each_episode_subtask_changes_and_ending(tmp_path, capsys):
+    trace = tmp_path / "trace.jsonl"
+    args = ["eval", "--episodes", "2", "--json", *DOUBLES, "~agents.oracle_subgoals", "~agents.language_only",
+            "~agents.flat", "~agents.hierarchical", f"trace={trace}"]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["agents"]["oracle"]["families"]["pick_place"]["ended"] == {"budget": 2}  # zero actions: out of steps
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert [e["event"] for e in events if e["event"] != "subtask"] == ["start", "end", "start", "end"]
+    assert [e["seed"] for e in events if e["event"] == "start"] == [500000, 500001]
+    start, first = events[0], events[1]
+    assert start["agent"] == "oracle" and start["family"] == "pick_place" and len(start["plan"]) == 1
+    # the oracle names the plan's subtask; the tabletop describes the scene at that moment
+    assert first["event"] == "subtask" and first["index"] == 0 and first["subtask"]
+    assert {"colour", "xyz_cm", "held", "in_bowl", "on"} <= set(first["state"]["blocks"][0])
+    end = next(e for e in events if e["event"] == "end")
+    assert end["status"] == "budget" and end["success"] is False and end["subtask_success"] == [False]
+
+
 def test_oracle_world_model_renders_the_sims_subgoal():
     import numpy as np
 

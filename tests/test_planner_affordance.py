@@ -224,3 +224,42 @@ def test_a_vocabulary_search_that_fails_keeps_the_reply_found_so_far(caplog):
     with caplog.at_level(logging.WARNING):
         assert planner.plan(OBS, "sort", []).subtask == RED
     assert "scoring the vocabulary failed" in caplog.text
+
+
+def test_the_product_rule_weighs_the_widened_vocabulary_against_the_reply_it_would_displace():
+    from planners.subtask.affordance import widened
+
+    texts = [RED, BLUE, GREEN]
+    # The likely reply scores just under the threshold; a far less likely subtask scores high. The threshold
+    # rule takes the unlikely one, the product keeps the likely one ...
+    score = scorer({RED: 0.4, BLUE: 0.1, GREEN: 0.9})
+    lps = np.array([-0.1, -2.0, -9.0])
+    assert widened(texts, lps, None, OBS, score, 0.5, k=3, nats=12.0).subtask == GREEN
+    assert widened(texts, lps, None, OBS, score, 0.5, k=3, nats=12.0,
+                   weigh_against=(PlanStep(subtask=RED), -0.1)).subtask == RED
+    # ... unless the reply is hopeless (an absent block): then the vocabulary's afforded subtask wins, the more
+    # readily the larger the weight.
+    hopeless = scorer({RED: 0.01, BLUE: 0.1, GREEN: 0.9})
+    lps = np.array([-0.1, -2.0, -4.0])  # (blue's 0.1 never passes: widening looks for what can start)
+    step = widened(texts, lps, None, OBS, hopeless, 0.5, k=3, nats=12.0, weigh_against=(PlanStep(subtask=RED), -0.1))
+    assert step.subtask == GREEN and "over" in step.reason
+    assert widened(texts, np.array([-0.1, -2.0, -9.0]), None, OBS, hopeless, 0.5, k=3, nats=12.0,
+                   weigh_against=(PlanStep(subtask=RED), -0.1), weight=1.0).subtask == RED
+    assert widened(texts, np.array([-0.1, -2.0, -9.0]), None, OBS, hopeless, 0.5, k=3, nats=12.0,
+                   weigh_against=(PlanStep(subtask=RED), -0.1), weight=2.0).subtask == GREEN
+    # "done" is afforded as far as no subtask of the vocabulary is.
+    assert widened(texts, lps, None, OBS, scorer({RED: 0.2, BLUE: 0.1, GREEN: 0.3}), 0.5, k=3, nats=12.0,
+                   weigh_against=(DONE, -0.5)).done
+
+
+def test_a_planner_with_the_product_rule_widens_and_weighs():
+    beam = ranked(PlanStep(subtask=RED), DONE)
+    log_probs = {reply_text(PlanStep(subtask=RED)): -0.1, reply_text(PlanStep(subtask=BLUE)): -2.0,
+                 reply_text(PlanStep(subtask=GREEN)): -3.0}
+    planner = VLMPlanner(ScoringBackend(log_probs, beam, beam), vocabulary=[RED, BLUE, GREEN],
+                         affordance={"candidates": 4, "widen": 8, "rule": "product"})
+    planner.use_affordance(scorer({RED: 0.4, BLUE: 0.1, GREEN: 0.9}))
+    assert planner.plan(OBS, "gather", []).subtask == RED  # nearly afforded and far likelier: kept
+    planner.reset()
+    planner.use_affordance(scorer({RED: 0.0, BLUE: 0.1, GREEN: 0.9}))
+    assert planner.plan(OBS, "gather", []).subtask == GREEN  # the likely one cannot start at all

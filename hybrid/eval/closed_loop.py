@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from hybrid.agent import AgentConfig, HybridAgent
 from hybrid.config import compose, instantiate
+from hybrid.eval.trace import EpisodeTrace
 from hybrid.runtime.env_adapter import EnvAdapter, EnvAdapterConfig
 from hybrid.runtime.sync import SyncLoopConfig, run_episode
 
@@ -57,16 +58,23 @@ def evaluate(cfg) -> dict:
             # subtasks asked for were possible) hand eval probes for it.
             probes = env.env.eval_probes() if hasattr(env.env, "eval_probes") else []
             subscribers += probes
+            trace = EpisodeTrace(cfg.trace, env.env, agent) if cfg.get("trace") else None
             results = []
             for ep in tqdm(range(cfg.episodes), desc=f"{name}/{family}", leave=False):
                 seed = cfg.seed + ep
-                results.append(run_episode(agent, env, loop, subscribers, seed=seed))
+                if trace is not None:
+                    trace.context = {"agent": name, "family": family, "seed": seed}
+                results.append(run_episode(agent, env, loop, subscribers + ([trace] if trace else []), seed=seed))
+            if trace is not None:
+                trace.close()
             env.env.close()
             per_family[family] = {
                 "success": float(np.mean([r.success for r in results])),
                 # what the physics says is done: the planner's own bookkeeping is what is being judged
                 "subtasks_completed": float(np.mean([r.achieved()[0] for r in results])),
                 "faults": int(sum(len(r.faults) for r in results)),
+                # how episodes ended: success, done (the planner said so too early), budget (out of steps), fault
+                "ended": dict(Counter(r.status for r in results)),
                 **{key: value for probe in probes for key, value in probe.summary().items()},
             }
             for r in results:

@@ -36,7 +36,10 @@ class AffordanceCheck(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     candidates: int = Field(0, ge=0)
-    rule: Literal["threshold", "product"] = "threshold"
+    rule: Literal["threshold", "product"] = Field("threshold", description="threshold: the likeliest reply "
+                                                  "scoring min_score; product: the best log p + weight * log "
+                                                  "affordance (SayCan), over the beam and, widened, the vocabulary")
+    weight: float = Field(1.0, gt=0, description="the product rule's weight of log affordance (1: SayCan's product)")
     min_score: float = Field(0.5, ge=0, le=1)
     widen: int = Field(0, ge=0, description="new subtasks of the whole vocabulary checked when the beam holds "
                        "none the executor can start (0: the beam's alone)")
@@ -47,9 +50,9 @@ class AffordanceCheck(BaseModel):
 
 
 def choose(steps: Sequence[PlanStep], current: str | None, obs: Observation, score: AffordanceFn,
-           min_score: float, log_probs: Sequence[float] | None = None) -> PlanStep:
-    """With ``log_probs`` (the planner's, per step) the step that maximises log-probability + log affordance
-    (SayCan's product; "done" counts as afforded as far as no new subtask is, the current subtask fully).
+           min_score: float, log_probs: Sequence[float] | None = None, weight: float = 1.0) -> PlanStep:
+    """With ``log_probs`` (the planner's, per step) the step that maximises log-probability + ``weight`` * log
+    affordance (SayCan's product; "done" counts as afforded as far as no new subtask is, the current subtask fully).
     Without, the first of ``steps`` (best first) that keeps ``current``, scores ``min_score`` or is "done" while
     no new subtask among them does; else the first. A scorer that raises or returns the wrong number of finite
     scores is logged and ignored."""
@@ -67,7 +70,7 @@ def choose(steps: Sequence[PlanStep], current: str | None, obs: Observation, sco
         def afforded(step: PlanStep) -> float:
             return 1.0 - can_start if step.done else 1.0 if step.subtask == current else scores[step.subtask]
 
-        weighed = [lp + np.log(max(afforded(s), 1e-3)) for s, lp in zip(steps, log_probs, strict=True)]
+        weighed = [_weigh(lp, afforded(s), weight) for s, lp in zip(steps, log_probs, strict=True)]
         best = int(np.argmax(weighed))
         if best == 0:
             return steps[0]
@@ -104,27 +107,61 @@ def unafforded(step: PlanStep, current: str | None, obs: Observation, score: Aff
     return not value >= min_score
 
 
+def _weigh(log_prob: float, affordance: float, weight: float) -> float:
+    return log_prob + weight * float(np.log(max(affordance, 1e-3)))  # floored: a zero score is not -inf
+
+
 def widened(texts: Sequence[str], log_probs: np.ndarray, current: str | None, obs: Observation,
-            score: AffordanceFn, min_score: float, k: int, nats: float) -> PlanStep | None:
+            score: AffordanceFn, min_score: float, k: int, nats: float,
+            weigh_against: tuple[PlanStep, float] | None = None, weight: float = 1.0) -> PlanStep | None:
     """The likeliest of ``texts`` (every subtask, scored by the planner) that is new, within ``nats`` of the
-    likeliest and passes ``min_score``, among the ``k`` likeliest new ones; None when none does."""
+    likeliest and passes ``min_score``, among the ``k`` likeliest new ones; None when none does.
+
+    With ``weigh_against`` (the product rule: the reply found so far and its log-probability) that reply and
+    the passing ones among the ``k`` are weighed by log p + ``weight`` * log affordance instead, and the best is
+    returned: a subtask the planner deems unlikely must be that much more clearly possible than the reply it
+    displaces."""
     order = np.argsort(-np.asarray(log_probs, np.float64), kind="stable")
     best = float(np.max(log_probs))
     pool = [i for i in order if texts[i] != current and log_probs[i] >= best - nats][:k]
     if not pool:
         return None
+    asked = [texts[i] for i in pool]
+    held = weigh_against[0] if weigh_against else None
+    if held is not None and not held.done and held.subtask != current and held.subtask not in asked:
+        asked.append(held.subtask)
     try:
-        values = np.asarray(score(obs, [texts[i] for i in pool]), np.float64).reshape(-1)
-        if len(values) != len(pool) or not np.isfinite(values).all():
-            raise ValueError(f"expected {len(pool)} finite scores, got {values.tolist()}")
+        values = np.asarray(score(obs, asked), np.float64).reshape(-1)
+        if len(values) != len(asked) or not np.isfinite(values).all():
+            raise ValueError(f"expected {len(asked)} finite scores, got {values.tolist()}")
     except Exception as err:  # noqa: BLE001
         log.warning("planner: affordance check failed, taking the planner's reply: %s", err)
         return None
+    if weigh_against is not None:
+        return _weigh_widened(texts, log_probs, pool, dict(zip(asked, values.tolist(), strict=True)),
+                              current, weigh_against, min_score, weight, best)
     for i, value in zip(pool, values.tolist(), strict=True):
         if value >= min_score:
             why = f"affordance: widened to the vocabulary, {value:.2f} (log p {log_probs[i] - best:.1f} from the best)"
             return PlanStep(subtask=texts[i], reason=why)
     return None
+
+
+def _weigh_widened(texts, log_probs, pool, scores: dict[str, float], current, held: tuple[PlanStep, float],
+                   min_score: float, weight: float, best: float) -> PlanStep:
+    step, log_prob = held
+    can_start = max(scores[texts[i]] for i in pool)
+    kept = 1.0 - can_start if step.done else 1.0 if step.subtask == current else scores[step.subtask]
+    passing = [i for i in pool if scores[texts[i]] >= min_score]  # widening looks for what the executor can start
+    if not passing:
+        return step
+    top = max(passing, key=lambda i: _weigh(float(log_probs[i]), scores[texts[i]], weight))
+    value = scores[texts[top]]
+    if _weigh(float(log_probs[top]), value, weight) <= _weigh(log_prob, kept, weight):
+        return step
+    why = (f"affordance: widened to the vocabulary, {value:.2f} (log p {log_probs[top] - best:.1f} from the best) "
+           f"over {step.subtask or 'done'!r} ({kept:.2f})")
+    return PlanStep(subtask=texts[top], reason=why)
 
 
 # transformers' beam search scores the beams it pads its output with (fewer replies than beams) -1e9

@@ -95,17 +95,21 @@ class VLMPlanner:
         # The subtask under way needs no check, or (recheck) none until the gripper has let go since it began.
         may_be_finished = check.recheck and self.prompt.gripper_index is not None and self.releases > 0
         current = None if may_be_finished else self.current
-        step = choose(steps, current, obs, self._score, check.min_score,
-                      log_probs if check.rule == "product" else None)
+        product = check.rule == "product"
+        step = choose(steps, current, obs, self._score, check.min_score, log_probs if product else None,
+                      check.weight)
         if check.widen and unafforded(step, current, obs, self._score, check.min_score):
-            texts = self._widen_texts
             try:
                 scores = self.backend.score(messages, image, self._widen_replies)
             except Exception as err:  # noqa: BLE001 - a failed search keeps the reply found so far
                 log.warning("planner: scoring the vocabulary failed, keeping %r: %s", step.subtask or "done", err)
                 return step
-            step = widened(texts, scores, current, obs, self._score, check.min_score, check.widen,
-                           check.widen_nats) or step
+            held = None
+            if product:  # the reply found so far, with the beam's log-probability of it
+                held = (step, next(lp for s, lp in zip(steps, log_probs, strict=True)
+                                   if (s.done, s.subtask) == (step.done, step.subtask)))
+            step = widened(self._widen_texts, scores, current, obs, self._score, check.min_score, check.widen,
+                           check.widen_nats, held, check.weight) or step
         return step
 
     def resume(self, current: str | None, releases: int = 0, state: np.ndarray | None = None) -> None:

@@ -168,6 +168,20 @@ class TabletopEnv(gym.Env):
         rest (`PlacementProbe`) and whether the subtasks taken on name blocks still to be moved (`GroundingProbe`)."""
         return [PlacementProbe(self), GroundingProbe(self)]
 
+    def describe(self) -> dict[str, Any]:
+        """The physics state in words and centimetres, for traces: each block's colour, where it is, whether it
+        is held and which bowl it rests in (or which block it rests on); the tool and the subtasks done."""
+        scene, spec = self.scene, self.scene.spec
+        held, in_bowls = scene.held_blocks(), scene.in_bowls()
+        blocks = []
+        for i, colour in enumerate(spec.block_colours):
+            on = [spec.block_colours[j] for j in range(scene.n_blocks()) if j != i and scene.on_block(i, j, held)]
+            bowl = [spec.bowl_colours[b] for b in np.flatnonzero(in_bowls[i])]
+            blocks.append({"colour": colour, "xyz_cm": [round(100 * float(v), 1) for v in scene.block_pos(i)],
+                           "held": i in held, "in_bowl": bowl[0] if bowl else None, "on": on[0] if on else None})
+        return {"blocks": blocks, "tool_cm": [round(100 * float(v), 1) for v in scene.effector],
+                "suction": round(scene.suction_command, 2), "subtask_success": scene.subtask_success(held)}
+
     def render_subgoal(self, subtask_index: int) -> dict[str, np.ndarray]:
         """Images of the scene once subtasks 0..subtask_index are done (the oracle subgoal).
 

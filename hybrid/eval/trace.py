@@ -1,0 +1,58 @@
+"""`hybrid eval trace=FILE`: one JSON line per event of every episode, to read why an agent failed.
+
+Success rates say how often an agent fails, not why. The trace records, for each episode, the seed and the
+reference plan, every change of the subtask under way with the planner's reason and the physics state at
+that moment (from an env that can ``describe()`` itself, as the tabletop does), and how the episode ended.
+A failed episode is then read line by line: the subtask that named a block already placed, the release
+that missed, the step budget that ran out with a block in the gripper.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+class EpisodeTrace:
+    """A runtime subscriber appending events to a JSON-lines file; `hybrid eval` sets ``context`` (agent,
+    family, seed) before each episode. Lines are flushed as written, so a crashed evaluation keeps its trace."""
+
+    def __init__(self, path: str | Path, env=None, agent=None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a", encoding="utf-8")
+        self.env, self.agent = env, agent
+        self.context: dict[str, Any] = {}
+        self._current: tuple[int, str] | None = None
+
+    def _write(self, event: str, **fields: Any) -> None:
+        self._file.write(json.dumps({"event": event, **self.context, **fields}, default=str) + "\n")
+        self._file.flush()
+
+    def _state(self) -> dict[str, Any]:
+        describe = getattr(self.env, "describe", None)
+        return {"state": describe()} if callable(describe) else {}
+
+    def on_episode_start(self, instruction: str, info: dict[str, Any]) -> None:
+        self._current = None
+        self._write("start", instruction=instruction, plan=info.get("subtasks"), **self._state())
+
+    def on_step(self, record) -> None:
+        subtask = record.current_subtask
+        key = None if subtask is None else (subtask.index, subtask.text)
+        if key != self._current:
+            self._current = key
+            reply = getattr(self.agent, "last_reply", None)
+            self._write("subtask", step=record.step, index=None if subtask is None else subtask.index,
+                        subtask=None if subtask is None else subtask.text,
+                        reason=None if reply is None else reply.reason, **self._state())
+        for fault in record.faults:
+            self._write("fault", step=record.step, tier=fault.tier, kind=fault.kind, message=fault.message)
+
+    def on_episode_end(self, result) -> None:
+        self._write("end", status=result.status, success=result.success, steps=result.steps,
+                    subtask_success=result.info.get("subtask_success"), planned=result.subtasks, **self._state())
+
+    def close(self) -> None:
+        self._file.close()
