@@ -263,3 +263,28 @@ def test_a_planner_with_the_product_rule_widens_and_weighs():
     planner.reset()
     planner.use_affordance(scorer({RED: 0.0, BLUE: 0.1, GREEN: 0.9}))
     assert planner.plan(OBS, "gather", []).subtask == GREEN  # the likely one cannot start at all
+
+
+def test_done_needs_stronger_evidence_than_a_switch_with_done_below():
+    # The executor doubts the red block (0.3): by the threshold alone the planner would end the episode ...
+    assert choose(steps(None, RED), None, OBS, scorer({RED: 0.3}), 0.5).done
+    # ... with done_below it tries the doubtful subtask first; a hopeless one still lets the episode end.
+    step = choose(steps(None, RED), None, OBS, scorer({RED: 0.3}), 0.5, done_below=0.2)
+    assert step.subtask == RED and "not enough to end the episode" in step.reason
+    assert choose(steps(None, RED), None, OBS, scorer({RED: 0.1}), 0.5, done_below=0.2).done
+    # a subtask that passes min_score is taken as before, wherever "done" stands
+    assert choose(steps(RED, None, BLUE), None, OBS, scorer({RED: 0.1, BLUE: 0.9}), 0.5, done_below=0.2).subtask == BLUE
+
+
+def test_a_planner_widens_for_a_doubtful_subtask_before_ending_the_episode():
+    beam = ranked(DONE, PlanStep(subtask=RED))
+    log_probs = {reply_text(PlanStep(subtask=RED)): -1.0, reply_text(PlanStep(subtask=GREEN)): -5.0}
+    table = {RED: 0.05, BLUE: 0.0, GREEN: 0.3}
+    planner = VLMPlanner(ScoringBackend(log_probs, beam, beam), vocabulary=[RED, BLUE, GREEN],
+                         affordance={"candidates": 4, "widen": 8})
+    planner.use_affordance(scorer(table))
+    assert planner.plan(OBS, "gather", []).done  # green's 0.3 is below min_score
+    planner = VLMPlanner(ScoringBackend(log_probs, beam, beam), vocabulary=[RED, BLUE, GREEN],
+                         affordance={"candidates": 4, "widen": 8, "done_below": 0.2})
+    planner.use_affordance(scorer(table))
+    assert planner.plan(OBS, "gather", []).subtask == GREEN

@@ -2,7 +2,8 @@
 
 Success rates say how often an agent fails, not why. The trace records, for each episode, the seed and the
 reference plan, every change of the subtask under way with the planner's reason and the physics state at
-that moment (from an env that can ``describe()`` itself, as the tabletop does), and how the episode ended.
+that moment, every grasp and release (both from an env that can ``describe()`` itself, as the tabletop
+does), and how the episode ended.
 A failed episode is then read line by line: the subtask that named a block already placed, the release
 that missed, the step budget that ran out with a block in the gripper.
 """
@@ -25,6 +26,7 @@ class EpisodeTrace:
         self.env, self.agent = env, agent
         self.context: dict[str, Any] = {}
         self._current: tuple[int, str] | None = None
+        self._held: list[str] = []
 
     def _write(self, event: str, **fields: Any) -> None:
         self._file.write(json.dumps({"event": event, **self.context, **fields}, default=str) + "\n")
@@ -35,7 +37,7 @@ class EpisodeTrace:
         return {"state": describe()} if callable(describe) else {}
 
     def on_episode_start(self, instruction: str, info: dict[str, Any]) -> None:
-        self._current = None
+        self._current, self._held = None, []
         self._write("start", instruction=instruction, plan=info.get("subtasks"), **self._state())
 
     def on_step(self, record) -> None:
@@ -47,6 +49,14 @@ class EpisodeTrace:
             self._write("subtask", step=record.step, index=None if subtask is None else subtask.index,
                         subtask=None if subtask is None else subtask.text,
                         reason=None if reply is None else reply.reason, **self._state())
+        describe = getattr(self.env, "describe", None)
+        if callable(describe):  # grasps and releases: what the gripper holds, each time that changes
+            state = describe()
+            held = sorted(b["colour"] for b in state["blocks"] if b["held"])
+            if held != self._held:
+                self._write("grasp" if len(held) > len(self._held) else "release", step=record.step, held=held,
+                            state=state)
+                self._held = held
         for fault in record.faults:
             self._write("fault", step=record.step, tier=fault.tier, kind=fault.kind, message=fault.message)
 

@@ -45,16 +45,21 @@ class AffordanceCheck(BaseModel):
                        "none the executor can start (0: the beam's alone)")
     widen_nats: float = Field(12.0, gt=0, description="how far below the likeliest reply a widened subtask may "
                               "lie (log-probability): what the planner itself deems impossible is never taken")
+    done_below: float | None = Field(None, ge=0, le=1, description="\"done\" ends the episode, so it is taken "
+                                     "only while no new subtask checked scores this much; one that does (below "
+                                     "min_score) is tried instead (None: min_score)")
     recheck: bool = Field(False, description="check the subtask under way too once the gripper has let go since "
                           "it began (it may be finished; needs the prompt's gripper_index)")
 
 
 def choose(steps: Sequence[PlanStep], current: str | None, obs: Observation, score: AffordanceFn,
-           min_score: float, log_probs: Sequence[float] | None = None, weight: float = 1.0) -> PlanStep:
+           min_score: float, log_probs: Sequence[float] | None = None, weight: float = 1.0,
+           done_below: float | None = None) -> PlanStep:
     """With ``log_probs`` (the planner's, per step) the step that maximises log-probability + ``weight`` * log
     affordance (SayCan's product; "done" counts as afforded as far as no new subtask is, the current subtask fully).
     Without, the first of ``steps`` (best first) that keeps ``current``, scores ``min_score`` or is "done" while
-    no new subtask among them does; else the first. A scorer that raises or returns the wrong number of finite
+    no new subtask among them scores ``done_below`` (default ``min_score``); else, when "done" was among them, the
+    first new subtask scoring ``done_below``; else the first. A scorer that raises or returns the wrong number of finite
     scores is logged and ignored."""
     new = sorted({s.subtask for s in steps if not s.done and s.subtask != current})
     try:
@@ -76,10 +81,11 @@ def choose(steps: Sequence[PlanStep], current: str | None, obs: Observation, sco
             return steps[0]
         why = f"affordance: {afforded(steps[0]):.2f} for the likelier {steps[0].subtask or 'done'!r}"
         return steps[best].model_copy(update={"reason": why})
+    done_below = min_score if done_below is None else done_below
     skipped = []
     for step in steps:
         if step.done:
-            ok, name, value = can_start < min_score, "done", can_start
+            ok, name, value = can_start < done_below, "done", can_start
         else:
             ok, name = step.subtask == current or scores[step.subtask] >= min_score, step.subtask
             value = scores.get(step.subtask, 1.0)
@@ -89,6 +95,11 @@ def choose(steps: Sequence[PlanStep], current: str | None, obs: Observation, sco
             why = "; ".join(f"{s!r} ({v:.2f})" for s, v in skipped)
             return step.model_copy(update={"reason": f"affordance: skipped {why}"})
         skipped.append((name, value))
+    if any(s.done for s in steps):  # "done" refused: ending the episode needs stronger evidence than a switch
+        doubtful = next((s for s in steps if not s.done and scores.get(s.subtask, 1.0) >= done_below), None)
+        if doubtful is not None:
+            value = scores.get(doubtful.subtask, 1.0)
+            return doubtful.model_copy(update={"reason": f"affordance: {value:.2f}, not enough to end the episode"})
     return steps[0]
 
 

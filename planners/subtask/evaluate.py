@@ -36,6 +36,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--affordance", action="store_true",
                    help="check candidate replies against the tabletop executor's affordance, as the agent does")
     p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides of configs/planner/tabletop.yaml, e.g. "
+                   "planner.affordance.rule=product")
     args = p.parse_args(argv)
 
     from hybrid.config import compose, instantiate
@@ -48,7 +50,7 @@ def main(argv: list[str]) -> int:
     from planners.subtask.tabletop_language import NAMINGS, canonical_subtask
     from planners.subtask.transformers_backend import load_settings, transformers_planner
 
-    shipped = compose("planner/tabletop").planner
+    shipped = compose("planner/tabletop", args.overrides).planner
     args.model = args.model or shipped.model
     planner = transformers_planner(args.model, affordance=shipped.affordance if args.affordance else None)
     canon = (lambda s: normalize(s)) if args.exact else canonical_subtask
@@ -124,6 +126,7 @@ def main(argv: list[str]) -> int:
         "next_examples": next_n, "done_examples": done_n, "faults": faults,
         "episodes": len(index.plans), "latency_ms_p50": round(float(np.median(latencies)), 2) if latencies else None,
         "model": str(args.model), "data": str(args.data), "affordance": bool(args.affordance),
+        "overrides": list(args.overrides),
     }
     print_result(result, args.json)
     return 0

@@ -97,7 +97,7 @@ class VLMPlanner:
         current = None if may_be_finished else self.current
         product = check.rule == "product"
         step = choose(steps, current, obs, self._score, check.min_score, log_probs if product else None,
-                      check.weight)
+                      check.weight, check.done_below)
         if check.widen and unafforded(step, current, obs, self._score, check.min_score):
             try:
                 scores = self.backend.score(messages, image, self._widen_replies)
@@ -108,7 +108,9 @@ class VLMPlanner:
             if product:  # the reply found so far, with the beam's log-probability of it
                 held = (step, next(lp for s, lp in zip(steps, log_probs, strict=True)
                                    if (s.done, s.subtask) == (step.done, step.subtask)))
-            step = widened(self._widen_texts, scores, current, obs, self._score, check.min_score, check.widen,
+            # in place of "done" any subtask the executor might start will do (done_below)
+            threshold = check.min_score if not step.done or check.done_below is None else check.done_below
+            step = widened(self._widen_texts, scores, current, obs, self._score, threshold, check.widen,
                            check.widen_nats, held, check.weight) or step
         return step
 
