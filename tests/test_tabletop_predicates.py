@@ -141,3 +141,19 @@ def test_grounding_probe_knows_a_stacked_block_is_done(env):
     teleport(env, first.block, env.scene.block_pos(first.base) + (0.0, 0.0, 2 * BLOCK_HALF + 0.01))
     settle(env, 5)
     assert not probe.grounded(asked)
+
+
+def test_describe_says_in_words_where_each_block_is(env):
+    env.reset(seed=0, options={"family": "pick_place"})
+    goal = env.scene.spec.goals[0]
+    bowl = env.scene.bowl_pos(goal.bowl)
+    teleport(env, goal.block, bowl + (0, 0, 0.15))
+    settle(env, 8)
+    state = env.describe()
+    block = state["blocks"][goal.block]
+    assert block["colour"] == env.scene.spec.block_colours[goal.block]
+    assert block["in_bowl"] == env.scene.spec.bowl_colours[goal.bowl] and block["on"] is None
+    assert not block["held"] and abs(block["xyz_cm"][0] - 100 * bowl[0]) < 3.0
+    assert state["subtask_success"] == [True] and len(state["tool_cm"]) == 3
+    others = [b for i, b in enumerate(state["blocks"]) if i != goal.block]
+    assert all(b["in_bowl"] is None for b in others)
