@@ -3,6 +3,8 @@ fixed) and the executor's `affordance` through it."""
 
 from __future__ import annotations
 
+import json
+
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -113,7 +115,8 @@ def test_the_head_trains_alone_and_the_executor_scores_through_it(tmp_path):
     for name, value in before.model.state_dict().items():
         torch.testing.assert_close(trained[name], value, msg=name)
     assert any(name.startswith("affordance_head.") for name in trained)
-    assert (out / "affordance_eval.json").is_file()
+    report = json.loads((out / "affordance_eval.json").read_text())
+    assert 0 <= report["can_start_right"] <= 1 and 0 <= report["train"]["can_start_right"] <= 1
 
     obs = fake_observation(cameras=tuple(after.cfg.cameras), size=32, seed=0)
     texts = [f"put the {c} block in the {c} bowl" for c in ("red", "blue", "green")]

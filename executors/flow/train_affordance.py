@@ -182,6 +182,20 @@ def evaluate(net: FlowModel, sampler: QuestionSampler, per_kind: int = 640, seed
     return out
 
 
+def question_sampler(roots: str | Path | list, cfg: FlowConfig, tokenizer, gripper_index: int = -1,
+                     gripper_closed: float = 0.5, colour_swap: float = 0.5) -> QuestionSampler:
+    """The questions of one recording or several, over their front images at the executor's size."""
+    qs, images = [], []
+    for root in [roots] if isinstance(roots, (str, Path)) else list(roots):
+        dataset = open_dataset(root)
+        index = SubtaskIndex.from_dataset(dataset)
+        closed = numeric_column(dataset, FEATURES["state"])[:, gripper_index] >= gripper_closed
+        offset = sum(len(i) for i in images)
+        qs += [dataclasses.replace(q, frame=q.frame + offset) for q in questions(index, closed)]
+        images.append(front_images(dataset, cfg.cameras[0], cfg.image_size))
+    return QuestionSampler(qs, torch.cat(images), tokenizer, colour_swap)
+
+
 def train_affordance(data: str | list[str], init: str, out: str, steps: int = 3000, batch_size: int = 64,
                      lr: float = 1e-3, weight_decay: float = 1e-4, colour_swap: float = 0.5, gripper_index: int = -1,
                      gripper_closed: float = 0.5, eval_data: str | None = None, seed: int = 0, log_every: int = 50,
@@ -213,15 +227,7 @@ def train_affordance(data: str | list[str], init: str, out: str, steps: int = 30
     tokenizer = load_tokenizer(cfg, init)
 
     def sampler_for(roots: str | list[str]) -> QuestionSampler:
-        qs, images = [], []
-        for root in [roots] if isinstance(roots, (str, Path)) else list(roots):
-            dataset = open_dataset(root)
-            index = SubtaskIndex.from_dataset(dataset)
-            closed = numeric_column(dataset, FEATURES["state"])[:, gripper_index] >= gripper_closed
-            offset = sum(len(i) for i in images)
-            qs += [dataclasses.replace(q, frame=q.frame + offset) for q in questions(index, closed)]
-            images.append(front_images(dataset, cfg.cameras[0], cfg.image_size))
-        return QuestionSampler(qs, torch.cat(images), tokenizer, colour_swap)
+        return question_sampler(roots, cfg, tokenizer, gripper_index, gripper_closed, colour_swap)
 
     train_set = sampler_for(data)
     log.info("affordance: %d questions that can start, %d whose blocks are placed, %d whose colour no block has",
@@ -248,8 +254,9 @@ def train_affordance(data: str | list[str], init: str, out: str, steps: int = 30
     net.eval()
     net.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    if eval_data:
-        report = {"data": str(eval_data), **evaluate(net, sampler_for(eval_data))}
+    if eval_data:  # held out, and the training recordings' own questions beside (a gap is overfitting)
+        report = {"data": str(eval_data), **evaluate(net, sampler_for(eval_data)),
+                  "train": evaluate(net, train_set)}
         (Path(out) / "affordance_eval.json").write_text(json.dumps(report))
         log.info("affordance on %s: %s", eval_data, report)
         print(json.dumps(report))
