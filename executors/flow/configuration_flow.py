@@ -57,6 +57,7 @@ class FlowConfig:
     waypoint_noise: float = 0.02  # std of that noise, in the state's units (m): the head's own error at run time
     affordance_head: bool = False  # a learned check whether the subtask's block can be picked from here, read off
     #   the pick map (executors/flow/affordance.py; trained apart by `hybrid train executor=affordance`)
+    affordance_width: int = 64  # its hidden width
     vision_width: int = 128  # scratch ViT width
     vision_depth: int = 2  # scratch ViT blocks
 
