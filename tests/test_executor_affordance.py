@@ -4,7 +4,6 @@ fixed) and the executor's `affordance` through it."""
 from __future__ import annotations
 
 import json
-
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
