@@ -163,3 +163,23 @@ def test_a_recording_without_both_answers_is_refused_with_a_clear_error():
     both = QuestionSampler([*only_yes, Question(1, "green", None, False, absent=True)], images, ByteTokenizer(16))
     b = both.batch(np.random.default_rng(0), 8)
     assert b["labels"].tolist() == [1.0] * 4 + [0.0] * 4 and b["images"].shape == (8, 1, 3, 8, 8)
+
+
+@pytest.mark.parametrize("place", [False, True])
+def test_the_head_reads_the_pick_map_and_with_place_the_place_map_and_the_peak_cell(place):
+    from executors.flow.affordance import AffordanceHead
+
+    torch.manual_seed(0)
+    head = AffordanceHead(channels=8, text_dim=6, width=16, place=place)
+    logits, features = torch.randn(3, 2, 12), torch.randn(3, 8, 3, 4)
+    text, peaks = torch.randn(3, 5, 6), torch.rand(3, 2, 2)
+    out = head(logits, features, text, peaks)
+    assert out.shape == (3,) and torch.isfinite(out).all()
+    moved = features.clone()
+    moved[:, :, 2, 3] += 5.0  # the place map's cell changes only what a head that reads the place map sees
+    place_logits = logits.clone()
+    place_logits[:, 1] = -1e4
+    place_logits[:, 1, 11] = 1e4
+    place_logits[:, 0, 11] = -1e4
+    changed = not torch.allclose(head(place_logits, features, text, peaks), head(place_logits, moved, text, peaks))
+    assert changed == place

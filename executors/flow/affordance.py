@@ -56,14 +56,18 @@ def affordance_scores(logits: torch.Tensor, pick_place: torch.Tensor, cfg: Affor
 class AffordanceHead(nn.Module):
     """The logit that the text's block can be picked from here: an MLP over the front feature map pooled under
     the pick map (what the map found: its colour, whether it sits in a bowl), the map's sharpness (peak over
-    median, normalised entropy), the pick-to-place reach and the text's mean token."""
+    median, normalised entropy), the pick-to-place reach and the text's mean token. With ``place`` also the
+    feature map pooled under the place map (what is already where the block goes) and the feature of the pick
+    map's strongest cell alone (the block it would pick, not a blend of look-alikes)."""
 
     STATS = 3
 
-    def __init__(self, channels: int, text_dim: int, width: int = 64):
+    def __init__(self, channels: int, text_dim: int, width: int = 64, place: bool = False):
         super().__init__()
-        self.norm = nn.LayerNorm(channels + text_dim + self.STATS)
-        self.mlp = nn.Sequential(nn.Linear(channels + text_dim + self.STATS, width), nn.GELU(), nn.Linear(width, 1))
+        self.place = place
+        n_in = channels * (3 if place else 1) + text_dim + self.STATS
+        self.norm = nn.LayerNorm(n_in)
+        self.mlp = nn.Sequential(nn.Linear(n_in, width), nn.GELU(), nn.Linear(width, 1))
 
     def forward(self, logits: torch.Tensor, features: torch.Tensor, text: torch.Tensor,
                 peaks: torch.Tensor) -> torch.Tensor:
@@ -71,9 +75,13 @@ class AffordanceHead(nn.Module):
         ``peaks`` ``(N, 2, 2)`` table xy -> ``(N,)`` logits."""
         pick = logits[:, 0].float()
         weights = pick.softmax(-1)
-        pooled = torch.einsum("nk,nck->nc", weights, features.flatten(2).float())
+        flat = features.flatten(2).float()
+        pooled = [torch.einsum("nk,nck->nc", weights, flat)]
+        if self.place:
+            pooled.append(torch.einsum("nk,nck->nc", logits[:, 1].float().softmax(-1), flat))
+            pooled.append(flat.gather(2, pick.argmax(-1)[:, None, None].expand(-1, flat.shape[1], 1))[..., 0])
         contrast = pick.max(-1).values - pick.median(-1).values
         entropy = -(weights * weights.clamp_min(1e-12).log()).sum(-1) / math.log(pick.shape[-1])
         reach = (peaks[:, 0] - peaks[:, 1]).float().norm(dim=-1) * 10  # decimetres: order one
-        x = torch.cat([pooled, text.float().mean(1), torch.stack([contrast / 10, entropy, reach], -1)], -1)
+        x = torch.cat([*pooled, text.float().mean(1), torch.stack([contrast / 10, entropy, reach], -1)], -1)
         return self.mlp(self.norm(x.to(self.mlp[0].weight.dtype)))[:, 0]

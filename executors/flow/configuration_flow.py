@@ -58,6 +58,7 @@ class FlowConfig:
     affordance_head: bool = False  # a learned check whether the subtask's block can be picked from here, read off
     #   the pick map (executors/flow/affordance.py; trained apart by `hybrid train executor=affordance`)
     affordance_width: int = 64  # its hidden width
+    affordance_place: bool = False  # it reads the place map's pooled features and the pick peak's own too
     vision_width: int = 128  # scratch ViT width
     vision_depth: int = 2  # scratch ViT blocks
 

@@ -149,7 +149,7 @@ class FlowModel(nn.Module):
                 nn.init.zeros_(self.target_in.bias)
         if cfg.affordance_head:
             self.affordance_head = AffordanceHead(self.vision.keypoints.logits.in_channels, self.text.out_dim,
-                                                  cfg.affordance_width)
+                                                  cfg.affordance_width, cfg.affordance_place)
         self.prefix_blocks = nn.ModuleList(Block(w, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.prefix_depth))
         self.prefix_norm = nn.LayerNorm(w)
 

@@ -200,12 +200,12 @@ def train_affordance(data: str | list[str], init: str, out: str, steps: int = 30
                      lr: float = 1e-3, weight_decay: float = 1e-4, colour_swap: float = 0.5, gripper_index: int = -1,
                      gripper_closed: float = 0.5, eval_data: str | None = None, seed: int = 0, log_every: int = 50,
                      threads: int | None = None, max_minutes: float | None = None, resume: bool = False,
-                     width: int = 64) -> Path:
+                     width: int = 64, place: bool = False) -> Path:
     """Add an `AffordanceHead` to the executor at ``init`` (a model directory or a training run's ``out``) and
     train it alone on the recording at ``data`` (or several); write the executor with its head to ``out/model``.
     ``eval_data``: a held-out recording scored at the end (written to ``out/affordance_eval.json`` and logged).
     ``resume``: a run whose model is written already is not repeated (the head trains in minutes); ``width``:
-    the head's hidden width."""
+    the head's hidden width; ``place``: it reads the place map and the pick peak's own features too."""
     import json
 
     from tqdm.auto import tqdm
@@ -222,8 +222,9 @@ def train_affordance(data: str | list[str], init: str, out: str, steps: int = 30
     cfg = net.cfg
     if not (cfg.waypoint_loss > 0 and cfg.waypoint_head == "heatmap"):
         raise ValueError(f"init={init}: the affordance head reads a heatmap waypoint head; this executor has none")
-    cfg.affordance_head, cfg.affordance_width = True, int(width)
-    net.affordance_head = AffordanceHead(net.vision.keypoints.logits.in_channels, net.text.out_dim, cfg.affordance_width)
+    cfg.affordance_head, cfg.affordance_width, cfg.affordance_place = True, int(width), bool(place)
+    net.affordance_head = AffordanceHead(net.vision.keypoints.logits.in_channels, net.text.out_dim, cfg.affordance_width,
+                                         cfg.affordance_place)
     net.requires_grad_(False).eval()
     net.affordance_head.requires_grad_(True).train()
     tokenizer = load_tokenizer(cfg, init)
