@@ -116,3 +116,28 @@ def test_oracles_word_subtasks_as_the_trained_planner_does():
         assert np.array_equal(goal.images["front"], env.render_subgoal(1)["front"])
     finally:
         env.close()
+
+
+def test_eval_compare_pairs_two_traces_seed_by_seed(tmp_path, capsys):
+    def trace(path, outcomes):
+        lines = [json.dumps({"event": "start", "agent": "hierarchical", "family": "sort", "seed": s})
+                 for s in outcomes]
+        lines += [json.dumps({"event": "end", "agent": "hierarchical", "family": "sort", "seed": s, "success": ok,
+                              "status": "success" if ok else status}) for s, (ok, status) in outcomes.items()]
+        path.write_text("\n".join(lines) + "\n")
+        return str(path)
+
+    a = trace(tmp_path / "a.jsonl", {1: (True, ""), 2: (False, "done"), 3: (False, "terminated"), 4: (True, "")})
+    b = trace(tmp_path / "b.jsonl", {1: (False, "terminated"), 2: (True, ""), 3: (True, ""), 5: (True, "")})
+    assert main(["eval", "compare", "--json", a, b]) == 0
+    row = json.loads(capsys.readouterr().out.strip())
+    assert row["episodes"] == 3  # seeds 4 and 5 are in one trace only
+    assert (row["success_a"], row["success_b"]) == (round(1 / 3, 3), round(2 / 3, 3))
+    assert row["only_a"] == {"1": "terminated"} and row["only_b"] == {"2": "done", "3": "terminated"}
+    assert main(["eval", "compare", a, str(tmp_path / "a.jsonl")]) == 0
+
+
+def test_eval_takes_overrides_before_any_option(capsys):
+    assert main(["eval", "families=[pick_place]", *DOUBLES[:4], "loop.max_steps=4", "~agents.oracle_subgoals",
+                 "~agents.language_only", "~agents.flat", "~agents.hierarchical", "episodes=1"]) == 0
+    assert "oracle" in capsys.readouterr().out

@@ -1,0 +1,61 @@
+"""`hybrid eval compare A.jsonl B.jsonl [--json]`: two traces of the same seeds, episode by episode.
+
+Closed-loop results are deterministic on one machine at one thread count, and move by up to a tenth between
+machines, so a change is judged against a run made beside it, seed by seed: per agent and family, the success
+of each, and the seeds only one of them solved (with how the other ended). Those counts are what a paired test
+(McNemar's) reads; two success rates alone hide how many episodes changed hands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def episode_ends(path: str | Path) -> dict[tuple[str, str, int], dict]:
+    """(agent, family, seed) -> the trace's "end" event."""
+    ends = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            event = json.loads(line)
+            if event.get("event") == "end":
+                ends[(event["agent"], event["family"], int(event["seed"]))] = event
+    return ends
+
+
+def compare(a: dict, b: dict) -> list[dict]:
+    """One row per (agent, family) both traces hold: success of each over their common seeds, and the seeds
+    only A or only B solved."""
+    rows = []
+    for agent, family in sorted({k[:2] for k in a} & {k[:2] for k in b}):
+        seeds = sorted(k[2] for k in a if k[:2] == (agent, family) and k in b)
+        ea, eb = ({s: t[(agent, family, s)] for s in seeds} for t in (a, b))
+        rows.append({
+            "agent": agent, "family": family, "episodes": len(seeds),
+            "success_a": round(sum(ea[s]["success"] for s in seeds) / len(seeds), 3),
+            "success_b": round(sum(eb[s]["success"] for s in seeds) / len(seeds), 3),
+            "only_a": {s: eb[s]["status"] for s in seeds if ea[s]["success"] and not eb[s]["success"]},
+            "only_b": {s: ea[s]["status"] for s in seeds if eb[s]["success"] and not ea[s]["success"]},
+        })
+    return rows
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="hybrid eval compare", description=__doc__.splitlines()[0])
+    p.add_argument("a", help="trace of the reference run (`hybrid eval ... trace=FILE`)")
+    p.add_argument("b", help="trace of the run to compare with it")
+    p.add_argument("--json", action="store_true", help="one JSON line per agent and family")
+    args = p.parse_args(argv)
+    rows = compare(episode_ends(args.a), episode_ends(args.b))
+    if not rows:
+        print(f"no agent and family with common seeds in {args.a} and {args.b}", file=sys.stderr)
+        return 1
+    for r in rows:
+        if args.json:
+            print(json.dumps(r))
+        else:
+            print(f"{r['agent']}/{r['family']}: {r['episodes']} seeds, A {r['success_a']:.2f}, B {r['success_b']:.2f}; "
+                  f"only A solved {len(r['only_a'])} (B: {r['only_a']}), only B {len(r['only_b'])} (A: {r['only_b']})")
+    return 0
