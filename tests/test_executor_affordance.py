@@ -116,6 +116,7 @@ def test_the_head_trains_alone_and_the_executor_scores_through_it(tmp_path):
     assert any(name.startswith("affordance_head.") for name in trained)
     report = json.loads((out / "affordance_eval.json").read_text())
     assert 0 <= report["can_start_right"] <= 1 and 0 <= report["train"]["can_start_right"] <= 1
+    assert 0 <= report["can_start_right_open"] <= 1  # the frames the planner asks on
 
     obs = fake_observation(cameras=tuple(after.cfg.cameras), size=32, seed=0)
     texts = [f"put the {c} block in the {c} bowl" for c in ("red", "blue", "green")]

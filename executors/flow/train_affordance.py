@@ -122,8 +122,11 @@ class QuestionSampler:
     """Batches of (front image, text, label), colour-swapped at random: half of them subtasks that can start, a
     quarter blocks already placed, a quarter colours no block has (there are far more of those to ask)."""
 
-    def __init__(self, qs: list[Question], images: torch.Tensor, tokenizer, colour_swap: float = 0.5):
+    def __init__(self, qs: list[Question], images: torch.Tensor, tokenizer, colour_swap: float = 0.5,
+                 closed: np.ndarray | None = None):
+        """``closed``: per frame, whether the gripper is closed (the planner asks with it open)."""
         self.qs, self.images, self.tokenizer, self.colour_swap = qs, images, tokenizer, colour_swap
+        self.closed = closed
         labels, absent = np.array([q.can_start for q in qs]), np.array([q.absent for q in qs])
         self.pos, self.placed, self.absent = (np.flatnonzero(labels), np.flatnonzero(~labels & ~absent),
                                               np.flatnonzero(absent))
@@ -169,7 +172,8 @@ def front_images(dataset, camera: str, size: int) -> torch.Tensor:
 @torch.no_grad()
 def evaluate(net: FlowModel, sampler: QuestionSampler, per_kind: int = 640, seed: int = 1) -> dict:
     """Share of held-out questions answered right at 0.5, per kind (the recording as it is, no colour swap):
-    subtasks that can start, blocks already placed, colours no block has."""
+    subtasks that can start, blocks already placed, colours no block has; ``*_right_open`` the same on the frames
+    with the gripper open, when the planner asks."""
     rng, out = np.random.default_rng(seed), {}
     for name, pool in (("can_start", sampler.pos), ("placed", sampler.placed), ("absent", sampler.absent)):
         if not len(pool):
@@ -179,13 +183,17 @@ def evaluate(net: FlowModel, sampler: QuestionSampler, per_kind: int = 640, seed
             b = sampler.questions_batch(picks[lo:lo + 128], rng, colour_swap=0.0)
             right += ((net.affordance_logits(b["images"], b["text_ids"]) > 0) == b["labels"].bool()).tolist()
         out[f"{name}_right"] = round(float(np.mean(right)), 3)
+        if sampler.closed is not None:  # the frames the planner asks on: the gripper open
+            open_ = ~sampler.closed[[sampler.qs[k].frame for k in picks]]
+            if open_.any():
+                out[f"{name}_right_open"] = round(float(np.mean(np.asarray(right)[open_])), 3)
     return out
 
 
 def question_sampler(roots: str | Path | list, cfg: FlowConfig, tokenizer, gripper_index: int = -1,
                      gripper_closed: float = 0.5, colour_swap: float = 0.5) -> QuestionSampler:
     """The questions of one recording or several, over their front images at the executor's size."""
-    qs, images = [], []
+    qs, images, closed_all = [], [], []
     for root in [roots] if isinstance(roots, (str, Path)) else list(roots):
         dataset = open_dataset(root)
         index = SubtaskIndex.from_dataset(dataset)
@@ -193,7 +201,8 @@ def question_sampler(roots: str | Path | list, cfg: FlowConfig, tokenizer, gripp
         offset = sum(len(i) for i in images)
         qs += [dataclasses.replace(q, frame=q.frame + offset) for q in questions(index, closed)]
         images.append(front_images(dataset, cfg.cameras[0], cfg.image_size))
-    return QuestionSampler(qs, torch.cat(images), tokenizer, colour_swap)
+        closed_all.append(closed)
+    return QuestionSampler(qs, torch.cat(images), tokenizer, colour_swap, np.concatenate(closed_all))
 
 
 def train_affordance(data: str | list[str], init: str, out: str, steps: int = 3000, batch_size: int = 64,
