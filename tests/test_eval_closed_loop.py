@@ -43,6 +43,9 @@ def test_eval_trace_records_each_episode_subtask_changes_and_ending(tmp_path, ca
     assert {"colour", "xyz_cm", "held", "in_bowl", "on"} <= set(first["state"]["blocks"][0])
     end = next(e for e in events if e["event"] == "end")
     assert end["status"] == "budget" and end["success"] is False and end["subtask_success"] == [False]
+    # a second evaluation to the same file replaces it: one file, one evaluation
+    assert main(args[:2] + ["1"] + args[3:]) == 0
+    assert [json.loads(line)["event"] for line in trace.read_text().splitlines()].count("start") == 1
 
 
 def test_oracle_world_model_renders_the_sims_subgoal():
@@ -135,6 +138,19 @@ def test_eval_compare_pairs_two_traces_seed_by_seed(tmp_path, capsys):
     assert (row["success_a"], row["success_b"]) == (round(1 / 3, 3), round(2 / 3, 3))
     assert row["only_a"] == {"1": "terminated"} and row["only_b"] == {"2": "done", "3": "terminated"}
     assert main(["eval", "compare", a, str(tmp_path / "a.jsonl")]) == 0
+    capsys.readouterr()
+    # no common (agent, family), a line that is no trace event, a missing file: said clearly, no traceback
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"event": "end", "agent": "flat", "family": "sort", "seed": 1, "success": True,
+                                 "status": "success"}) + "\n")
+    assert main(["eval", "compare", a, str(other)]) == 1
+    assert "no agent and family with common seeds" in capsys.readouterr().err
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text((tmp_path / "a.jsonl").read_text() + '{"event": "end", "agent": "flat"}\nnot json\n')
+    assert main(["eval", "compare", a, str(broken)]) == 2
+    assert f"{broken}:9: not a `hybrid eval ... trace=FILE` event" in capsys.readouterr().err
+    assert main(["eval", "compare", a, str(tmp_path / "missing.jsonl")]) == 2
+    assert "missing.jsonl" in capsys.readouterr().err
 
 
 def test_eval_takes_overrides_before_any_option(capsys):

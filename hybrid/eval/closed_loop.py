@@ -43,6 +43,7 @@ def evaluate(cfg) -> dict:
     loop = SyncLoopConfig(**OmegaConf.to_container(cfg.loop))
     adapter_cfg = EnvAdapterConfig(**OmegaConf.to_container(cfg.adapter))
     report: dict = {"episodes": cfg.episodes, "split": cfg.split, "agents": {}}
+    trace = EpisodeTrace(cfg.trace) if cfg.get("trace") else None
     for name, spec in cfg.agents.items():
         families = [f for f in cfg.families if f in spec.get("families", cfg.families)]
         settings = OmegaConf.to_container(OmegaConf.merge(cfg.agent, spec.get("agent") or {}))
@@ -58,15 +59,15 @@ def evaluate(cfg) -> dict:
             # subtasks asked for were possible) hand eval probes for it.
             probes = env.env.eval_probes() if hasattr(env.env, "eval_probes") else []
             subscribers += probes
-            trace = EpisodeTrace(cfg.trace, env.env, agent) if cfg.get("trace") else None
+            if trace is not None:
+                trace.env, trace.agent = env.env, agent
+                subscribers.append(trace)
             results = []
             for ep in tqdm(range(cfg.episodes), desc=f"{name}/{family}", leave=False):
                 seed = cfg.seed + ep
                 if trace is not None:
                     trace.context = {"agent": name, "family": family, "seed": seed}
-                results.append(run_episode(agent, env, loop, subscribers + ([trace] if trace else []), seed=seed))
-            if trace is not None:
-                trace.close()
+                results.append(run_episode(agent, env, loop, subscribers, seed=seed))
             env.env.close()
             per_family[family] = {
                 "success": float(np.mean([r.success for r in results])),
@@ -83,6 +84,8 @@ def evaluate(cfg) -> dict:
         agent.close()
         report["agents"][name] = {"families": per_family,
                                   "latency_ms_p50": {t: float(np.median(v)) for t, v in latency.items()}}
+    if trace is not None:
+        trace.close()
     return report
 
 

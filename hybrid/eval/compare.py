@@ -15,13 +15,16 @@ from pathlib import Path
 
 
 def episode_ends(path: str | Path) -> dict[tuple[str, str, int], dict]:
-    """(agent, family, seed) -> the trace's "end" event."""
+    """(agent, family, seed) -> the trace's "end" event; ValueError naming the line that is not a trace event."""
     ends = {}
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            event = json.loads(line)
-            if event.get("event") == "end":
-                ends[(event["agent"], event["family"], int(event["seed"]))] = event
+        for n, line in enumerate(f, 1):
+            try:
+                event = json.loads(line)
+                if event.get("event") == "end":
+                    ends[(event["agent"], event["family"], int(event["seed"]))] = event
+            except (ValueError, KeyError, TypeError, AttributeError) as err:
+                raise ValueError(f"{path}:{n}: not a `hybrid eval ... trace=FILE` event ({err!r})") from None
     return ends
 
 
@@ -48,7 +51,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("b", help="trace of the run to compare with it")
     p.add_argument("--json", action="store_true", help="one JSON line per agent and family")
     args = p.parse_args(argv)
-    rows = compare(episode_ends(args.a), episode_ends(args.b))
+    try:
+        rows = compare(episode_ends(args.a), episode_ends(args.b))
+    except (OSError, ValueError) as err:
+        print(f"hybrid eval compare: {err}", file=sys.stderr)
+        return 2
     if not rows:
         print(f"no agent and family with common seeds in {args.a} and {args.b}", file=sys.stderr)
         return 1

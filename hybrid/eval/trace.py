@@ -16,13 +16,14 @@ from typing import Any
 
 
 class EpisodeTrace:
-    """A runtime subscriber appending events to a JSON-lines file; `hybrid eval` sets ``context`` (agent,
-    family, seed) before each episode. Lines are flushed as written, so a crashed evaluation keeps its trace."""
+    """A runtime subscriber writing events to a new JSON-lines file (an older one at ``path`` is replaced: one
+    file, one evaluation); `hybrid eval` sets ``env``, ``agent`` and ``context`` (agent, family, seed) before each
+    episode. Lines are flushed as written, so a crashed evaluation keeps its trace."""
 
     def __init__(self, path: str | Path, env=None, agent=None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", encoding="utf-8")
+        self._file = self.path.open("w", encoding="utf-8")
         self.env, self.agent = env, agent
         self.context: dict[str, Any] = {}
         self._current: tuple[int, str] | None = None
@@ -41,6 +42,7 @@ class EpisodeTrace:
         self._write("start", instruction=instruction, plan=info.get("subtasks"), **self._state())
 
     def on_step(self, record) -> None:
+        scene = self._state()  # read once per step: the scene for a change of subtask and for the gripper
         subtask = record.current_subtask
         key = None if subtask is None else (subtask.index, subtask.text)
         if key != self._current:
@@ -48,14 +50,12 @@ class EpisodeTrace:
             reply = getattr(self.agent, "last_reply", None)
             self._write("subtask", step=record.step, index=None if subtask is None else subtask.index,
                         subtask=None if subtask is None else subtask.text,
-                        reason=None if reply is None else reply.reason, **self._state())
-        describe = getattr(self.env, "describe", None)
-        if callable(describe):  # grasps and releases: what the gripper holds, each time that changes
-            state = describe()
-            held = sorted(b["colour"] for b in state["blocks"] if b["held"])
+                        reason=None if reply is None else reply.reason, **scene)
+        if scene:  # grasps and releases: what the gripper holds, each time that changes
+            held = sorted(b["colour"] for b in scene["state"]["blocks"] if b["held"])
             if held != self._held:
                 self._write("grasp" if len(held) > len(self._held) else "release", step=record.step, held=held,
-                            state=state)
+                            **scene)
                 self._held = held
         for fault in record.faults:
             self._write("fault", step=record.step, tier=fault.tier, kind=fault.kind, message=fault.message)
