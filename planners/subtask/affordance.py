@@ -51,6 +51,11 @@ class AffordanceCheck(BaseModel):
     recheck: bool = Field(False, description="check the subtask under way too once the gripper has let go since "
                           "it began (it may be finished; needs the prompt's gripper_index)")
 
+    @property
+    def done_score(self) -> float:
+        """The score no checked subtask may reach for "done" to be taken."""
+        return self.min_score if self.done_below is None else self.done_below
+
 
 def choose(steps: Sequence[PlanStep], current: str | None, obs: Observation, score: AffordanceFn,
            min_score: float, log_probs: Sequence[float] | None = None, weight: float = 1.0,
@@ -138,9 +143,9 @@ def widened(texts: Sequence[str], log_probs: np.ndarray, current: str | None, ob
     if not pool:
         return None
     asked = [texts[i] for i in pool]
-    held = weigh_against[0] if weigh_against else None
-    if held is not None and not held.done and held.subtask != current and held.subtask not in asked:
-        asked.append(held.subtask)
+    reply = weigh_against[0] if weigh_against else None
+    if reply is not None and not reply.done and reply.subtask != current and reply.subtask not in asked:
+        asked.append(reply.subtask)
     try:
         values = np.asarray(score(obs, asked), np.float64).reshape(-1)
         if len(values) != len(asked) or not np.isfinite(values).all():
@@ -158,9 +163,9 @@ def widened(texts: Sequence[str], log_probs: np.ndarray, current: str | None, ob
     return None
 
 
-def _weigh_widened(texts, log_probs, pool, scores: dict[str, float], current, held: tuple[PlanStep, float],
+def _weigh_widened(texts, log_probs, pool, scores: dict[str, float], current, reply: tuple[PlanStep, float],
                    min_score: float, weight: float, best: float) -> PlanStep:
-    step, log_prob = held
+    step, log_prob = reply
     can_start = max(scores[texts[i]] for i in pool)
     kept = 1.0 - can_start if step.done else 1.0 if step.subtask == current else scores[step.subtask]
     passing = [i for i in pool if scores[texts[i]] >= min_score]  # widening looks for what the executor can start

@@ -97,21 +97,21 @@ class VLMPlanner:
         current = None if may_be_finished else self.current
         product = check.rule == "product"
         step = choose(steps, current, obs, self._score, check.min_score, log_probs if product else None,
-                      check.weight, check.done_below)
+                      check.weight, check.done_score)
         if check.widen and unafforded(step, current, obs, self._score, check.min_score):
             try:
                 scores = self.backend.score(messages, image, self._widen_replies)
             except Exception as err:  # noqa: BLE001 - a failed search keeps the reply found so far
                 log.warning("planner: scoring the vocabulary failed, keeping %r: %s", step.subtask or "done", err)
                 return step
-            held = None
+            reply = None
             if product:  # the reply found so far, with the beam's log-probability of it
-                held = (step, next(lp for s, lp in zip(steps, log_probs, strict=True)
-                                   if (s.done, s.subtask) == (step.done, step.subtask)))
+                reply = (step, next(lp for s, lp in zip(steps, log_probs, strict=True)
+                                    if (s.done, s.subtask) == (step.done, step.subtask)))
             # in place of "done" any subtask the executor might start will do (done_below)
-            threshold = check.min_score if not step.done or check.done_below is None else check.done_below
+            threshold = check.done_score if step.done else check.min_score
             step = widened(self._widen_texts, scores, current, obs, self._score, threshold, check.widen,
-                           check.widen_nats, held, check.weight) or step
+                           check.widen_nats, reply, check.weight) or step
         return step
 
     def resume(self, current: str | None, releases: int = 0, state: np.ndarray | None = None) -> None:
