@@ -31,7 +31,11 @@ def test_fine_tuning_stage_waits_for_its_base_and_only_shipped_stages_are_copied
         "other": {"args": ["executor=tabletop"], "ship": "model"},
         "tuned": {"args": ["planner=tabletop"], "ship": "model", "init_from": "base", "data": "heldout"},
         "both": {"args": ["executor=affordance"], "ship": None, "init_from": "other", "data": ["train", "heldout"]},
+        "dagger": {"args": ["executor=tabletop"], "ship": None, "init_from": "other", "data": ["train", "rollouts"]},
     })
+    # a recording of the `other` stage's executor with the expert taking over: made once that stage is done
+    OmegaConf.set_struct(cfg, False)
+    cfg.record.rollouts = {"args": ["task=all", "takeover.enabled=true"], "executor": "other"}
     monkeypatch.setattr(train_demo, "_stage", fake_stage)
     monkeypatch.setattr(train_demo, "compose", lambda name, argv: cfg)
     assert train_demo.main([]) == 0
@@ -45,6 +49,11 @@ def test_fine_tuning_stage_waits_for_its_base_and_only_shipped_stages_are_copied
     work = tmp_path / "work"
     assert f"data=[{work / 'tabletop_train'},{work / 'tabletop_heldout'}]" in by_name["both"][0]  # or several
     assert sorted(p.name for p in (tmp_path / "ship").iterdir()) == ["other", "tuned"]  # the base is not shipped
+    rollouts_args, done_before_rollouts = by_name["record_rollouts"]
+    assert "other" in done_before_rollouts and "dagger" not in done_before_rollouts
+    assert f"takeover.executor.path={work / 'runs' / 'other' / 'model'}" in rollouts_args
+    assert f"data=[{work / 'tabletop_train'},{work / 'tabletop_rollouts'}]" in by_name["dagger"][0]
+    assert [name for name, *_ in calls].count("record_rollouts") == 1
 
 
 def test_the_shipped_pipeline_names_only_earlier_stages_and_its_own_recordings():
@@ -55,3 +64,6 @@ def test_the_shipped_pipeline_names_only_earlier_stages_and_its_own_recordings()
             assert spec.init_from in names[:i], name  # listed before, or the pool could wait on itself
         recordings = spec.get("data", "train")
         assert set([recordings] if isinstance(recordings, str) else recordings) <= set(cfg.record), name
+    for split, spec in cfg.record.items():  # a rollout recording names a stage that trains an executor
+        if not OmegaConf.is_list(spec):
+            assert spec.executor in names and "takeover.enabled=true" in spec.args, split

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from executors.flow.configuration_flow import FlowConfig
 from executors.flow.modeling_flow import FlowModel
@@ -180,13 +180,14 @@ def last_checkpoint(out: Path) -> Path | None:
     return steps[-1] if steps else None
 
 
-def train(data: str, out: str, model: dict | None = None, steps: int = 20_000, batch_size: int = 64,
+def train(data: str | list[str], out: str, model: dict | None = None, steps: int = 20_000, batch_size: int = 64,
           lr: float = 3e-4, weight_decay: float = 1e-4, warmup: int = 500, grad_clip: float = 1.0,
           ema_decay: float = 0.999, save_every: int = 2_000, log_every: int = 50, resume: bool = False,
           cache: bool = True, num_workers: int = 0, mixed_precision: str = "bf16", seed: int = 0,
           colour_swap: float = 0.0, waypoint_min_distance: float = 0.0, init: str | None = None,
           max_minutes: float | None = None) -> Path:
-    """Train a `FlowModel` on the LeRobot dataset at ``data``; checkpoints go to ``out``.
+    """Train a `FlowModel` on the LeRobot dataset at ``data`` (or several, sampled in proportion to their frames;
+    the first one's normalisation statistics); checkpoints go to ``out``.
 
     ``colour_swap``: the fraction of samples whose colours are permuted in words and pixels (`FlowDataset`).
     ``waypoint_min_distance``: frames whose effector is this close to a waypoint do not supervise it
@@ -206,24 +207,29 @@ def train(data: str, out: str, model: dict | None = None, steps: int = 20_000, b
                               step_scheduler_with_optimizer=False)
     torch.manual_seed(seed + accelerator.process_index)
 
-    probe = open_dataset(data)
+    roots = [data] if isinstance(data, (str, Path)) else list(data)
+    probe = open_dataset(roots[0])
     cfg = FlowConfig.load(out / "model") if resume and (out / "model").is_dir() else dataset_config(probe, model or {})
     if cfg.vision == "siglip" and not cfg.vision_path and not resume:
         log.warning("model.vision_path is not set: the SigLIP vision tower starts from random weights")
     delta = {FEATURES["action"]: [k / probe.fps for k in range(cfg.chunk)]}
-    dataset = open_dataset(data, delta_timestamps=delta)
-    index = SubtaskIndex.from_dataset(dataset)
+    datasets = [open_dataset(root, delta_timestamps=delta) for root in roots]
+    for root, other in zip(roots[1:], datasets[1:]):
+        if other.fps != probe.fps or other.meta.features != probe.meta.features:
+            raise ValueError(f"data: {root} does not match {roots[0]} (fps or features differ)")
+    indices = [SubtaskIndex.from_dataset(dataset) for dataset in datasets]
 
     net = FlowModel(cfg)
-    net.normalizer.set_stats(dataset.meta.stats, FEATURES["state"], FEATURES["action"])
+    net.normalizer.set_stats(datasets[0].meta.stats, FEATURES["state"], FEATURES["action"])
     if cfg.path_dims:
-        actions = numeric_column(dataset, FEATURES["action"])
+        actions = numeric_column(datasets[0], FEATURES["action"])
         every_frame = np.arange(len(actions))[:, None]
-        net.normalizer.set_path_stats(*action_chunks(actions, index.episode_end, every_frame, cfg.chunk))
+        net.normalizer.set_path_stats(*action_chunks(actions, indices[0].episode_end, every_frame, cfg.chunk))
     tokenizer = load_tokenizer(cfg)
     ema = copy.deepcopy(net).requires_grad_(False)
-    samples = FlowDataset(dataset, index, cfg, tokenizer, cache=cache, colour_swap=colour_swap,
-                          waypoint_min_distance=waypoint_min_distance)
+    samples = ConcatDataset([FlowDataset(dataset, index, cfg, tokenizer, cache=cache, colour_swap=colour_swap,
+                                         waypoint_min_distance=waypoint_min_distance)
+                             for dataset, index in zip(datasets, indices)])
     loader = DataLoader(samples, batch_size=batch_size, shuffle=True, drop_last=len(samples) > batch_size,
                         num_workers=num_workers, persistent_workers=num_workers > 0)
     trainable = [p for p in net.parameters() if p.requires_grad]

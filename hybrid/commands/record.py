@@ -20,6 +20,12 @@ def main(argv: list[str]) -> int:
         return 2
     from hybrid.envs.tabletop.record import record
 
+    takeover = None
+    if cfg.takeover.enabled:
+        from hybrid.envs.tabletop.takeover import TakeoverConfig
+
+        settings = {k: v for k, v in OmegaConf.to_container(cfg.takeover).items() if k not in ("enabled", "executor")}
+        takeover = (instantiate(cfg.takeover.executor), TakeoverConfig(**settings))
     env = instantiate(cfg.env, task=cfg.task, split=cfg.split)
     try:
         summary = record(
@@ -34,6 +40,7 @@ def main(argv: list[str]) -> int:
             video=cfg.video,
             expert_miss=cfg.expert_miss,
             expert_grasp_spread=cfg.expert_grasp_spread,
+            takeover=takeover,
         )
     finally:
         env.close()

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,17 +49,34 @@ def main(argv: list[str]) -> int:
     timings: dict[str, float] = {}
 
     data = {split: work / f"tabletop_{split}" for split in cfg.record}
-    for split, args in cfg.record.items():
-        if not (data[split] / "meta" / "info.json").is_file():
-            shutil.rmtree(data[split], ignore_errors=True)
-            timings[f"record_{split}"] = _stage(f"record_{split}", ["record", "env=tabletop", *args,
-                                                                     f"out={data[split]}", "progress=false"], logs)
-
     runs = {name: work / "runs" / name for name in cfg.trainings}
+    recording_lock = threading.Lock()
+
+    def record(split: str) -> None:
+        """Record ``split`` unless it is there. A recording given as ``{args, executor: <stage>}`` rolls that
+        stage's executor out with the expert taking over (`hybrid record takeover.enabled=true`): it waits for it."""
+        spec = cfg.record[split]
+        args = list(spec) if OmegaConf.is_list(spec) else list(spec.args)
+        if (data[split] / "meta" / "info.json").is_file():
+            return
+        if not OmegaConf.is_list(spec):
+            futures[spec.executor].result()
+            args.append(f"takeover.executor.path={runs[spec.executor] / 'model'}")
+        shutil.rmtree(data[split], ignore_errors=True)
+        timings[f"record_{split}"] = _stage(f"record_{split}", ["record", "env=tabletop", *args,
+                                                                 f"out={data[split]}", "progress=false"], logs)
+
+    for split, spec in cfg.record.items():
+        if OmegaConf.is_list(spec):  # the expert's own recordings come first; rollouts when their executor is there
+            record(split)
 
     def train(name: str) -> float:
         spec = cfg.trainings[name]
         recording = spec.get("data", "train")  # which recording(s) it trains on
+        recordings = list(recording) if OmegaConf.is_list(recording) else [recording]
+        with recording_lock:  # one stage records a rollout recording, the others wait for it
+            for split in recordings:
+                record(split)
         where = f"[{','.join(str(data[r]) for r in recording)}]" if OmegaConf.is_list(recording) else data[recording]
         args = ["train", *spec.args, f"data={where}", f"out={runs[name]}", "resume=true"]
         if spec.get("init_from"):  # a fine-tuning stage starts from another stage's result

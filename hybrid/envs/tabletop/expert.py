@@ -98,6 +98,22 @@ class ScriptedExpert:
     def goal(self):
         return self.spec.goals[self.subtask_index]
 
+    def take_over(self, subtask_index: int) -> None:
+        """Work on ``subtask_index`` from wherever another policy left the scene (DAgger's expert relabelling).
+
+        The phase comes from the physics: holding the subtask's block, it carries it from the lift on; holding
+        another block, it lets go of it first (then retreats and starts the subtask over); holding nothing, it
+        starts the subtask from the rise, as after a retry."""
+        if not 0 <= subtask_index < len(self.spec.goals):
+            raise ValueError(f"subtask_index: expected 0..{len(self.spec.goals) - 1}, got {subtask_index}")
+        self.subtask_index, self.done, self._speed_now = subtask_index, False, 0.0
+        self._start_subtask()
+        held = self.scene.held_blocks()
+        if self.goal.block in held:
+            self._phase = PHASES.index("lift")
+        elif held:
+            self._phase = PHASES.index("release")
+
     def act(self, obs: dict) -> np.ndarray:
         ee = np.asarray(obs["agent_pos"][:3], dtype=np.float64)
         for _ in range(len(PHASES) + 1):  # advance through phases already satisfied, then move
@@ -132,6 +148,11 @@ class ScriptedExpert:
             self._start_subtask()
             return None
         block = self.goal.block
+        if name in ("rise", "over_block", "descend") and self.scene.goal_done(self.goal):
+            # Done before it was picked: after a takeover (`take_over`), a block let go of by another policy can
+            # settle on its goal. Only the retreat is left.
+            self._phase = PHASES.index("retreat")
+            return None
         b = self.scene.block_pos(block)
         held = block in self.scene.held_blocks()
         if name in ("lift", "over_goal", "lower") and not held and ee[2] > b[2] + 0.03:

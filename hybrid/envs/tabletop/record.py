@@ -26,6 +26,7 @@ import numpy as np
 
 from hybrid.envs.tabletop.env import TabletopEnv
 from hybrid.envs.tabletop.expert import check_grasp_spread
+from hybrid.envs.tabletop.takeover import TakeoverConfig, run_takeover_episode
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +87,19 @@ def record(
     video: bool = True,
     expert_miss: float = 0.0,
     expert_grasp_spread: float | None = None,
+    takeover: tuple[Any, TakeoverConfig] | None = None,
 ) -> dict[str, Any]:
     """Write `episodes` successful expert episodes to a new LeRobot dataset at `out` (``expert_miss``: the
     probability that a subtask's first placement misses on purpose and is retried; ``expert_grasp_spread``:
-    how far from a block's centre it may grasp; `ScriptedExpert`)."""
+    how far from a block's centre it may grasp; `ScriptedExpert`).
+
+    ``takeover``: ``(executor, TakeoverConfig)``: roll that executor out for `episodes` episodes instead and
+    write each takeover of the expert as an episode of its own (`hybrid.envs.tabletop.takeover`)."""
     if families and env.task != "all" and env.task not in families:
         raise ValueError(f"families={families}: the env only makes {env.task!r} episodes (use task=all)")
     check_grasp_spread(expert_grasp_spread)  # before the dataset directory is created
+    if takeover is not None and (expert_miss or expert_grasp_spread is not None):
+        raise ValueError("takeover: the expert takes over as recorded (expert_miss / expert_grasp_spread unset)")
     import av
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
     from tqdm import tqdm
@@ -108,6 +115,10 @@ def record(
         vcodec=vcodec,
         streaming_encoding=video,  # encode while stepping instead of writing PNGs first
     )
+    if takeover is not None:
+        summary = _record_takeovers(dataset, env, episodes, seed, families, *takeover, progress)
+        dataset.finalize()
+        return {"out": str(out), **summary}
     max_failures = episodes if max_failures is None else max_failures
     saved, failures, frames_written, next_seed = 0, 0, 0, seed
     with tqdm(total=episodes, desc="recording", unit="episode", disable=not progress) as bar:
@@ -130,3 +141,33 @@ def record(
             bar.update(1)
     dataset.finalize()
     return {"out": str(out), "episodes": episodes, "frames": frames_written, "expert_failures": failures}
+
+
+def _record_takeovers(dataset, env: TabletopEnv, rollouts: int, seed: int, families: list[str] | None, executor,
+                      cfg: TakeoverConfig, progress: bool) -> dict[str, Any]:
+    """``rollouts`` executor rollouts (seeds from ``seed``, of ``families`` only); every finished takeover is saved."""
+    from tqdm import tqdm
+
+    from planners.subtask.tabletop_language import canonical_subtask
+
+    rng = np.random.default_rng(seed)
+    done, solved, takeovers, frames_written, next_seed = 0, 0, 0, 0, seed
+    with tqdm(total=rollouts, desc="rollouts", unit="episode", disable=not progress) as bar:
+        while done < rollouts:
+            if families:
+                _, info = env.reset(seed=next_seed)
+                if info["family"] not in families:
+                    next_seed += 1
+                    continue
+            segments, info = run_takeover_episode(env, next_seed, executor, rng, cfg, phrase=canonical_subtask)
+            next_seed += 1
+            for frames in segments:
+                for frame in frames:
+                    dataset.add_frame(frame)
+                dataset.save_episode()
+                frames_written += len(frames)
+            done, solved, takeovers = done + 1, solved + bool(info["success"]), takeovers + len(segments)
+            bar.update(1)
+            bar.set_postfix(takeovers=takeovers, solved=solved)
+    # `episodes` in the dataset are the takeovers; `solved`: rollouts that ended in success, with the expert's help
+    return {"rollouts": rollouts, "episodes": takeovers, "frames": frames_written, "solved": solved}
