@@ -46,7 +46,7 @@ def finish(env, expert, obs, subtask: int, limit: int = 300):
 
 
 def test_taking_over_with_the_subtask_block_in_the_cup_carries_it_on(env):
-    obs, info = env.reset(seed=5)
+    obs, _ = env.reset(seed=5)
     carry_to_the_lift(env, env.expert(), 0, obs)
     fresh = env.expert()  # knows nothing of what happened: the physics says where it is
     fresh.take_over(0)
@@ -59,7 +59,7 @@ def test_taking_over_with_the_subtask_block_in_the_cup_carries_it_on(env):
 def test_taking_over_with_another_block_in_the_cup_lets_go_of_it_first():
     env = TabletopEnv(task="sort", cameras=("front",), image_size=32)
     try:
-        obs, info = env.reset(seed=5)
+        obs, _ = env.reset(seed=5)
         carry_to_the_lift(env, env.expert(), 0, obs)  # holding subtask 0's block ...
         spec = env.scene.spec
         # (`gather` and `sort` count blocks of a colour: another colour's subtask is another block's)
