@@ -82,9 +82,10 @@ def test_take_over_rejects_a_subtask_outside_the_plan(env):
 
 def test_a_still_executor_has_every_subtask_taken_over_and_only_the_expert_frames_are_kept(env):
     executor = MockExecutor(horizon=4)  # zero motion, suction off: never finishes anything itself
-    segments, info = run_takeover_episode(env, 11, executor, np.random.default_rng(0),
-                                          TakeoverConfig(after_steps=(3, 10)))
-    assert info["success"]
+    takeovers, info = run_takeover_episode(env, 11, executor, np.random.default_rng(0),
+                                           TakeoverConfig(after_steps=(3, 10)))
+    assert info["success"] and {t.reason for t in takeovers} == {"draw"}
+    segments = [t.frames for t in takeovers]
     n = len(info["subtasks"])
     assert [int(s[0]["subtask_index"][0]) for s in segments] == list(range(n))
     for k, frames in enumerate(segments):
@@ -113,13 +114,37 @@ class _MissingExpert:
 
 def test_a_missed_placement_hands_over_right_where_the_block_was_let_go(env):
     # The draw never comes (after_steps beyond the budget): only the miss hands over.
-    segments, info = run_takeover_episode(env, 11, _MissingExpert(env), np.random.default_rng(0),
-                                          TakeoverConfig(after_steps=(1000, 1001)))
-    assert segments and info["success"]
+    takeovers, info = run_takeover_episode(env, 11, _MissingExpert(env), np.random.default_rng(0),
+                                           TakeoverConfig(after_steps=(1000, 1001)))
+    assert takeovers and info["success"] and {t.reason for t in takeovers} == {"missed"}
+    segments = [t.frames for t in takeovers]
     first = segments[0][0]
     assert int(first["subtask_index"][0]) == 0 and first["observation.state"][3] < SUCTION_ON
     # the first action re-grasps nothing at once: the expert rises from beside the goal to pick the block again
     assert all(f["action"][3] < SUCTION_ON for f in segments[0][:3])
+
+
+class _OtherBlockExpert(_MissingExpert):
+    """An "executor" that is the expert working on another colour's subtask than the one it is given."""
+
+    def act(self, obs, subtask, subgoal):
+        if self.expert is None:
+            spec = self.env.scene.spec
+            self.expert = self.env.expert()
+            self.expert.take_over(next(i for i, g in enumerate(spec.goals) if g.colour != spec.goals[0].colour))
+        return ActionChunk(actions=self.expert.act({"agent_pos": obs.state})[None], dt=0.1)
+
+
+def test_a_grasp_of_the_wrong_block_hands_over_and_the_expert_lets_go_of_it():
+    env = TabletopEnv(task="sort", cameras=("front",), image_size=32)
+    try:
+        takeovers, info = run_takeover_episode(env, 5, _OtherBlockExpert(env), np.random.default_rng(0),
+                                               TakeoverConfig(after_steps=(1000, 1001)))
+    finally:
+        env.close()
+    first = takeovers[0]
+    assert first.reason == "wrong_block" and int(first.frames[0]["subtask_index"][0]) == 0
+    assert first.frames[0]["observation.state"][3] >= SUCTION_ON and first.frames[0]["action"][3] < SUCTION_ON
 
 
 def test_takeover_config_rejects_an_empty_draw():
@@ -127,7 +152,8 @@ def test_takeover_config_rejects_an_empty_draw():
         TakeoverConfig(after_steps=(5, 5))
 
 
-def test_record_takeovers_writes_each_as_an_episode_and_the_executor_trains_on_it_beside_a_recording(tmp_path):
+def test_record_takeovers_writes_each_as_an_episode_and_the_executor_trains_on_it_beside_a_recording(tmp_path,
+                                                                                                     capsys):
     from hybrid.cli import main as hybrid
     from hybrid.commands.record import main as record_main
     from hybrid.data import open_dataset
@@ -138,8 +164,10 @@ def test_record_takeovers_writes_each_as_an_episode_and_the_executor_trains_on_i
     # the shipped executor rolls out; the expert takes over after 0..5 of its steps
     assert record_main([*common, "episodes=2", "seed=5", f"out={takeovers}", "takeover.enabled=true",
                         "takeover.after_steps=[0,5]"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["rollouts"] == 2 and sum(summary["takeovers"].values()) == summary["episodes"] >= 1
     ds = open_dataset(takeovers)
-    assert ds.num_episodes == 2 and ds.meta.info["robot_type"] == "hybrid_tabletop"
+    assert ds.num_episodes == summary["episodes"] and ds.meta.total_frames == summary["frames"]
 
     out = tmp_path / "run"
     tiny = ["model.chunk=4", "model.image_size=16", "model.vision_width=16", "model.vision_depth=1",

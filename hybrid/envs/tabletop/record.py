@@ -19,6 +19,7 @@ read that column as an index into it.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +152,7 @@ def _record_takeovers(dataset, env: TabletopEnv, rollouts: int, seed: int, famil
     from planners.subtask.tabletop_language import canonical_subtask
 
     rng = np.random.default_rng(seed)
-    done, solved, takeovers, frames_written, next_seed = 0, 0, 0, 0, seed
+    done, solved, frames_written, next_seed, reasons = 0, 0, 0, seed, Counter()
     with tqdm(total=rollouts, desc="rollouts", unit="episode", disable=not progress) as bar:
         while done < rollouts:
             if families:
@@ -159,15 +160,17 @@ def _record_takeovers(dataset, env: TabletopEnv, rollouts: int, seed: int, famil
                 if info["family"] not in families:
                     next_seed += 1
                     continue
-            segments, info = run_takeover_episode(env, next_seed, executor, rng, cfg, phrase=canonical_subtask)
+            takeovers, info = run_takeover_episode(env, next_seed, executor, rng, cfg, phrase=canonical_subtask)
             next_seed += 1
-            for frames in segments:
-                for frame in frames:
+            for takeover in takeovers:
+                for frame in takeover.frames:
                     dataset.add_frame(frame)
                 dataset.save_episode()
-                frames_written += len(frames)
-            done, solved, takeovers = done + 1, solved + bool(info["success"]), takeovers + len(segments)
+                frames_written += len(takeover.frames)
+                reasons[takeover.reason] += 1
+            done, solved = done + 1, solved + bool(info["success"])
             bar.update(1)
-            bar.set_postfix(takeovers=takeovers, solved=solved)
+            bar.set_postfix(takeovers=reasons.total(), solved=solved)
     # `episodes` in the dataset are the takeovers; `solved`: rollouts that ended in success, with the expert's help
-    return {"rollouts": rollouts, "episodes": takeovers, "frames": frames_written, "solved": solved}
+    return {"rollouts": rollouts, "episodes": reasons.total(), "frames": frames_written, "solved": solved,
+            "takeovers": dict(reasons)}

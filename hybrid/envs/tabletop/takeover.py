@@ -48,6 +48,12 @@ class TakeoverConfig:
         self.after_steps = (lo, hi)
 
 
+@dataclass
+class Takeover:
+    reason: str  # why the expert took over: "draw" (its random step came), "missed" (a placement), "wrong_block"
+    frames: list[dict[str, Any]]  # LeRobot frames of the expert, from the takeover to the end of the subtask
+
+
 def _frame(raw: dict, action: np.ndarray, expert: ScriptedExpert, instruction: str) -> dict[str, Any]:
     frame = {f"observation.images.{cam}": img for cam, img in raw["pixels"].items()}
     frame["observation.state"] = raw["agent_pos"]
@@ -60,17 +66,17 @@ def _frame(raw: dict, action: np.ndarray, expert: ScriptedExpert, instruction: s
 
 def run_takeover_episode(env: TabletopEnv, seed: int, executor, rng: np.random.Generator,
                          cfg: TakeoverConfig | None = None, phrase: Callable[[str], str] = str,
-                         ) -> tuple[list[list[dict[str, Any]]], dict[str, Any]]:
-    """Roll ``executor`` out for one episode with the expert taking over; return the takeovers' frames (one list
-    per takeover the expert finished) and the final info. ``phrase``: how the executor is told the subtask."""
+                         ) -> tuple[list[Takeover], dict[str, Any]]:
+    """Roll ``executor`` out for one episode with the expert taking over; return the takeovers the expert finished
+    and the final info. ``phrase``: how the executor is told the subtask."""
     cfg = cfg or TakeoverConfig()
     raw, info = env.reset(seed=seed)
     spec, scene = env.scene.spec, env.scene
     instruction = info["instruction"]
     expert = env.expert()
     executor.reset()
-    segments: list[list[dict[str, Any]]] = []
-    steps, current, budget, subgoal, judge_at = 0, None, 0, None, None
+    takeovers: list[Takeover] = []
+    steps, current, budget, subgoal, judge_at, reason = 0, None, 0, None, None, "draw"
 
     def step(action: np.ndarray) -> dict:
         nonlocal raw, info, steps
@@ -82,16 +88,19 @@ def run_takeover_episode(env: TabletopEnv, seed: int, executor, rng: np.random.G
         index = scene.subtask_success().index(False)
         if index != current:  # a new subtask for the executor: a fresh draw of when the expert takes it
             current, budget, judge_at = index, steps + int(rng.integers(*cfg.after_steps)), None
+            reason = "draw"
             images = env.render_subgoal(index)
             subgoal = Subgoal(images=images, subtask=spec.subtasks[index], model="oracle")
         if judge_at is not None and steps >= judge_at:  # the block let go of has settled, and not on its goal
-            budget, judge_at = steps, None
+            budget, judge_at, reason = steps, None, "missed"
         held = scene.held_blocks()
-        if steps >= budget or (held and spec.goals[index].block not in held):
+        if held and spec.goals[index].block not in held:
+            budget, reason = steps, "wrong_block"
+        if steps >= budget:
             before = steps
             frames = _expert_finishes(env, expert, index, raw, cfg.max_steps - steps, instruction, step)
             if frames is not None and len(frames) >= cfg.min_frames:
-                segments.append(frames)
+                takeovers.append(Takeover(reason, frames))
             if steps == before:  # the expert had nothing to do here: nothing would change by asking again
                 break
             current = None  # the next subtask (or this one again, if the expert did not finish it) is drawn anew
@@ -105,7 +114,7 @@ def run_takeover_episode(env: TabletopEnv, seed: int, executor, rng: np.random.G
                 judge_at = steps + SETTLE_STEPS
             if info["success"] or steps >= cfg.max_steps:
                 break
-    return segments, info
+    return takeovers, info
 
 
 def _expert_finishes(env: TabletopEnv, expert: ScriptedExpert, index: int, raw: dict, steps_left: int,
