@@ -74,6 +74,20 @@ def test_taking_over_with_another_block_in_the_cup_lets_go_of_it_first():
         env.close()
 
 
+def test_a_block_of_the_bowl_subtasks_colour_in_the_cup_serves_it_whichever_the_plan_named(env):
+    obs, _ = env.reset(seed=5)
+    spec = env.scene.spec
+    assert spec.goals[1].colour == spec.goals[0].colour and spec.goals[1].block != spec.goals[0].block
+    expert = env.expert()
+    expert.take_over(1)
+    carry_to_the_lift(env, expert, 1, obs)  # the block the plan names second ...
+    fresh = env.expert()
+    fresh.take_over(0)  # ... serves the first subtask as well: carried on, not dropped
+    assert PHASES[fresh._phase] == "lift" and fresh.goal.block == spec.goals[1].block
+    finish(env, fresh, env._observation(), 0)
+    assert env.scene.subtask_success()[0]
+
+
 def test_take_over_rejects_a_subtask_outside_the_plan(env):
     env.reset(seed=5)
     with pytest.raises(ValueError, match="subtask_index"):
@@ -138,7 +152,7 @@ class _OtherBlockExpert(_MissingExpert):
 def test_a_grasp_of_the_wrong_block_hands_over_and_the_expert_lets_go_of_it():
     env = TabletopEnv(task="sort", cameras=("front",), image_size=32)
     try:
-        takeovers, info = run_takeover_episode(env, 5, _OtherBlockExpert(env), np.random.default_rng(0),
+        takeovers, _ = run_takeover_episode(env, 5, _OtherBlockExpert(env), np.random.default_rng(0),
                                                TakeoverConfig(after_steps=(1000, 1001)))
     finally:
         env.close()

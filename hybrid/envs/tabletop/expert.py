@@ -14,6 +14,7 @@ planner that a release is not a placement, and an executor how to recover.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
@@ -65,6 +66,7 @@ class ScriptedExpert:
         self._speed_now = 0.0
         self.subtask_index = 0
         self.done = False
+        self._taken_over: dict[int, object] = {}  # subtask index -> its goal with the block `take_over` chose
         self._start_subtask()
 
     @property
@@ -96,20 +98,25 @@ class ScriptedExpert:
 
     @property
     def goal(self):
-        return self.spec.goals[self.subtask_index]
+        return self._taken_over.get(self.subtask_index, self.spec.goals[self.subtask_index])
 
     def take_over(self, subtask_index: int) -> None:
         """Work on ``subtask_index`` from wherever another policy left the scene (DAgger's expert relabelling).
 
-        The phase comes from the physics: holding the subtask's block, it carries it from the lift on; holding
-        another block, it lets go of it first (then retreats and starts the subtask over); holding nothing, it
+        The phase comes from the physics: holding a block that serves the subtask, it carries it from the lift on;
+        holding another block, it lets go of it first (then retreats and starts the subtask over); holding nothing, it
         starts the subtask from the rise, as after a retry."""
         if not 0 <= subtask_index < len(self.spec.goals):
             raise ValueError(f"subtask_index: expected 0..{len(self.spec.goals) - 1}, got {subtask_index}")
+        goal, held = self.spec.goals[subtask_index], self.scene.held_blocks()
+        # The plan names one block, a bowl's predicate counts its colour: the block in the cup if it serves, else
+        # the planned one if it is still out, else another of that colour (the other policy may have placed it).
+        candidates = [*sorted(held), goal.block, *range(self.scene.n_blocks())]
+        block = next((b for b in candidates if self.scene.serves(goal, b, held)), goal.block)
+        self._taken_over = {subtask_index: dataclasses.replace(goal, block=block)}
         self.subtask_index, self.done, self._speed_now = subtask_index, False, 0.0
         self._start_subtask()
-        held = self.scene.held_blocks()
-        if self.goal.block in held:
+        if block in held:
             self._phase = PHASES.index("lift")
         elif held:
             self._phase = PHASES.index("release")

@@ -173,6 +173,13 @@ class Scene:
         on_floor = np.abs(pos[:, 2] - (BOWL_FLOOR + BLOCK_HALF)) < 0.01
         return inside & (on_floor & free)[:, None]
 
+    def serves(self, goal: Goal, block: int, held: set[int] | None = None) -> bool:
+        """Whether bringing ``block`` to the goal counts toward it: a stack's own block; for a bowl any block of its
+        colour not resting in it yet (the plan names one block, the predicate counts a colour)."""
+        if isinstance(goal, StackOn):
+            return block == goal.block
+        return self.spec.block_colours[block] == goal.colour and not self.in_bowls(held)[block, goal.bowl]
+
     def in_bowl(self, i: int, b: int, held: set[int] | None = None) -> bool:
         return bool(self.in_bowls(held)[i, b])
 

@@ -10,7 +10,7 @@ Each subtask of a rollout is the executor's (given the true subtask, worded as t
 and the true end-of-subtask image, like the evaluation's oracle agent) until one of:
 - a random number of its steps (``after_steps``), so the expert starts from every stage of the executor's attempt;
 - it let go of the block and the subtask is not done once the block has settled (a placement that missed);
-- it holds a block that is not the subtask's.
+- it holds a block that does not serve the subtask (`Scene.serves`: another colour's; a stack's other block).
 Then the expert finishes the subtask, and only those frames are written, one LeRobot episode per takeover, with
 the expert's actions and its subtask labels (`record.run_episode`'s frames). The executor's own frames are not
 kept: its actions are what the recovery corrects. A subtask the executor finishes before its draw gives no frames.
@@ -94,7 +94,7 @@ def run_takeover_episode(env: TabletopEnv, seed: int, executor, rng: np.random.G
         if judge_at is not None and steps >= judge_at:  # the block let go of has settled, and not on its goal
             budget, judge_at, reason = steps, None, "missed"
         held = scene.held_blocks()
-        if held and spec.goals[index].block not in held:
+        if held and not any(scene.serves(spec.goals[index], b, held) for b in held):
             budget, reason = steps, "wrong_block"
         if steps >= budget:
             before = steps
