@@ -11,7 +11,7 @@ import torch
 from executors.flow import FlowExecutor
 from executors.flow.configuration_flow import FlowConfig
 from executors.flow.processor_flow import ByteTokenizer
-from executors.flow.train import FlowDataset, dataset_config, warmup_cosine
+from executors.flow.train import FlowDataset, dataset_config, train, warmup_cosine
 from executors.flow.waypoints import pick_place_waypoints
 from hybrid.cli import main as hybrid
 from hybrid.data import FEATURES, SubtaskIndex, open_dataset
@@ -258,3 +258,32 @@ def test_fine_tuning_from_a_model_with_nothing_in_common_is_refused(tmp_path):
         load_matching(net, tmp_path)
     for k, v in net.state_dict().items():  # the model is left as it was
         torch.testing.assert_close(v, before[k])
+
+
+def test_training_on_two_recordings_that_do_not_match_is_refused_naming_the_second(tiny_dataset, tmp_path):
+    other = tmp_path / "other_fps"
+    make_tiny_dataset(other, episodes=1, fps=5)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="other_fps does not match"):
+        train([str(tiny_dataset), str(other)], str(out), steps=1)
+    assert not (out / "model").exists()
+
+
+def test_training_on_two_recordings_samples_both(tiny_dataset, tmp_path, monkeypatch):
+    from torch.utils.data import ConcatDataset
+
+    import executors.flow.train as flow_train
+
+    seen, real = {}, flow_train.DataLoader
+
+    def spy(samples, **kw):
+        seen["samples"] = samples
+        return real(samples, **kw)
+
+    monkeypatch.setattr(flow_train, "DataLoader", spy)
+    second = tmp_path / "second"
+    make_tiny_dataset(second, episodes=1, seed=1)
+    assert hybrid(["train", "executor=tabletop", f"data=[{tiny_dataset},{second}]", f"out={tmp_path / 'run'}",
+                   *TINY, "steps=1"]) == 0
+    samples = seen["samples"]
+    assert isinstance(samples, ConcatDataset) and [len(d) for d in samples.datasets] == [24, 12]

@@ -209,14 +209,15 @@ def train(data: str | list[str], out: str, model: dict | None = None, steps: int
 
     roots = [data] if isinstance(data, (str, Path)) else list(data)
     probe = open_dataset(roots[0])
+    for root in roots[1:]:
+        other = open_dataset(root)
+        if other.fps != probe.fps or other.meta.features != probe.meta.features:
+            raise ValueError(f"data: {root} does not match {roots[0]} (fps or features differ)")
     cfg = FlowConfig.load(out / "model") if resume and (out / "model").is_dir() else dataset_config(probe, model or {})
     if cfg.vision == "siglip" and not cfg.vision_path and not resume:
         log.warning("model.vision_path is not set: the SigLIP vision tower starts from random weights")
     delta = {FEATURES["action"]: [k / probe.fps for k in range(cfg.chunk)]}
     datasets = [open_dataset(root, delta_timestamps=delta) for root in roots]
-    for root, other in zip(roots[1:], datasets[1:]):
-        if other.fps != probe.fps or other.meta.features != probe.meta.features:
-            raise ValueError(f"data: {root} does not match {roots[0]} (fps or features differ)")
     indices = [SubtaskIndex.from_dataset(dataset) for dataset in datasets]
 
     net = FlowModel(cfg)
