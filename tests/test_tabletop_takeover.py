@@ -195,3 +195,15 @@ def test_record_takeovers_writes_each_as_an_episode_and_the_executor_trains_on_i
 
     mean = FlowExecutor.from_pretrained(out / "model").model.normalizer.state_mean.numpy()
     np.testing.assert_allclose(mean, np.asarray(stats["observation.state"]["mean"]).reshape(-1), rtol=1e-6)
+
+
+def test_takeover_with_a_deliberately_missing_expert_is_refused_before_anything_is_written(tmp_path):
+    from hybrid.envs.tabletop.record import record
+
+    env = TabletopEnv(task="pick_place", cameras=("front",), image_size=32)
+    try:
+        with pytest.raises(ValueError, match="takeover"):
+            record(tmp_path / "ds", env, episodes=1, expert_miss=0.5, takeover=(MockExecutor(), TakeoverConfig()))
+    finally:
+        env.close()
+    assert not (tmp_path / "ds").exists()
