@@ -21,13 +21,15 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hybrid.envs.tabletop.env import TabletopEnv
-from hybrid.envs.tabletop.expert import check_grasp_spread
-from hybrid.envs.tabletop.takeover import TakeoverConfig, run_takeover_episode
+from hybrid.envs.tabletop.expert import ScriptedExpert, check_grasp_spread
+
+if TYPE_CHECKING:
+    from hybrid.envs.tabletop.takeover import TakeoverConfig
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,17 @@ def dataset_features(env: TabletopEnv, video: bool = True) -> dict[str, dict[str
     return features
 
 
+def expert_frame(obs: dict, action: np.ndarray, expert: ScriptedExpert, instruction: str) -> dict[str, Any]:
+    """One LeRobot frame: the observation, the expert's action and the subtask it is working on."""
+    frame = {f"observation.images.{cam}": img for cam, img in obs["pixels"].items()}
+    frame["observation.state"] = obs["agent_pos"]
+    frame["action"] = action
+    frame["subtask"] = expert.subtask_text
+    frame["subtask_index"] = np.array([expert.subtask_index], dtype=np.int64)
+    frame["task"] = instruction
+    return frame
+
+
 def run_episode(env: TabletopEnv, seed: int, families: list[str] | None = None,
                 miss: float = 0.0, grasp_spread: float | None = None
                 ) -> tuple[list[dict[str, Any]] | None, dict[str, Any]]:
@@ -63,13 +76,7 @@ def run_episode(env: TabletopEnv, seed: int, families: list[str] | None = None,
     frames = []
     while True:
         action = expert.act(obs)
-        frame = {f"observation.images.{cam}": img for cam, img in obs["pixels"].items()}
-        frame["observation.state"] = obs["agent_pos"]
-        frame["action"] = action
-        frame["subtask"] = expert.subtask_text
-        frame["subtask_index"] = np.array([expert.subtask_index], dtype=np.int64)
-        frame["task"] = info["instruction"]
-        frames.append(frame)
+        frames.append(expert_frame(obs, action, expert, info["instruction"]))
         obs, _, _, truncated, info = env.step(action)
         if expert.done or truncated:
             return frames, info
@@ -149,6 +156,7 @@ def _record_takeovers(dataset, env: TabletopEnv, rollouts: int, seed: int, famil
     """``rollouts`` executor rollouts (seeds from ``seed``, of ``families`` only); every finished takeover is saved."""
     from tqdm import tqdm
 
+    from hybrid.envs.tabletop.takeover import run_takeover_episode  # it builds its frames with `expert_frame`
     from planners.subtask.tabletop_language import canonical_subtask
 
     rng = np.random.default_rng(seed)

@@ -12,8 +12,9 @@ and the true end-of-subtask image, like the evaluation's oracle agent) until one
 - it let go of the block and the subtask is not done once the block has settled (a placement that missed);
 - it holds a block that does not serve the subtask (`Scene.serves`: another colour's; a stack's other block).
 Then the expert finishes the subtask, and only those frames are written, one LeRobot episode per takeover, with
-the expert's actions and its subtask labels (`record.run_episode`'s frames). The executor's own frames are not
-kept: its actions are what the recovery corrects. A subtask the executor finishes before its draw gives no frames.
+the expert's actions and its subtask labels (`record.expert_frame`, as in a recording of the expert). The
+executor's own frames are not kept: its actions are what the recovery corrects. A subtask the executor finishes
+before its draw gives no frames.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 
 from hybrid.envs.tabletop.env import TabletopEnv
 from hybrid.envs.tabletop.expert import ScriptedExpert
+from hybrid.envs.tabletop.record import expert_frame
 from hybrid.envs.tabletop.scene import SUCTION_ON
 from hybrid.types import Observation, Subgoal, Subtask
 
@@ -52,16 +54,6 @@ class TakeoverConfig:
 class Takeover:
     reason: str  # why the expert took over: "draw" (its random step came), "missed" (a placement), "wrong_block"
     frames: list[dict[str, Any]]  # LeRobot frames of the expert, from the takeover to the end of the subtask
-
-
-def _frame(raw: dict, action: np.ndarray, expert: ScriptedExpert, instruction: str) -> dict[str, Any]:
-    frame = {f"observation.images.{cam}": img for cam, img in raw["pixels"].items()}
-    frame["observation.state"] = raw["agent_pos"]
-    frame["action"] = action
-    frame["subtask"] = expert.subtask_text
-    frame["subtask_index"] = np.array([expert.subtask_index], dtype=np.int64)
-    frame["task"] = instruction
-    return frame
 
 
 def run_takeover_episode(env: TabletopEnv, seed: int, executor, rng: np.random.Generator,
@@ -126,7 +118,7 @@ def _expert_finishes(env: TabletopEnv, expert: ScriptedExpert, index: int, raw: 
         action = expert.act(raw)
         if expert.subtask_index != index:  # it moved on: that frame belongs to the next subtask
             return frames
-        frames.append(_frame(raw, action, expert, instruction))
+        frames.append(expert_frame(raw, action, expert, instruction))
         raw = step(action)
         if expert.done:
             return frames
