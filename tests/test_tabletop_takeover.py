@@ -164,6 +164,8 @@ def test_a_grasp_of_the_wrong_block_hands_over_and_the_expert_lets_go_of_it():
 def test_takeover_config_rejects_an_empty_draw():
     with pytest.raises(ValueError, match="after_steps"):
         TakeoverConfig(after_steps=(5, 5))
+    with pytest.raises(ValueError, match="must be >= 1"):
+        TakeoverConfig(max_steps=0)
 
 
 def test_record_takeovers_writes_each_as_an_episode_and_the_executor_trains_on_it_beside_a_recording(tmp_path,
