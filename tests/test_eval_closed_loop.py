@@ -3,6 +3,8 @@
 import json
 
 from hybrid.cli import main
+from hybrid.eval.closed_loop import wilson_interval
+from hybrid.eval.compare import mcnemar_exact
 
 DOUBLES = ["planner@tiers.planner=mock", "world_model@tiers.world_model=mock", "executor@tiers.executor=mock",
            "executor@tiers.flat=mock", "families=[pick_place]", "loop.max_steps=12"]
@@ -15,6 +17,7 @@ def test_eval_reports_every_agent_per_family(capsys):
     for name, agent in report["agents"].items():
         fam = agent["families"]["pick_place"]
         assert fam["success"] == 0.0  # zero actions never solve a task
+        assert fam["success_ci95"] == [0.0, 0.793]  # Wilson's interval of 0 in 1
         # the tabletop's placement probe: nothing was picked up, so nothing was released
         assert fam["releases_per_episode"] == 0 and fam["release_error_cm_p50"] is None
         # and its grounding probe: what each agent's subtasks asked for, against the scene
@@ -137,6 +140,7 @@ def test_eval_compare_pairs_two_traces_seed_by_seed(tmp_path, capsys):
     assert row["episodes"] == 3  # seeds 4 and 5 are in one trace only
     assert (row["success_a"], row["success_b"]) == (round(1 / 3, 3), round(2 / 3, 3))
     assert row["only_a"] == {"1": "terminated"} and row["only_b"] == {"2": "done", "3": "terminated"}
+    assert row["p_value"] == 1.0  # 1 seed won against 2 lost is no evidence either way
     assert main(["eval", "compare", a, str(tmp_path / "a.jsonl")]) == 0
     capsys.readouterr()
     # no common (agent, family), a line that is no trace event, a missing file: said clearly, no traceback
@@ -157,3 +161,14 @@ def test_eval_takes_overrides_before_any_option(capsys):
     assert main(["eval", "families=[pick_place]", *DOUBLES[:4], "loop.max_steps=4", "~agents.oracle_subgoals",
                  "~agents.language_only", "~agents.flat", "~agents.hierarchical", "episodes=1"]) == 0
     assert "oracle" in capsys.readouterr().out
+
+
+def test_success_statistics_match_their_textbook_values():
+    # McNemar's exact test is a two-sided sign test on the seeds only one run solved
+    assert mcnemar_exact(10, 1) == 2 * 12 / 2**11
+    assert mcnemar_exact(3, 7) == mcnemar_exact(7, 3) == 0.34375
+    assert mcnemar_exact(0, 0) == mcnemar_exact(4, 4) == 1.0
+    # Wilson's score interval: 35 of 50 successes, none, all, and no episode at all
+    assert wilson_interval(35, 50) == [0.562, 0.809]
+    assert wilson_interval(0, 50) == [0.0, 0.071] and wilson_interval(50, 50) == [0.929, 1.0]
+    assert wilson_interval(0, 0) == [0.0, 1.0]
