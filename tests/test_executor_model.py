@@ -602,3 +602,58 @@ def test_executor_affordance_scores_a_batch_of_subtasks_as_one_at_a_time():
     assert not plain.supports_affordance
     with pytest.raises(ValueError, match="heatmap"):
         plain.affordance(obs, texts)
+
+
+TOP_DOWN = [[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, 1.0]]  # image u = table x, v = -y
+
+
+def test_pick_persistence_holds_the_pick_on_the_block_chosen_before():
+    from executors.flow.waypoint_heads import HeatmapWaypointHead
+
+    head = HeatmapWaypointHead(text_dim=8, channels=8, table_homography=TOP_DOWN)
+    logits = torch.zeros(1, 2, 16)  # a 4x4 map; cells 0.5 apart in table units
+    logits[0, 0, 0], logits[0, 0, 15] = 5.0, 4.8  # two blocks of the asked colour, A a little stronger
+    logits[0, 1, 6] = 5.0
+    a, b = (head._cell_centres((4, 4))[i] for i in (0, 15))
+
+    def pick(prior, bonus):
+        return head.peak(logits, (4, 4), prior, bonus)[0]
+
+    fresh = head.peak(logits, (4, 4))[0]
+    assert torch.linalg.norm(fresh[0] - a) < torch.linalg.norm(fresh[0] - b)
+    assert torch.equal(pick(b[None], 0.5)[1], fresh[1])  # the place map is left as it is
+    assert torch.linalg.norm(pick(b[None], 0.5)[0] - b) < torch.linalg.norm(pick(b[None], 0.5)[0] - a)
+    assert torch.allclose(pick(b[None], 0.1)[0], fresh[0])  # a bonus below the gap: A is clearly stronger
+    assert torch.allclose(pick(torch.full((1, 2), float("nan")), 0.5), fresh)  # no pick chosen before
+
+
+def test_pick_persistence_lasts_until_the_subtask_changes_or_the_gripper_lets_go():
+    model = tiny_model(vision_stem="conv", keypoints=4, waypoint_loss=1.0, waypoint_head="heatmap",
+                       table_homography=TOP_DOWN, waypoint_target=True)
+    plain = FlowExecutor(tiny_model(vision_stem="conv", keypoints=4, waypoint_loss=1.0, waypoint_head="heatmap",
+                                    table_homography=TOP_DOWN, waypoint_target=True))
+    executor = FlowExecutor(model, pick_persistence=0.5)
+    priors = []
+    peak = model.waypoint_head.peak
+
+    def spy(logits, size, prior=None, prior_bonus=0.0):
+        priors.append(prior is not None and bool(torch.isfinite(prior).all()))
+        return peak(logits, size, prior, prior_bonus)
+
+    model.waypoint_head.peak = spy
+    obs = observation()
+    open_, held = (Observation(images=obs.images, state=np.array([0.1, 0.2, 0.1, g], np.float32)) for g in (0.0, 1.0))
+    # with no pick chosen yet the chunk is the one sampled without persistence
+    np.testing.assert_allclose(executor.act(open_, SUBTASK).actions, plain.act(open_, SUBTASK).actions, atol=1e-6)
+    other = Subtask(text="pick up the blue block", index=1)
+    for state, subtask in ((open_, SUBTASK), (held, SUBTASK), (open_, SUBTASK), (open_, SUBTASK), (open_, other)):
+        executor.act(state, subtask)
+    executor.reset()
+    executor.act(open_, other)
+    # kept while holding; forgotten once the gripper let go, on a new subtask, and after a reset
+    assert priors == [False, True, True, False, True, False, False]
+    # an executor not steered to a pick map's peak acts as it would without it
+    np.testing.assert_allclose(FlowExecutor(tiny_model(), pick_persistence=0.5).act(obs, SUBTASK).actions,
+                               FlowExecutor(tiny_model()).act(obs, SUBTASK).actions)
+    with pytest.raises(ValueError, match="pick_persistence"):
+        FlowExecutor(tiny_model(), pick_persistence=-1.0)

@@ -55,6 +55,10 @@ class FlowConfig:
     #   token and added to every action token, so the expert steers toward what the head found instead of re-finding it
     waypoint_teacher_forcing: float = 0.5  # training probability that target is the recorded waypoint (+ noise)
     waypoint_noise: float = 0.02  # std of that noise, in the state's units (m): the head's own error at run time
+    pick_persistence: float = 0.0  # logits; at run time the pick map's cells near the pick chosen for the chunk
+    #   before get this much more, until the subtask changes or the gripper lets go (0: every chunk chooses afresh;
+    #   no effect without a heatmap head and `waypoint_target`, which steer the expert to the pick)
+    gripper_index: int = -1  # the state entry of the gripper command (open below 0.5)
     affordance_head: bool = False  # a learned check whether the subtask's block can be picked from here, read off
     #   the pick map (executors/flow/affordance.py; trained apart by `hybrid train executor=affordance`)
     affordance_width: int = 64  # its hidden width
@@ -112,6 +116,8 @@ class FlowConfig:
             "waypoint_target": not self.waypoint_target or self.waypoint_loss > 0,
             "affordance_head": not self.affordance_head or (self.waypoint_loss > 0 and self.waypoint_head == "heatmap"),
             "waypoint_teacher_forcing": 0.0 <= self.waypoint_teacher_forcing <= 1.0,
+            "pick_persistence": self.pick_persistence >= 0,
+            "gripper_index": -self.state_dim <= self.gripper_index < self.state_dim,
             "flow_steps": self.flow_steps >= 1,
             "path_dims": len(set(self.path_dims)) == len(self.path_dims)
             and all(0 <= d < self.action_dim for d in self.path_dims),

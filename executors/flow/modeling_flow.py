@@ -22,6 +22,7 @@ from executors.flow.configuration_flow import FlowConfig
 from executors.flow.encoders import MLP, Block, build_text, build_vision, vision_tokens
 from executors.flow.processor_flow import Normalizer, load_tokenizer, observation_batch
 from executors.flow.waypoint_heads import HeatmapWaypointHead
+from executors.flow.waypoints import GRIPPER_ON
 from hybrid.attention import attention
 from hybrid.types import ActionChunk, Observation, Subgoal, Subtask
 
@@ -171,6 +172,16 @@ class FlowModel(nn.Module):
         prefix, _, _, steer = self._encode(batch)
         return prefix, self._action_condition(steer)
 
+    def encode_steering(self, batch: dict[str, torch.Tensor]):
+        """`encode_context`'s prefix tokens and condition, and the pick xy ``(B, 2)`` the expert is steered to
+        (None without a heatmap's `waypoint_target`)."""
+        prefix, _, heatmap, steer = self._encode(batch)
+        pick = None
+        if steer is not None and heatmap is not None:
+            here = self.normalizer.state(batch["state"].float())[:, :2]
+            pick = self.normalizer.unwaypoints((steer.float()[:, :2] + here).repeat(1, 2))[:, :2]
+        return prefix, self._action_condition(steer), pick
+
     def _action_condition(self, steer: torch.Tensor | None) -> torch.Tensor | None:
         return None if steer is None else self.target_in(steer.to(self.target_in.weight.dtype))
 
@@ -179,8 +190,14 @@ class FlowModel(nn.Module):
         without a waypoint head): where the expert is told to go (a heatmap's strongest mode)."""
         prefix, waypoints, heatmap, _ = self._encode(batch)
         if heatmap is not None:
-            waypoints = self.normalizer.waypoints(self.waypoint_head.peak(*heatmap).flatten(1))
+            waypoints = self.normalizer.waypoints(self._peaks(batch, heatmap))
         return prefix, waypoints
+
+    def _peaks(self, batch, heatmap) -> torch.Tensor:
+        """Pick and place xy ``(B, 4)`` the expert is steered to: the maps' strongest modes, at run time the pick
+        held near the one chosen before (``batch["pick_prior"]``, `FlowConfig.pick_persistence`)."""
+        prior = None if self.training else batch.get("pick_prior")
+        return self.waypoint_head.peak(*heatmap, prior, self.cfg.pick_persistence).flatten(1)
 
     def _encode(self, batch):
         """Prefix tokens, the waypoints as trained (a heatmap's soft-argmax), the heatmap head's logits
@@ -252,7 +269,7 @@ class FlowModel(nn.Module):
         (its strongest mode), or in training, with probability `waypoint_teacher_forcing`, the recorded
         waypoint plus noise. Detached: the head learns from its own losses, not from the expert's."""
         cfg = self.cfg
-        found = self.normalizer.waypoints(self.waypoint_head.peak(*heatmap).flatten(1)) if heatmap else waypoints
+        found = self.normalizer.waypoints(self._peaks(batch, heatmap)) if heatmap else waypoints
         found = found.detach().float()
         if self.training and "waypoints_known" in batch:
             labels = batch["waypoints"].float()
@@ -322,15 +339,17 @@ class FlowModel(nn.Module):
 
     @torch.inference_mode()
     def sample_actions(self, batch: dict[str, torch.Tensor], steps: int | None = None,
-                       noise: torch.Tensor | None = None, prefix: torch.Tensor | None = None) -> torch.Tensor:
+                       noise: torch.Tensor | None = None, prefix: torch.Tensor | None = None,
+                       context: tuple | None = None) -> torch.Tensor:
         """Raw action chunks ``(B, H, A)``: K Euler steps from ``noise`` (default: fresh) along the velocity.
 
         ``prefix`` (raw actions ``(B, d, A)``, d < H) is real-time chunking by inpainting: at every flow
         step the first d actions are set to where the straight noise→prefix path is at that time, so
         the chunk starts with the actions already committed and the rest is integrated to continue them.
+        ``context``: `encode_context`'s output for ``batch``, when the caller has it already.
         """
         steps = steps or self.cfg.flow_steps
-        prefix_tokens, condition = self.encode_context(batch)
+        prefix_tokens, condition = context or self.encode_context(batch)
         caches = self.prefix_caches(prefix_tokens)
         b, dtype, device = batch["state"].shape[0], caches[0].dtype, caches[0].device
         # The chunk is integrated in float32 whatever the compute dtype; only the network runs in it.
@@ -380,8 +399,10 @@ class FlowExecutor:
 
     def __init__(self, model: FlowModel, tokenizer=None, device: str | torch.device = "cpu",
                  flow_steps: int | None = None, dtype: torch.dtype | str = torch.float32, seed: int = 0,
-                 cuda_graph: bool = False, noise_scale: float = 1.0, affordance: dict | None = None):
-        """``affordance``: `AffordanceConfig` fields, how `affordance` turns the waypoint maps into scores."""
+                 cuda_graph: bool = False, noise_scale: float = 1.0, affordance: dict | None = None,
+                 pick_persistence: float | None = None):
+        """``affordance``: `AffordanceConfig` fields, how `affordance` turns the waypoint maps into scores.
+        ``pick_persistence``: overrides the checkpoint's `FlowConfig.pick_persistence` (a run-time setting)."""
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         self.affordance_cfg = AffordanceConfig.model_validate(dict(affordance or {}))
         if not math.isfinite(noise_scale) or noise_scale < 0:
@@ -391,6 +412,9 @@ class FlowExecutor:
         self.model = model.to(self.device, dtype).eval()
         self.model.normalizer.float()  # statistics stay float32 whatever the compute dtype
         self.cfg = model.cfg
+        if pick_persistence is not None:
+            FlowConfig(**{**self.cfg.to_dict(), "pick_persistence": pick_persistence})  # validates it
+            self.cfg.pick_persistence = float(pick_persistence)
         self.tokenizer = tokenizer or load_tokenizer(self.cfg)
         self.flow_steps = flow_steps or self.cfg.flow_steps
         self.seed = seed
@@ -401,18 +425,31 @@ class FlowExecutor:
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "cpu", flow_steps: int | None = None,
                         dtype: str = "float32", seed: int = 0, cuda_graph: bool = False,
-                        noise_scale: float = 1.0, affordance: dict | None = None) -> FlowExecutor:
+                        noise_scale: float = 1.0, affordance: dict | None = None,
+                        pick_persistence: float | None = None) -> FlowExecutor:
         model = FlowModel.from_pretrained(path)
         return cls(model, load_tokenizer(model.cfg, path), device, flow_steps, dtype, seed, cuda_graph, noise_scale,
-                   affordance)
+                   affordance, pick_persistence)
 
     def save_pretrained(self, directory: str | Path) -> None:
         self.model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
 
     def reset(self) -> None:
-        """Restart the noise stream, so an episode's chunks are reproducible."""
+        """Restart the noise stream, so an episode's chunks are reproducible, and forget the pick chosen."""
         self.generator = torch.Generator(self.device).manual_seed(self.seed)
+        self._pick: tuple[str, torch.Tensor] | None = None  # (subtask, pick xy (1, 2)) of the chunk before
+        self._held = False  # whether the gripper held at the chunk before
+
+    def _pick_prior(self, obs: Observation, subtask: Subtask | None) -> torch.Tensor:
+        """The pick chosen for the chunk before ``(1, 2)``, NaN once the subtask has changed or the gripper is open
+        again after holding (a pick-and-place ended: the block picked is where it was let go of now)."""
+        held = float(np.asarray(obs.state).reshape(-1)[self.cfg.gripper_index]) >= GRIPPER_ON
+        if self._pick is not None and (subtask is None or self._pick[0] != subtask.text or
+                                       (self._held and not held)):
+            self._pick = None
+        self._held = held
+        return self._pick[1] if self._pick is not None else torch.full((1, 2), float("nan"), device=self.device)
 
     # Real-time chunking: the async runtime passes the actions already committed as ``prefix``.
     supports_prefix = True
@@ -422,6 +459,11 @@ class FlowExecutor:
             prefix: np.ndarray | None = None) -> ActionChunk:
         batch = observation_batch(self.cfg, self.tokenizer, obs, subtask, subgoal)
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        context = None
+        if self.cfg.pick_persistence > 0 and self.cfg.waypoint_target:
+            batch["pick_prior"] = self._pick_prior(obs, subtask)
+            *context, pick = self.model.encode_steering(batch)
+            self._pick = None if subtask is None else (subtask.text, pick)
         noise = self.noise_scale * torch.randn(1, self.cfg.chunk, self.cfg.action_dim, device=self.device,
                                                generator=self.generator)
         if prefix is not None and len(prefix):
@@ -429,10 +471,12 @@ class FlowExecutor:
             if prefix.ndim != 2 or prefix.shape[1] != self.cfg.action_dim or not np.isfinite(prefix).all():
                 raise ValueError(f"prefix: expected finite float32 [d, {self.cfg.action_dim}], got {prefix.shape}")
             actions = self.model.sample_actions(batch, self.flow_steps, noise,
-                                                torch.from_numpy(prefix)[None].to(self.device))[0].cpu().numpy()
+                                                torch.from_numpy(prefix)[None].to(self.device),
+                                                context)[0].cpu().numpy()
+        elif context is not None or not self.cuda_graph:  # a CUDA graph would not hand back the pick chosen
+            actions = self.model.sample_actions(batch, self.flow_steps, noise, context=context)[0].cpu().numpy()
         else:
-            sample = self._replay if self.cuda_graph else self.model.sample_actions
-            actions = sample(batch, self.flow_steps, noise)[0].cpu().numpy()
+            actions = self._replay(batch, self.flow_steps, noise)[0].cpu().numpy()
         used_subgoal = subgoal is not None and self.cfg.use_subgoal
         return ActionChunk(actions=actions, dt=self.cfg.dt, start_time=obs.timestamp,
                            subtask=None if subtask is None else subtask.text,

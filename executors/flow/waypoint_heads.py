@@ -17,6 +17,8 @@ from torch import nn
 
 from executors.flow.encoders import TextQueryMaps, soft_argmax
 
+PRIOR_RADIUS = 0.04  # m: a block's width around the pick chosen before (`HeatmapWaypointHead.peak`)
+
 
 def apply_homography(h: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """``points`` ``(..., 2)`` through the 3x3 homography ``h``."""
@@ -52,17 +54,33 @@ class HeatmapWaypointHead(nn.Module):
         uv = soft_argmax(logits.float(), *features.shape[-2:], centres=True)
         return apply_homography(self.image_to_table, uv), logits
 
-    def peak(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def peak(self, logits: torch.Tensor, size: tuple[int, int], prior: torch.Tensor | None = None,
+             prior_bonus: float = 0.0) -> torch.Tensor:
         """Table xy ``(N, 2, 2)`` of each map's strongest mode: the soft-argmax of its 3x3 cells around the
         argmax. The soft-argmax of a whole map lands between two candidate blocks when it is unsure, a place
-        where there is nothing to pick."""
+        where there is nothing to pick. ``prior`` ``(N, 2)`` (NaN rows: none): the pick chosen before, whose
+        cells within `PRIOR_RADIUS` get ``prior_bonus`` more logits: two blocks of the asked colour light up
+        alike, and a pick that flips between them with each view steers the robot back and forth between the
+        two (hysteresis, as a tracker keeps its target)."""
         h, w = size
         logits = logits.float()
+        if prior is not None and prior_bonus > 0:
+            near_prior = torch.cdist(self._cell_centres(size), prior.float()[:, None])[..., 0] < PRIOR_RADIUS
+            logits = torch.stack([logits[:, 0] + prior_bonus * near_prior, logits[:, 1]], dim=1)  # NaN: False
         top = logits.argmax(-1, keepdim=True)  # (N, 2, 1)
         cells = torch.arange(h * w, device=logits.device)
         near = ((cells // w - top // w).abs() <= 1) & ((cells % w - top % w).abs() <= 1)
         uv = soft_argmax(logits.masked_fill(~near, float("-inf")), h, w, centres=True)
         return apply_homography(self.image_to_table, uv)
+
+    def _cell_centres(self, size: tuple[int, int]) -> torch.Tensor:
+        """Table xy ``(h*w, 2)`` of the map's cell centres."""
+        h, w = size
+        device = self.image_to_table.device
+        v = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * (2 / h) - 1
+        u = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * (2 / w) - 1
+        grid = torch.stack(torch.meshgrid(u, v, indexing="xy"), dim=-1).reshape(h * w, 2)
+        return apply_homography(self.image_to_table, grid)
 
     def loss(self, logits: torch.Tensor, xy: torch.Tensor, valid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Cross-entropy of the maps against where the recorded ``xy`` ``(N, 2, 2)`` project: the cell each falls
