@@ -156,14 +156,18 @@ def soft_argmax(logits: torch.Tensor, h: int, w: int, centres: bool = False) -> 
     ``centres``: cells at their centres in image coordinates (the image spans [-1, 1] edge to edge), as a
     calibrated camera's coordinates are; else the first and last cells sit at -1 and 1."""
     weights = logits.softmax(-1)
+    return weights @ cell_grid(h, w, centres, logits.device, weights.dtype)
+
+
+def cell_grid(h: int, w: int, centres: bool = True, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Image (u, v) ``(h*w, 2)`` of each cell of an h x w map, row by row (`soft_argmax`'s ``centres``)."""
     if centres:
-        ys = (torch.arange(h, device=logits.device, dtype=weights.dtype) + 0.5) * (2 / h) - 1
-        xs = (torch.arange(w, device=logits.device, dtype=weights.dtype) + 0.5) * (2 / w) - 1
+        ys = (torch.arange(h, device=device, dtype=dtype) + 0.5) * (2 / h) - 1
+        xs = (torch.arange(w, device=device, dtype=dtype) + 0.5) * (2 / w) - 1
     else:
-        ys = torch.linspace(-1, 1, h, device=logits.device, dtype=weights.dtype)
-        xs = torch.linspace(-1, 1, w, device=logits.device, dtype=weights.dtype)
-    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(h * w, 2)  # (u, v) per cell
-    return weights @ grid
+        ys = torch.linspace(-1, 1, h, device=device, dtype=dtype)
+        xs = torch.linspace(-1, 1, w, device=device, dtype=dtype)
+    return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(h * w, 2)
 
 
 class TextQueryMaps(nn.Module):

@@ -177,9 +177,8 @@ class FlowModel(nn.Module):
         (None without a heatmap's `waypoint_target`)."""
         prefix, _, heatmap, steer = self._encode(batch)
         pick = None
-        if steer is not None and heatmap is not None:
-            here = self.normalizer.state(batch["state"].float())[:, :2]
-            pick = self.normalizer.unwaypoints((steer.float()[:, :2] + here).repeat(1, 2))[:, :2]
+        if steer is not None and heatmap is not None:  # steer = pick - effector xy, in the state's scale
+            pick = batch["state"].float()[:, :2] + steer.float()[:, :2] * self.normalizer.state_std[:2]
         return prefix, self._action_condition(steer), pick
 
     def _action_condition(self, steer: torch.Tensor | None) -> torch.Tensor | None:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from executors.flow.encoders import TextQueryMaps, soft_argmax
+from executors.flow.encoders import TextQueryMaps, cell_grid, soft_argmax
 
 PRIOR_RADIUS = 0.04  # m: a block's width around the pick chosen before (`HeatmapWaypointHead.peak`)
 
@@ -75,12 +75,7 @@ class HeatmapWaypointHead(nn.Module):
 
     def _cell_centres(self, size: tuple[int, int]) -> torch.Tensor:
         """Table xy ``(h*w, 2)`` of the map's cell centres."""
-        h, w = size
-        device = self.image_to_table.device
-        v = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * (2 / h) - 1
-        u = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * (2 / w) - 1
-        grid = torch.stack(torch.meshgrid(u, v, indexing="xy"), dim=-1).reshape(h * w, 2)
-        return apply_homography(self.image_to_table, grid)
+        return apply_homography(self.image_to_table, cell_grid(*size, device=self.image_to_table.device))
 
     def loss(self, logits: torch.Tensor, xy: torch.Tensor, valid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Cross-entropy of the maps against where the recorded ``xy`` ``(N, 2, 2)`` project: the cell each falls
