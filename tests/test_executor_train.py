@@ -245,6 +245,20 @@ def test_fine_tuning_loads_the_weights_that_fit_and_starts_a_new_head_fresh(tiny
     assert "start fresh (waypoint_head.query.key.bias" in caplog.text
 
 
+def test_a_fine_tune_can_freeze_modules_and_refuses_ones_the_model_lacks(tiny_dataset, tmp_path):
+    base, tuned = tmp_path / "base", tmp_path / "tuned"
+    common = ["train", "executor=tabletop", f"data={tiny_dataset}", *TINY, "steps=2"]
+    assert hybrid([*common, f"out={base}"]) == 0
+    assert hybrid([*common, f"out={tuned}", f"init={base}", "freeze=[vision,text]", "lr=1e-2", "warmup=0"]) == 0
+    before = FlowExecutor.from_pretrained(base / "model").model.state_dict()
+    after = FlowExecutor.from_pretrained(tuned / "model").model.state_dict()
+    frozen = [name for name in before if name.startswith(("vision.", "text."))]
+    assert frozen and all(torch.equal(after[name], before[name]) for name in frozen)
+    assert any(not torch.equal(after[n], before[n]) for n in before if n.startswith("blocks."))
+    with pytest.raises(ValueError, match=r"freeze: \['visoin'\] are not modules"):
+        train(str(tiny_dataset), str(tmp_path / "typo"), model={"image_size": 16}, steps=1, freeze=["visoin"])
+
+
 def test_fine_tuning_from_a_model_with_nothing_in_common_is_refused(tmp_path):
     from safetensors.torch import save_file
 

@@ -58,6 +58,9 @@ class FlowConfig:
     pick_persistence: float = 0.0  # logits; at run time the pick map's cells near the pick chosen for the chunk
     #   before get this much more, until the subtask changes or the gripper lets go (0: every chunk chooses afresh;
     #   no effect without a heatmap head and `waypoint_target`, which steer the expert to the pick)
+    place_inhibition: float = 0.0  # logits; at run time the pick map's cells near where the gripper let go under an
+    #   earlier subtask get this much less (inhibition of return: what an earlier subtask placed is not to be picked
+    #   again; a release under the subtask still under way is a miss to retry, not inhibited)
     gripper_index: int = -1  # the state entry of the gripper command (open below 0.5)
     affordance_head: bool = False  # a learned check whether the subtask's block can be picked from here, read off
     #   the pick map (executors/flow/affordance.py; trained apart by `hybrid train executor=affordance`)
@@ -117,6 +120,7 @@ class FlowConfig:
             "affordance_head": not self.affordance_head or (self.waypoint_loss > 0 and self.waypoint_head == "heatmap"),
             "waypoint_teacher_forcing": 0.0 <= self.waypoint_teacher_forcing <= 1.0,
             "pick_persistence": self.pick_persistence >= 0,
+            "place_inhibition": self.place_inhibition >= 0,
             "gripper_index": -self.state_dim <= self.gripper_index < self.state_dim,
             "flow_steps": self.flow_steps >= 1,
             "path_dims": len(set(self.path_dims)) == len(self.path_dims)

@@ -194,9 +194,12 @@ class FlowModel(nn.Module):
 
     def _peaks(self, batch, heatmap) -> torch.Tensor:
         """Pick and place xy ``(B, 4)`` the expert is steered to: the maps' strongest modes, at run time the pick
-        held near the one chosen before (``batch["pick_prior"]``, `FlowConfig.pick_persistence`)."""
+        held near the one chosen before (``batch["pick_prior"]``, `FlowConfig.pick_persistence`) and kept off
+        what earlier subtasks placed (``batch["pick_avoid"]``, `FlowConfig.place_inhibition`)."""
         prior = None if self.training else batch.get("pick_prior")
-        return self.waypoint_head.peak(*heatmap, prior, self.cfg.pick_persistence).flatten(1)
+        avoid = None if self.training else batch.get("pick_avoid")
+        return self.waypoint_head.peak(*heatmap, prior, self.cfg.pick_persistence, avoid,
+                                       self.cfg.place_inhibition).flatten(1)
 
     def _encode(self, batch):
         """Prefix tokens, the waypoints as trained (a heatmap's soft-argmax), the heatmap head's logits
@@ -399,9 +402,10 @@ class FlowExecutor:
     def __init__(self, model: FlowModel, tokenizer=None, device: str | torch.device = "cpu",
                  flow_steps: int | None = None, dtype: torch.dtype | str = torch.float32, seed: int = 0,
                  cuda_graph: bool = False, noise_scale: float = 1.0, affordance: dict | None = None,
-                 pick_persistence: float | None = None):
+                 pick_persistence: float | None = None, place_inhibition: float | None = None):
         """``affordance``: `AffordanceConfig` fields, how `affordance` turns the waypoint maps into scores.
-        ``pick_persistence``: overrides the checkpoint's `FlowConfig.pick_persistence` (a run-time setting)."""
+        ``pick_persistence``, ``place_inhibition``: override the checkpoint's `FlowConfig` fields of those names
+        (run-time settings)."""
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         self.affordance_cfg = AffordanceConfig.model_validate(dict(affordance or {}))
         if not math.isfinite(noise_scale) or noise_scale < 0:
@@ -411,9 +415,10 @@ class FlowExecutor:
         self.model = model.to(self.device, dtype).eval()
         self.model.normalizer.float()  # statistics stay float32 whatever the compute dtype
         self.cfg = model.cfg
-        if pick_persistence is not None:
-            FlowConfig(**{**self.cfg.to_dict(), "pick_persistence": pick_persistence})  # validates it
-            self.cfg.pick_persistence = float(pick_persistence)
+        for name, value in (("pick_persistence", pick_persistence), ("place_inhibition", place_inhibition)):
+            if value is not None:
+                FlowConfig(**{**self.cfg.to_dict(), name: value})  # validates it
+                setattr(self.cfg, name, float(value))
         self.tokenizer = tokenizer or load_tokenizer(self.cfg)
         self.flow_steps = flow_steps or self.cfg.flow_steps
         self.seed = seed
@@ -425,30 +430,40 @@ class FlowExecutor:
     def from_pretrained(cls, path: str | Path, device: str = "cpu", flow_steps: int | None = None,
                         dtype: str = "float32", seed: int = 0, cuda_graph: bool = False,
                         noise_scale: float = 1.0, affordance: dict | None = None,
-                        pick_persistence: float | None = None) -> FlowExecutor:
+                        pick_persistence: float | None = None, place_inhibition: float | None = None) -> FlowExecutor:
         model = FlowModel.from_pretrained(path)
         return cls(model, load_tokenizer(model.cfg, path), device, flow_steps, dtype, seed, cuda_graph, noise_scale,
-                   affordance, pick_persistence)
+                   affordance, pick_persistence, place_inhibition)
 
     def save_pretrained(self, directory: str | Path) -> None:
         self.model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
 
     def reset(self) -> None:
-        """Restart the noise stream, so an episode's chunks are reproducible, and forget the pick chosen."""
+        """Restart the noise stream, so an episode's chunks are reproducible, and forget the picks and places."""
         self.generator = torch.Generator(self.device).manual_seed(self.seed)
         self._pick: tuple[str, torch.Tensor] | None = None  # (subtask, pick xy (1, 2)) of the chunk before
         self._held = False  # whether the gripper held at the chunk before
+        self._subtask: str | None = None  # the subtask of the chunk before
+        self._placed: list[tuple[str | None, torch.Tensor]] = []  # (subtask, effector xy (2,)) at each release
 
-    def _pick_prior(self, obs: Observation, subtask: Subtask | None) -> torch.Tensor:
+    def _pick_memory(self, obs: Observation, subtask: Subtask | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The pick chosen for the chunk before ``(1, 2)``, NaN once the subtask has changed or the gripper is open
-        again after holding (a pick-and-place ended: the block picked is where it was let go of now)."""
-        held = float(np.asarray(obs.state).reshape(-1)[self.cfg.gripper_index]) >= GRIPPER_ON
-        if self._pick is not None and (subtask is None or self._pick[0] != subtask.text or
-                                       (self._held and not held)):
+        again after holding (a pick-and-place ended: the block picked is where it was let go of now), and where the
+        gripper let go under other subtasks than this one ``(1, K, 2)`` (K >= 0)."""
+        state = np.asarray(obs.state, np.float32).reshape(-1)
+        held = float(state[self.cfg.gripper_index]) >= GRIPPER_ON
+        text = None if subtask is None else subtask.text
+        released = self._held and not held
+        if released:  # seen at the first chunk after the release: the effector has risen, not moved aside
+            self._placed.append((self._subtask, torch.from_numpy(state[:2].copy()).to(self.device)))
+        if self._pick is not None and (self._pick[0] != text or released):
             self._pick = None
-        self._held = held
-        return self._pick[1] if self._pick is not None else torch.full((1, 2), float("nan"), device=self.device)
+        self._held, self._subtask = held, text
+        prior = self._pick[1] if self._pick is not None else torch.full((1, 2), float("nan"), device=self.device)
+        placed = [xy for done, xy in self._placed if done != text]
+        avoid = torch.stack(placed)[None] if placed else torch.zeros(1, 0, 2, device=self.device)
+        return prior, avoid
 
     # Real-time chunking: the async runtime passes the actions already committed as ``prefix``.
     supports_prefix = True
@@ -459,8 +474,8 @@ class FlowExecutor:
         batch = observation_batch(self.cfg, self.tokenizer, obs, subtask, subgoal)
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         context = None
-        if self.cfg.pick_persistence > 0 and self.cfg.waypoint_target:
-            batch["pick_prior"] = self._pick_prior(obs, subtask)
+        if (self.cfg.pick_persistence > 0 or self.cfg.place_inhibition > 0) and self.cfg.waypoint_target:
+            batch["pick_prior"], batch["pick_avoid"] = self._pick_memory(obs, subtask)
             *context, pick = self.model.encode_steering(batch)
             self._pick = None if subtask is None else (subtask.text, pick)
         noise = self.noise_scale * torch.randn(1, self.cfg.chunk, self.cfg.action_dim, device=self.device,

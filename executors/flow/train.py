@@ -180,12 +180,23 @@ def last_checkpoint(out: Path) -> Path | None:
     return steps[-1] if steps else None
 
 
+def freeze_modules(net: FlowModel, names: list[str]) -> None:
+    """Stop the gradients of ``net``'s top-level modules ``names``, or raise naming the ones it has not."""
+    modules = dict(net.named_children())
+    unknown = [name for name in names if name not in modules]
+    if unknown:
+        raise ValueError(f"freeze: {unknown} are not modules of this model; it has {sorted(modules)}")
+    for name in names:
+        modules[name].requires_grad_(False)
+        log.info("freeze: %s (%d weights) stays as it is", name, sum(p.numel() for p in modules[name].parameters()))
+
+
 def train(data: str | list[str], out: str, model: dict | None = None, steps: int = 20_000, batch_size: int = 64,
           lr: float = 3e-4, weight_decay: float = 1e-4, warmup: int = 500, grad_clip: float = 1.0,
           ema_decay: float = 0.999, save_every: int = 2_000, log_every: int = 50, resume: bool = False,
           cache: bool = True, num_workers: int = 0, mixed_precision: str = "bf16", seed: int = 0,
           colour_swap: float = 0.0, waypoint_min_distance: float = 0.0, init: str | None = None,
-          max_minutes: float | None = None) -> Path:
+          max_minutes: float | None = None, freeze: list[str] | None = None) -> Path:
     """Train a `FlowModel` on the LeRobot dataset at ``data`` (or several, sampled in proportion to their frames;
     the first one's normalisation statistics); checkpoints go to ``out``.
 
@@ -195,6 +206,8 @@ def train(data: str | list[str], out: str, model: dict | None = None, steps: int
     ``init``: a trained model (its directory, or a run's ``out``) to fine-tune: weights whose name and shape
     match the new model are loaded, the rest start fresh and are logged (e.g. a new waypoint head).
     ``max_minutes``: stop (and save) once training has run this long.
+    ``freeze``: top-level modules of `FlowModel` left as they are (e.g. ``[vision, text, waypoint_head,
+    affordance_head]``: a fine-tune of the action expert that keeps the maps a trained affordance head reads).
 
     Returns the directory of the final model (``out/model``, loadable with `FlowExecutor.from_pretrained`).
     """
@@ -233,6 +246,7 @@ def train(data: str | list[str], out: str, model: dict | None = None, steps: int
                              for dataset, index in zip(datasets, indices)])
     loader = DataLoader(samples, batch_size=batch_size, shuffle=True, drop_last=len(samples) > batch_size,
                         num_workers=num_workers, persistent_workers=num_workers > 0)
+    freeze_modules(net, freeze or [])
     trainable = [p for p in net.parameters() if p.requires_grad]
     decay = [p for p in trainable if p.ndim >= 2]
     no_decay = [p for p in trainable if p.ndim < 2]  # biases, norms, learned tokens

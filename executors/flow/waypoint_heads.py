@@ -55,23 +55,33 @@ class HeatmapWaypointHead(nn.Module):
         return apply_homography(self.image_to_table, uv), logits
 
     def peak(self, logits: torch.Tensor, size: tuple[int, int], prior: torch.Tensor | None = None,
-             prior_bonus: float = 0.0) -> torch.Tensor:
+             prior_bonus: float = 0.0, avoid: torch.Tensor | None = None, avoid_penalty: float = 0.0) -> torch.Tensor:
         """Table xy ``(N, 2, 2)`` of each map's strongest mode: the soft-argmax of its 3x3 cells around the
         argmax. The soft-argmax of a whole map lands between two candidate blocks when it is unsure, a place
         where there is nothing to pick. ``prior`` ``(N, 2)`` (NaN rows: none): the pick chosen before, whose
         cells within `PRIOR_RADIUS` get ``prior_bonus`` more logits: two blocks of the asked colour light up
         alike, and a pick that flips between them with each view steers the robot back and forth between the
-        two (hysteresis, as a tracker keeps its target)."""
+        two (hysteresis, as a tracker keeps its target). ``avoid`` ``(N, K, 2)`` (NaN: none): points whose cells
+        within `PRIOR_RADIUS` get ``avoid_penalty`` fewer logits on the pick map (blocks placed already)."""
         h, w = size
         logits = logits.float()
+        pick = logits[:, 0]
         if prior is not None and prior_bonus > 0:
-            near_prior = torch.cdist(self._cell_centres(size), prior.float()[:, None])[..., 0] < PRIOR_RADIUS
-            logits = torch.stack([logits[:, 0] + prior_bonus * near_prior, logits[:, 1]], dim=1)  # NaN: False
+            pick = pick + prior_bonus * self._near(size, prior.float()[:, None])
+        if avoid is not None and avoid_penalty > 0 and avoid.shape[1]:
+            pick = pick - avoid_penalty * self._near(size, avoid.float())
+        logits = torch.stack([pick, logits[:, 1]], dim=1)
         top = logits.argmax(-1, keepdim=True)  # (N, 2, 1)
         cells = torch.arange(h * w, device=logits.device)
         near = ((cells // w - top // w).abs() <= 1) & ((cells % w - top % w).abs() <= 1)
         uv = soft_argmax(logits.masked_fill(~near, float("-inf")), h, w, centres=True)
         return apply_homography(self.image_to_table, uv)
+
+    def _near(self, size: tuple[int, int], points: torch.Tensor) -> torch.Tensor:
+        """``(N, h*w)`` float: whether each cell centre is within `PRIOR_RADIUS` of any of ``points`` ``(N, K, 2)``
+        (NaN points are near nothing)."""
+        centres = self._cell_centres(size).expand(len(points), -1, -1)
+        return (torch.cdist(centres, points) < PRIOR_RADIUS).any(-1).float()
 
     def _cell_centres(self, size: tuple[int, int]) -> torch.Tensor:
         """Table xy ``(h*w, 2)`` of the map's cell centres."""
