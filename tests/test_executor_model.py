@@ -679,6 +679,41 @@ def test_place_inhibition_remembers_releases_of_earlier_subtasks_only():
         FlowExecutor(tiny_model(), place_inhibition=-1.0)
 
 
+def test_place_lock_steers_to_the_place_seen_from_afar_until_the_gripper_lets_go():
+    model = tiny_model(vision_stem="conv", keypoints=4, waypoint_loss=1.0, waypoint_head="heatmap",
+                       table_homography=TOP_DOWN, waypoint_target=True)
+    executor = FlowExecutor(model, place_lock_distance=0.1)
+    places = iter([0.5, 0.5, 0.42, 0.42, 0.42, 0.42])  # the place map's estimate (x) at each chunk; it drifts near
+    steered = []
+
+    def peak(logits, size, *args):
+        return torch.tensor([[[0.0, 0.0], [next(places), 0.2]]]).expand(len(logits), -1, -1)
+
+    model.waypoint_head.peak = peak
+    encode = model.encode_steering
+
+    def spy(batch):
+        out = encode(batch)
+        steered.append(round(float(out[-1][0, 1, 0]), 3))
+        return out
+
+    model.encode_steering = spy
+    obs = observation()
+
+    def at(x, gripper):
+        return Observation(images=obs.images, state=np.array([x, 0.2, 0.1, gripper], np.float32))
+
+    other = Subtask(text="pick up the blue block", index=1)
+    for state, subtask in ((at(0.0, 1.0), SUBTASK), (at(0.3, 1.0), SUBTASK), (at(0.45, 1.0), SUBTASK),
+                           (at(0.45, 1.0), other), (at(0.45, 0.0), SUBTASK), (at(0.45, 1.0), SUBTASK)):
+        executor.act(state, subtask)
+    # held and 5 cm from the place seen from afar: steered there, not to the drifted estimate; forgotten on a new
+    # subtask and once the gripper let go (and held again: nothing seen from afar since)
+    assert steered == [0.5, 0.5, 0.5, 0.42, 0.42, 0.42]
+    with pytest.raises(ValueError, match="place_lock_distance"):
+        FlowExecutor(tiny_model(), place_lock_distance=-0.1)
+
+
 def test_pick_persistence_lasts_until_the_subtask_changes_or_the_gripper_lets_go():
     model = tiny_model(vision_stem="conv", keypoints=4, waypoint_loss=1.0, waypoint_head="heatmap",
                        table_homography=TOP_DOWN, waypoint_target=True)

@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     # bound by per-op overhead, and a second thread mostly adds barrier waits, badly so on a shared machine.
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--no-subgoal", action="store_true", help="act language-only")
+    # The run-time settings of configs/executor/flow_tabletop.yaml (default: the checkpoint's, usually off).
+    for flag in ("pick-persistence", "place-inhibition", "place-lock-distance"):
+        parser.add_argument(f"--{flag}", type=float, default=None, help=f"FlowConfig.{flag.replace('-', '_')}")
     parser.add_argument("--eager", action="store_true", help="on CUDA, do not replay the chunk as a CUDA graph")
     parser.add_argument("--json", action="store_true", help="only the final JSON line on stdout")
     args = parser.parse_args(argv)
@@ -152,10 +155,13 @@ def run(args) -> dict:
     torch.manual_seed(0)
     cuda = args.device.startswith("cuda")
     dtype = args.dtype or ("bfloat16" if cuda else "float32")
+    settings = {name: getattr(args, name, None) for name in ("pick_persistence", "place_inhibition",
+                                                              "place_lock_distance")}
     if args.checkpoint:
-        executor = FlowExecutor.from_pretrained(args.checkpoint, device=args.device, dtype=dtype)
+        executor = FlowExecutor.from_pretrained(args.checkpoint, device=args.device, dtype=dtype, **settings)
     else:
-        executor = FlowExecutor(FlowModel(load_model_config(args.config)), device=args.device, dtype=dtype)
+        executor = FlowExecutor(FlowModel(load_model_config(args.config)), device=args.device, dtype=dtype,
+                                **settings)
     cfg = executor.cfg
     steps = args.steps or cfg.flow_steps
     obs, subtask, subgoal = inputs(cfg)
@@ -169,7 +175,8 @@ def run(args) -> dict:
               "threads": torch.get_num_threads(),
               "params_m": round(sum(p.numel() for p in executor.model.parameters()) / 1e6, 2),
               "chunk": cfg.chunk, "action_dim": cfg.action_dim, "flow_steps": steps,
-              "subgoal": subgoal is not None and cfg.use_subgoal}
+              "subgoal": subgoal is not None and cfg.use_subgoal,
+              **{name: getattr(cfg, name) for name in settings}}
     eager_ms = latency(steps)
     chunk_ms, one_step_ms = eager_ms, latency(1)
     if cuda and not args.eager:

@@ -61,6 +61,9 @@ class FlowConfig:
     place_inhibition: float = 0.0  # logits; at run time the pick map's cells near where the gripper let go under an
     #   earlier subtask get this much less (inhibition of return: what an earlier subtask placed is not to be picked
     #   again; a release under the subtask still under way is a miss to retry, not inhibited)
+    place_lock_distance: float = 0.0  # m; at run time, while the gripper holds and the effector is this close to the
+    #   place chosen from further away, the expert is steered to that place, not to the place map's estimate of the
+    #   moment (the held block hides the spot from the front camera as it gets there; 0: off)
     gripper_index: int = -1  # the state entry of the gripper command (open below 0.5)
     affordance_head: bool = False  # a learned check whether the subtask's block can be picked from here, read off
     #   the pick map (executors/flow/affordance.py; trained apart by `hybrid train executor=affordance`)
@@ -121,6 +124,7 @@ class FlowConfig:
             "waypoint_teacher_forcing": 0.0 <= self.waypoint_teacher_forcing <= 1.0,
             "pick_persistence": self.pick_persistence >= 0,
             "place_inhibition": self.place_inhibition >= 0,
+            "place_lock_distance": self.place_lock_distance >= 0,
             "gripper_index": -self.state_dim <= self.gripper_index < self.state_dim,
             "flow_steps": self.flow_steps >= 1,
             "path_dims": len(set(self.path_dims)) == len(self.path_dims)

@@ -173,13 +173,14 @@ class FlowModel(nn.Module):
         return prefix, self._action_condition(steer)
 
     def encode_steering(self, batch: dict[str, torch.Tensor]):
-        """`encode_context`'s prefix tokens and condition, and the pick xy ``(B, 2)`` the expert is steered to
-        (None without a heatmap's `waypoint_target`)."""
+        """`encode_context`'s prefix tokens and condition, and the pick and place xy ``(B, 2, 2)`` the expert is
+        steered to (None without a heatmap's `waypoint_target`)."""
         prefix, _, heatmap, steer = self._encode(batch)
-        pick = None
-        if steer is not None and heatmap is not None:  # steer = pick - effector xy, in the state's scale
-            pick = batch["state"].float()[:, :2] + steer.float()[:, :2] * self.normalizer.state_std[:2]
-        return prefix, self._action_condition(steer), pick
+        waypoints = None
+        if steer is not None and heatmap is not None:  # steer = waypoints - effector xy, in the state's scale
+            here = batch["state"].float()[:, None, :2]
+            waypoints = here + steer.float().unflatten(1, (2, 2)) * self.normalizer.state_std[:2]
+        return prefix, self._action_condition(steer), waypoints
 
     def _action_condition(self, steer: torch.Tensor | None) -> torch.Tensor | None:
         return None if steer is None else self.target_in(steer.to(self.target_in.weight.dtype))
@@ -195,11 +196,16 @@ class FlowModel(nn.Module):
     def _peaks(self, batch, heatmap) -> torch.Tensor:
         """Pick and place xy ``(B, 4)`` the expert is steered to: the maps' strongest modes, at run time the pick
         held near the one chosen before (``batch["pick_prior"]``, `FlowConfig.pick_persistence`) and kept off
-        what earlier subtasks placed (``batch["pick_avoid"]``, `FlowConfig.place_inhibition`)."""
-        prior = None if self.training else batch.get("pick_prior")
-        avoid = None if self.training else batch.get("pick_avoid")
-        return self.waypoint_head.peak(*heatmap, prior, self.cfg.pick_persistence, avoid,
-                                       self.cfg.place_inhibition).flatten(1)
+        what earlier subtasks placed (``batch["pick_avoid"]``, `FlowConfig.place_inhibition`); the place where
+        ``batch["place_lock"]`` holds one (`FlowConfig.place_lock_distance`)."""
+        if self.training:
+            return self.waypoint_head.peak(*heatmap).flatten(1)
+        peaks = self.waypoint_head.peak(*heatmap, batch.get("pick_prior"), self.cfg.pick_persistence,
+                                        batch.get("pick_avoid"), self.cfg.place_inhibition)
+        locked = batch.get("place_lock")  # (B, 2), NaN rows: none
+        if locked is not None:
+            peaks[:, 1] = torch.where(torch.isfinite(locked), locked.to(peaks.dtype), peaks[:, 1])
+        return peaks.flatten(1)
 
     def _encode(self, batch):
         """Prefix tokens, the waypoints as trained (a heatmap's soft-argmax), the heatmap head's logits
@@ -392,6 +398,10 @@ class FlowModel(nn.Module):
         return model.to(device).eval()
 
 
+def _text(subtask: Subtask | None) -> str | None:
+    return None if subtask is None else subtask.text
+
+
 class FlowExecutor:
     """The executor tier: ``act(obs, subtask, subgoal) -> ActionChunk`` with a `FlowModel`.
 
@@ -402,10 +412,11 @@ class FlowExecutor:
     def __init__(self, model: FlowModel, tokenizer=None, device: str | torch.device = "cpu",
                  flow_steps: int | None = None, dtype: torch.dtype | str = torch.float32, seed: int = 0,
                  cuda_graph: bool = False, noise_scale: float = 1.0, affordance: dict | None = None,
-                 pick_persistence: float | None = None, place_inhibition: float | None = None):
+                 pick_persistence: float | None = None, place_inhibition: float | None = None,
+                 place_lock_distance: float | None = None):
         """``affordance``: `AffordanceConfig` fields, how `affordance` turns the waypoint maps into scores.
-        ``pick_persistence``, ``place_inhibition``: override the checkpoint's `FlowConfig` fields of those names
-        (run-time settings)."""
+        ``pick_persistence``, ``place_inhibition``, ``place_lock_distance``: override the checkpoint's `FlowConfig`
+        fields of those names (run-time settings)."""
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         self.affordance_cfg = AffordanceConfig.model_validate(dict(affordance or {}))
         if not math.isfinite(noise_scale) or noise_scale < 0:
@@ -415,7 +426,8 @@ class FlowExecutor:
         self.model = model.to(self.device, dtype).eval()
         self.model.normalizer.float()  # statistics stay float32 whatever the compute dtype
         self.cfg = model.cfg
-        for name, value in (("pick_persistence", pick_persistence), ("place_inhibition", place_inhibition)):
+        for name, value in (("pick_persistence", pick_persistence), ("place_inhibition", place_inhibition),
+                            ("place_lock_distance", place_lock_distance)):
             if value is not None:
                 FlowConfig(**{**self.cfg.to_dict(), name: value})  # validates it
                 setattr(self.cfg, name, float(value))
@@ -430,10 +442,11 @@ class FlowExecutor:
     def from_pretrained(cls, path: str | Path, device: str = "cpu", flow_steps: int | None = None,
                         dtype: str = "float32", seed: int = 0, cuda_graph: bool = False,
                         noise_scale: float = 1.0, affordance: dict | None = None,
-                        pick_persistence: float | None = None, place_inhibition: float | None = None) -> FlowExecutor:
+                        pick_persistence: float | None = None, place_inhibition: float | None = None,
+                        place_lock_distance: float | None = None) -> FlowExecutor:
         model = FlowModel.from_pretrained(path)
         return cls(model, load_tokenizer(model.cfg, path), device, flow_steps, dtype, seed, cuda_graph, noise_scale,
-                   affordance, pick_persistence, place_inhibition)
+                   affordance, pick_persistence, place_inhibition, place_lock_distance)
 
     def save_pretrained(self, directory: str | Path) -> None:
         self.model.save_pretrained(directory)
@@ -442,10 +455,12 @@ class FlowExecutor:
     def reset(self) -> None:
         """Restart the noise stream, so an episode's chunks are reproducible, and forget the picks and places."""
         self.generator = torch.Generator(self.device).manual_seed(self.seed)
-        self._pick: tuple[str, torch.Tensor] | None = None  # (subtask, pick xy (1, 2)) of the chunk before
+        # Keyed by the subtask's text (None for an executor acting on the instruction: one pick-and-place after another)
+        self._pick: tuple[str | None, torch.Tensor] | None = None  # (subtask, pick xy (1, 2)) of the chunk before
         self._held = False  # whether the gripper held at the chunk before
         self._subtask: str | None = None  # the subtask of the chunk before
         self._placed: list[tuple[str | None, torch.Tensor]] = []  # (subtask, effector xy (2,)) at each release
+        self._place: tuple[str | None, torch.Tensor] | None = None  # (subtask, place xy (1, 2)) seen from afar, held
 
     def _pick_memory(self, obs: Observation, subtask: Subtask | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The pick chosen for the chunk before ``(1, 2)``, NaN once the subtask has changed or the gripper is open
@@ -453,7 +468,7 @@ class FlowExecutor:
         gripper let go under other subtasks than this one ``(1, K, 2)`` (K >= 0)."""
         state = np.asarray(obs.state, np.float32).reshape(-1)
         held = float(state[self.cfg.gripper_index]) >= GRIPPER_ON
-        text = None if subtask is None else subtask.text
+        text = _text(subtask)
         released = self._held and not held
         if released:  # seen at the first chunk after the release: the effector has risen, not moved aside
             self._placed.append((self._subtask, torch.from_numpy(state[:2].copy()).to(self.device)))
@@ -465,6 +480,22 @@ class FlowExecutor:
         avoid = torch.stack(placed)[None] if placed else torch.zeros(1, 0, 2, device=self.device)
         return prior, avoid
 
+    def _place_lock(self, state: torch.Tensor, subtask: Subtask | None) -> torch.Tensor:
+        """The place ``(1, 2)`` to steer to while the gripper holds and the effector is within
+        `FlowConfig.place_lock_distance` of the place seen from further away; NaN otherwise. Near it, the held block
+        hides where it goes from the front camera, and the place map's estimate drifts."""
+        if self._place is None or not self._held or self._place[0] != _text(subtask):
+            self._place = None
+        elif torch.linalg.norm(state[:, :2].float() - self._place[1]) < self.cfg.place_lock_distance:
+            return self._place[1]
+        return torch.full((1, 2), float("nan"), device=self.device)
+
+    def _remember_place(self, state: torch.Tensor, subtask: Subtask | None, place: torch.Tensor) -> None:
+        """Keep the place steered to as the one to lock on, if it was seen from beyond the lock's distance."""
+        far = torch.linalg.norm(state[:, :2].float() - place) >= self.cfg.place_lock_distance
+        if self._held and self.cfg.place_lock_distance > 0 and bool(far):
+            self._place = (_text(subtask), place)
+
     # Real-time chunking: the async runtime passes the actions already committed as ``prefix``.
     supports_prefix = True
 
@@ -474,16 +505,19 @@ class FlowExecutor:
         batch = observation_batch(self.cfg, self.tokenizer, obs, subtask, subgoal)
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         context = None
-        if (self.cfg.pick_persistence > 0 or self.cfg.place_inhibition > 0) and self.cfg.waypoint_target:
+        cfg = self.cfg
+        if (cfg.pick_persistence > 0 or cfg.place_inhibition > 0 or cfg.place_lock_distance > 0) and cfg.waypoint_target:
             batch["pick_prior"], batch["pick_avoid"] = self._pick_memory(obs, subtask)
-            *context, pick = self.model.encode_steering(batch)
-            self._pick = None if subtask is None else (subtask.text, pick)
+            batch["place_lock"] = self._place_lock(batch["state"], subtask)
+            *context, waypoints = self.model.encode_steering(batch)
+            self._pick = (_text(subtask), waypoints[:, 0])
+            self._remember_place(batch["state"], subtask, waypoints[:, 1])
         noise = self.noise_scale * torch.randn(1, self.cfg.chunk, self.cfg.action_dim, device=self.device,
                                                generator=self.generator)
         if prefix is not None and len(prefix):
             prefix = np.asarray(prefix, np.float32)[: self.cfg.chunk - 1]
-            if prefix.ndim != 2 or prefix.shape[1] != self.cfg.action_dim or not np.isfinite(prefix).all():
-                raise ValueError(f"prefix: expected finite float32 [d, {self.cfg.action_dim}], got {prefix.shape}")
+            if prefix.ndim != 2 or prefix.shape[1] != cfg.action_dim or not np.isfinite(prefix).all():
+                raise ValueError(f"prefix: expected finite float32 [d, {cfg.action_dim}], got {prefix.shape}")
             actions = self.model.sample_actions(batch, self.flow_steps, noise,
                                                 torch.from_numpy(prefix)[None].to(self.device),
                                                 context)[0].cpu().numpy()
