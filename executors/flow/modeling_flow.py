@@ -506,7 +506,8 @@ class FlowExecutor:
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         context = None
         cfg = self.cfg
-        if (cfg.pick_persistence > 0 or cfg.place_inhibition > 0 or cfg.place_lock_distance > 0) and cfg.waypoint_target:
+        remembers = cfg.pick_persistence > 0 or cfg.place_inhibition > 0 or cfg.place_lock_distance > 0
+        if remembers and cfg.waypoint_target:
             batch["pick_prior"], batch["pick_avoid"] = self._pick_memory(obs, subtask)
             batch["place_lock"] = self._place_lock(batch["state"], subtask)
             *context, waypoints = self.model.encode_steering(batch)
