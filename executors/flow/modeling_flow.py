@@ -462,20 +462,24 @@ class FlowExecutor:
         self._placed: list[tuple[str | None, torch.Tensor]] = []  # (subtask, effector xy (2,)) at each release
         self._place: tuple[str | None, torch.Tensor] | None = None  # (subtask, place xy (1, 2)) seen from afar, held
 
-    def _pick_memory(self, obs: Observation, subtask: Subtask | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _nowhere(self) -> torch.Tensor:
+        """``(1, 2)`` NaN: no point (what `HeatmapWaypointHead.peak` and `FlowModel._peaks` read as none)."""
+        return torch.full((1, 2), float("nan"), device=self.device)
+
+    def _pick_memory(self, state: torch.Tensor, subtask: Subtask | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The pick chosen for the chunk before ``(1, 2)``, NaN once the subtask has changed or the gripper is open
         again after holding (a pick-and-place ended: the block picked is where it was let go of now), and where the
-        gripper let go under other subtasks than this one ``(1, K, 2)`` (K >= 0)."""
-        state = np.asarray(obs.state, np.float32).reshape(-1)
-        held = float(state[self.cfg.gripper_index]) >= GRIPPER_ON
+        gripper let go under other subtasks than this one ``(1, K, 2)`` (K >= 0). ``state``: the batch's ``(1, S)``;
+        this also updates whether the gripper holds, which `_place_lock` reads."""
+        held = float(state[0, self.cfg.gripper_index]) >= GRIPPER_ON
         text = _text(subtask)
         released = self._held and not held
         if released:  # seen at the first chunk after the release: the effector has risen, not moved aside
-            self._placed.append((self._subtask, torch.from_numpy(state[:2].copy()).to(self.device)))
+            self._placed.append((self._subtask, state[0, :2].float()))
         if self._pick is not None and (self._pick[0] != text or released):
             self._pick = None
         self._held, self._subtask = held, text
-        prior = self._pick[1] if self._pick is not None else torch.full((1, 2), float("nan"), device=self.device)
+        prior = self._pick[1] if self._pick is not None else self._nowhere()
         placed = [xy for done, xy in self._placed if done != text]
         avoid = torch.stack(placed)[None] if placed else torch.zeros(1, 0, 2, device=self.device)
         return prior, avoid
@@ -488,7 +492,7 @@ class FlowExecutor:
             self._place = None
         elif torch.linalg.norm(state[:, :2].float() - self._place[1]) < self.cfg.place_lock_distance:
             return self._place[1]
-        return torch.full((1, 2), float("nan"), device=self.device)
+        return self._nowhere()
 
     def _remember_place(self, state: torch.Tensor, subtask: Subtask | None, place: torch.Tensor) -> None:
         """Keep the place steered to as the one to lock on, if it was seen from beyond the lock's distance."""
@@ -508,7 +512,7 @@ class FlowExecutor:
         cfg = self.cfg
         remembers = cfg.pick_persistence > 0 or cfg.place_inhibition > 0 or cfg.place_lock_distance > 0
         if remembers and cfg.waypoint_target:
-            batch["pick_prior"], batch["pick_avoid"] = self._pick_memory(obs, subtask)
+            batch["pick_prior"], batch["pick_avoid"] = self._pick_memory(batch["state"], subtask)
             batch["place_lock"] = self._place_lock(batch["state"], subtask)
             *context, waypoints = self.model.encode_steering(batch)
             self._pick = (_text(subtask), waypoints[:, 0])
@@ -528,7 +532,7 @@ class FlowExecutor:
             actions = self._replay(batch, self.flow_steps, noise)[0].cpu().numpy()
         used_subgoal = subgoal is not None and self.cfg.use_subgoal
         return ActionChunk(actions=actions, dt=self.cfg.dt, start_time=obs.timestamp,
-                           subtask=None if subtask is None else subtask.text,
+                           subtask=_text(subtask),
                            subgoal_created_at=subgoal.created_at if used_subgoal else None)
 
     @torch.inference_mode()
