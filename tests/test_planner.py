@@ -121,6 +121,22 @@ def test_state_in_prompt_writes_the_robot_state_and_needs_it():
     assert "State:" not in build_messages(PromptConfig(), "stack", [], None, obs.state)[-1]["content"][1]["text"]
 
 
+def test_several_cameras_are_shown_side_by_side_as_one_image_and_a_missing_one_is_named():
+    backend = CannedBackend(['{"subtask": "pick up the red block", "done": false}'])
+    planner = VLMPlanner(backend, prompt={"camera": ["front", "wrist"], "image_size": 20}, vocabulary=VOCAB)
+    planner.plan(OBS, "put the red block in the blue bowl", [])
+    image = backend.sent[0][1]
+    assert image.shape == (20, 40, 3)  # each 40 px camera at 20 px, front on the left
+    from PIL import Image
+
+    half = np.asarray(Image.fromarray(OBS.images["wrist"]).resize((20, 20), Image.BILINEAR))
+    assert np.array_equal(image[:, 20:], half) and not np.array_equal(image[:, :20], half)
+    front_only = fake_observation(cameras=("front",), size=40)
+    with pytest.raises(ValueError, match=r"no \['wrist'\]"):
+        planner.plan(front_only, "put the red block in the blue bowl", [])
+    assert backend.replies == [] and len(backend.sent) == 1  # the model was not asked
+
+
 def test_gripper_releases_since_the_current_subtask_began_are_counted_into_the_prompt():
     replies = [VOCAB[0], VOCAB[0], VOCAB[1], VOCAB[1], VOCAB[1]]
     backend = CannedBackend([json.dumps({"subtask": r, "done": False}) for r in replies])

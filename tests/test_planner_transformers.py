@@ -182,6 +182,30 @@ def test_fine_tuning_at_a_larger_image_size_reads_the_larger_grid(trained, tiny_
     assert step.done or step.subtask in PLAN
 
 
+def test_fine_tuning_with_the_wrist_camera_beside_the_front_one_reads_both(trained, tiny_data, tmp_path, capsys):
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from planners.subtask import evaluate
+    from planners.subtask.train import train
+    from planners.subtask.transformers_backend import transformers_planner
+
+    out = tmp_path / "wrist"
+    train(str(tiny_data.root), str(out), steps=2, batch_size=2, warmup_steps=1, threads=1, init=str(trained),
+          model=TINY, camera=["front", "wrist"])
+    assert json.loads((out / "planner.json").read_text())["prompt"]["camera"] == ["front", "wrist"]
+    processor = AutoProcessor.from_pretrained(out)
+    grid = processor.image_processor(images=[Image.new("RGB", (112, 56))], return_tensors="pt")["image_grid_thw"]
+    assert grid.tolist() == [[1, 4, 8]]  # the front camera's 4 x 4 patches, the wrist's 4 x 4 to its right
+    planner = transformers_planner(str(out))
+    obs = Observation(images={c: np.zeros((96, 96, 3), np.uint8) for c in ("front", "wrist")},
+                      state=np.zeros(2, np.float32))
+    step = planner.plan(obs, INSTRUCTION, [])
+    assert step.done or step.subtask in PLAN
+    assert evaluate.main(["--data", str(tiny_data.root), "--model", str(out), "--examples", "6", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["next_examples"] > 0
+
+
 def test_an_auxiliary_example_asks_what_is_left_and_is_trained_on_that_list(tiny_data, tmp_path):
     from planners.subtask.examples import Example
     from planners.subtask.prompting import PromptConfig

@@ -30,16 +30,18 @@ def main(argv: list[str]) -> int:
     from hybrid.config import compose, instantiate
     from hybrid.testing.doubles import fake_observation
     from hybrid.types import Subtask
+    from planners.subtask.prompting import cameras as planner_cameras
     from planners.subtask.reply import PlannerFault
 
     overrides = list(args.overrides) + ([f"planner.model={args.model}"] if args.model else [])
     planner = instantiate(compose(f"planner/{args.config}", overrides).planner)
-    cameras = ("front",)
+    prompt = getattr(planner, "prompt", None)
+    shown = set(planner_cameras(prompt)) if prompt is not None else {"front"}
     if getattr(planner, "wants_affordance", False):
         executor = instantiate(compose(f"executor/{args.executor}").executor)
         planner.use_affordance(executor.affordance)
-        cameras = tuple(executor.cfg.cameras)
-    obs = fake_observation(cameras=cameras, size=args.size, seed=0)
+        shown |= set(executor.cfg.cameras)
+    obs = fake_observation(cameras=tuple(sorted(shown)), size=args.size, seed=0)
     instruction = "put the red block in the blue bowl"
     history: list[Subtask] = []
     times, faults = [], 0

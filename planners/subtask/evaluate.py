@@ -45,7 +45,8 @@ def main(argv: list[str]) -> int:
     from hybrid.envs.tabletop.tasks import family_of
     from hybrid.types import Observation, Subtask
     from planners.subtask.examples import VARIANTS, ExampleBuilder
-    from planners.subtask.frames import decode_frames
+    from planners.subtask.frames import camera_key, decode_frames
+    from planners.subtask.prompting import cameras
     from planners.subtask.reply import PlannerFault, normalize
     from planners.subtask.tabletop_language import NAMINGS, canonical_subtask
     from planners.subtask.transformers_backend import load_settings, transformers_planner
@@ -62,15 +63,13 @@ def main(argv: list[str]) -> int:
     plan_form = NAMINGS[load_settings(args.model).get("ordinals", "scene")].rewrite
     builder = ExampleBuilder(index, canon, args.done_tail_s, None if grip is None else states[:, grip],
                              planner.prompt.gripper_closed, plan_form)
-    cam = planner.prompt.camera
-    key = next((k for k in FEATURES["cameras"] if k.endswith("." + cam)), FEATURES["cameras"][0])
     size = planner.prompt.image_size or 224
-    frames = {cam: decode_frames(dataset, key, size)}
+    frames = {c: decode_frames(dataset, camera_key(c), size) for c in cameras(planner.prompt)}
     if args.affordance:  # the executor's cameras at its size; the planner resizes its own as at run time
         executor = instantiate(compose("executor/flow_tabletop").executor)
         planner.use_affordance(executor.affordance)
-        frames = {c: decode_frames(dataset, next(k for k in FEATURES["cameras"] if k.endswith("." + c)),
-                                   executor.cfg.image_size) for c in executor.cfg.cameras}
+        frames = {c: decode_frames(dataset, camera_key(c), executor.cfg.image_size)
+                  for c in {*executor.cfg.cameras, *cameras(planner.prompt)}}
 
     rng = np.random.default_rng(args.seed)
     last = np.flatnonzero([index.is_last_subtask(i) for i in range(len(index))])

@@ -10,7 +10,7 @@ import numpy as np
 
 from hybrid.types import Observation, PlanStep, Subtask
 from planners.subtask.affordance import AffordanceCheck, AffordanceFn, choose, distinct, unafforded, widened
-from planners.subtask.prompting import PromptConfig, build_messages, pick_image, resize
+from planners.subtask.prompting import PromptConfig, build_messages, planner_image
 from planners.subtask.replan import ReplanPolicy
 from planners.subtask.reply import BadReply, PlannerFault, make_vocabulary, parse_reply, reply_text
 
@@ -160,7 +160,7 @@ class VLMPlanner:
         if self.replan.keep_while_holding and self._closed and self.current is not None:
             return PlanStep(subtask=self.current, reason="holding a block: the subtask under way is kept")
         messages = self.messages(instruction, history, obs.state)
-        image = resize(pick_image(obs, self.prompt.camera), self.prompt.image_size)
+        image = planner_image(obs, self.prompt)
         attempts: list[str] = []
         kind = "bad_reply"
         for attempt in range(self.max_attempts):

@@ -26,8 +26,12 @@ class PromptConfig(BaseModel):
 
     system: str | None = Field(DEFAULT_SYSTEM, description="system message; None sends none")
     schema_in_prompt: bool = Field(True, description="append PlanStep's JSON schema to the user turn")
-    camera: str = Field("front", description="which camera the planner looks at")
-    image_size: int | None = Field(None, gt=0, description="resize so the longer side is this many pixels")
+    # Several cameras are tiled left to right into one image, so every backend (an HTTP server too) gets one:
+    # the wrist camera sees a release from above, where the front one sees a few pixels behind the arm.
+    camera: str | list[str] = Field("front", description="which camera the planner looks at, or a list of "
+                                    "cameras shown side by side")
+    image_size: int | None = Field(None, gt=0, description="resize so the longer side is this many pixels "
+                                   "(tiled cameras: each camera's height)")
     state_in_prompt: bool = Field(False, description="write the proprioceptive state into the user turn: "
                                   "whether the gripper still holds tells 'placing' from 'placed'")
     gripper_index: int | None = Field(None, description="the state entry of the gripper command; when set, the "
@@ -37,12 +41,40 @@ class PromptConfig(BaseModel):
     gripper_closed: float = Field(0.5, description="gripper commands at or above this count as closed")
 
 
+def cameras(cfg: PromptConfig) -> list[str]:
+    return [cfg.camera] if isinstance(cfg.camera, str) else list(cfg.camera)
+
+
 def pick_image(obs: Observation, camera: str) -> np.ndarray:
-    """The planner's camera; recorded frames name it `observation.images.<camera>`."""
+    """One camera's image; recorded frames name it `observation.images.<camera>`. A single-camera planner
+    takes whatever camera there is; a view of a tiled image must be there."""
     for key in (camera, f"observation.images.{camera}"):
         if key in obs.images:
             return obs.images[key]
     return next(iter(obs.images.values()))
+
+
+def tile(views: list[np.ndarray], height: int | None = None) -> np.ndarray:
+    """Images side by side, left to right, each scaled to ``height`` (default: the first one's)."""
+    from PIL import Image
+
+    height = height or views[0].shape[0]
+    scaled = [v if v.shape[0] == height else np.asarray(Image.fromarray(v).resize(
+        (max(1, round(v.shape[1] * height / v.shape[0])), height), Image.BILINEAR)) for v in views]
+    return np.concatenate(scaled, axis=1)
+
+
+def planner_image(obs: Observation, cfg: PromptConfig) -> np.ndarray:
+    """The one image the planner is shown: its camera resized to ``image_size``, or its cameras tiled at that
+    height."""
+    names = cameras(cfg)
+    if len(names) == 1:
+        return resize(pick_image(obs, names[0]), cfg.image_size)
+    missing = [c for c in names if c not in obs.images and f"observation.images.{c}" not in obs.images]
+    if missing:
+        raise ValueError(f"the planner looks at cameras {names}; the observation has no {missing} "
+                         f"(it has {sorted(obs.images)})")
+    return tile([pick_image(obs, c) for c in names], cfg.image_size)
 
 
 def resize(image: np.ndarray, size: int | None) -> np.ndarray:

@@ -58,21 +58,22 @@ def train_tokenizer(corpus: list[str], vocab_size: int):
                               pad_token="<|endoftext|>", chat_template=CHAT_TEMPLATE)
 
 
-def build_processor(tokenizer, image_size: int):
+def build_processor(tokenizer, image_size: int, views: int = 1):
     from transformers import Qwen2VLImageProcessorFast, Qwen2VLProcessor, Qwen2VLVideoProcessor
 
     grid = {"patch_size": 14, "merge_size": 2, "temporal_patch_size": 2}
     processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessorFast(**grid), tokenizer=tokenizer,
                                  video_processor=Qwen2VLVideoProcessor(**grid), chat_template=CHAT_TEMPLATE)
-    set_image_size(processor, image_size)
+    set_image_size(processor, image_size, views)
     return processor
 
 
-def set_image_size(processor, image_size: int) -> None:
-    """Resize every image to ``image_size``^2 pixels (min = max pixels), so the image token count is fixed;
-    also how a planner is fine-tuned at another resolution than it was trained at (Qwen2-VL's vision rotary
-    positions follow the patch grid, so the same weights read a larger grid)."""
-    pixels = image_size * image_size
+def set_image_size(processor, image_size: int, views: int = 1) -> None:
+    """Resize every image to ``views`` x ``image_size``^2 pixels (min = max pixels; ``views`` cameras tiled
+    side by side), so the image token count is fixed; also how a planner is fine-tuned at another resolution or
+    with another camera beside its own (Qwen2-VL's vision rotary positions follow the patch grid, so the same
+    weights read a larger grid, and the first camera keeps the positions it had alone)."""
+    pixels = views * image_size * image_size
     for proc in (processor.image_processor, getattr(processor, "video_processor", None)):
         if proc is not None:
             proc.size = {"shortest_edge": pixels, "longest_edge": pixels}
@@ -106,10 +107,11 @@ def build_model(tokenizer, cfg: TabletopModelConfig):
     return model
 
 
-def build(corpus: list[str], cfg: TabletopModelConfig):
-    """(model, processor) for a fresh tabletop planner whose tokenizer is trained on ``corpus``."""
+def build(corpus: list[str], cfg: TabletopModelConfig, views: int = 1):
+    """(model, processor) for a fresh tabletop planner whose tokenizer is trained on ``corpus``, shown ``views``
+    cameras side by side."""
     tokenizer = train_tokenizer(corpus, cfg.vocab_size)
-    return build_model(tokenizer, cfg), build_processor(tokenizer, cfg.image_size)
+    return build_model(tokenizer, cfg), build_processor(tokenizer, cfg.image_size, views)
 
 
 def save(model, processor, out: str | Path) -> None:

@@ -20,7 +20,7 @@ from hybrid.data import FEATURES, SubtaskIndex, numeric_column, open_dataset
 from hybrid.data.augment import ColourSwap, WordNoise, tabletop_colour_swap
 from hybrid.types import PlanStep
 from planners.subtask.examples import TRAIN_WEIGHTS, Example, ExampleBuilder
-from planners.subtask.prompting import PromptConfig, build_messages, user_text
+from planners.subtask.prompting import PromptConfig, build_messages, cameras, user_text
 from planners.subtask.reply import reply_text
 from planners.subtask.tabletop_language import NAMINGS, canonical_subtask, colours_in, vocabulary
 from planners.subtask.tabletop_model import TabletopModelConfig, build, save, set_image_size
@@ -118,7 +118,7 @@ def collate(processor, builder: ExampleBuilder, frames: np.ndarray, examples, pr
 
 def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: float = 1e-3,
           warmup_steps: int = 100, weight_decay: float = 0.01, checkpoint_every: int = 250,
-          resume: bool = True, seed: int = 0, done_tail_s: float = 0.5, camera: str = "front",
+          resume: bool = True, seed: int = 0, done_tail_s: float = 0.5, camera: str | list[str] = "front",
           canonical: bool = True, model: dict | None = None, max_minutes: float | None = None,
           threads: int | None = None, log_every: int = 25, colour_swap: float = 0.0,
           done_fraction: float = 0.0, state_in_prompt: bool = False, init: str | None = None,
@@ -137,20 +137,23 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     "the other" / "the last", which count the blocks) or "history" ("the" / "another" / "the last" in turn,
     `tabletop_language.history_ordinals`); needs ``canonical``;
     ``left_fraction``: share of examples that ask for every subtask still left instead of the next one
-    (`LEFT_QUESTION`, an auxiliary target the planner is never asked at run time)."""
+    (`LEFT_QUESTION`, an auxiliary target the planner is never asked at run time);
+    ``camera``: the camera the planner looks at, or a list of cameras tiled side by side (`PromptConfig.camera`)."""
     import torch
     from accelerate import Accelerator
     from tqdm import tqdm
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from planners.subtask.frames import decode_frames
+    from planners.subtask.frames import decode_views
 
     if threads:
         torch.set_num_threads(int(threads))
     out = Path(out)
     cfg = TabletopModelConfig.model_validate(dict(model or {}))
+    camera = camera if isinstance(camera, str) else list(camera)  # a Hydra ListConfig is neither
     prompt = PromptConfig(system=None, schema_in_prompt=False, camera=camera, image_size=cfg.image_size,
                           state_in_prompt=state_in_prompt, gripper_index=gripper_index)
+    views = cameras(prompt)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
 
@@ -169,8 +172,7 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     seen = sorted({s for plan in builder.plans.values() for s in plan})
     vocab = vocabulary(colours_in(seen), naming.ordinals) if canonical else seen
     vocab += [s for s in seen if s not in vocab]
-    key = next((k for k in FEATURES["cameras"] if k.endswith("." + camera)), FEATURES["cameras"][0])
-    frames = decode_frames(dataset, key, cfg.image_size)
+    frames = decode_views(dataset, views, cfg.image_size)
 
     state_dir = out / STATE_DIR
     start = 0
@@ -181,12 +183,12 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
         log.info("resuming from step %d in %s", start, out)
     elif init is not None:
         processor = AutoProcessor.from_pretrained(init)
-        set_image_size(processor, cfg.image_size)  # the prompt's size: the init's or a new one
+        set_image_size(processor, cfg.image_size, len(views))  # the prompt's size: the init's or a new one
         net = AutoModelForImageTextToText.from_pretrained(init)
         save(net, processor, out)
         log.info("fine-tuning %s", init)
     else:
-        net, processor = build(tokenizer_corpus(index, vocab, prompt, ask_left=left_fraction > 0), cfg)
+        net, processor = build(tokenizer_corpus(index, vocab, prompt, ask_left=left_fraction > 0), cfg, len(views))
         save(net, processor, out)
     (out / SETTINGS_FILE).write_text(json.dumps({"prompt": prompt.model_dump(), "vocabulary": vocab,
                                                  "ordinals": ordinals}, indent=1))
