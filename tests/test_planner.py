@@ -135,6 +135,12 @@ def test_several_cameras_are_shown_side_by_side_as_one_image_and_a_missing_one_i
     with pytest.raises(ValueError, match=r"no \['wrist'\]"):
         planner.plan(front_only, "put the red block in the blue bowl", [])
     assert backend.replies == [] and len(backend.sent) == 1  # the model was not asked
+    from pydantic import ValidationError
+
+    from planners.subtask.prompting import PromptConfig
+
+    with pytest.raises(ValidationError, match="camera"):
+        PromptConfig(camera=[])
 
 
 def test_gripper_releases_since_the_current_subtask_began_are_counted_into_the_prompt():

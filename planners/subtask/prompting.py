@@ -28,8 +28,8 @@ class PromptConfig(BaseModel):
     schema_in_prompt: bool = Field(True, description="append PlanStep's JSON schema to the user turn")
     # Several cameras are tiled left to right into one image, so every backend (an HTTP server too) gets one:
     # the wrist camera sees a release from above, where the front one sees a few pixels behind the arm.
-    camera: str | list[str] = Field("front", description="which camera the planner looks at, or a list of "
-                                    "cameras shown side by side")
+    camera: str | list[str] = Field("front", min_length=1, description="which camera the planner looks at, or "
+                                    "a list of cameras shown side by side")
     image_size: int | None = Field(None, gt=0, description="resize so the longer side is this many pixels "
                                    "(tiled cameras: each camera's height)")
     state_in_prompt: bool = Field(False, description="write the proprioceptive state into the user turn: "
