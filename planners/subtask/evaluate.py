@@ -63,13 +63,12 @@ def main(argv: list[str]) -> int:
     plan_form = NAMINGS[load_settings(args.model).get("ordinals", "scene")].rewrite
     builder = ExampleBuilder(index, canon, args.done_tail_s, None if grip is None else states[:, grip],
                              planner.prompt.gripper_closed, plan_form)
-    size = planner.prompt.image_size or 224
-    frames = {c: decode_frames(dataset, camera_key(c), size) for c in cameras(planner.prompt)}
+    names, size = set(cameras(planner.prompt)), planner.prompt.image_size or 224
     if args.affordance:  # the executor's cameras at its size; the planner resizes its own as at run time
         executor = instantiate(compose("executor/flow_tabletop").executor)
         planner.use_affordance(executor.affordance)
-        frames = {c: decode_frames(dataset, camera_key(c), executor.cfg.image_size)
-                  for c in {*executor.cfg.cameras, *cameras(planner.prompt)}}
+        names, size = names | set(executor.cfg.cameras), executor.cfg.image_size
+    frames = {c: decode_frames(dataset, camera_key(c), size) for c in sorted(names)}
 
     rng = np.random.default_rng(args.seed)
     last = np.flatnonzero([index.is_last_subtask(i) for i in range(len(index))])

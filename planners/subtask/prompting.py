@@ -45,13 +45,18 @@ def cameras(cfg: PromptConfig) -> list[str]:
     return [cfg.camera] if isinstance(cfg.camera, str) else list(cfg.camera)
 
 
-def pick_image(obs: Observation, camera: str) -> np.ndarray:
-    """One camera's image; recorded frames name it `observation.images.<camera>`. A single-camera planner
-    takes whatever camera there is; a view of a tiled image must be there."""
+def camera_image(obs: Observation, camera: str) -> np.ndarray | None:
+    """The camera's image, or None; recorded frames name it `observation.images.<camera>`."""
     for key in (camera, f"observation.images.{camera}"):
         if key in obs.images:
             return obs.images[key]
-    return next(iter(obs.images.values()))
+    return None
+
+
+def pick_image(obs: Observation, camera: str) -> np.ndarray:
+    """A single-camera planner's image: its camera, else whatever camera there is."""
+    image = camera_image(obs, camera)
+    return image if image is not None else next(iter(obs.images.values()))
 
 
 def tile(views: list[np.ndarray], height: int | None = None) -> np.ndarray:
@@ -70,11 +75,12 @@ def planner_image(obs: Observation, cfg: PromptConfig) -> np.ndarray:
     names = cameras(cfg)
     if len(names) == 1:
         return resize(pick_image(obs, names[0]), cfg.image_size)
-    missing = [c for c in names if c not in obs.images and f"observation.images.{c}" not in obs.images]
+    views = [camera_image(obs, c) for c in names]
+    missing = [c for c, view in zip(names, views) if view is None]
     if missing:
         raise ValueError(f"the planner looks at cameras {names}; the observation has no {missing} "
                          f"(it has {sorted(obs.images)})")
-    return tile([pick_image(obs, c) for c in names], cfg.image_size)
+    return tile(views, cfg.image_size)
 
 
 def resize(image: np.ndarray, size: int | None) -> np.ndarray:
