@@ -506,10 +506,10 @@ class FlowExecutor:
     @torch.inference_mode()
     def act(self, obs: Observation, subtask: Subtask | None, subgoal: Subgoal | None = None,
             prefix: np.ndarray | None = None) -> ActionChunk:
-        batch = observation_batch(self.cfg, self.tokenizer, obs, subtask, subgoal)
+        cfg = self.cfg
+        batch = observation_batch(cfg, self.tokenizer, obs, subtask, subgoal)
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         context = None
-        cfg = self.cfg
         remembers = cfg.pick_persistence > 0 or cfg.place_inhibition > 0 or cfg.place_lock_distance > 0
         if remembers and cfg.waypoint_target:
             batch["pick_prior"], batch["pick_avoid"] = self._pick_memory(batch["state"], subtask)
@@ -517,10 +517,10 @@ class FlowExecutor:
             *context, waypoints = self.model.encode_steering(batch)
             self._pick = (_text(subtask), waypoints[:, 0])
             self._remember_place(batch["state"], subtask, waypoints[:, 1])
-        noise = self.noise_scale * torch.randn(1, self.cfg.chunk, self.cfg.action_dim, device=self.device,
+        noise = self.noise_scale * torch.randn(1, cfg.chunk, cfg.action_dim, device=self.device,
                                                generator=self.generator)
         if prefix is not None and len(prefix):
-            prefix = np.asarray(prefix, np.float32)[: self.cfg.chunk - 1]
+            prefix = np.asarray(prefix, np.float32)[: cfg.chunk - 1]
             if prefix.ndim != 2 or prefix.shape[1] != cfg.action_dim or not np.isfinite(prefix).all():
                 raise ValueError(f"prefix: expected finite float32 [d, {cfg.action_dim}], got {prefix.shape}")
             actions = self.model.sample_actions(batch, self.flow_steps, noise,
@@ -530,8 +530,8 @@ class FlowExecutor:
             actions = self.model.sample_actions(batch, self.flow_steps, noise, context=context)[0].cpu().numpy()
         else:
             actions = self._replay(batch, self.flow_steps, noise)[0].cpu().numpy()
-        used_subgoal = subgoal is not None and self.cfg.use_subgoal
-        return ActionChunk(actions=actions, dt=self.cfg.dt, start_time=obs.timestamp,
+        used_subgoal = subgoal is not None and cfg.use_subgoal
+        return ActionChunk(actions=actions, dt=cfg.dt, start_time=obs.timestamp,
                            subtask=_text(subtask),
                            subgoal_created_at=subgoal.created_at if used_subgoal else None)
 
