@@ -199,6 +199,36 @@ def test_a_subtask_is_kept_without_asking_the_model_while_the_gripper_holds_a_bl
     assert planner.releases == 0  # the release started subtask b, which counts from there
 
 
+def test_a_descent_onto_a_block_keeps_the_subtask_until_the_grip_and_for_at_most_approach_max_calls():
+    a, b = VOCAB
+    backend = CannedBackend([json.dumps({"subtask": t, "done": False}) for t in (a,) + (b,) * 8])
+    planner = VLMPlanner(backend, prompt={"gripper_index": -1}, vocabulary=VOCAB,
+                         replan={"keep_while_holding": True, "keep_while_approaching": 0.08, "height_index": 2,
+                                 "approach_max_calls": 2})
+
+    def at(z, gripper=0.0):
+        return OBS.model_copy(update={"state": np.array([0.1, 0.0, z, gripper], np.float32)})
+
+    def plan(*states):
+        steps = [planner.plan(s, "put the red block in the blue bowl", []) for s in states]
+        return [s.subtask for s in steps], [s.reason for s in steps]
+
+    # high, then down to grip (kept without asking), then the grip and the carry (kept while holding)
+    subtasks, reasons = plan(at(0.2), at(0.06), at(0.045), at(0.045, 1.0), at(0.1, 1.0))
+    assert subtasks == [a, a, a, a, a] and "coming down to grip" in reasons[1] and "holding" in reasons[3]
+    assert len(backend.replies) == 8  # one model call in five
+    # Let go low (in a bowl): that is no approach, the model is asked at once and may switch.
+    assert plan(at(0.05))[0] == [b]
+    planner.reset()
+    # A robot hovering low keeps the plan for approach_max_calls calls, then the model is asked again.
+    assert plan(at(0.2), at(0.05), at(0.05), at(0.05))[0] == [b, b, b, b]
+    assert len(backend.replies) == 5
+    with pytest.raises(ValueError, match="height_index"):
+        ReplanPolicy(keep_while_approaching=0.08)
+    with pytest.raises(ValueError, match="gripper_index"):
+        VLMPlanner(CannedBackend([]), vocabulary=VOCAB, replan={"keep_while_approaching": 0.08, "height_index": 2})
+
+
 def test_a_gripper_index_outside_the_state_is_a_clear_error():
     planner = VLMPlanner(CannedBackend([]), prompt={"gripper_index": 7}, vocabulary=VOCAB)
     with pytest.raises(ValueError, match="gripper_index 7 is outside the robot state"):

@@ -63,8 +63,11 @@ class VLMPlanner:
         self._widen_replies = [reply_text(PlanStep(subtask=t)) for t in self._widen_texts]
         self.max_attempts, self.retry_backoff_s = int(max_attempts), float(retry_backoff_s)
         self.replan = replan if isinstance(replan, ReplanPolicy) else ReplanPolicy.model_validate(dict(replan or {}))
+        if (self.replan.keep_while_holding or self.replan.keep_while_approaching) and self.prompt.gripper_index is None:
+            raise ValueError("replan.keep_while_holding / keep_while_approaching: needs the prompt's gripper_index")
         self.current: str | None = None
         self.releases, self._closed = 0, False
+        self._armed, self._approach_calls = False, 0  # came down from above since the last grip; calls held
         self._proposal: tuple[str, int] | None = None  # an unconfirmed change of subtask, and its replies so far
 
     def reset(self) -> None:
@@ -119,6 +122,7 @@ class VLMPlanner:
         it began and now as in ``state`` (evaluation builds situations from recorded frames this way)."""
         self.current, self.releases, self._proposal = current, int(releases), None
         self._closed = state is not None and self.prompt.gripper_index is not None and self._gripper_closed(state)
+        self._armed, self._approach_calls = False, 0  # an approach is seen only as it comes down
 
     def _confirmed(self, step: PlanStep) -> PlanStep:
         """``step``, or the current subtask while a change to ``step`` lacks the replies in a row that
@@ -149,6 +153,19 @@ class VLMPlanner:
         closed = self._gripper_closed(state)
         self.releases += self._closed and not closed
         self._closed = closed
+        if self.replan.keep_while_approaching is None:
+            return
+        height = float(np.asarray(state).reshape(-1)[self.replan.height_index])
+        high = height >= self.replan.keep_while_approaching
+        # armed by an open gripper up high, disarmed by a grip: right after a release the effector is low but
+        # leaving, and only a new descent is an approach
+        self._armed = not closed and (high or self._armed)
+        approaching = self._armed and not high
+        self._approach_calls = self._approach_calls + 1 if approaching else 0
+
+    def _approaching(self) -> bool:
+        """A descent onto a block is under way and has not yet held the subtask ``approach_max_calls`` times."""
+        return 0 < self._approach_calls <= self.replan.approach_max_calls
 
     def messages(self, instruction: str, history: list[Subtask], state: np.ndarray | None = None) -> list[dict]:
         done = [s.text for s in history if s.status == "done"]
@@ -159,6 +176,8 @@ class VLMPlanner:
         self._track_gripper(obs.state)
         if self.replan.keep_while_holding and self._closed and self.current is not None:
             return PlanStep(subtask=self.current, reason="holding a block: the subtask under way is kept")
+        if self._approaching() and self.current is not None:
+            return PlanStep(subtask=self.current, reason="coming down to grip: the subtask under way is kept")
         messages = self.messages(instruction, history, obs.state)
         image = planner_image(obs, self.prompt)
         attempts: list[str] = []

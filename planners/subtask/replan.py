@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ReplanPolicy(BaseModel):
@@ -33,6 +33,23 @@ class ReplanPolicy(BaseModel):
     keep_while_holding: bool = Field(
         False, description="keep the current subtask, without asking the model, while the gripper is closed "
         "(needs the prompt's gripper_index)")
+    # Between the descent onto a block and the grip, a change of subtask leaves the executor low over that block
+    # with the gripper open, a state its demonstrations never pair with another subtask: it grips the block
+    # below anyway and carries it to the new subtask's target (traced in `sort`: most wrong-block grasps came
+    # within one action of a switch). So a descent from above, gripper open, holds the subtask until the grip.
+    keep_while_approaching: float | None = Field(
+        None, gt=0, description="keep the current subtask, without asking the model, while the gripper is open "
+        "and the effector has come down below this height (state entry height_index) from above since the "
+        "gripper last closed (needs the prompt's gripper_index); None: off")
+    height_index: int | None = Field(None, description="the state entry of the effector's height")
+    approach_max_calls: int = Field(4, ge=1, description="calls in a row one approach may keep the subtask "
+                                    "(a robot hovering low must not hold the plan for ever)")
+
+    @model_validator(mode="after")
+    def _approach_needs_height(self) -> ReplanPolicy:
+        if self.keep_while_approaching is not None and self.height_index is None:
+            raise ValueError("keep_while_approaching: needs height_index (the state entry of the effector's height)")
+        return self
 
     def should_replan(self, now: float, last_plan_time: float | None, subtask_changed: bool = False,
                       stalled: bool | float = False) -> bool:
