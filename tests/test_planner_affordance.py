@@ -9,7 +9,7 @@ import pytest
 
 from hybrid.agent import HybridAgent
 from hybrid.testing.doubles import MockExecutor, MockWorldModel, fake_observation
-from hybrid.types import PlanStep
+from hybrid.types import PlanStep, Subtask
 from planners.subtask import PlannerFault, VLMPlanner
 from planners.subtask.affordance import choose
 from planners.subtask.reply import reply_text
@@ -288,3 +288,41 @@ def test_a_planner_widens_for_a_doubtful_subtask_before_ending_the_episode():
                          affordance={"candidates": 4, "widen": 8, "done_below": 0.2})
     planner.use_affordance(scorer(table))
     assert planner.plan(OBS, "gather", []).subtask == GREEN
+
+
+def test_a_subtask_without_a_grip_for_stale_after_calls_is_given_up_for_the_best_new_one():
+    def at(gripper):
+        return OBS.model_copy(update={"state": np.array([0.1, 0.0, 0.2, gripper], np.float32)})
+
+    red_first, blue_first = ranked(PlanStep(subtask=RED), PlanStep(subtask=BLUE)), ranked(PlanStep(subtask=BLUE), PlanStep(subtask=RED))
+    planner = VLMPlanner(CandidatesBackend(*[red_first] * 6, *[blue_first] * 3), vocabulary=[RED, BLUE], prompt={"gripper_index": -1},
+                         affordance={"candidates": 4, "stale_after": 3})
+    planner.use_affordance(scorer({RED: 0.9, BLUE: 0.9}))
+    # a grip (1.0) restarts the count; three calls in a row without one give RED up, then BLUE
+    got = [planner.plan(at(g), "sort", []).subtask for g in (0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)]
+    assert got == [RED, RED, RED, RED, RED, BLUE, BLUE, BLUE, RED]
+    # BLUE never let go of a block: the model is not told it is done, though the runtime's history says so;
+    # RED let go of one and is told as done
+    history = [Subtask(text=t, index=i, status="done") for i, t in enumerate((RED, BLUE))]
+    done_line = next(line for line in planner.messages("sort", history)[1]["content"][1]["text"].splitlines()
+                     if line.startswith("Done:"))
+    assert RED in done_line and BLUE not in done_line
+    with pytest.raises(ValueError, match="stale_after"):
+        VLMPlanner(CandidatesBackend(), vocabulary=[RED], prompt={"gripper_index": -1},
+                   affordance={"candidates": 1, "stale_after": 3})
+
+
+def test_a_stale_subtask_alone_in_the_beam_widens_to_the_vocabulary_or_is_kept():
+    beam = ranked(PlanStep(subtask=RED))
+    log_probs = {reply_text(PlanStep(subtask=RED)): -0.1, reply_text(PlanStep(subtask=BLUE)): -2.0}
+    planner = VLMPlanner(ScoringBackend(log_probs, *[beam] * 4), vocabulary=[RED, BLUE], prompt={"gripper_index": -1},
+                         affordance={"candidates": 4, "stale_after": 1, "widen": 8})
+    planner.use_affordance(scorer({RED: 0.9, BLUE: 0.8}))
+    open_gripper = OBS.model_copy(update={"state": np.array([0.1, 0.0, 0.2, 0.0], np.float32)})
+    assert planner.plan(open_gripper, "sort", []).subtask == RED
+    step = planner.plan(open_gripper, "sort", [])
+    assert step.subtask == BLUE and "widened" in step.reason
+    planner.resume(RED)
+    planner.use_affordance(scorer({RED: 0.9, BLUE: 0.1}))
+    planner.plan(open_gripper, "sort", [])
+    assert planner.plan(open_gripper, "sort", []).subtask == RED  # nothing else can start: kept

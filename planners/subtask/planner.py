@@ -51,6 +51,8 @@ class VLMPlanner:
             AffordanceCheck.model_validate(dict(affordance or {}))
         if self.affordance.candidates > 1 and not callable(getattr(backend, "candidates", None)):
             raise ValueError(f"affordance.candidates: {type(backend).__name__} cannot return candidate replies")
+        if self.affordance.stale_after and self.affordance.candidates < 2:
+            raise ValueError("affordance.stale_after: needs candidates >= 2 (replies to choose from instead)")
         if self.affordance.widen and not (callable(getattr(backend, "score", None)) and vocabulary):
             raise ValueError(f"affordance.widen: needs a subtask vocabulary and a backend that scores replies "
                              f"({type(backend).__name__})")
@@ -63,15 +65,20 @@ class VLMPlanner:
         self._widen_replies = [reply_text(PlanStep(subtask=t)) for t in self._widen_texts]
         self.max_attempts, self.retry_backoff_s = int(max_attempts), float(retry_backoff_s)
         self.replan = replan if isinstance(replan, ReplanPolicy) else ReplanPolicy.model_validate(dict(replan or {}))
-        if (self.replan.keep_while_holding or self.replan.keep_while_approaching) and self.prompt.gripper_index is None:
-            raise ValueError("replan.keep_while_holding / keep_while_approaching: needs the prompt's gripper_index")
+        grip_rules = self.replan.keep_while_holding or self.replan.keep_while_approaching or self.affordance.stale_after
+        if grip_rules and self.prompt.gripper_index is None:
+            raise ValueError("replan.keep_while_holding / keep_while_approaching, affordance.stale_after: need the "
+                             "prompt's gripper_index")
         self.current: str | None = None
         self.releases, self._closed = 0, False
         self._armed, self._approach_calls = False, 0  # came down from above since the last grip; calls held
+        self._idle_calls = 0  # calls since the gripper last closed or the subtask began
+        self._dropped: list[str] = []  # given up before any release: the runtime's history counts them done
         self._proposal: tuple[str, int] | None = None  # an unconfirmed change of subtask, and its replies so far
 
     def reset(self) -> None:
         self.resume(None)
+        self._dropped = []
 
     @property
     def wants_affordance(self) -> bool:
@@ -85,37 +92,59 @@ class VLMPlanner:
         """One reply: the backend's, or with an affordance check the best candidate the executor can start."""
         if not self.wants_affordance or self._score is None:
             return parse_reply(self.backend.complete(messages, image), self.vocabulary)
+        check = self.affordance
+        stale = self._stale()
         steps, log_probs, bad = [], [], []
-        for text, log_prob in distinct(self.backend.candidates(messages, image, self.affordance.candidates)):
+        for text, log_prob in distinct(self.backend.candidates(messages, image, check.candidates)):
             try:
-                steps.append(parse_reply(text, self.vocabulary))
-                log_probs.append(log_prob)
+                step = parse_reply(text, self.vocabulary)
             except BadReply as err:
                 bad.append(err)
+                continue
+            if not (stale and not step.done and step.subtask == self.current):
+                steps.append(step)
+                log_probs.append(log_prob)
+        if stale:
+            log.info("planner: no grip in %d calls, %r is given up", self._idle_calls, self.current)
+            if not steps:  # the beam named only the stale subtask: look further, or keep it
+                return self._widened(messages, image, obs, self.current, None, None) or PlanStep(subtask=self.current)
         if not steps:
             raise bad[0] if bad else BadReply("empty", "no candidate reply")
-        check = self.affordance
         # The subtask under way needs no check, or (recheck) none until the gripper has let go since it began.
         may_be_finished = check.recheck and self.prompt.gripper_index is not None and self.releases > 0
-        current = None if may_be_finished else self.current
+        current = None if may_be_finished or stale else self.current
         product = check.rule == "product"
         step = choose(steps, current, obs, self._score, check.min_score, log_probs if product else None,
                       check.weight, check.done_score)
         if check.widen and unafforded(step, current, obs, self._score, check.min_score):
-            try:
-                scores = self.backend.score(messages, image, self._widen_replies)
-            except Exception as err:  # noqa: BLE001 - a failed search keeps the reply found so far
-                log.warning("planner: scoring the vocabulary failed, keeping %r: %s", step.subtask or "done", err)
-                return step
             reply = None
             if product:  # the reply found so far, with the beam's log-probability of it
                 reply = (step, next(lp for s, lp in zip(steps, log_probs, strict=True)
                                     if (s.done, s.subtask) == (step.done, step.subtask)))
-            # in place of "done" any subtask the executor might start will do (done_below)
-            threshold = check.done_score if step.done else check.min_score
-            step = widened(self._widen_texts, scores, current, obs, self._score, threshold, check.widen,
-                           check.widen_nats, reply, check.weight) or step
+            step = self._widened(messages, image, obs, current, step, reply) or step
         return step
+
+    def _widened(self, messages: list[dict], image: np.ndarray, obs: Observation, current: str | None,
+                 step: PlanStep | None, reply: tuple[PlanStep, float] | None) -> PlanStep | None:
+        """The vocabulary's best subtask other than ``current`` that the executor can start, in place of
+        ``step`` (None: nothing found so far); None when the widened search finds none or fails."""
+        check = self.affordance
+        if not check.widen:
+            return None
+        try:
+            scores = self.backend.score(messages, image, self._widen_replies)
+        except Exception as err:  # noqa: BLE001 - a failed search keeps the reply found so far
+            log.warning("planner: scoring the vocabulary failed, keeping %r: %s", step and (step.subtask or "done"), err)
+            return None
+        # in place of "done" any subtask the executor might start will do (done_below)
+        threshold = check.done_score if step is not None and step.done else check.min_score
+        return widened(self._widen_texts, scores, current, obs, self._score, threshold, check.widen,
+                       check.widen_nats, reply, check.weight)
+
+    def _stale(self) -> bool:
+        """Whether the subtask under way has gone `stale_after` calls without a grip (it is given up)."""
+        after = self.affordance.stale_after
+        return after is not None and self.current is not None and self._idle_calls >= after
 
     def resume(self, current: str | None, releases: int = 0, state: np.ndarray | None = None) -> None:
         """Take up a runtime's situation: ``current`` under way, the gripper released ``releases`` times since
@@ -123,6 +152,7 @@ class VLMPlanner:
         self.current, self.releases, self._proposal = current, int(releases), None
         self._closed = state is not None and self.prompt.gripper_index is not None and self._gripper_closed(state)
         self._armed, self._approach_calls = False, 0  # an approach is seen only as it comes down
+        self._idle_calls = 0
 
     def _confirmed(self, step: PlanStep) -> PlanStep:
         """``step``, or the current subtask while a change to ``step`` lacks the replies in a row that
@@ -153,6 +183,7 @@ class VLMPlanner:
         closed = self._gripper_closed(state)
         self.releases += self._closed and not closed
         self._closed = closed
+        self._idle_calls = 0 if closed else self._idle_calls + 1
         if self.replan.keep_while_approaching is None:
             return
         height = float(np.asarray(state).reshape(-1)[self.replan.height_index])
@@ -169,6 +200,9 @@ class VLMPlanner:
 
     def messages(self, instruction: str, history: list[Subtask], state: np.ndarray | None = None) -> list[dict]:
         done = [s.text for s in history if s.status == "done"]
+        for text in self._dropped:  # given up, not finished: the model is not told otherwise
+            if text in done:
+                done.remove(text)
         current = self.current if self.current is not None and self.current not in done else None
         return build_messages(self.prompt, instruction, done, current, state, self.releases if current else 0)
 
@@ -199,9 +233,12 @@ class VLMPlanner:
                 if not err.retryable:
                     break
                 continue
+            stale = self._stale()
             step = self._confirmed(step)
             if step.subtask != self.current:  # a new subtask begins now
-                self.releases = 0
+                if stale and not self.releases:  # never let go of a block: not done, whatever the history says
+                    self._dropped.append(self.current)
+                self.releases, self._idle_calls = 0, 0
             self.current = step.subtask
             return step
         raise PlannerFault(kind, attempts)
