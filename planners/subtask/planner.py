@@ -66,9 +66,9 @@ class VLMPlanner:
         self.max_attempts, self.retry_backoff_s = int(max_attempts), float(retry_backoff_s)
         self.replan = replan if isinstance(replan, ReplanPolicy) else ReplanPolicy.model_validate(dict(replan or {}))
         grip_rules = self.replan.keep_while_holding or self.replan.keep_while_approaching or self.affordance.stale_after
-        if grip_rules and self.prompt.gripper_index is None:
-            raise ValueError("replan.keep_while_holding / keep_while_approaching, affordance.stale_after: need the "
-                             "prompt's gripper_index")
+        if grip_rules and self.prompt.gripper_index is None:  # e.g. the tabletop config over a model without one
+            log.warning("planner: replan.keep_while_holding / keep_while_approaching and affordance.stale_after are "
+                        "off: they read the gripper, and the prompt has no gripper_index")
         self.current: str | None = None
         self.releases, self._closed = 0, False
         self._armed, self._approach_calls = False, 0  # came down from above since the last grip; calls held
