@@ -326,3 +326,14 @@ def test_a_stale_subtask_alone_in_the_beam_widens_to_the_vocabulary_or_is_kept()
     planner.use_affordance(scorer({RED: 0.9, BLUE: 0.1}))
     planner.plan(open_gripper, "sort", [])
     assert planner.plan(open_gripper, "sort", []).subtask == RED  # nothing else can start: kept
+
+
+def test_beam_nats_keeps_what_the_planner_deems_unlikely_from_replacing_a_reply_that_fails_the_check():
+    beam = [(reply_text(PlanStep(subtask=RED)), -0.1), (reply_text(PlanStep(subtask=BLUE)), -3.0)]
+    loose = VLMPlanner(CandidatesBackend(beam), vocabulary=[RED, BLUE], affordance={"candidates": 4})
+    loose.use_affordance(scorer({RED: 0.1, BLUE: 0.9}))
+    step = loose.plan(OBS, "sort", [])
+    assert step.subtask == BLUE and "log p -2.9 from the best" in step.reason  # the trace says how unlikely
+    tight = VLMPlanner(CandidatesBackend(beam), vocabulary=[RED, BLUE], affordance={"candidates": 4, "beam_nats": 2.0})
+    tight.use_affordance(scorer({RED: 0.1, BLUE: 0.9}))
+    assert tight.plan(OBS, "sort", []).subtask == RED  # no candidate left passes: the planner's own reply stands

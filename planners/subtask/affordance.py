@@ -41,6 +41,8 @@ class AffordanceCheck(BaseModel):
                                                   "affordance (SayCan), over the beam and, widened, the vocabulary")
     weight: float = Field(1.0, gt=0, description="the product rule's weight of log affordance (1: SayCan's product)")
     min_score: float = Field(0.5, ge=0, le=1)
+    beam_nats: float | None = Field(None, gt=0, description="a beam reply this far below the likeliest one "
+                                    "(log-probability) is no candidate (None: all the beam's replies are)")
     widen: int = Field(0, ge=0, description="new subtasks of the whole vocabulary checked when the beam holds "
                        "none the executor can start (0: the beam's alone)")
     widen_nats: float = Field(12.0, gt=0, description="how far below the likeliest reply a widened subtask may "

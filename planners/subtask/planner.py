@@ -110,12 +110,20 @@ class VLMPlanner:
                 return self._widened(messages, image, obs, self.current, None, None) or PlanStep(subtask=self.current)
         if not steps:
             raise bad[0] if bad else BadReply("empty", "no candidate reply")
+        if check.beam_nats is not None:  # what the planner itself deems unlikely is not taken for a failed check
+            keep = [i for i, lp in enumerate(log_probs) if lp >= max(log_probs) - check.beam_nats]
+            steps, log_probs = [steps[i] for i in keep], [log_probs[i] for i in keep]
         # The subtask under way needs no check, or (recheck) none until the gripper has let go since it began.
         may_be_finished = check.recheck and self.prompt.gripper_index is not None and self.releases > 0
         current = None if may_be_finished or stale else self.current
         product = check.rule == "product"
         step = choose(steps, current, obs, self._score, check.min_score, log_probs if product else None,
                       check.weight, check.done_score)
+        if step is not steps[0] and step.reason:  # how much less likely the reply taken is, for traces
+            gap = next((lp for s, lp in zip(steps, log_probs, strict=True)
+                        if (s.done, s.subtask) == (step.done, step.subtask)), None)
+            if gap is not None:
+                step = step.model_copy(update={"reason": f"{step.reason} (log p {gap - max(log_probs):.1f} from the best)"})
         if check.widen and unafforded(step, current, obs, self._score, check.min_score):
             reply = None
             if product:  # the reply found so far, with the beam's log-probability of it
