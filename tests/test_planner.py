@@ -225,6 +225,10 @@ def test_a_descent_onto_a_block_keeps_the_subtask_until_the_grip_and_for_at_most
     assert len(backend.replies) == 5
     with pytest.raises(ValueError, match="height_index"):
         ReplanPolicy(keep_while_approaching=0.08)
+    outside = VLMPlanner(CannedBackend([]), prompt={"gripper_index": -1}, vocabulary=VOCAB,
+                         replan={"keep_while_approaching": 0.08, "height_index": 9})
+    with pytest.raises(ValueError, match="height_index 9 is outside the robot state"):
+        outside.plan(at(0.2), "go", [])
 
 
 def test_the_gripper_rules_are_off_with_a_warning_when_the_prompt_reads_no_gripper(caplog):

@@ -52,7 +52,7 @@ class AffordanceCheck(BaseModel):
                                      "min_score) is tried instead (None: min_score)")
     recheck: bool = Field(False, description="check the subtask under way too once the gripper has let go since "
                           "it began (it may be finished; needs the prompt's gripper_index)")
-    # Traced in `gather` and `sort`: half the lost episodes end with the robot busy for 10+ s on one subtask
+    # Traced in `gather` and `sort`: a third of the lost episodes end with the robot busy for 10+ s on one subtask
     # without a grip, either one the executor cannot start (a block the planner imagined) or one it has finished
     # while the planner keeps it (another block of that colour lets the recheck pass).
     stale_after: int | None = Field(None, ge=1, description="plan calls in a row without the gripper closing "

@@ -194,7 +194,10 @@ class VLMPlanner:
         self._idle_calls = 0 if closed else self._idle_calls + 1
         if self.replan.keep_while_approaching is None:
             return
-        height = float(np.asarray(state).reshape(-1)[self.replan.height_index])
+        state, i = np.asarray(state).reshape(-1), self.replan.height_index
+        if not -len(state) <= i < len(state):
+            raise ValueError(f"height_index {i} is outside the robot state ({len(state)} entries)")
+        height = float(state[i])
         high = height >= self.replan.keep_while_approaching
         # armed by an open gripper up high, disarmed by a grip: right after a release the effector is low but
         # leaving, and only a new descent is an approach
