@@ -233,8 +233,8 @@ def test_a_descent_onto_a_block_keeps_the_subtask_until_the_grip_and_for_at_most
 
 def test_the_gripper_rules_are_off_with_a_warning_when_the_prompt_reads_no_gripper(caplog):
     backend = CannedBackend([json.dumps({"subtask": t, "done": False}) for t in VOCAB])
-    planner = VLMPlanner(backend, vocabulary=VOCAB, replan={"keep_while_holding": True, "keep_while_approaching": 0.08,
-                                                            "height_index": 2})
+    planner = VLMPlanner(backend, vocabulary=VOCAB,
+                         replan={"keep_while_holding": True, "keep_while_approaching": 0.08, "height_index": 2})
     assert "are off" in caplog.text
     low = OBS.model_copy(update={"state": np.array([0.1, 0.0, 0.05, 1.0], np.float32)})
     assert [planner.plan(low, "go", []).subtask for _ in VOCAB] == VOCAB  # the model is asked each time

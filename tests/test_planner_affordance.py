@@ -294,9 +294,10 @@ def test_a_subtask_without_a_grip_for_stale_after_calls_is_given_up_for_the_best
     def at(gripper):
         return OBS.model_copy(update={"state": np.array([0.1, 0.0, 0.2, gripper], np.float32)})
 
-    red_first, blue_first = ranked(PlanStep(subtask=RED), PlanStep(subtask=BLUE)), ranked(PlanStep(subtask=BLUE), PlanStep(subtask=RED))
-    planner = VLMPlanner(CandidatesBackend(*[red_first] * 6, *[blue_first] * 3), vocabulary=[RED, BLUE], prompt={"gripper_index": -1},
-                         affordance={"candidates": 4, "stale_after": 3})
+    red_first = ranked(PlanStep(subtask=RED), PlanStep(subtask=BLUE))
+    blue_first = ranked(PlanStep(subtask=BLUE), PlanStep(subtask=RED))
+    planner = VLMPlanner(CandidatesBackend(*[red_first] * 6, *[blue_first] * 3), vocabulary=[RED, BLUE],
+                         prompt={"gripper_index": -1}, affordance={"candidates": 4, "stale_after": 3})
     planner.use_affordance(scorer({RED: 0.9, BLUE: 0.9}))
     # a grip (1.0) restarts the count; three calls in a row without one give RED up, then BLUE
     got = [planner.plan(at(g), "sort", []).subtask for g in (0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)]
@@ -315,8 +316,8 @@ def test_a_subtask_without_a_grip_for_stale_after_calls_is_given_up_for_the_best
 def test_a_stale_subtask_alone_in_the_beam_widens_to_the_vocabulary_or_is_kept():
     beam = ranked(PlanStep(subtask=RED))
     log_probs = {reply_text(PlanStep(subtask=RED)): -0.1, reply_text(PlanStep(subtask=BLUE)): -2.0}
-    planner = VLMPlanner(ScoringBackend(log_probs, *[beam] * 4), vocabulary=[RED, BLUE], prompt={"gripper_index": -1},
-                         affordance={"candidates": 4, "stale_after": 1, "widen": 8})
+    planner = VLMPlanner(ScoringBackend(log_probs, *[beam] * 4), vocabulary=[RED, BLUE],
+                         prompt={"gripper_index": -1}, affordance={"candidates": 4, "stale_after": 1, "widen": 8})
     planner.use_affordance(scorer({RED: 0.9, BLUE: 0.8}))
     open_gripper = OBS.model_copy(update={"state": np.array([0.1, 0.0, 0.2, 0.0], np.float32)})
     assert planner.plan(open_gripper, "sort", []).subtask == RED
@@ -334,6 +335,7 @@ def test_beam_nats_keeps_what_the_planner_deems_unlikely_from_replacing_a_reply_
     loose.use_affordance(scorer({RED: 0.1, BLUE: 0.9}))
     step = loose.plan(OBS, "sort", [])
     assert step.subtask == BLUE and "log p -2.9 from the best" in step.reason  # the trace says how unlikely
-    tight = VLMPlanner(CandidatesBackend(beam), vocabulary=[RED, BLUE], affordance={"candidates": 4, "beam_nats": 2.0})
+    tight = VLMPlanner(CandidatesBackend(beam), vocabulary=[RED, BLUE],
+                       affordance={"candidates": 4, "beam_nats": 2.0})
     tight.use_affordance(scorer({RED: 0.1, BLUE: 0.9}))
     assert tight.plan(OBS, "sort", []).subtask == RED  # no candidate left passes: the planner's own reply stands

@@ -35,7 +35,9 @@ class VLMPlanner:
     The planner remembers the subtask it last asked for: the runtime's history holds only finished
     subtasks, and the model needs to know which one is under way to judge from the image whether it
     is finished. With ``prompt.gripper_index`` it also counts the gripper's releases since that subtask
-    began, from the states it is shown (so the replan period must be shorter than a carry). Each bad
+    began, from the states it is shown (so the replan period must be shorter than a carry), and can keep
+    a subtask through a grip (`ReplanPolicy.keep_while_holding`, `keep_while_approaching`) or give it up
+    after calls without one (`AffordanceCheck.stale_after`). Each bad
     reply (invalid JSON, schema violation, empty or unknown subtask) and each retryable backend error
     costs one of ``max_attempts``; then `PlannerFault` is raised.
     """
@@ -65,7 +67,8 @@ class VLMPlanner:
         self._widen_replies = [reply_text(PlanStep(subtask=t)) for t in self._widen_texts]
         self.max_attempts, self.retry_backoff_s = int(max_attempts), float(retry_backoff_s)
         self.replan = replan if isinstance(replan, ReplanPolicy) else ReplanPolicy.model_validate(dict(replan or {}))
-        grip_rules = self.replan.keep_while_holding or self.replan.keep_while_approaching or self.affordance.stale_after
+        replan = self.replan
+        grip_rules = replan.keep_while_holding or replan.keep_while_approaching or self.affordance.stale_after
         if grip_rules and self.prompt.gripper_index is None:  # e.g. the tabletop config over a model without one
             log.warning("planner: replan.keep_while_holding / keep_while_approaching and affordance.stale_after are "
                         "off: they read the gripper, and the prompt has no gripper_index")
@@ -107,7 +110,8 @@ class VLMPlanner:
         if stale:
             log.info("planner: no grip in %d calls, %r is given up", self._idle_calls, self.current)
             if not steps:  # the beam named only the stale subtask: look further, or keep it
-                return self._widened(messages, image, obs, self.current, None, None) or PlanStep(subtask=self.current)
+                found = self._widened(messages, image, obs, self.current, None, None)
+                return found or PlanStep(subtask=self.current)
         if not steps:
             raise bad[0] if bad else BadReply("empty", "no candidate reply")
         if check.beam_nats is not None:  # what the planner itself deems unlikely is not taken for a failed check
@@ -123,7 +127,8 @@ class VLMPlanner:
             gap = next((lp for s, lp in zip(steps, log_probs, strict=True)
                         if (s.done, s.subtask) == (step.done, step.subtask)), None)
             if gap is not None:
-                step = step.model_copy(update={"reason": f"{step.reason} (log p {gap - max(log_probs):.1f} from the best)"})
+                why = f"{step.reason} (log p {gap - max(log_probs):.1f} from the best)"
+                step = step.model_copy(update={"reason": why})
         if check.widen and unafforded(step, current, obs, self._score, check.min_score):
             reply = None
             if product:  # the reply found so far, with the beam's log-probability of it
@@ -142,7 +147,8 @@ class VLMPlanner:
         try:
             scores = self.backend.score(messages, image, self._widen_replies)
         except Exception as err:  # noqa: BLE001 - a failed search keeps the reply found so far
-            log.warning("planner: scoring the vocabulary failed, keeping %r: %s", step and (step.subtask or "done"), err)
+            kept = step and (step.subtask or "done")
+            log.warning("planner: scoring the vocabulary failed, keeping %r: %s", kept, err)
             return None
         # in place of "done" any subtask the executor might start will do (done_below)
         threshold = check.done_score if step is not None and step.done else check.min_score
