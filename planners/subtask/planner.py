@@ -124,16 +124,12 @@ class VLMPlanner:
         step = choose(steps, current, obs, self._score, check.min_score, log_probs if product else None,
                       check.weight, check.done_score)
         if step is not steps[0] and step.reason:  # how much less likely the reply taken is, for traces
-            gap = next((lp for s, lp in zip(steps, log_probs, strict=True)
-                        if (s.done, s.subtask) == (step.done, step.subtask)), None)
-            if gap is not None:
-                why = f"{step.reason} (log p {gap - max(log_probs):.1f} from the best)"
-                step = step.model_copy(update={"reason": why})
+            gap = _log_prob_of(step, steps, log_probs) - max(log_probs)
+            step = step.model_copy(update={"reason": f"{step.reason} (log p {gap:.1f} from the best)"})
         if check.widen and unafforded(step, current, obs, self._score, check.min_score):
             reply = None
             if product:  # the reply found so far, with the beam's log-probability of it
-                reply = (step, next(lp for s, lp in zip(steps, log_probs, strict=True)
-                                    if (s.done, s.subtask) == (step.done, step.subtask)))
+                reply = (step, _log_prob_of(step, steps, log_probs))
             step = self._widened(messages, image, obs, current, step, reply) or step
         return step
 
@@ -186,10 +182,7 @@ class VLMPlanner:
         return step
 
     def _gripper_closed(self, state: np.ndarray) -> bool:
-        state, i = np.asarray(state).reshape(-1), self.prompt.gripper_index
-        if not -len(state) <= i < len(state):
-            raise ValueError(f"gripper_index {i} is outside the robot state ({len(state)} entries)")
-        return float(state[i]) >= self.prompt.gripper_closed
+        return _state_entry(state, self.prompt.gripper_index, "gripper_index") >= self.prompt.gripper_closed
 
     def _track_gripper(self, state: np.ndarray) -> None:
         if self.prompt.gripper_index is None:
@@ -200,11 +193,7 @@ class VLMPlanner:
         self._idle_calls = 0 if closed else self._idle_calls + 1
         if self.replan.keep_while_approaching is None:
             return
-        state, i = np.asarray(state).reshape(-1), self.replan.height_index
-        if not -len(state) <= i < len(state):
-            raise ValueError(f"height_index {i} is outside the robot state ({len(state)} entries)")
-        height = float(state[i])
-        high = height >= self.replan.keep_while_approaching
+        high = _state_entry(state, self.replan.height_index, "height_index") >= self.replan.keep_while_approaching
         # armed by an open gripper up high, disarmed by a grip: right after a release the effector is low but
         # leaving, and only a new descent is an approach
         self._armed = not closed and (high or self._armed)
@@ -259,3 +248,16 @@ class VLMPlanner:
             self.current = step.subtask
             return step
         raise PlannerFault(kind, attempts)
+
+
+def _state_entry(state: np.ndarray, index: int, name: str) -> float:
+    """``state[index]``, or a ValueError naming the setting ``name`` when the state has no such entry."""
+    state = np.asarray(state).reshape(-1)
+    if not -len(state) <= index < len(state):
+        raise ValueError(f"{name} {index} is outside the robot state ({len(state)} entries)")
+    return float(state[index])
+
+
+def _log_prob_of(step: PlanStep, steps: list[PlanStep], log_probs: list[float]) -> float:
+    """The beam's log-probability of ``step`` (a reply of ``steps``, or a copy of one with its reason changed)."""
+    return next(lp for s, lp in zip(steps, log_probs, strict=True) if (s.done, s.subtask) == (step.done, step.subtask))
