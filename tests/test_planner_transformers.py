@@ -289,3 +289,43 @@ def test_scoring_every_reply_by_teacher_forcing_matches_beam_search(tmp_path):
     np.testing.assert_allclose(exact, [beams[r] for r in replies], rtol=1e-4, atol=1e-4)
     probs = np.exp(exact)
     assert (probs > 0).all() and probs.sum() <= 1 + 1e-4  # whole answers of one distribution
+
+
+def test_fine_tuning_mixes_in_the_planners_own_situations(trained, tiny_data, tmp_path, monkeypatch, capsys):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from hybrid.testing.doubles import fake_observation
+    from planners.subtask import train as trainer
+    from planners.subtask.on_policy import features, situation_frame
+
+    situations = LeRobotDataset.create("local/onpol", fps=10, root=tmp_path / "onpol", use_videos=False,
+                                       features=features({"front": (32, 32, 3)}, 4, video=False))
+    red, green = "put the red block in the blue bowl", "put the green block in the green bowl"
+    for seed in range(3):  # the red block placed, the planner still on it: the sim says green is next
+        obs = fake_observation(size=32, seed=seed)
+        situations.add_frame(situation_frame(obs, INSTRUCTION, [], red, 1, PlanStep(subtask=green), frozenset({green})))
+    situations.save_episode()
+    situations.finalize()
+
+    seen = []
+    collate = trainer.collate
+    monkeypatch.setattr(trainer, "collate", lambda proc, b, frames, exs, *a: seen.extend(exs) or collate(
+        proc, b, frames, exs, *a))
+    no_data, scene_naming = {"on_policy_fraction": 0.5}, {"on_policy": str(tmp_path / "onpol"), "ordinals": "scene",
+                                                          "on_policy_fraction": 0.5}
+    for bad in (no_data, scene_naming):
+        with pytest.raises(ValueError, match="on_policy"):
+            trainer.train(str(tiny_data.root), str(tmp_path / "bad"), steps=1, model=TINY, **bad)
+    trainer.train(str(tiny_data.root), str(tmp_path / "mixed"), steps=2, batch_size=4, warmup_steps=1, threads=1,
+                  init=str(trained), model=TINY, ordinals="history", on_policy=[str(tmp_path / "onpol")],
+                  on_policy_fraction=1.0, release_noise=0.0, colour_swap=0.0, word_noise=0.0)
+    n = len(open_dataset(tiny_data.root))
+    assert len(seen) == 8 and {ex.frame for ex in seen} <= {n, n + 1, n + 2}  # after the recording's frames
+    assert all(ex.current == red and ex.target.subtask == green and ex.releases == 1 for ex in seen)
+    # `hybrid eval planner --on-policy` scores replies to those situations against the sim's labels.
+    from planners.subtask import evaluate
+
+    assert evaluate.main(["--data", str(tmp_path / "onpol"), "--model", str(tmp_path / "mixed"), "--on-policy",
+                          "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["on_policy_examples"] == {"move_on": 3} and 0 <= result["on_policy_accuracy"] <= 1

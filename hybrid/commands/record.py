@@ -18,6 +18,8 @@ def main(argv: list[str]) -> int:
     if OmegaConf.is_missing(cfg, "out"):
         print("hybrid record: out=DIR is required (a new dataset directory)", file=sys.stderr)
         return 2
+    if cfg.planner_rollouts.enabled:
+        return _planner_rollouts(cfg)
     from hybrid.envs.tabletop.record import record
 
     takeover = None
@@ -43,6 +45,33 @@ def main(argv: list[str]) -> int:
             takeover=takeover,
         )
     finally:
+        env.close()
+    print(json.dumps(summary))
+    return 0
+
+
+def _planner_rollouts(cfg) -> int:
+    """`planner_rollouts.enabled=true`: the agent's own rollouts, every question its planner asks written down."""
+    from hybrid.agent import AgentConfig, HybridAgent
+    from hybrid.envs.tabletop.planner_rollouts import record_planner_rollouts
+    from hybrid.runtime.sync import SyncLoopConfig
+
+    if cfg.expert_miss or cfg.expert_grasp_spread is not None or cfg.takeover.enabled:
+        print("hybrid record: planner_rollouts records the agent, not the expert (expert_miss, expert_grasp_spread "
+              "and takeover stay unset)", file=sys.stderr)
+        return 2
+    spec = cfg.planner_rollouts
+    # The planner runs inline: its hook reads the simulator, which only the loop's thread may touch.
+    agent = HybridAgent(instantiate(spec.planner), instantiate(spec.world_model) if spec.use_subgoals else None,
+                        instantiate(spec.executor), AgentConfig(planner_timeout_s=None, use_subgoals=spec.use_subgoals))
+    loop = SyncLoopConfig(max_steps=spec.max_steps, execute_horizon=spec.execute_horizon, max_consecutive_faults=5)
+    env = instantiate(cfg.env, task=cfg.task, split=cfg.split)
+    try:
+        summary = record_planner_rollouts(cfg.out, env, agent, loop, cfg.episodes, cfg.seed,
+                                          list(cfg.families) if cfg.families else None, cfg.repo_id, cfg.vcodec,
+                                          cfg.video, cfg.progress)
+    finally:
+        agent.close()
         env.close()
     print(json.dumps(summary))
     return 0

@@ -9,6 +9,9 @@ episode's last subtask (done or not yet) with the last subtask current.
 With ``--affordance`` the planner weighs its candidate replies against the tabletop executor's affordance
 (`planners/subtask/affordance.py`) as the agent does: the settings of configs/planner/tabletop.yaml and the
 executor of configs/executor/flow_tabletop.yaml, which is shown the frame's cameras at its own size.
+
+With ``--on-policy`` the data are the situations an agent's planner met in its own rollouts (`on_policy.py`):
+each reply is scored against the simulator's label, split by what the label asks (keep, move on, done).
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--exact", action="store_true", help="compare subtask text exactly, not canonically")
     p.add_argument("--affordance", action="store_true",
                    help="check candidate replies against the tabletop executor's affordance, as the agent does")
+    p.add_argument("--on-policy", action="store_true",
+                   help="--data holds situations from an agent's own rollouts (`hybrid record "
+                        "planner_rollouts.enabled=true`): score the planner's reply to each against the sim's label")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.add_argument("overrides", nargs="*", help="Hydra overrides of configs/planner/tabletop.yaml, e.g. "
                    "planner.affordance.rule=product")
@@ -56,19 +62,24 @@ def main(argv: list[str]) -> int:
     planner = transformers_planner(args.model, affordance=shipped.affordance if args.affordance else None)
     canon = (lambda s: normalize(s)) if args.exact else canonical_subtask
     dataset = open_dataset(args.data)
-    index = SubtaskIndex.from_dataset(dataset)
     states = numeric_column(dataset, FEATURES["state"])
-    grip = planner.prompt.gripper_index if args.gripper_index is None else args.gripper_index
-    # The planner's own naming of same-coloured blocks (planner.json; `train.py`'s ``ordinals``).
-    plan_form = NAMINGS[load_settings(args.model).get("ordinals", "scene")].rewrite
-    builder = ExampleBuilder(index, canon, args.done_tail_s, None if grip is None else states[:, grip],
-                             planner.prompt.gripper_closed, plan_form)
     names, size = set(cameras(planner.prompt)), planner.prompt.image_size or 224
     if args.affordance:  # the executor's cameras at its size; the planner resizes its own as at run time
         executor = instantiate(compose("executor/flow_tabletop").executor)
         planner.use_affordance(executor.affordance)
         names, size = names | set(executor.cfg.cameras), executor.cfg.image_size
     frames = {c: decode_frames(dataset, camera_key(c), size) for c in sorted(names)}
+    if args.on_policy:
+        result = score_situations(planner, dataset, frames, states, canon, args.examples)
+        print_result({**result, "model": str(args.model), "data": str(args.data), "affordance": bool(args.affordance),
+                      "overrides": list(args.overrides)}, args.json)
+        return 0
+    index = SubtaskIndex.from_dataset(dataset)
+    grip = planner.prompt.gripper_index if args.gripper_index is None else args.gripper_index
+    # The planner's own naming of same-coloured blocks (planner.json; `train.py`'s ``ordinals``).
+    plan_form = NAMINGS[load_settings(args.model).get("ordinals", "scene")].rewrite
+    builder = ExampleBuilder(index, canon, args.done_tail_s, None if grip is None else states[:, grip],
+                             planner.prompt.gripper_closed, plan_form)
 
     rng = np.random.default_rng(args.seed)
     last = np.flatnonzero([index.is_last_subtask(i) for i in range(len(index))])
@@ -128,6 +139,40 @@ def main(argv: list[str]) -> int:
     }
     print_result(result, args.json)
     return 0
+
+
+def score_situations(planner, dataset, frames: dict, states, canon, limit: int) -> dict:
+    """Accuracy on an on-policy dataset: the reply to each recorded situation against the simulator's label, over
+    all of them and split by what the label asks (keep the subtask under way, move on to another, say done)."""
+    from hybrid.types import Observation, Subtask
+    from planners.subtask.on_policy import examples
+    from planners.subtask.reply import PlannerFault
+
+    situations = examples(dataset)
+    if limit and len(situations) > limit:  # an even spread over the recording
+        situations = [situations[i] for i in np.linspace(0, len(situations) - 1, limit).round().astype(int)]
+    by_kind: dict[str, list[int]] = {}
+    faults = 0
+    for ex in situations:
+        planner.resume(ex.current, ex.releases, states[ex.frame])
+        obs = Observation(images={c: f[ex.frame] for c, f in frames.items()}, state=states[ex.frame])
+        history = [Subtask(text=s, index=k, status="done") for k, s in enumerate(ex.done)]
+        try:
+            step = planner.plan(obs, ex.instruction, history)
+        except PlannerFault:
+            step, faults = None, faults + 1
+        if ex.target.done:
+            kind, hit = "done", step is not None and step.done
+        else:
+            kind = "keep" if ex.target.subtask == ex.current else "move_on"
+            hit = step is not None and not step.done and canon(step.subtask) in ex.accepted
+        counts = by_kind.setdefault(kind, [0, 0])
+        counts[0] += hit
+        counts[1] += 1
+    hits, n = (sum(c) for c in zip(*by_kind.values())) if by_kind else (0, 0)
+    return {"on_policy_accuracy": round(hits / max(n, 1), 4),
+            "on_policy_accuracy_by_label": {k: round(h / c, 4) for k, (h, c) in sorted(by_kind.items())},
+            "on_policy_examples": {k: c for k, (_, c) in sorted(by_kind.items())}, "faults": faults}
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -78,6 +79,9 @@ class VLMPlanner:
         self._idle_calls = 0  # calls since the gripper last closed or the subtask began
         self._dropped: list[str] = []  # given up before any release: the runtime's history counts them done
         self._proposal: tuple[str, int] | None = None  # an unconfirmed change of subtask, and its replies so far
+        # Called as (obs, instruction, done, current, releases) whenever the model is asked: on-policy data
+        # collection (`planners/subtask/on_policy.py`) records what it was asked in its own closed loop.
+        self.on_ask: Callable[[Observation, str, list[str], str | None, int], None] | None = None
 
     def reset(self) -> None:
         self.resume(None)
@@ -204,13 +208,19 @@ class VLMPlanner:
         """A descent onto a block is under way and has not yet held the subtask ``approach_max_calls`` times."""
         return 0 < self._approach_calls <= self.replan.approach_max_calls
 
-    def messages(self, instruction: str, history: list[Subtask], state: np.ndarray | None = None) -> list[dict]:
+    def situation(self, history: list[Subtask]) -> tuple[list[str], str | None, int]:
+        """What the model is told: the finished subtasks (less those given up), the one under way, and the
+        gripper's releases since it began."""
         done = [s.text for s in history if s.status == "done"]
         for text in self._dropped:  # given up, not finished: the model is not told otherwise
             if text in done:
                 done.remove(text)
         current = self.current if self.current is not None and self.current not in done else None
-        return build_messages(self.prompt, instruction, done, current, state, self.releases if current else 0)
+        return done, current, self.releases if current else 0
+
+    def messages(self, instruction: str, history: list[Subtask], state: np.ndarray | None = None) -> list[dict]:
+        done, current, releases = self.situation(history)
+        return build_messages(self.prompt, instruction, done, current, state, releases)
 
     def plan(self, obs: Observation, instruction: str, history: list[Subtask]) -> PlanStep:
         self._track_gripper(obs.state)
@@ -218,6 +228,8 @@ class VLMPlanner:
             return PlanStep(subtask=self.current, reason="holding a block: the subtask under way is kept")
         if self._approaching() and self.current is not None:
             return PlanStep(subtask=self.current, reason="coming down to grip: the subtask under way is kept")
+        if self.on_ask is not None:
+            self.on_ask(obs, instruction, *self.situation(history))
         messages = self.messages(instruction, history, obs.state)
         image = planner_image(obs, self.prompt)
         attempts: list[str] = []

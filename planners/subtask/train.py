@@ -20,6 +20,7 @@ from hybrid.data import FEATURES, SubtaskIndex, numeric_column, open_dataset
 from hybrid.data.augment import ColourSwap, WordNoise, tabletop_colour_swap
 from hybrid.types import PlanStep
 from planners.subtask.examples import TRAIN_WEIGHTS, Example, ExampleBuilder
+from planners.subtask.on_policy import examples as on_policy_examples
 from planners.subtask.prompting import PromptConfig, build_messages, cameras, user_text
 from planners.subtask.reply import reply_text
 from planners.subtask.tabletop_language import NAMINGS, canonical_subtask, colours_in, vocabulary
@@ -123,7 +124,8 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
           threads: int | None = None, log_every: int = 25, colour_swap: float = 0.0,
           done_fraction: float = 0.0, state_in_prompt: bool = False, init: str | None = None,
           word_noise: float = 0.0, variants: dict[str, float] | None = None, gripper_index: int | None = None,
-          release_noise: float = 0.0, ordinals: str = "scene", left_fraction: float = 0.0) -> Path:
+          release_noise: float = 0.0, ordinals: str = "scene", left_fraction: float = 0.0,
+          on_policy: str | list[str] | None = None, on_policy_fraction: float = 0.0) -> Path:
     """``colour_swap``: probability that an example's colours are permuted (words and pixels, `augment.py`);
     ``word_noise``: probability that some of an instruction's words are replaced by unknown ones (`WordNoise`);
     ``done_fraction``: share of examples drawn from the frames labelled done, which are a few per episode;
@@ -138,7 +140,10 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     `tabletop_language.history_ordinals`); needs ``canonical``;
     ``left_fraction``: share of examples that ask for every subtask still left instead of the next one
     (`LEFT_QUESTION`, an auxiliary target the planner is never asked at run time);
-    ``camera``: the camera the planner looks at, or a list of cameras tiled side by side (`PromptConfig.camera`)."""
+    ``camera``: the camera the planner looks at, or a list of cameras tiled side by side (`PromptConfig.camera`);
+    ``on_policy``: datasets of situations from the planner's own rollouts (`hybrid record
+    planner_rollouts.enabled=true`, `on_policy.py`), labelled in the history's naming; ``on_policy_fraction``:
+    the share of examples drawn from them (DAgger's aggregation of the learner's states with the expert's)."""
     import torch
     from accelerate import Accelerator
     from tqdm import tqdm
@@ -162,6 +167,12 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
                          f"got {ordinals!r}")
     if not 0.0 <= left_fraction <= 1.0:  # NaN too
         raise ValueError(f"left_fraction: expected a share in [0, 1], got {left_fraction!r}")
+    on_policy = [] if not on_policy else [on_policy] if isinstance(on_policy, str) else list(on_policy)
+    if not 0.0 <= on_policy_fraction <= 1.0 or (on_policy_fraction > 0) != bool(on_policy):
+        raise ValueError(f"on_policy_fraction: expected a share in [0, 1], above 0 exactly when on_policy names "
+                         f"datasets; got {on_policy_fraction!r} with on_policy={on_policy!r}")
+    if on_policy and ordinals != "history":
+        raise ValueError("on_policy: its labels name same-coloured blocks from the history (ordinals=history)")
     naming = NAMINGS[ordinals]
     dataset = open_dataset(data)
     index = SubtaskIndex.from_dataset(dataset)
@@ -173,6 +184,14 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     vocab = vocabulary(colours_in(seen), naming.ordinals) if canonical else seen
     vocab += [s for s in seen if s not in vocab]
     frames = decode_views(dataset, views, cfg.image_size)
+    situations = []  # on-policy examples; their frames and states follow the recording's
+    for root in on_policy:
+        extra = open_dataset(root)
+        situations += on_policy_examples(extra, offset=len(frames))
+        frames = np.concatenate([frames, decode_views(extra, views, cfg.image_size)])
+        states = np.concatenate([states, numeric_column(extra, FEATURES["state"])])
+    if on_policy:
+        log.info("on-policy situations: %d from %s", len(situations), on_policy)
 
     state_dir = out / STATE_DIR
     start = 0
@@ -214,6 +233,8 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     augment = augmentation(rng, colour_swap, word_noise, release_noise)
 
     def draw():
+        if situations and rng.random() < on_policy_fraction:
+            return situations[int(rng.integers(len(situations)))]
         if left_fraction > 0 and rng.random() < left_fraction:
             ex = builder.sample(rng, all_frames, LEFT_WEIGHTS)
             return replace(ex, left=tuple(builder.left(ex.frame)))

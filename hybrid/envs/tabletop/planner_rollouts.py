@@ -1,0 +1,95 @@
+"""On-policy planner data from an agent's own tabletop rollouts (DAgger; `planners/subtask/on_policy.py`).
+
+The agent runs on the evaluation's synchronous loop; every time its planner asks the model
+(`VLMPlanner.on_ask`), the cameras, the robot state and what the model was told are written with the reply
+the simulator's success predicates call right at that moment. One LeRobot episode per rollout (rollouts where
+the model was never asked write none).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from hybrid.envs.tabletop.env import TabletopEnv
+from planners.subtask.on_policy import features, label, situation_frame
+
+
+class SituationRecorder:
+    """A runtime subscriber that also taps the planner: one frame per question the model is asked."""
+
+    def __init__(self, dataset, env: TabletopEnv):
+        self.dataset, self.env = dataset, env
+        self.plan: list[str] = []
+        self.frames: list[dict[str, Any]] = []
+        self.kinds: Counter = Counter()  # labels: keep the subtask under way / move on / done
+        self.written = 0
+
+    def on_episode_start(self, instruction: str, info: dict[str, Any]) -> None:
+        self.plan, self.frames = list(info["subtasks"]), []
+
+    def on_ask(self, obs, instruction: str, done: list[str], current: str | None, releases: int) -> None:
+        target, accepted = label(self.plan, self.env.scene.subtask_success(), done, current)
+        self.kinds["done" if target.done else "keep" if target.subtask == current else "move on"] += 1
+        self.frames.append(situation_frame(obs, instruction, done, current, releases, target, accepted))
+
+    def on_step(self, record) -> None:
+        pass
+
+    def on_episode_end(self, result) -> None:
+        if not self.frames:
+            return
+        for frame in self.frames:
+            self.dataset.add_frame(frame)
+        self.dataset.save_episode()
+        self.written += len(self.frames)
+        self.frames = []
+
+    def close(self) -> None:
+        pass
+
+
+def record_planner_rollouts(out, env: TabletopEnv, agent, loop, rollouts: int, seed: int = 0,
+                            families: list[str] | None = None, repo_id: str = "hybrid/tabletop_planner",
+                            vcodec: str = "h264", video: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Roll ``agent`` out ``rollouts`` times (seeds from ``seed``, ``families`` only) on the synchronous
+    ``loop`` and write what its planner was asked to a new LeRobot dataset at ``out``."""
+    import av
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from tqdm import tqdm
+
+    from hybrid.envs.tabletop.record import ROBOT_TYPE
+    from hybrid.runtime.env_adapter import EnvAdapter, EnvAdapterConfig
+    from hybrid.runtime.sync import run_episode
+
+    if not hasattr(agent.planner, "on_ask"):
+        raise TypeError(f"planner_rollouts: {type(agent.planner).__name__} has no on_ask hook (a VLMPlanner has)")
+    av.logging.set_libav_level(av.logging.ERROR)
+    dataset = LeRobotDataset.create(
+        repo_id, fps=round(env.control_hz), root=out, robot_type=ROBOT_TYPE, use_videos=video, vcodec=vcodec,
+        features=features({cam: (env.height, env.width, 3) for cam in env.cameras}, 4, video),
+        streaming_encoding=video,
+    )
+    adapter = EnvAdapter(env, EnvAdapterConfig(images_key="pixels", state_key="agent_pos"))
+    recorder = SituationRecorder(dataset, env)
+    agent.planner.on_ask = recorder.on_ask
+    done = solved = 0
+    next_seed = seed
+    try:
+        with tqdm(total=rollouts, desc="rollouts", unit="episode", disable=not progress) as bar:
+            while done < rollouts:
+                if families:
+                    _, info = env.reset(seed=next_seed)
+                    if info["family"] not in families:
+                        next_seed += 1
+                        continue
+                result = run_episode(agent, adapter, loop, [recorder], seed=next_seed)
+                next_seed += 1
+                done, solved = done + 1, solved + bool(result.success)
+                bar.update(1)
+                bar.set_postfix(frames=recorder.written, solved=solved)
+    finally:
+        agent.planner.on_ask = None
+        dataset.finalize()
+    return {"out": str(out), "rollouts": rollouts, "solved": solved, "frames": recorder.written,
+            "labels": dict(recorder.kinds), "next_seed": next_seed}
