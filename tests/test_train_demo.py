@@ -32,10 +32,14 @@ def test_fine_tuning_stage_waits_for_its_base_and_only_shipped_stages_are_copied
         "tuned": {"args": ["planner=tabletop"], "ship": "model", "init_from": "base", "data": "heldout"},
         "both": {"args": ["executor=affordance"], "ship": None, "init_from": "other", "data": ["train", "heldout"]},
         "dagger": {"args": ["executor=tabletop"], "ship": None, "init_from": "other", "data": ["train", "rollouts"]},
+        "asked": {"args": ["planner=tabletop"], "ship": ".", "init_from": "tuned", "on_policy": ["situations"]},
     })
     # a recording of the `other` stage's executor with the expert taking over: made once that stage is done
     OmegaConf.set_struct(cfg, False)
     cfg.record.rollouts = {"args": ["task=all", "takeover.enabled=true"], "executor": "other"}
+    # what the planner of `tuned` is asked in the rollouts of the agent of three stages
+    cfg.record.situations = {"args": ["task=sort", "planner_rollouts.enabled=true"], "planner": "tuned",
+                             "world_model": "base", "executor": "other"}
     monkeypatch.setattr(train_demo, "_stage", fake_stage)
     monkeypatch.setattr(train_demo, "compose", lambda name, argv: cfg)
     assert train_demo.main([]) == 0
@@ -48,12 +52,19 @@ def test_fine_tuning_stage_waits_for_its_base_and_only_shipped_stages_are_copied
     assert f"data={tmp_path / 'work' / 'tabletop_train'}" in by_name["other"][0]
     work = tmp_path / "work"
     assert f"data=[{work / 'tabletop_train'},{work / 'tabletop_heldout'}]" in by_name["both"][0]  # or several
-    assert sorted(p.name for p in (tmp_path / "ship").iterdir()) == ["other", "tuned"]  # the base is not shipped
+    assert sorted(p.name for p in (tmp_path / "ship").iterdir()) == ["asked", "other", "tuned"]  # not the base
     rollouts_args, done_before_rollouts = by_name["record_rollouts"]
     assert "other" in done_before_rollouts and "dagger" not in done_before_rollouts
     assert f"takeover.executor.path={work / 'runs' / 'other' / 'model'}" in rollouts_args
     assert f"data=[{work / 'tabletop_train'},{work / 'tabletop_rollouts'}]" in by_name["dagger"][0]
     assert [name for name, *_ in calls].count("record_rollouts") == 1
+    situations_args, done_before_situations = by_name["record_situations"]
+    assert {"tuned", "base", "other"} <= done_before_situations and "asked" not in done_before_situations
+    assert {f"planner_rollouts.planner.model={work / 'runs' / 'tuned' / 'model'}",
+            f"planner_rollouts.world_model.path={work / 'runs' / 'base'}",
+            f"planner_rollouts.executor.path={work / 'runs' / 'other' / 'model'}"} <= set(situations_args)
+    assert f"on_policy=[{work / 'tabletop_situations'}]" in by_name["asked"][0]
+    assert f"data={work / 'tabletop_train'}" in by_name["asked"][0]
 
 
 def test_the_shipped_pipeline_names_only_earlier_stages_and_its_own_recordings():
@@ -64,6 +75,14 @@ def test_the_shipped_pipeline_names_only_earlier_stages_and_its_own_recordings()
             assert spec.init_from in names[:i], name  # listed before, or the pool could wait on itself
         recordings = spec.get("data", "train")
         assert set([recordings] if isinstance(recordings, str) else recordings) <= set(cfg.record), name
-    for split, spec in cfg.record.items():  # a rollout recording names a stage that trains an executor
-        if not OmegaConf.is_list(spec):
+    for split, spec in cfg.record.items():  # a rollout recording names the stages whose tiers it rolls out
+        if OmegaConf.is_list(spec):
+            continue
+        if spec.get("planner"):  # the whole agent's, its planner's questions written down
+            assert {spec.planner, spec.world_model, spec.executor} <= set(names), split
+            assert "planner_rollouts.enabled=true" in spec.args, split
+        else:  # an executor's, with the expert taking over
             assert spec.executor in names and "takeover.enabled=true" in spec.args, split
+    for name, spec in cfg.trainings.items():  # on-policy recordings come from earlier stages than the one using them
+        for split in spec.get("on_policy") or []:
+            assert cfg.record[split].planner in names[:names.index(name)], name

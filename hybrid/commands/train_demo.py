@@ -52,14 +52,25 @@ def main(argv: list[str]) -> int:
     runs = {name: work / "runs" / name for name in cfg.trainings}
     recording_lock = threading.Lock()
 
+    def shipped(stage: str) -> Path:
+        """Where a stage's result is, once it has finished (the directory it would ship)."""
+        futures[stage].result()
+        return runs[stage] / (cfg.trainings[stage].ship or ".")
+
     def record(split: str) -> None:
         """Record ``split`` unless it is there. A recording given as ``{args, executor: <stage>}`` rolls that
-        stage's executor out with the expert taking over (`hybrid record takeover.enabled=true`): it waits for it."""
+        stage's executor out with the expert taking over (`hybrid record takeover.enabled=true`); one that also
+        names ``planner`` and ``world_model`` stages rolls out the agent of the three and writes what its planner
+        is asked (`planner_rollouts.enabled=true`). It waits for them."""
         spec = cfg.record[split]
         args = list(spec) if OmegaConf.is_list(spec) else list(spec.args)
         if (data[split] / "meta" / "info.json").is_file():
             return
-        if not OmegaConf.is_list(spec):
+        if not OmegaConf.is_list(spec) and spec.get("planner"):
+            args += [f"planner_rollouts.planner.model={shipped(spec.planner)}",
+                     f"planner_rollouts.world_model.path={shipped(spec.world_model)}",
+                     f"planner_rollouts.executor.path={shipped(spec.executor)}"]
+        elif not OmegaConf.is_list(spec):
             futures[spec.executor].result()
             args.append(f"takeover.executor.path={runs[spec.executor] / 'model'}")
         shutil.rmtree(data[split], ignore_errors=True)
@@ -74,11 +85,14 @@ def main(argv: list[str]) -> int:
         spec = cfg.trainings[name]
         recording = spec.get("data", "train")  # which recording(s) it trains on
         recordings = list(recording) if OmegaConf.is_list(recording) else [recording]
+        on_policy = list(spec.get("on_policy") or [])  # a planner's own situations (planner_rollouts recordings)
         with recording_lock:  # one stage records a rollout recording, the others wait for it
-            for split in recordings:
+            for split in recordings + on_policy:
                 record(split)
         where = f"[{','.join(str(data[r]) for r in recording)}]" if OmegaConf.is_list(recording) else data[recording]
         args = ["train", *spec.args, f"data={where}", f"out={runs[name]}", "resume=true"]
+        if on_policy:
+            args.append(f"on_policy=[{','.join(str(data[r]) for r in on_policy)}]")
         if spec.get("init_from"):  # a fine-tuning stage starts from another stage's result
             futures[spec.init_from].result()
             args.append(f"init={runs[spec.init_from]}")
