@@ -125,3 +125,13 @@ def test_planner_rollouts_refuse_expert_settings_and_planners_without_the_hook(t
     with pytest.raises(TypeError, match="MockPlanner has no on_ask hook"):
         record_planner_rollouts(tmp_path / "y", None, agent, None, rollouts=1)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_an_expert_recording_is_no_on_policy_data(tmp_path):
+    from hybrid.data import open_dataset
+    from hybrid.testing.datasets import make_tiny_dataset
+    from planners.subtask.on_policy import examples
+
+    data = make_tiny_dataset(tmp_path / "expert", episodes=1, frames_per_subtask=2)
+    with pytest.raises(ValueError, match="not a recording of a planner's own situations"):
+        examples(open_dataset(data.root))

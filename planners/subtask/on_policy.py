@@ -109,6 +109,10 @@ def examples(dataset, offset: int = 0) -> list[Example]:
     """Every frame of an on-policy dataset as a training `Example`; frame numbers shifted by ``offset`` (where
     its frames start in the trainer's frame array)."""
     columns = [COLUMNS[n] for n in ("done", "current", "releases", "target", "accepted")]
+    missing = [c for c in columns if c not in dataset.features]
+    if missing:
+        raise ValueError(f"{dataset.root}: no {', '.join(missing)}: not a recording of a planner's own situations "
+                         f"(`hybrid record planner_rollouts.enabled=true`)")
     table = dataset.hf_dataset.with_format(None).select_columns(["index", "task_index", *columns])[:]
     tasks = dataset.meta.tasks
     task_text = {int(i): str(t) for t, i in zip(tasks.index, tasks["task_index"])}
