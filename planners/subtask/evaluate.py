@@ -49,11 +49,10 @@ def main(argv: list[str]) -> int:
     from hybrid.config import compose, instantiate
     from hybrid.data import FEATURES, SubtaskIndex, numeric_column, open_dataset
     from hybrid.envs.tabletop.tasks import family_of
-    from hybrid.types import Observation, Subtask
     from planners.subtask.examples import VARIANTS, ExampleBuilder
     from planners.subtask.frames import camera_key, decode_frames
     from planners.subtask.prompting import cameras
-    from planners.subtask.reply import PlannerFault, normalize
+    from planners.subtask.reply import normalize
     from planners.subtask.tabletop_language import NAMINGS, canonical_subtask
     from planners.subtask.transformers_backend import load_settings, transformers_planner
 
@@ -99,15 +98,9 @@ def main(argv: list[str]) -> int:
         ex = builder.example(frame, variant)
         if ex is None or (not scoring_done and ex.target.done):
             continue
-        planner.resume(ex.current, ex.releases, states[ex.frame])
-        obs = Observation(images={c: f[ex.frame] for c, f in frames.items()}, state=states[ex.frame])
-        history = [Subtask(text=s, index=k, status="done") for k, s in enumerate(ex.done)]
-        t = time.perf_counter()
-        try:
-            step = planner.plan(obs, ex.instruction, history)
-        except PlannerFault:
-            step, faults = None, faults + 1
-        latencies.append((time.perf_counter() - t) * 1e3)
+        step, ms = ask(planner, ex, frames, states)
+        faults += step is None
+        latencies.append(ms)
         said_done = step is not None and step.done
         if scoring_done:
             done_n += 1
@@ -141,12 +134,27 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def ask(planner, ex, frames: dict, states) -> tuple:
+    """The planner's reply to example ``ex``, taken up as a runtime would be in it (None for a `PlannerFault`), and
+    the milliseconds the plan call took."""
+    from hybrid.types import Observation, Subtask
+    from planners.subtask.reply import PlannerFault
+
+    planner.resume(ex.current, ex.releases, states[ex.frame])
+    obs = Observation(images={c: f[ex.frame] for c, f in frames.items()}, state=states[ex.frame])
+    history = [Subtask(text=s, index=k, status="done") for k, s in enumerate(ex.done)]
+    t = time.perf_counter()
+    try:
+        step = planner.plan(obs, ex.instruction, history)
+    except PlannerFault:
+        step = None
+    return step, (time.perf_counter() - t) * 1e3
+
+
 def score_situations(planner, dataset, frames: dict, states, canon, limit: int) -> dict:
     """Accuracy on an on-policy dataset: the reply to each recorded situation against the simulator's label, over
     all of them and split by what the label asks (keep the subtask under way, move on to another, say done)."""
-    from hybrid.types import Observation, Subtask
     from planners.subtask.on_policy import examples
-    from planners.subtask.reply import PlannerFault
 
     situations = examples(dataset)
     if limit and len(situations) > limit:  # an even spread over the recording
@@ -154,13 +162,8 @@ def score_situations(planner, dataset, frames: dict, states, canon, limit: int) 
     by_kind: dict[str, list[int]] = {}
     faults = 0
     for ex in situations:
-        planner.resume(ex.current, ex.releases, states[ex.frame])
-        obs = Observation(images={c: f[ex.frame] for c, f in frames.items()}, state=states[ex.frame])
-        history = [Subtask(text=s, index=k, status="done") for k, s in enumerate(ex.done)]
-        try:
-            step = planner.plan(obs, ex.instruction, history)
-        except PlannerFault:
-            step, faults = None, faults + 1
+        step, _ = ask(planner, ex, frames, states)
+        faults += step is None
         if ex.target.done:
             kind, hit = "done", step is not None and step.done
         else:

@@ -228,9 +228,10 @@ class VLMPlanner:
             return PlanStep(subtask=self.current, reason="holding a block: the subtask under way is kept")
         if self._approaching() and self.current is not None:
             return PlanStep(subtask=self.current, reason="coming down to grip: the subtask under way is kept")
+        done, current, releases = self.situation(history)
         if self.on_ask is not None:
-            self.on_ask(obs, instruction, *self.situation(history))
-        messages = self.messages(instruction, history, obs.state)
+            self.on_ask(obs, instruction, done, current, releases)
+        messages = build_messages(self.prompt, instruction, done, current, obs.state, releases)
         image = planner_image(obs, self.prompt)
         attempts: list[str] = []
         kind = "bad_reply"

@@ -8,6 +8,7 @@ the model was never asked write none).
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from typing import Any
 
@@ -58,7 +59,7 @@ def record_planner_rollouts(out, env: TabletopEnv, agent, loop, rollouts: int, s
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
     from tqdm import tqdm
 
-    from hybrid.envs.tabletop.record import ROBOT_TYPE
+    from hybrid.envs.tabletop.record import ROBOT_TYPE, family_seeds
     from hybrid.runtime.env_adapter import EnvAdapter, EnvAdapterConfig
     from hybrid.runtime.sync import run_episode
 
@@ -73,19 +74,12 @@ def record_planner_rollouts(out, env: TabletopEnv, agent, loop, rollouts: int, s
     adapter = EnvAdapter(env, EnvAdapterConfig(images_key="pixels", state_key="agent_pos"))
     recorder = SituationRecorder(dataset, env)
     agent.planner.on_ask = recorder.on_ask
-    done = solved = 0
-    next_seed = seed
+    solved, next_seed = 0, seed
     try:
         with tqdm(total=rollouts, desc="rollouts", unit="episode", disable=not progress) as bar:
-            while done < rollouts:
-                if families:
-                    _, info = env.reset(seed=next_seed)
-                    if info["family"] not in families:
-                        next_seed += 1
-                        continue
-                result = run_episode(agent, adapter, loop, [recorder], seed=next_seed)
-                next_seed += 1
-                done, solved = done + 1, solved + bool(result.success)
+            for episode_seed in itertools.islice(family_seeds(env, seed, families), rollouts):
+                result = run_episode(agent, adapter, loop, [recorder], seed=episode_seed)
+                solved, next_seed = solved + bool(result.success), episode_seed + 1
                 bar.update(1)
                 bar.set_postfix(frames=recorder.written, solved=solved)
     finally:

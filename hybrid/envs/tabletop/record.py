@@ -18,8 +18,10 @@ read that column as an index into it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -151,6 +153,16 @@ def record(
     return {"out": str(out), "episodes": episodes, "frames": frames_written, "expert_failures": failures}
 
 
+def family_seeds(env: TabletopEnv, seed: int, families: list[str] | None = None) -> Iterator[int]:
+    """Seeds from ``seed`` on, skipping those whose episode is of none of ``families`` (None: every seed)."""
+    for next_seed in itertools.count(seed):
+        if families:
+            _, info = env.reset(seed=next_seed)
+            if info["family"] not in families:
+                continue
+        yield next_seed
+
+
 def _record_takeovers(dataset, env: TabletopEnv, rollouts: int, seed: int, families: list[str] | None, executor,
                       cfg: TakeoverConfig, progress: bool) -> dict[str, Any]:
     """``rollouts`` executor rollouts (seeds from ``seed``, of ``families`` only); every finished takeover is saved."""
@@ -160,23 +172,17 @@ def _record_takeovers(dataset, env: TabletopEnv, rollouts: int, seed: int, famil
     from planners.subtask.tabletop_language import canonical_subtask
 
     rng = np.random.default_rng(seed)
-    done, solved, frames_written, next_seed, reasons = 0, 0, 0, seed, Counter()
+    solved, frames_written, reasons = 0, 0, Counter()
     with tqdm(total=rollouts, desc="rollouts", unit="episode", disable=not progress) as bar:
-        while done < rollouts:
-            if families:
-                _, info = env.reset(seed=next_seed)
-                if info["family"] not in families:
-                    next_seed += 1
-                    continue
-            takeovers, info = run_takeover_episode(env, next_seed, executor, rng, cfg, phrase=canonical_subtask)
-            next_seed += 1
+        for episode_seed in itertools.islice(family_seeds(env, seed, families), rollouts):
+            takeovers, info = run_takeover_episode(env, episode_seed, executor, rng, cfg, phrase=canonical_subtask)
             for takeover in takeovers:
                 for frame in takeover.frames:
                     dataset.add_frame(frame)
                 dataset.save_episode()
                 frames_written += len(takeover.frames)
                 reasons[takeover.reason] += 1
-            done, solved = done + 1, solved + bool(info["success"])
+            solved += bool(info["success"])
             bar.update(1)
             bar.set_postfix(takeovers=reasons.total(), solved=solved)
     # `episodes` in the dataset are the takeovers; `solved`: rollouts that ended in success, with the expert's help
