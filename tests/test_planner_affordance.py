@@ -188,6 +188,17 @@ def test_the_subtask_under_way_is_checked_too_once_the_gripper_has_let_go_since_
     assert planner.plan(at(0.0), "sort", []).subtask == BLUE
 
 
+def test_with_a_block_held_the_planners_reply_is_not_checked():
+    # The head judges what can start with the gripper open; a runtime restarted mid-carry asks with a block held.
+    planner = VLMPlanner(CandidatesBackend(ranked(PlanStep(subtask=BLUE), PlanStep(subtask=RED))),
+                         vocabulary=[RED, BLUE], prompt={"gripper_index": -1}, affordance={"candidates": 4})
+    score = scorer({RED: 0.9, BLUE: 0.0})  # the blue block is in the cup, not on the table
+    planner.use_affordance(score)
+    planner.resume(None, state=np.array([0.0, 0.0, 0.0, 1.0]))
+    held = OBS.model_copy(update={"state": np.array([0.1, 0.0, 0.2, 1.0], np.float32)})
+    assert planner.plan(held, "sort", []).subtask == BLUE and score.asked == []
+
+
 class ScoringBackend(CandidatesBackend):
     """Candidates as `CandidatesBackend`; `score` gives each reply of the vocabulary a fixed log-probability."""
 

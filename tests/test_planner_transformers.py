@@ -113,12 +113,20 @@ def test_training_resumes_from_its_checkpoint(trained, tiny_data):
 
 
 @pytest.mark.slow
-def test_eval_and_bench_print_their_json(trained, tiny_data, capsys):
+def test_eval_and_bench_print_their_json(trained, tiny_data, capsys, tmp_path):
     from planners.subtask import bench, evaluate
 
-    assert evaluate.main(["--data", str(tiny_data.root), "--model", str(trained), "--examples", "9", "--json"]) == 0
+    errors = tmp_path / "errors.jsonl"
+    assert evaluate.main(["--data", str(tiny_data.root), "--model", str(trained), "--examples", "9", "--json",
+                          "--errors", str(errors)]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0.0 <= result["next_subtask_accuracy"] <= 1.0 and result["next_examples"] + result["done_examples"] > 0
+    # one line per wrong reply: as many as the scores miss
+    wrong = [json.loads(line) for line in errors.read_text().splitlines()]
+    missed = round(result["next_examples"] * (1 - result["next_subtask_accuracy"])) + \
+        round(result["done_examples"] * (1 - result["done_accuracy"]))
+    assert len(wrong) == missed
+    assert all(w["reply"] != w["target"] and w["situation"] in ("current", "fresh", "behind") for w in wrong)
     by_situation = result["next_subtask_accuracy_by_situation"]
     assert set(by_situation) == {"current", "fresh", "behind"} and all(0 <= a <= 1 for a in by_situation.values())
     assert set(result["next_subtask_accuracy_by_family"]) <= {"pick_place", "gather", "stack", "sort", "other"}
@@ -325,7 +333,11 @@ def test_fine_tuning_mixes_in_the_planners_own_situations(trained, tiny_data, tm
     # `hybrid eval planner --on-policy` scores replies to those situations against the sim's labels.
     from planners.subtask import evaluate
 
+    errors = tmp_path / "errors.jsonl"
     assert evaluate.main(["--data", str(tmp_path / "onpol"), "--model", str(tmp_path / "mixed"), "--on-policy",
-                          "--json"]) == 0
+                          "--json", "--errors", str(errors)]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["on_policy_examples"] == {"move_on": 3} and 0 <= result["on_policy_accuracy"] <= 1
+    wrong = [json.loads(line) for line in errors.read_text().splitlines()]
+    assert len(wrong) == round(3 * (1 - result["on_policy_accuracy"]))
+    assert all(w["label"] == "move_on" and w["target"] == green and w["current"] == red for w in wrong)

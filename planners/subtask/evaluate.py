@@ -41,6 +41,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--on-policy", action="store_true",
                    help="--data holds situations from an agent's own rollouts (`hybrid record "
                         "planner_rollouts.enabled=true`): score the planner's reply to each against the sim's label")
+    p.add_argument("--errors", default=None, help="write every wrong reply (situation, reply, target) to this "
+                   "JSON-lines file, to read what the planner gets wrong")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.add_argument("overrides", nargs="*", help="Hydra overrides of configs/planner/tabletop.yaml, e.g. "
                    "planner.affordance.rule=product")
@@ -68,8 +70,11 @@ def main(argv: list[str]) -> int:
         planner.use_affordance(executor.affordance)
         names, size = names | set(executor.cfg.cameras), executor.cfg.image_size
     frames = {c: decode_frames(dataset, camera_key(c), size) for c in sorted(names)}
+    errors: list[dict] = []  # every wrong reply, for --errors
     if args.on_policy:
-        result = score_situations(planner, dataset, frames, states, canon, args.examples)
+        result = score_situations(planner, dataset, frames, states, canon, args.examples, errors)
+        if args.errors:
+            write_jsonl(args.errors, errors)
         print_result({**result, "model": str(args.model), "data": str(args.data), "affordance": bool(args.affordance),
                       "overrides": list(args.overrides)}, args.json)
         return 0
@@ -114,6 +119,9 @@ def main(argv: list[str]) -> int:
             for counts in (by_variant[variant], by_family.setdefault(family_of(ex.instruction) or "other", [0, 0])):
                 counts[0] += hit
                 counts[1] += 1
+        if (said_done == ex.target.done) if scoring_done else hit:
+            continue
+        errors.append({**error_row(ex, step), "situation": variant, "scoring": "done" if scoring_done else "next"})
     next_hits, next_n = (sum(counts) for counts in zip(*by_variant.values()))
     result = {
         "next_subtask_accuracy": round(next_hits / max(next_n, 1), 4),
@@ -130,8 +138,26 @@ def main(argv: list[str]) -> int:
         "model": str(args.model), "data": str(args.data), "affordance": bool(args.affordance),
         "overrides": list(args.overrides),
     }
+    if args.errors:
+        write_jsonl(args.errors, errors)
     print_result(result, args.json)
     return 0
+
+
+def write_jsonl(path: str, rows: list[dict]) -> None:
+    import json
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def error_row(ex, step) -> dict:
+    """A wrong reply ``step`` (None: a fault) to example ``ex``, as one line of --errors."""
+    return {"frame": ex.frame, "instruction": ex.instruction, "done": ex.done, "current": ex.current,
+            "releases": ex.releases, "target": "<done>" if ex.target.done else ex.target.subtask,
+            "accepted": sorted(ex.accepted), "reply": None if step is None else "<done>" if step.done else step.subtask}
 
 
 def ask(planner, ex, frames: dict, states) -> tuple:
@@ -151,9 +177,10 @@ def ask(planner, ex, frames: dict, states) -> tuple:
     return step, (time.perf_counter() - t) * 1e3
 
 
-def score_situations(planner, dataset, frames: dict, states, canon, limit: int) -> dict:
+def score_situations(planner, dataset, frames: dict, states, canon, limit: int, errors: list | None = None) -> dict:
     """Accuracy on an on-policy dataset: the reply to each recorded situation against the simulator's label, over
-    all of them and split by what the label asks (keep the subtask under way, move on to another, say done)."""
+    all of them and split by what the label asks (keep the subtask under way, move on to another, say done).
+    Wrong replies are appended to ``errors``."""
     from planners.subtask.on_policy import examples
 
     situations = examples(dataset)
@@ -172,6 +199,8 @@ def score_situations(planner, dataset, frames: dict, states, canon, limit: int) 
         counts = by_kind.setdefault(kind, [0, 0])
         counts[0] += hit
         counts[1] += 1
+        if not hit and errors is not None:
+            errors.append({**error_row(ex, step), "label": kind})
     hits, n = (sum(c) for c in zip(*by_kind.values())) if by_kind else (0, 0)
     return {"on_policy_accuracy": round(hits / max(n, 1), 4),
             "on_policy_accuracy_by_label": {k: round(h / c, 4) for k, (h, c) in sorted(by_kind.items())},

@@ -97,7 +97,9 @@ class VLMPlanner:
 
     def _reply(self, messages: list[dict], image: np.ndarray, obs: Observation) -> PlanStep:
         """One reply: the backend's, or with an affordance check the best candidate the executor can start."""
-        if not self.wants_affordance or self._score is None:
+        # The executor's check asks whether a subtask can start with the gripper open (its head is trained on such
+        # frames): with a block in the cup, e.g. a runtime restarted mid-carry, the model's own reply stands.
+        if not self.wants_affordance or self._score is None or self._closed:
             return parse_reply(self.backend.complete(messages, image), self.vocabulary)
         check = self.affordance
         stale = self._stale()
