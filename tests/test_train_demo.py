@@ -29,7 +29,7 @@ def test_fine_tuning_stage_waits_for_its_base_and_only_shipped_stages_are_copied
     cfg.trainings = OmegaConf.create({
         "base": {"args": ["planner=tabletop"], "ship": None},
         "other": {"args": ["executor=tabletop"], "ship": "model"},
-        "tuned": {"args": ["planner=tabletop"], "ship": "model", "init_from": "base", "data": "heldout"},
+        "tuned": {"args": ["planner=tabletop"], "ship": ".", "init_from": "base", "data": "heldout"},
         "both": {"args": ["executor=affordance"], "ship": None, "init_from": "other", "data": ["train", "heldout"]},
         "dagger": {"args": ["executor=tabletop"], "ship": None, "init_from": "other", "data": ["train", "rollouts"]},
         "asked": {"args": ["planner=tabletop"], "ship": ".", "init_from": "tuned", "on_policy": ["situations"]},
@@ -37,9 +37,9 @@ def test_fine_tuning_stage_waits_for_its_base_and_only_shipped_stages_are_copied
     # a recording of the `other` stage's executor with the expert taking over: made once that stage is done
     OmegaConf.set_struct(cfg, False)
     cfg.record.rollouts = {"args": ["task=all", "takeover.enabled=true"], "executor": "other"}
-    # what the planner of `tuned` is asked in the rollouts of the agent of three stages
+    # what the planner of `tuned` is asked in the rollouts of the agent of three stages (one not shipped)
     cfg.record.situations = {"args": ["task=sort", "planner_rollouts.enabled=true"], "planner": "tuned",
-                             "world_model": "base", "executor": "other"}
+                             "world_model": "base", "executor": "dagger"}
     monkeypatch.setattr(train_demo, "_stage", fake_stage)
     monkeypatch.setattr(train_demo, "compose", lambda name, argv: cfg)
     assert train_demo.main([]) == 0
@@ -59,10 +59,11 @@ def test_fine_tuning_stage_waits_for_its_base_and_only_shipped_stages_are_copied
     assert f"data=[{work / 'tabletop_train'},{work / 'tabletop_rollouts'}]" in by_name["dagger"][0]
     assert [name for name, *_ in calls].count("record_rollouts") == 1
     situations_args, done_before_situations = by_name["record_situations"]
-    assert {"tuned", "base", "other"} <= done_before_situations and "asked" not in done_before_situations
-    assert {f"planner_rollouts.planner.model={work / 'runs' / 'tuned' / 'model'}",
+    assert {"tuned", "base", "dagger"} <= done_before_situations and "asked" not in done_before_situations
+    # each trainer's model where it writes it: an executor's in `model/`, shipped or not; a planner's in its run
+    assert {f"planner_rollouts.planner.model={work / 'runs' / 'tuned'}",
             f"planner_rollouts.world_model.path={work / 'runs' / 'base'}",
-            f"planner_rollouts.executor.path={work / 'runs' / 'other' / 'model'}"} <= set(situations_args)
+            f"planner_rollouts.executor.path={work / 'runs' / 'dagger' / 'model'}"} <= set(situations_args)
     assert f"on_policy=[{work / 'tabletop_situations'}]" in by_name["asked"][0]
     assert f"data={work / 'tabletop_train'}" in by_name["asked"][0]
 

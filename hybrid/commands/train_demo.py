@@ -52,10 +52,12 @@ def main(argv: list[str]) -> int:
     runs = {name: work / "runs" / name for name in cfg.trainings}
     recording_lock = threading.Lock()
 
-    def shipped(stage: str) -> Path:
-        """Where a stage's result is, once it has finished (the directory it would ship)."""
+    def model_of(stage: str) -> Path:
+        """Where a stage's trained model is, once it has finished: the executors' trainers write it to `model/`
+        in their run directory, the planner's and the world model's to the run directory itself."""
         futures[stage].result()
-        return runs[stage] / (cfg.trainings[stage].ship or ".")
+        trainer = str(cfg.trainings[stage].args[0]).split("=")[0]
+        return runs[stage] / "model" if trainer == "executor" else runs[stage]
 
     def record(split: str) -> None:
         """Record ``split`` unless it is there. A recording given as ``{args, executor: <stage>}`` rolls that
@@ -67,12 +69,11 @@ def main(argv: list[str]) -> int:
         if (data[split] / "meta" / "info.json").is_file():
             return
         if not OmegaConf.is_list(spec) and spec.get("planner"):
-            args += [f"planner_rollouts.planner.model={shipped(spec.planner)}",
-                     f"planner_rollouts.world_model.path={shipped(spec.world_model)}",
-                     f"planner_rollouts.executor.path={shipped(spec.executor)}"]
+            args += [f"planner_rollouts.planner.model={model_of(spec.planner)}",
+                     f"planner_rollouts.world_model.path={model_of(spec.world_model)}",
+                     f"planner_rollouts.executor.path={model_of(spec.executor)}"]
         elif not OmegaConf.is_list(spec):
-            futures[spec.executor].result()
-            args.append(f"takeover.executor.path={runs[spec.executor] / 'model'}")
+            args.append(f"takeover.executor.path={model_of(spec.executor)}")
         shutil.rmtree(data[split], ignore_errors=True)
         timings[f"record_{split}"] = _stage(f"record_{split}", ["record", "env=tabletop", *args,
                                                                  f"out={data[split]}", "progress=false"], logs)
