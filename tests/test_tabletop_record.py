@@ -64,6 +64,29 @@ def test_record_two_episodes_and_read_back(tmp_path):
     assert float(item["observation.images.front"].std()) > 0.02
 
 
+def test_a_slow_video_encoder_loses_no_frame(tmp_path, monkeypatch):
+    """LeRobot's streaming encoder drops frames it cannot queue; on a loaded machine the videos came out shorter
+    than their episodes. Encoding here at 10 frames/s, far behind the sim, every frame is still written."""
+    import time
+
+    from types import SimpleNamespace
+
+    import av
+    from lerobot.datasets import video_utils
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from PIL import Image
+
+    slow = SimpleNamespace(fromarray=lambda frame: time.sleep(0.1) or Image.fromarray(frame))
+    monkeypatch.setattr(video_utils, "Image", slow)  # what the encoder thread turns each frame into a picture with
+    out = tmp_path / "ds"
+    assert record_main(["env=tabletop", "task=pick_place", "episodes=1", f"out={out}", "seed=3",
+                        "env.image_size=32", "progress=false"]) == 0
+    ds = LeRobotDataset("hybrid/tabletop", root=out, video_backend="pyav")
+    for key in ("observation.images.front", "observation.images.wrist"):
+        with av.open(str(out / ds.meta.get_video_file_path(0, key))) as video:
+            assert sum(1 for _ in video.decode(video=0)) == ds.num_frames > 30, key
+
+
 def test_one_family_of_a_mixed_recording_as_png_frames(tmp_path):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 

@@ -59,7 +59,7 @@ def record_planner_rollouts(out, env: TabletopEnv, agent, loop, rollouts: int, s
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
     from tqdm import tqdm
 
-    from hybrid.envs.tabletop.record import ROBOT_TYPE, family_seeds
+    from hybrid.envs.tabletop.record import ENCODER_QUEUE, ROBOT_TYPE, family_seeds
     from hybrid.runtime.env_adapter import EnvAdapter, EnvAdapterConfig
     from hybrid.runtime.sync import run_episode
 
@@ -69,7 +69,7 @@ def record_planner_rollouts(out, env: TabletopEnv, agent, loop, rollouts: int, s
     dataset = LeRobotDataset.create(
         repo_id, fps=round(env.control_hz), root=out, robot_type=ROBOT_TYPE, use_videos=video, vcodec=vcodec,
         features=features({cam: (env.height, env.width, 3) for cam in env.cameras}, 4, video),
-        streaming_encoding=video,
+        streaming_encoding=video, encoder_queue_maxsize=ENCODER_QUEUE,
     )
     adapter = EnvAdapter(env, EnvAdapterConfig(images_key="pixels", state_key="agent_pos"))
     recorder = SituationRecorder(dataset, env)

@@ -84,6 +84,12 @@ def run_episode(env: TabletopEnv, seed: int, families: list[str] | None = None,
             return frames, info
 
 
+# LeRobot's streaming video encoder drops a frame, with a warning, when its queue stays full for 0.1 s: on a loaded
+# machine that left videos shorter than their episodes, a recording no trainer can read. Unbounded (0, as
+# `queue.Queue` takes it), the queue holds what the encoder is behind by, at most an episode, and drops nothing.
+ENCODER_QUEUE = 0
+
+
 def record(
     out: str | Path,
     env: TabletopEnv,
@@ -124,6 +130,7 @@ def record(
         use_videos=video,
         vcodec=vcodec,
         streaming_encoding=video,  # encode while stepping instead of writing PNGs first
+        encoder_queue_maxsize=ENCODER_QUEUE,
     )
     if takeover is not None:
         summary = _record_takeovers(dataset, env, episodes, seed, families, *takeover, progress)
