@@ -744,3 +744,37 @@ def test_pick_persistence_lasts_until_the_subtask_changes_or_the_gripper_lets_go
                                FlowExecutor(tiny_model()).act(obs, SUBTASK).actions)
     with pytest.raises(ValueError, match="pick_persistence"):
         FlowExecutor(tiny_model(), pick_persistence=-1.0)
+
+
+def test_the_affordance_check_reads_the_pick_map_as_act_would_under_each_subtask():
+    model = tiny_model(vision_stem="conv", keypoints=4, waypoint_loss=1.0, waypoint_head="heatmap",
+                       table_homography=TOP_DOWN, waypoint_target=True)
+    executor = FlowExecutor(model, place_inhibition=3.0, affordance={"contrast_at": 0.0, "reach_at": 0.0})
+    obs = observation()
+
+    def state(x, gripper):
+        return Observation(images=obs.images, state=np.array([x, 0.2, 0.1, gripper], np.float32))
+
+    other = "pick up the blue block"
+    texts = [SUBTASK.text, other]
+    before = executor.affordance(obs, texts)
+    for x, gripper in ((0.0, 0.0), (0.1, 1.0), (0.3, 0.0)):  # one release under SUBTASK, at x = 0.3
+        executor.act(state(x, gripper), SUBTASK)
+    seen = []
+    inhibit = model.waypoint_head.inhibit
+
+    def spy(logits, size, avoid, penalty):
+        if avoid is not None:
+            seen.append(avoid)
+        return inhibit(logits, size, avoid, penalty)
+
+    model.waypoint_head.inhibit = spy
+    after = executor.affordance(obs, texts)
+    assert len(seen) == 1
+    # SUBTASK may retry its own release; another subtask keeps off it, as `act` would
+    assert torch.isnan(seen[0][0]).all() and seen[0][1].tolist() == [[pytest.approx(0.3), pytest.approx(0.2)]]
+    assert after[0] == pytest.approx(before[0])
+    executor.affordance_inhibition = False
+    seen.clear()
+    np.testing.assert_allclose(executor.affordance(obs, texts), before, rtol=1e-6)
+    assert seen == []

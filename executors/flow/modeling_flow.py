@@ -266,9 +266,12 @@ class FlowModel(nn.Module):
         _, _, maps = self.vision.forward_keypoints(pixels, text.mean(1).to(dtype) if self.cfg.vision_film else None)
         return self.waypoint_head.query(text.to(dtype), maps), maps, text
 
-    def affordance_logits(self, images: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
-        """``(N,)``: the learned check that each text's block can be picked (`FlowConfig.affordance_head`)."""
+    def affordance_logits(self, images: torch.Tensor, text_ids: torch.Tensor,
+                          avoid: torch.Tensor | None = None) -> torch.Tensor:
+        """``(N,)``: the learned check that each text's block can be picked (`FlowConfig.affordance_head`), on the
+        pick map less `place_inhibition` logits near ``avoid`` ``(N, K, 2)`` (NaN: none), as the executor acts."""
         logits, maps, text = self.front_maps(images, text_ids)
+        logits = self.waypoint_head.inhibit(logits, tuple(maps.shape[-2:]), avoid, self.cfg.place_inhibition)
         peaks = self.waypoint_head.peak(logits, tuple(maps.shape[-2:]))
         return self.affordance_head(logits, maps, text, peaks)
 
@@ -413,15 +416,17 @@ class FlowExecutor:
                  flow_steps: int | None = None, dtype: torch.dtype | str = torch.float32, seed: int = 0,
                  cuda_graph: bool = False, noise_scale: float = 1.0, affordance: dict | None = None,
                  pick_persistence: float | None = None, place_inhibition: float | None = None,
-                 place_lock_distance: float | None = None):
+                 place_lock_distance: float | None = None, affordance_inhibition: bool = True):
         """``affordance``: `AffordanceConfig` fields, how `affordance` turns the waypoint maps into scores.
         ``pick_persistence``, ``place_inhibition``, ``place_lock_distance``: override the checkpoint's `FlowConfig`
-        fields of those names (run-time settings)."""
+        fields of those names (run-time settings). ``affordance_inhibition``: `affordance` reads the pick map as
+        `act` would under each subtask, less `place_inhibition` near what other subtasks placed."""
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         self.affordance_cfg = AffordanceConfig.model_validate(dict(affordance or {}))
         if not math.isfinite(noise_scale) or noise_scale < 0:
             raise ValueError(f"noise_scale: expected a finite number >= 0, got {noise_scale!r}")
         self.noise_scale = float(noise_scale)
+        self.affordance_inhibition = bool(affordance_inhibition)
         self.device = torch.device(device)
         self.model = model.to(self.device, dtype).eval()
         self.model.normalizer.float()  # statistics stay float32 whatever the compute dtype
@@ -443,10 +448,10 @@ class FlowExecutor:
                         dtype: str = "float32", seed: int = 0, cuda_graph: bool = False,
                         noise_scale: float = 1.0, affordance: dict | None = None,
                         pick_persistence: float | None = None, place_inhibition: float | None = None,
-                        place_lock_distance: float | None = None) -> FlowExecutor:
+                        place_lock_distance: float | None = None, affordance_inhibition: bool = True) -> FlowExecutor:
         model = FlowModel.from_pretrained(path)
         return cls(model, load_tokenizer(model.cfg, path), device, flow_steps, dtype, seed, cuda_graph, noise_scale,
-                   affordance, pick_persistence, place_inhibition, place_lock_distance)
+                   affordance, pick_persistence, place_inhibition, place_lock_distance, affordance_inhibition)
 
     def save_pretrained(self, directory: str | Path) -> None:
         self.model.save_pretrained(directory)
@@ -563,14 +568,25 @@ class FlowExecutor:
         batch = {name: value.expand(k, *value.shape[1:]) for name, value in batch.items()}
         batch["text_ids"] = self.tokenizer(list(subtasks))
         batch = {name: value.to(self.device) for name, value in batch.items()}
+        avoid = self._placed_by_others(subtasks) if self.affordance_inhibition else None
         if self.cfg.affordance_head:  # the learned check; the front camera alone
-            scores = torch.sigmoid(self.model.affordance_logits(batch["images"], batch["text_ids"]).float())
+            scores = torch.sigmoid(self.model.affordance_logits(batch["images"], batch["text_ids"], avoid).float())
             out = scores.cpu().numpy().astype(np.float64)
             if not np.isfinite(out).all():
                 raise ValueError(f"affordance: non-finite scores {out.tolist()} (check the executor's weights)")
             return out
         _, _, (logits, size), _ = self.model._encode(batch)
+        logits = self.model.waypoint_head.inhibit(logits, size, avoid, self.cfg.place_inhibition)
         return affordance_scores(logits, self.model.waypoint_head.peak(logits, size), self.affordance_cfg)
+
+    def _placed_by_others(self, subtasks: list[str]) -> torch.Tensor | None:
+        """``(k, K, 2)``: for each of ``subtasks``, where the gripper let go under the other subtasks of this episode
+        (NaN where it was under that one: a retry), the places `act` keeps its pick off; None before any release."""
+        if not self._placed:
+            return None
+        points = torch.stack([xy for _, xy in self._placed])
+        own = torch.tensor([[done == text for done, _ in self._placed] for text in subtasks], device=self.device)
+        return torch.where(own[..., None], torch.full_like(points, float("nan")), points)
 
     def _replay(self, batch: dict[str, torch.Tensor], steps: int, noise: torch.Tensor) -> torch.Tensor:
         """`sample_actions` through a CUDA graph recorded for this input layout and step count."""

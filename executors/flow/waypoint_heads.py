@@ -64,18 +64,25 @@ class HeatmapWaypointHead(nn.Module):
         two (hysteresis, as a tracker keeps its target). ``avoid`` ``(N, K, 2)`` (NaN: none): points whose cells
         within `PRIOR_RADIUS` get ``avoid_penalty`` fewer logits on the pick map (blocks placed already)."""
         h, w = size
-        logits = logits.float()
+        logits = self.inhibit(logits.float(), size, avoid, avoid_penalty)
         pick = logits[:, 0]
         if prior is not None and prior_bonus > 0:
             pick = pick + prior_bonus * self._near(size, prior.float()[:, None])
-        if avoid is not None and avoid_penalty > 0 and avoid.shape[1]:
-            pick = pick - avoid_penalty * self._near(size, avoid.float())
         logits = torch.stack([pick, logits[:, 1]], dim=1)
         top = logits.argmax(-1, keepdim=True)  # (N, 2, 1)
         cells = torch.arange(h * w, device=logits.device)
         near = ((cells // w - top // w).abs() <= 1) & ((cells % w - top % w).abs() <= 1)
         uv = soft_argmax(logits.masked_fill(~near, float("-inf")), h, w, centres=True)
         return apply_homography(self.image_to_table, uv)
+
+    def inhibit(self, logits: torch.Tensor, size: tuple[int, int], avoid: torch.Tensor | None,
+                penalty: float) -> torch.Tensor:
+        """``logits`` ``(N, 2, h*w)`` with ``penalty`` fewer on the pick map's cells within `PRIOR_RADIUS` of
+        ``avoid`` ``(N, K, 2)`` (NaN: none)."""
+        if avoid is None or penalty <= 0 or not avoid.shape[1]:
+            return logits
+        pick = logits[:, 0] - penalty * self._near(size, avoid.float()).to(logits.dtype)
+        return torch.stack([pick, logits[:, 1]], dim=1)
 
     def _near(self, size: tuple[int, int], points: torch.Tensor) -> torch.Tensor:
         """``(N, h*w)`` float: whether each cell centre is within `PRIOR_RADIUS` of any of ``points`` ``(N, K, 2)``
