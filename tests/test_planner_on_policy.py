@@ -135,3 +135,43 @@ def test_an_expert_recording_is_no_on_policy_data(tmp_path):
     data = make_tiny_dataset(tmp_path / "expert", episodes=1, frames_per_subtask=2)
     with pytest.raises(ValueError, match="not a recording of a planner's own situations"):
         examples(open_dataset(data.root))
+
+
+def test_a_success_asks_the_planner_once_more_whose_answer_is_done(monkeypatch):
+    """The loop stops at the sim's success before the planner is asked again: that last question is asked on the
+    last observation, so the data hold the one answer that ends an episode."""
+    from types import SimpleNamespace
+
+    from hybrid.envs.tabletop import planner_rollouts
+    from hybrid.runtime.subscriber import EpisodeResult
+    from hybrid.types import StepRecord
+
+    written = []
+    dataset = SimpleNamespace(add_frame=written.append, save_episode=lambda: written.append("saved"))
+    success = [False]
+    env = SimpleNamespace(scene=SimpleNamespace(subtask_success=lambda: list(success)))
+    monkeypatch.setattr(planner_rollouts, "situation_frame", lambda obs, instruction, done, current, releases, target,
+                        accepted: (done, current, releases, target))
+    planner = VLMPlanner(Replies(GREEN), {"gripper_index": -1})
+    recorder = planner_rollouts.SituationRecorder(dataset, env, planner.plan)
+    planner.on_ask = recorder.on_ask
+    holding, open_ = (fake_observation(size=16).model_copy(update={"state": np.array([0, 0, 0.1, g], np.float32)})
+                      for g in (1.0, 0.0))
+
+    def episode(succeeded: bool) -> None:
+        success[0] = False
+        recorder.on_episode_start("sort", {"subtasks": [GREEN]})
+        planner.reset()
+        planner.plan(holding, "sort", [])  # asked: the green block is under way
+        success[0] = succeeded  # then let go in the bowl
+        stack = [Subtask(text=GREEN, index=0, status="active")]
+        recorder.on_step(StepRecord(step=1, wall_time=0.0, instruction="sort", subtasks=stack, observation=open_))
+        recorder.on_episode_end(EpisodeResult(status="success" if succeeded else "terminated", success=succeeded,
+                                              steps=1, instruction="sort", subtasks_completed=0, subtasks=[GREEN]))
+
+    episode(True)
+    assert written == [([], None, 0, PlanStep(subtask=GREEN)), ([], GREEN, 1, PlanStep(done=True)), "saved"]
+    assert recorder.kinds == {"move on": 1, "done": 1}
+    written.clear()
+    episode(False)  # out of steps: nothing more is asked
+    assert written == [([], None, 0, PlanStep(subtask=GREEN)), "saved"]

@@ -4,24 +4,32 @@ The agent runs on the evaluation's synchronous loop; every time its planner asks
 (`VLMPlanner.on_ask`), the cameras, the robot state and what the model was told are written with the reply
 the simulator's success predicates call right at that moment. One LeRobot episode per rollout (rollouts where
 the model was never asked write none).
+
+The loop ends an episode as soon as the sim judges it a success, before the planner is asked again: the one
+question whose answer is "done" would never be written, and a planner trained on these data alone never learns
+to end an episode. So on a success the planner is asked once more, on the last observation (`ask_again`).
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from hybrid.envs.tabletop.env import TabletopEnv
 from planners.subtask.on_policy import features, label, situation_frame
+from planners.subtask.reply import PlannerFault
 
 
 class SituationRecorder:
     """A runtime subscriber that also taps the planner: one frame per question the model is asked."""
 
-    def __init__(self, dataset, env: TabletopEnv):
-        self.dataset, self.env = dataset, env
+    def __init__(self, dataset, env: TabletopEnv, ask_again: Callable | None = None):
+        """``ask_again(obs, instruction, subtasks)``: the planner's ``plan``, called on a success's last step."""
+        self.dataset, self.env, self.ask_again = dataset, env, ask_again
         self.plan: list[str] = []
+        self.last = None  # the last step's record: what the planner is asked again on a success
         self.frames: list[dict[str, Any]] = []
         self.kinds: Counter = Counter()  # labels: keep the subtask under way / move on / done
         self.written = 0
@@ -35,9 +43,16 @@ class SituationRecorder:
         self.frames.append(situation_frame(obs, instruction, done, current, releases, target, accepted))
 
     def on_step(self, record) -> None:
-        pass
+        self.last = record
 
     def on_episode_end(self, result) -> None:
+        if result.success and self.ask_again is not None and self.last is not None \
+                and self.last.observation is not None:
+            try:  # through on_ask, as any question (the grip rules may keep the subtask without asking)
+                self.ask_again(self.last.observation, self.last.instruction, list(self.last.subtasks))
+            except PlannerFault:
+                pass
+        self.last = None
         if not self.frames:
             return
         for frame in self.frames:
@@ -72,7 +87,7 @@ def record_planner_rollouts(out, env: TabletopEnv, agent, loop, rollouts: int, s
         streaming_encoding=video, encoder_queue_maxsize=ENCODER_QUEUE,
     )
     adapter = EnvAdapter(env, EnvAdapterConfig(images_key="pixels", state_key="agent_pos"))
-    recorder = SituationRecorder(dataset, env)
+    recorder = SituationRecorder(dataset, env, agent.planner.plan)
     agent.planner.on_ask = recorder.on_ask
     solved, next_seed = 0, seed
     try:
