@@ -68,7 +68,6 @@ def test_a_slow_video_encoder_loses_no_frame(tmp_path, monkeypatch):
     """LeRobot's streaming encoder drops frames it cannot queue; on a loaded machine the videos came out shorter
     than their episodes. Encoding here at 10 frames/s, far behind the sim, every frame is still written."""
     import time
-
     from types import SimpleNamespace
 
     import av

@@ -17,8 +17,10 @@ each reply is scored against the simulator's label, split by what the label asks
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -145,9 +147,6 @@ def main(argv: list[str]) -> int:
 
 
 def write_jsonl(path: str, rows: list[dict]) -> None:
-    import json
-    from pathlib import Path
-
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
