@@ -59,6 +59,13 @@ def main(argv: list[str]) -> int:
         trainer = str(cfg.trainings[stage].args[0]).split("=")[0]
         return runs[stage] / "model" if trainer == "executor" else runs[stage]
 
+    def stages_of(split: str) -> list[str]:
+        """The stages whose models a rollout recording rolls out (none for the expert's own recordings)."""
+        spec = cfg.record[split]
+        if OmegaConf.is_list(spec):
+            return []
+        return [spec[k] for k in ("planner", "world_model", "executor") if spec.get(k)]
+
     def record(split: str) -> None:
         """Record ``split`` unless it is there. A recording given as ``{args, executor: <stage>}`` rolls that
         stage's executor out with the expert taking over (`hybrid record takeover.enabled=true`); one that also
@@ -87,6 +94,9 @@ def main(argv: list[str]) -> int:
         recording = spec.get("data", "train")  # which recording(s) it trains on
         recordings = list(recording) if OmegaConf.is_list(recording) else [recording]
         on_policy = list(spec.get("on_policy") or [])  # a planner's own situations (planner_rollouts recordings)
+        for split in recordings + on_policy:  # a rollout recording's stages first, outside the lock: one of
+            for stage in stages_of(split):    # them may itself be waiting for the lock
+                futures[stage].result()
         with recording_lock:  # one stage records a rollout recording, the others wait for it
             for split in recordings + on_policy:
                 record(split)
