@@ -42,6 +42,11 @@ def main(argv: list[str]) -> int:
         planner.use_affordance(executor.affordance)
         shown |= set(executor.cfg.cameras)
     obs = fake_observation(cameras=tuple(sorted(shown)), size=args.size, seed=0)
+    grip = getattr(prompt, "gripper_index", None)
+    if grip is not None:  # asked with the gripper open, as the agent asks (a held block skips the executor's check)
+        state = obs.state.copy()
+        state[grip] = 0.0
+        obs = obs.model_copy(update={"state": state})
     instruction = "put the red block in the blue bowl"
     history: list[Subtask] = []
     times, faults = [], 0
