@@ -175,3 +175,16 @@ def test_a_success_asks_the_planner_once_more_whose_answer_is_done(monkeypatch):
     written.clear()
     episode(False)  # out of steps: nothing more is asked
     assert written == [([], None, 0, PlanStep(subtask=GREEN)), "saved"]
+
+    class ThenBad(Replies):  # the first reply right, then none that parses
+        def complete(self, messages, image):
+            self.calls += 1
+            return reply_text(PlanStep(subtask=self.text)) if self.calls == 1 else "{not json"
+
+    # the planner faulting on the last question (every attempt a bad reply) loses nothing: the question is written
+    # with the sim's answer, as the others, and the episode is saved
+    written.clear()
+    planner.backend = ThenBad(GREEN)
+    episode(True)
+    assert written == [([], None, 0, PlanStep(subtask=GREEN)), ([], GREEN, 1, PlanStep(done=True)), "saved"]
+    assert planner.backend.calls == 1 + 3
