@@ -111,6 +111,9 @@ def test_placement_probe_measures_each_release_where_the_block_comes_to_rest():
         assert summary["releases_on_target"] == on_target, summary
         if miss == 0.0:
             assert summary["release_error_cm_p50"] < 1.0  # the expert aims at the lower block's centre
+            # held within 4 mm of the cup's centre, set down from under a centimetre, nothing knocked over
+            assert summary["grasp_offset_cm_p50"] < 0.5 and summary["release_drop_cm_p50"] < 1.0, summary
+            assert summary["knocked_per_episode"] == 0.0
 
 
 @pytest.mark.parametrize("family", ["stack", "sort"])
@@ -119,6 +122,7 @@ def test_an_expert_grasping_off_centre_still_puts_the_block_on_its_target(family
     assert info["success"], info
     assert max(offsets) > 0.01  # held a centimetre or more off-centre (the default expert: within 4 mm)
     assert probe.summary()["releases_on_target"] == 1.0
+    assert max(probe.grasp_offsets) > 0.01  # the probe sees the offset the block was let go of at
 
 
 @pytest.mark.parametrize("spread", [-0.01, float("nan")])

@@ -157,3 +157,27 @@ def test_describe_says_in_words_where_each_block_is(env):
     assert state["subtask_success"] == [True] and len(state["tool_cm"]) == 3
     others = [b for i, b in enumerate(state["blocks"]) if i != goal.block]
     assert all(b["in_bowl"] is None for b in others)
+
+
+def test_placement_probe_counts_a_finished_stack_knocked_over_but_not_one_taken_apart(env):
+    from hybrid.envs.tabletop.placement import SETTLE_STEPS, PlacementProbe
+
+    env.reset(seed=1, options={"family": "stack"})
+    spec, probe = env.scene.spec, PlacementProbe(env)
+    first = spec.goals[0]
+    probe.on_episode_start(spec.instruction, {})
+
+    def run(steps: int) -> None:
+        for _ in range(steps):
+            env.step(env.hold_action())
+            probe.on_step(None)
+
+    teleport(env, first.block, env.scene.block_pos(first.base) + (0.0, 0.0, 2 * BLOCK_HALF + 0.005))
+    run(10)
+    assert env.scene.subtask_success()[0]
+    teleport(env, first.block, env.scene.block_pos(first.base) + (0.1, 0.0, 0.0))  # swept off, nothing held
+    run(SETTLE_STEPS - 1)
+    assert probe.knocked == 0  # not yet: a tower that wobbles as the next block lands stands again
+    run(1)
+    assert probe.summary()["knocked_per_episode"] == 1.0
+    assert probe.summary()["grasp_offset_cm_p50"] is None  # nothing was let go of

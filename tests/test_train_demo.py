@@ -33,6 +33,7 @@ def test_fine_tuning_stage_waits_for_its_base_and_only_shipped_stages_are_copied
         "both": {"args": ["executor=affordance"], "ship": None, "init_from": "other", "data": ["train", "heldout"]},
         "dagger": {"args": ["executor=tabletop"], "ship": None, "init_from": "other", "data": ["train", "rollouts"]},
         "asked": {"args": ["planner=tabletop"], "ship": ".", "init_from": "tuned", "on_policy": ["situations"]},
+        "rendered": {"args": ["executor=in_hand"], "ship": None, "data": None},
     })
     # a recording of the `other` stage's executor with the expert taking over: made once that stage is done
     OmegaConf.set_struct(cfg, False)
@@ -66,6 +67,9 @@ def test_fine_tuning_stage_waits_for_its_base_and_only_shipped_stages_are_copied
             f"planner_rollouts.executor.path={work / 'runs' / 'dagger' / 'model'}"} <= set(situations_args)
     assert f"on_policy=[{work / 'tabletop_situations'}]" in by_name["asked"][0]
     assert f"data={work / 'tabletop_train'}" in by_name["asked"][0]
+    rendered = by_name["rendered"][0]  # a stage with `data: null` is given none
+    assert not any(a.startswith("data=") for a in rendered) and rendered[-2:] == [f"out={work / 'runs' / 'rendered'}",
+                                                                                    "resume=true"]
 
 
 def test_the_shipped_pipeline_names_only_earlier_stages_and_its_own_recordings():
@@ -74,8 +78,9 @@ def test_the_shipped_pipeline_names_only_earlier_stages_and_its_own_recordings()
     for i, (name, spec) in enumerate(cfg.trainings.items()):
         if spec.get("init_from"):
             assert spec.init_from in names[:i], name  # listed before, or the pool could wait on itself
-        recordings = spec.get("data", "train")
-        assert set([recordings] if isinstance(recordings, str) else recordings) <= set(cfg.record), name
+        recordings = spec.get("data", "train")  # null: a stage that renders its own data (the in-hand offset)
+        recordings = [] if recordings is None else [recordings] if isinstance(recordings, str) else recordings
+        assert set(recordings) <= set(cfg.record), name
     for split, spec in cfg.record.items():  # a rollout recording names the stages whose tiers it rolls out
         if OmegaConf.is_list(spec):
             continue

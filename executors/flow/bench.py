@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     # The run-time settings of configs/executor/flow_tabletop.yaml (default: the checkpoint's, usually off).
     for flag in ("pick-persistence", "place-inhibition", "place-lock-distance"):
         parser.add_argument(f"--{flag}", type=float, default=None, help=f"FlowConfig.{flag.replace('-', '_')}")
+    parser.add_argument("--in-hand", default=None, help="an in-hand offset directory (executors/flow/in_hand.py): "
+                        "chunks are timed with a block held, the offset read each chunk")
     parser.add_argument("--eager", action="store_true", help="on CUDA, do not replay the chunk as a CUDA graph")
     parser.add_argument("--json", action="store_true", help="only the final JSON line on stdout")
     args = parser.parse_args(argv)
@@ -157,14 +159,20 @@ def run(args) -> dict:
     dtype = args.dtype or ("bfloat16" if cuda else "float32")
     settings = {name: getattr(args, name, None) for name in ("pick_persistence", "place_inhibition",
                                                               "place_lock_distance")}
+    in_hand = getattr(args, "in_hand", None)
     if args.checkpoint:
-        executor = FlowExecutor.from_pretrained(args.checkpoint, device=args.device, dtype=dtype, **settings)
+        executor = FlowExecutor.from_pretrained(args.checkpoint, device=args.device, dtype=dtype, in_hand=in_hand,
+                                                **settings)
     else:
         executor = FlowExecutor(FlowModel(load_model_config(args.config)), device=args.device, dtype=dtype,
-                                **settings)
+                                in_hand=in_hand, **settings)
     cfg = executor.cfg
     steps = args.steps or cfg.flow_steps
     obs, subtask, subgoal = inputs(cfg)
+    if in_hand:  # held: the estimate runs every chunk
+        state = np.array(obs.state, copy=True)
+        state[cfg.gripper_index] = 1.0
+        obs = obs.model_copy(update={"state": state})
     subgoal = None if args.no_subgoal else subgoal
 
     def latency(k: int) -> np.ndarray:
@@ -177,6 +185,11 @@ def run(args) -> dict:
               "chunk": cfg.chunk, "action_dim": cfg.action_dim, "flow_steps": steps,
               "subgoal": subgoal is not None and cfg.use_subgoal,
               **{name: getattr(cfg, name) for name in settings}}
+    if in_hand:
+        image = obs.images[executor.in_hand.cfg.camera]
+        result["in_hand"] = in_hand
+        result["in_hand_ms_p50"] = round(float(np.percentile(
+            timed(lambda: executor.in_hand.estimate(image), args.iters, args.warmup, cuda), 50)), 2)
     eager_ms = latency(steps)
     chunk_ms, one_step_ms = eager_ms, latency(1)
     if cuda and not args.eager:

@@ -20,7 +20,9 @@ from torch import nn
 from executors.flow.affordance import AffordanceConfig, AffordanceHead, affordance_scores
 from executors.flow.configuration_flow import FlowConfig
 from executors.flow.encoders import MLP, Block, build_text, build_vision, vision_tokens
+from executors.flow.in_hand import InHandOffset
 from executors.flow.processor_flow import Normalizer, load_tokenizer, observation_batch
+from executors.flow.transit import TransitConfig, hold_transit_height
 from executors.flow.waypoint_heads import HeatmapWaypointHead
 from executors.flow.waypoints import GRIPPER_ON
 from hybrid.attention import attention
@@ -197,7 +199,8 @@ class FlowModel(nn.Module):
         """Pick and place xy ``(B, 4)`` the expert is steered to: the maps' strongest modes, at run time the pick
         held near the one chosen before (``batch["pick_prior"]``, `FlowConfig.pick_persistence`) and kept off
         what earlier subtasks placed (``batch["pick_avoid"]``, `FlowConfig.place_inhibition`); the place where
-        ``batch["place_lock"]`` holds one (`FlowConfig.place_lock_distance`)."""
+        ``batch["place_lock"]`` holds one (`FlowConfig.place_lock_distance`), moved by ``batch["place_shift"]`` (the
+        held block's offset from the cup, negated: `FlowExecutor`'s ``in_hand``)."""
         if self.training:
             return self.waypoint_head.peak(*heatmap).flatten(1)
         peaks = self.waypoint_head.peak(*heatmap, batch.get("pick_prior"), self.cfg.pick_persistence,
@@ -205,6 +208,9 @@ class FlowModel(nn.Module):
         locked = batch.get("place_lock")  # (B, 2), NaN rows: none
         if locked is not None:
             peaks[:, 1] = torch.where(torch.isfinite(locked), locked.to(peaks.dtype), peaks[:, 1])
+        shift = batch.get("place_shift")  # (B, 2): where the cup goes for the held block to land on the place
+        if shift is not None:
+            peaks[:, 1] = peaks[:, 1] + shift.to(peaks.dtype)
         return peaks.flatten(1)
 
     def _encode(self, batch):
@@ -416,17 +422,26 @@ class FlowExecutor:
                  flow_steps: int | None = None, dtype: torch.dtype | str = torch.float32, seed: int = 0,
                  cuda_graph: bool = False, noise_scale: float = 1.0, affordance: dict | None = None,
                  pick_persistence: float | None = None, place_inhibition: float | None = None,
-                 place_lock_distance: float | None = None, affordance_inhibition: bool = True):
+                 place_lock_distance: float | None = None, affordance_inhibition: bool = True,
+                 transit: dict | None = None, in_hand: str | Path | None = None):
         """``affordance``: `AffordanceConfig` fields, how `affordance` turns the waypoint maps into scores.
         ``pick_persistence``, ``place_inhibition``, ``place_lock_distance``: override the checkpoint's `FlowConfig`
         fields of those names (run-time settings). ``affordance_inhibition``: `affordance` reads the pick map as
-        `act` would under each subtask, less `place_inhibition` near what other subtasks placed."""
+        `act` would under each subtask, less `place_inhibition` near what other subtasks placed. ``transit``:
+        `TransitConfig` fields, the height a held block is carried at away from its place (None: as learned).
+        ``in_hand``: an `InHandOffset` directory; while the gripper holds, the cup is steered to the place minus the
+        held block's offset from it, read off that model's camera (None: to the place)."""
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         self.affordance_cfg = AffordanceConfig.model_validate(dict(affordance or {}))
         if not math.isfinite(noise_scale) or noise_scale < 0:
             raise ValueError(f"noise_scale: expected a finite number >= 0, got {noise_scale!r}")
         self.noise_scale = float(noise_scale)
         self.affordance_inhibition = bool(affordance_inhibition)
+        self.transit = None if transit is None else TransitConfig.model_validate(dict(transit))
+        self.in_hand = None if in_hand is None else InHandOffset.from_pretrained(in_hand, device)
+        if (self.in_hand is not None or self.transit is not None) and not model.cfg.waypoint_target:
+            raise ValueError("in_hand and transit move the place the executor steers to: the checkpoint has no "
+                             "steering target (FlowConfig.waypoint_target)")
         self.device = torch.device(device)
         self.model = model.to(self.device, dtype).eval()
         self.model.normalizer.float()  # statistics stay float32 whatever the compute dtype
@@ -448,10 +463,12 @@ class FlowExecutor:
                         dtype: str = "float32", seed: int = 0, cuda_graph: bool = False,
                         noise_scale: float = 1.0, affordance: dict | None = None,
                         pick_persistence: float | None = None, place_inhibition: float | None = None,
-                        place_lock_distance: float | None = None, affordance_inhibition: bool = True) -> FlowExecutor:
+                        place_lock_distance: float | None = None, affordance_inhibition: bool = True,
+                        transit: dict | None = None, in_hand: str | None = None) -> FlowExecutor:
         model = FlowModel.from_pretrained(path)
         return cls(model, load_tokenizer(model.cfg, path), device, flow_steps, dtype, seed, cuda_graph, noise_scale,
-                   affordance, pick_persistence, place_inhibition, place_lock_distance, affordance_inhibition)
+                   affordance, pick_persistence, place_inhibition, place_lock_distance, affordance_inhibition, transit,
+                   in_hand)
 
     def save_pretrained(self, directory: str | Path) -> None:
         self.model.save_pretrained(directory)
@@ -499,6 +516,17 @@ class FlowExecutor:
             return self._place[1]
         return self._nowhere()
 
+    def _in_hand_shift(self, obs: Observation, state: torch.Tensor) -> torch.Tensor | None:
+        """``(1, 2)``: minus the held block's offset from the cup (`InHandOffset`), while the gripper holds; None
+        without an ``in_hand`` model or with the gripper open."""
+        if self.in_hand is None or float(state[0, self.cfg.gripper_index]) < GRIPPER_ON:
+            return None
+        camera = self.in_hand.cfg.camera
+        if camera not in obs.images:
+            raise ValueError(f"in_hand: the observation has no {camera!r} camera (got {sorted(obs.images)})")
+        offset = self.in_hand.estimate(obs.images[camera])
+        return -torch.as_tensor(offset, dtype=torch.float32, device=self.device)[None]
+
     def _remember_place(self, state: torch.Tensor, subtask: Subtask | None, place: torch.Tensor) -> None:
         """Keep the place steered to as the one to lock on, if it was seen from beyond the lock's distance."""
         far = torch.linalg.norm(state[:, :2].float() - place) >= self.cfg.place_lock_distance
@@ -514,14 +542,20 @@ class FlowExecutor:
         cfg = self.cfg
         batch = observation_batch(cfg, self.tokenizer, obs, subtask, subgoal)
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        context = None
-        remembers = cfg.pick_persistence > 0 or cfg.place_inhibition > 0 or cfg.place_lock_distance > 0
+        context, place = None, None
+        remembers = (cfg.pick_persistence > 0 or cfg.place_inhibition > 0 or cfg.place_lock_distance > 0
+                     or self.in_hand is not None or self.transit is not None)
         if remembers and cfg.waypoint_target:
             batch["pick_prior"], batch["pick_avoid"] = self._pick_memory(batch["state"], subtask)
             batch["place_lock"] = self._place_lock(batch["state"], subtask)
+            shift = self._in_hand_shift(obs, batch["state"])
+            if shift is not None:
+                batch["place_shift"] = shift
             *context, waypoints = self.model.encode_steering(batch)
             self._pick = (_text(subtask), waypoints[:, 0])
-            self._remember_place(batch["state"], subtask, waypoints[:, 1])
+            # the lock keeps the place itself; the cup's target moves with the offset of the moment
+            self._remember_place(batch["state"], subtask, waypoints[:, 1] - (0 if shift is None else shift))
+            place = waypoints[0, 1].float().cpu().numpy()
         noise = self.noise_scale * torch.randn(1, cfg.chunk, cfg.action_dim, device=self.device,
                                                generator=self.generator)
         if prefix is not None and len(prefix):
@@ -535,6 +569,9 @@ class FlowExecutor:
             actions = self.model.sample_actions(batch, self.flow_steps, noise, context=context)[0].cpu().numpy()
         else:
             actions = self._replay(batch, self.flow_steps, noise)[0].cpu().numpy()
+        if self.transit is not None and place is not None:
+            actions = hold_transit_height(actions, batch["state"][0, :3].float().cpu().numpy(), place, self._held,
+                                          self.transit, 0 if prefix is None else len(prefix), cfg.gripper_index)
         used_subgoal = subgoal is not None and cfg.use_subgoal
         return ActionChunk(actions=actions, dt=cfg.dt, start_time=obs.timestamp,
                            subtask=_text(subtask),

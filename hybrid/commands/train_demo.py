@@ -91,8 +91,8 @@ def main(argv: list[str]) -> int:
 
     def train(name: str) -> float:
         spec = cfg.trainings[name]
-        recording = spec.get("data", "train")  # which recording(s) it trains on
-        recordings = list(recording) if OmegaConf.is_list(recording) else [recording]
+        recording = spec.get("data", "train")  # which recording(s) it trains on; null: none (it renders its own)
+        recordings = list(recording) if OmegaConf.is_list(recording) else [] if recording is None else [recording]
         on_policy = list(spec.get("on_policy") or [])  # a planner's own situations (planner_rollouts recordings)
         for split in recordings + on_policy:  # a rollout recording's stages first, outside the lock: one of
             for stage in stages_of(split):    # them may itself be waiting for the lock
@@ -100,8 +100,10 @@ def main(argv: list[str]) -> int:
         with recording_lock:  # one stage records a rollout recording, the others wait for it
             for split in recordings + on_policy:
                 record(split)
-        where = f"[{','.join(str(data[r]) for r in recording)}]" if OmegaConf.is_list(recording) else data[recording]
-        args = ["train", *spec.args, f"data={where}", f"out={runs[name]}", "resume=true"]
+        args = ["train", *spec.args, f"out={runs[name]}", "resume=true"]
+        if recordings:
+            args.insert(-2, f"data=[{','.join(str(data[r]) for r in recordings)}]" if OmegaConf.is_list(recording)
+                        else f"data={data[recording]}")
         if on_policy:
             args.append(f"on_policy=[{','.join(str(data[r]) for r in on_policy)}]")
         if spec.get("init_from"):  # a fine-tuning stage starts from another stage's result

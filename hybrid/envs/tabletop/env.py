@@ -210,6 +210,12 @@ class TabletopEnv(gym.Env):
     def instruction(self) -> str:
         return self.scene.spec.instruction
 
+    def render_camera(self, camera: str) -> np.ndarray:
+        """The current state seen by ``camera`` (one of the env's `cameras`), uint8 ``(H, W, 3)``."""
+        if camera not in self.cameras:
+            raise ValueError(f"camera: expected one of {list(self.cameras)}, got {camera!r}")
+        return self._render_camera(self.scene.data, camera)
+
     # ---- internals -----------------------------------------------------------------------------
     def _render_camera(self, data: mujoco.MjData, camera: str) -> np.ndarray:
         if self._renderer is None:
