@@ -100,10 +100,9 @@ def main(argv: list[str]) -> int:
         with recording_lock:  # one stage records a rollout recording, the others wait for it
             for split in recordings + on_policy:
                 record(split)
-        args = ["train", *spec.args, f"out={runs[name]}", "resume=true"]
-        if recordings:
-            args.insert(-2, f"data=[{','.join(str(data[r]) for r in recordings)}]" if OmegaConf.is_list(recording)
-                        else f"data={data[recording]}")
+        where = [f"data=[{','.join(str(data[r]) for r in recordings)}]"] if OmegaConf.is_list(recording) else \
+            [f"data={data[r]}" for r in recordings]  # one recording, or none
+        args = ["train", *spec.args, *where, f"out={runs[name]}", "resume=true"]
         if on_policy:
             args.append(f"on_policy=[{','.join(str(data[r]) for r in on_policy)}]")
         if spec.get("init_from"):  # a fine-tuning stage starts from another stage's result
