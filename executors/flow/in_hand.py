@@ -8,6 +8,11 @@ do the same. `InHandOffset` estimates the offset from the wrist camera, which ri
 block's edge below it; `FlowExecutor(in_hand=DIR)` then steers the cup to the place minus the offset while the
 gripper holds, as the expert does (in-hand pose estimation before a placement, as pick-and-place cells do it).
 
+With ``support`` the same network also finds the *support* under the held block, the block (or tower top) a stack
+goes on, and how far its centre is from the cup's: the place map reads it off the front camera 1.1 cm off (median,
+oracle `stack`), the wrist camera sees it from above the held block. With the true support and offset instead of
+the maps' place, the oracle agent stacked 0.69 of 100 held-out episodes against 0.27 (transit height on in both).
+
 A small CNN on the wrist image, trained on rendered views with known offsets (`hybrid.envs.tabletop.in_hand`):
 `hybrid train executor=in_hand out=DIR`.
 """
@@ -39,43 +44,68 @@ class InHandConfig:
     image_size: int = 96  # square input, pixels
     widths: list[int] = field(default_factory=lambda: [32, 32, 64, 64])  # channels of the stride-2 conv layers
     hidden: int = 128
+    convs_per_stage: int = 1  # 3x3 convolutions at each resolution (the first of them strided)
+    support: bool = False  # also the support under the held block: its offset from the cup, and whether there is one
 
     def __post_init__(self):
-        if self.image_size < 2 ** len(self.widths) or not self.widths or min(self.widths) < 8 or self.hidden < 1:
+        if (self.image_size < 2 ** len(self.widths) or not self.widths or min(self.widths) < 8 or self.hidden < 1
+                or self.convs_per_stage < 1):
             raise ValueError(f"InHandConfig: invalid {asdict(self)}")
 
 
+@dataclass
+class WristReading:
+    """What `InHandOffset.read` finds in one wrist image: offsets from the cup's centre in metres, in the state's x
+    and y; ``support`` None for a model without it (`InHandConfig.support`)."""
+
+    held: np.ndarray  # (2,) the held block's centre minus the cup's
+    support: np.ndarray | None = None  # (2,) the support's top centre minus the cup's
+    support_prob: float = 0.0  # how likely a support is under the held block at all
+
+
 class InHandOffset(nn.Module):
-    """Wrist image ``(N, 3, H, W)`` uint8 -> the held block's centre minus the cup's, ``(N, 2)`` metres, in the
-    state's x and y."""
+    """Wrist image ``(N, 3, H, W)`` uint8 -> ``(N, 2)``: the held block's centre minus the cup's, metres, in the
+    state's x and y; with `InHandConfig.support` ``(N, 5)``: then the support's offset and its presence logit."""
 
     def __init__(self, cfg: InHandConfig):
         super().__init__()
         self.cfg = cfg
         layers, channels, size = [], 3, cfg.image_size
         for width in cfg.widths:
-            layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1), nn.GroupNorm(8, width), nn.GELU()]
-            channels, size = width, math.ceil(size / 2)
+            for k in range(cfg.convs_per_stage):
+                layers += [nn.Conv2d(channels, width, 3, stride=1 if k else 2, padding=1), nn.GroupNorm(8, width),
+                           nn.GELU()]
+                channels = width
+            size = math.ceil(size / 2)
         # Flattened, not pooled: where the block shows in the image is the answer.
         self.features = nn.Sequential(*layers, nn.Flatten())
-        self.head = nn.Sequential(nn.Linear(channels * size * size, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, 2))
+        self.head = nn.Sequential(nn.Linear(channels * size * size, cfg.hidden), nn.GELU(),
+                                  nn.Linear(cfg.hidden, 5 if cfg.support else 2))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         size = self.cfg.image_size
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"InHandOffset: expected images (N, 3, H, W), got {tuple(images.shape)}")
         x = resize(images, size).float() / 255
-        return self.head(self.features(x)) / UNIT
+        out = self.head(self.features(x))
+        return torch.cat([out[:, :4] / UNIT, out[:, 4:]], dim=1)  # offsets in metres, the logit as it is
 
     @torch.inference_mode()
-    def estimate(self, image: np.ndarray) -> np.ndarray:
-        """One ``(H, W, 3)`` uint8 image -> the offset ``(2,)`` in metres."""
+    def read(self, image: np.ndarray) -> WristReading:
+        """One ``(H, W, 3)`` uint8 image -> the offsets in it."""
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
             raise ValueError(f"InHandOffset: expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
         device = next(self.parameters()).device
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device)
-        return self(x)[0].float().cpu().numpy()
+        out = self(x)[0].float().cpu().numpy()
+        if not self.cfg.support:
+            return WristReading(out[:2])
+        return WristReading(out[:2], out[2:4], float(1.0 / (1.0 + np.exp(-out[4]))))
+
+    def estimate(self, image: np.ndarray) -> np.ndarray:
+        """One ``(H, W, 3)`` uint8 image -> the held block's offset ``(2,)`` in metres."""
+        return self.read(image).held
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
@@ -93,24 +123,48 @@ class InHandOffset(nn.Module):
         return model.to(device).eval()
 
 
-def offset_errors(model: InHandOffset, images: np.ndarray, offsets: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Distance (m) between each estimated and true offset."""
+def predict(model: InHandOffset, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    """The model's raw outputs for ``(N, H, W, 3)`` uint8 images: ``(N, 2)`` or ``(N, 5)``."""
     with torch.inference_mode():
         x = torch.from_numpy(images).permute(0, 3, 1, 2)
-        found = torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]).numpy()
-    return np.linalg.norm(found - offsets, axis=1)
+        return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]).float().numpy()
+
+
+def view_metrics(model: InHandOffset, views) -> dict:
+    """Held-out errors on `WristViews`: the held offset's (cm), and with supports the support offset's on the views
+    that have one (cm, overall and by side of the cup in x: the camera sits in front of the cup, +x, so a support
+    behind it hides under the held block) and how often the presence is called right."""
+    found = predict(model, views.images)
+    held = 100 * np.linalg.norm(found[:, :2] - views.held, axis=1)
+    metrics = {"val_error_cm_p50": round(float(np.median(held)), 3),
+               "val_error_cm_p90": round(float(np.quantile(held, 0.9)), 3),
+               "val_offset_cm_p50": round(100 * float(np.median(np.linalg.norm(views.held, axis=1))), 3)}
+    if model.cfg.support and views.present.any():
+        present = views.present
+        errors = 100 * np.linalg.norm(found[present, 2:4] - views.support[present], axis=1)
+        ahead = views.support[present, 0] >= 0
+        metrics.update({
+            "support_error_cm_p50": round(float(np.median(errors)), 3),
+            "support_error_cm_p90": round(float(np.quantile(errors, 0.9)), 3),
+            "support_error_cm_p50_ahead": round(float(np.median(errors[ahead])), 3) if ahead.any() else None,
+            "support_error_cm_p50_behind": round(float(np.median(errors[~ahead])), 3) if (~ahead).any() else None,
+            "support_presence_accuracy": round(float(np.mean((found[:, 4] > 0) == present)), 4)})
+    return metrics
 
 
 def train_in_hand(out: str, samples: int = 40000, val_samples: int = 2000, steps: int = 3000, batch_size: int = 64,
                   lr: float = 2.0e-3, weight_decay: float = 1.0e-4, image_size: int = 96, camera: str = "wrist",
-                  max_offset: float = 0.03, seed: int = 0, threads: int | None = None, log_every: int = 500,
-                  resume: bool = False) -> dict:
+                  max_offset: float = 0.03, support: float = 0.0, support_radius: float = 0.05,
+                  widths: list[int] | None = None, hidden: int = 128, convs_per_stage: int = 1, seed: int = 0,
+                  threads: int | None = None, log_every: int = 500, resume: bool = False) -> dict:
     """Render ``samples`` labelled views of the tabletop (and ``val_samples`` more from other scenes), train an
-    `InHandOffset` on them with a one-cycle schedule and write it to ``out`` with ``metrics.json``. ``resume``: a run
-    whose model is written already is not repeated (its metrics are returned)."""
+    `InHandOffset` on them with a one-cycle schedule and write it to ``out`` with ``metrics.json``. ``support`` > 0:
+    that share of the views has a support under the held block, and the model learns to find it too. ``widths``,
+    ``hidden``, ``convs_per_stage``: the network (`InHandConfig`). ``resume``: a run whose model is written already
+    is not repeated (its metrics are returned)."""
     from tqdm.auto import tqdm
 
-    from hybrid.envs.tabletop.in_hand import held_block_views
+    from hybrid.envs.tabletop.in_hand import wrist_views
 
     if resume and (Path(out) / WEIGHTS_NAME).is_file() and (Path(out) / "metrics.json").is_file():
         return json.loads((Path(out) / "metrics.json").read_text())
@@ -118,17 +172,29 @@ def train_in_hand(out: str, samples: int = 40000, val_samples: int = 2000, steps
         torch.set_num_threads(int(threads))
     torch.manual_seed(seed)
     start = time.perf_counter()
-    images, offsets = held_block_views(samples, seed, image_size, camera, max_offset, progress=True)
-    val_images, val_offsets = held_block_views(val_samples, seed + 1, image_size, camera, max_offset)
-    model = InHandOffset(InHandConfig(camera=camera, image_size=image_size))
-    x, y = torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(offsets)
+    render = {"image_size": image_size, "camera": camera, "max_offset": max_offset, "support": support,
+              "support_radius": support_radius}
+    views = wrist_views(samples, seed, progress=True, **render)
+    val_views = wrist_views(val_samples, seed + 1, **render)
+    shape = {"widths": [int(w) for w in widths]} if widths else {}
+    model = InHandOffset(InHandConfig(camera=camera, image_size=image_size, hidden=hidden,
+                                      convs_per_stage=convs_per_stage, support=support > 0, **shape))
+    x = torch.from_numpy(views.images).permute(0, 3, 1, 2)
+    held, where = torch.from_numpy(views.held), torch.from_numpy(views.support)
+    present = torch.from_numpy(views.present).float()
     optimizer = torch.optim.AdamW(model.parameters(), lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps)
     generator = torch.Generator().manual_seed(seed)
     model.train()
     for step in (bar := tqdm(range(steps), desc="train in-hand offset")):
         idx = torch.randint(len(x), (batch_size,), generator=generator)
-        loss = nn.functional.smooth_l1_loss(model(x[idx]) * UNIT, y[idx] * UNIT)  # Huber in centimetres
+        found = model(x[idx])
+        loss = nn.functional.smooth_l1_loss(found[:, :2] * UNIT, held[idx] * UNIT)  # Huber in centimetres
+        if model.cfg.support:
+            mask = present[idx]
+            per_view = nn.functional.smooth_l1_loss(found[:, 2:4] * UNIT, where[idx] * UNIT, reduction="none")
+            loss = loss + (per_view.sum(1) * mask).sum() / mask.sum().clamp(min=1) / 2
+            loss = loss + nn.functional.binary_cross_entropy_with_logits(found[:, 4], mask)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -136,11 +202,8 @@ def train_in_hand(out: str, samples: int = 40000, val_samples: int = 2000, steps
         if step % log_every == 0 or step == steps - 1:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
-    errors = offset_errors(model, val_images, val_offsets)
-    metrics = {"val_error_cm_p50": round(100 * float(np.median(errors)), 3),
-               "val_error_cm_p90": round(100 * float(np.quantile(errors, 0.9)), 3),
-               "val_offset_cm_p50": round(100 * float(np.median(np.linalg.norm(val_offsets, axis=1))), 3),
-               "samples": samples, "steps": steps, "minutes": round((time.perf_counter() - start) / 60, 1)}
+    metrics = {**view_metrics(model, val_views), "samples": samples, "steps": steps,
+               "minutes": round((time.perf_counter() - start) / 60, 1)}
     model.save_pretrained(out)
     (Path(out) / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log.info("in-hand offset: %s", metrics)

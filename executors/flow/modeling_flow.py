@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from executors.flow.affordance import AffordanceConfig, AffordanceHead, affordance_scores
+from executors.flow.align import AlignConfig, align_over_place
 from executors.flow.configuration_flow import FlowConfig
 from executors.flow.encoders import MLP, Block, build_text, build_vision, vision_tokens
-from executors.flow.in_hand import InHandOffset
+from executors.flow.in_hand import InHandOffset, WristReading
 from executors.flow.processor_flow import Normalizer, load_tokenizer, observation_batch
 from executors.flow.transit import TransitConfig, hold_transit_height
 from executors.flow.waypoint_heads import HeatmapWaypointHead
@@ -423,14 +424,18 @@ class FlowExecutor:
                  cuda_graph: bool = False, noise_scale: float = 1.0, affordance: dict | None = None,
                  pick_persistence: float | None = None, place_inhibition: float | None = None,
                  place_lock_distance: float | None = None, affordance_inhibition: bool = True,
-                 transit: dict | None = None, in_hand: str | Path | None = None):
+                 transit: dict | None = None, in_hand: str | Path | None = None, support_snap: float = 0.04,
+                 align: dict | None = None):
         """``affordance``: `AffordanceConfig` fields, how `affordance` turns the waypoint maps into scores.
         ``pick_persistence``, ``place_inhibition``, ``place_lock_distance``: override the checkpoint's `FlowConfig`
         fields of those names (run-time settings). ``affordance_inhibition``: `affordance` reads the pick map as
         `act` would under each subtask, less `place_inhibition` near what other subtasks placed. ``transit``:
         `TransitConfig` fields, the height a held block is carried at away from its place (None: as learned).
         ``in_hand``: an `InHandOffset` directory; while the gripper holds, the cup is steered to the place minus the
-        held block's offset from it, read off that model's camera (None: to the place)."""
+        held block's offset from it, read off that model's camera (None: to the place). ``support_snap``: with an
+        ``in_hand`` model that finds supports (`InHandConfig.support`), a support it sees within this distance (m) of
+        the place found from afar becomes the place (a stack goes onto the block seen under the held one). ``align``:
+        `AlignConfig` fields, the final alignment over such a support (None: as learned)."""
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         self.affordance_cfg = AffordanceConfig.model_validate(dict(affordance or {}))
         if not math.isfinite(noise_scale) or noise_scale < 0:
@@ -439,6 +444,10 @@ class FlowExecutor:
         self.affordance_inhibition = bool(affordance_inhibition)
         self.transit = None if transit is None else TransitConfig.model_validate(dict(transit))
         self.in_hand = None if in_hand is None else InHandOffset.from_pretrained(in_hand, device)
+        if not math.isfinite(support_snap) or support_snap < 0:
+            raise ValueError(f"support_snap: expected a distance in metres >= 0, got {support_snap!r}")
+        self.support_snap = float(support_snap)
+        self.align = None if align is None else AlignConfig.model_validate(dict(align))
         if (self.in_hand is not None or self.transit is not None) and not model.cfg.waypoint_target:
             raise ValueError("in_hand and transit move the place the executor steers to: the checkpoint has no "
                              "steering target (FlowConfig.waypoint_target)")
@@ -464,11 +473,12 @@ class FlowExecutor:
                         noise_scale: float = 1.0, affordance: dict | None = None,
                         pick_persistence: float | None = None, place_inhibition: float | None = None,
                         place_lock_distance: float | None = None, affordance_inhibition: bool = True,
-                        transit: dict | None = None, in_hand: str | None = None) -> FlowExecutor:
+                        transit: dict | None = None, in_hand: str | None = None,
+                        support_snap: float = 0.04, align: dict | None = None) -> FlowExecutor:
         model = FlowModel.from_pretrained(path)
         return cls(model, load_tokenizer(model.cfg, path), device, flow_steps, dtype, seed, cuda_graph, noise_scale,
                    affordance, pick_persistence, place_inhibition, place_lock_distance, affordance_inhibition, transit,
-                   in_hand)
+                   in_hand, support_snap, align)
 
     def save_pretrained(self, directory: str | Path) -> None:
         self.model.save_pretrained(directory)
@@ -483,6 +493,7 @@ class FlowExecutor:
         self._subtask: str | None = None  # the subtask of the chunk before
         self._placed: list[tuple[str | None, torch.Tensor]] = []  # (subtask, effector xy (2,)) at each release
         self._place: tuple[str | None, torch.Tensor] | None = None  # (subtask, place xy (1, 2)) seen from afar, held
+        self._supports: list[torch.Tensor] = []  # the support's xy (1, 2) as each chunk of this placement saw it
 
     def _nowhere(self) -> torch.Tensor:
         """``(1, 2)`` NaN: no point (what `HeatmapWaypointHead.peak` and `FlowModel._peaks` read as none)."""
@@ -511,21 +522,32 @@ class FlowExecutor:
         `FlowConfig.place_lock_distance` of the place seen from further away; NaN otherwise. Near it, the held block
         hides where it goes from the front camera, and the place map's estimate drifts."""
         if self._place is None or not self._held or self._place[0] != _text(subtask):
-            self._place = None
+            self._place, self._supports = None, []
         elif torch.linalg.norm(state[:, :2].float() - self._place[1]) < self.cfg.place_lock_distance:
             return self._place[1]
         return self._nowhere()
 
-    def _in_hand_shift(self, obs: Observation, state: torch.Tensor) -> torch.Tensor | None:
-        """``(1, 2)``: minus the held block's offset from the cup (`InHandOffset`), while the gripper holds; None
-        without an ``in_hand`` model or with the gripper open."""
+    def _wrist(self, obs: Observation, state: torch.Tensor) -> WristReading | None:
+        """What the ``in_hand`` model reads off its camera while the gripper holds; None without one or with the
+        gripper open."""
         if self.in_hand is None or float(state[0, self.cfg.gripper_index]) < GRIPPER_ON:
             return None
         camera = self.in_hand.cfg.camera
         if camera not in obs.images:
             raise ValueError(f"in_hand: the observation has no {camera!r} camera (got {sorted(obs.images)})")
-        offset = self.in_hand.estimate(obs.images[camera])
-        return -torch.as_tensor(offset, dtype=torch.float32, device=self.device)[None]
+        return self.in_hand.read(obs.images[camera])
+
+    def _support_place(self, state: torch.Tensor, subtask: Subtask | None, reading: WristReading) -> torch.Tensor:
+        """``(1, 2)``: the support seen under the held block, where it lies within `support_snap` of the place found
+        from afar for this subtask, averaged over the chunks of this placement that saw it (each view, from another
+        height and side, errs its own way); NaN while none has (a bowl below, nothing seen, or another block)."""
+        if (reading.support is None or reading.support_prob < 0.5 or self._place is None
+                or self._place[0] != _text(subtask)):
+            return torch.stack(self._supports).mean(0) if self._supports else self._nowhere()
+        support = state[:, :2].float() + torch.as_tensor(reading.support, dtype=torch.float32, device=self.device)
+        if torch.linalg.norm(support - self._place[1]) <= self.support_snap:
+            self._supports.append(support)
+        return torch.stack(self._supports).mean(0) if self._supports else self._nowhere()
 
     def _remember_place(self, state: torch.Tensor, subtask: Subtask | None, place: torch.Tensor) -> None:
         """Keep the place steered to as the one to lock on, if it was seen from beyond the lock's distance."""
@@ -542,15 +564,20 @@ class FlowExecutor:
         cfg = self.cfg
         batch = observation_batch(cfg, self.tokenizer, obs, subtask, subgoal)
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        context, place = None, None
+        context, place, snapped = None, None, False
         remembers = (cfg.pick_persistence > 0 or cfg.place_inhibition > 0 or cfg.place_lock_distance > 0
                      or self.in_hand is not None or self.transit is not None)
         if remembers and cfg.waypoint_target:
             batch["pick_prior"], batch["pick_avoid"] = self._pick_memory(batch["state"], subtask)
             batch["place_lock"] = self._place_lock(batch["state"], subtask)
-            shift = self._in_hand_shift(obs, batch["state"])
-            if shift is not None:
+            reading, shift = self._wrist(obs, batch["state"]), None
+            if reading is not None:
+                shift = -torch.as_tensor(reading.held, dtype=torch.float32, device=self.device)[None]
                 batch["place_shift"] = shift
+                support = self._support_place(batch["state"], subtask, reading)
+                snapped = bool(torch.isfinite(support).all())
+                if snapped:
+                    batch["place_lock"] = support
             *context, waypoints = self.model.encode_steering(batch)
             self._pick = (_text(subtask), waypoints[:, 0])
             # the lock keeps the place itself; the cup's target moves with the offset of the moment
@@ -572,6 +599,9 @@ class FlowExecutor:
         if self.transit is not None and place is not None:
             actions = hold_transit_height(actions, batch["state"][0, :3].float().cpu().numpy(), place, self._held,
                                           self.transit, 0 if prefix is None else len(prefix), cfg.gripper_index)
+        if self.align is not None and snapped:
+            actions = align_over_place(actions, batch["state"][0, :3].float().cpu().numpy(), place, self.align,
+                                       0 if prefix is None else len(prefix), cfg.gripper_index)
         used_subgoal = subgoal is not None and cfg.use_subgoal
         return ActionChunk(actions=actions, dt=cfg.dt, start_time=obs.timestamp,
                            subtask=_text(subtask),

@@ -42,10 +42,7 @@ def hold_transit_height(actions: np.ndarray, position: np.ndarray, place: np.nda
     if not held or not np.isfinite(place).all():
         return actions
     out = np.array(actions, dtype=np.float32, copy=True)
-    p = np.asarray(position, np.float64)[:3].copy()
-    for k, a in enumerate(out):
-        if a[gripper_index] < GRIPPER_ON:
-            break
+    for k, a, p in held_steps(out, position, gripper_index):
         if k >= committed and np.linalg.norm(p[:2] - place) > cfg.radius:
             below = cfg.height - p[2]
             if below > 1e-3:  # climb straight up first: moving sideways down here sweeps what stands on the table
@@ -53,5 +50,15 @@ def hold_transit_height(actions: np.ndarray, position: np.ndarray, place: np.nda
                 a[2] = max(float(a[2]), min(cfg.climb, below))
             else:
                 a[2] = max(float(a[2]), below)
-        p += a[:3]
     return out
+
+
+def held_steps(actions: np.ndarray, position: np.ndarray, gripper_index: int = -1):
+    """Walk a chunk up to its first release command: yields (step, its action row, the effector's (x, y, z) before
+    it). A rule edits the row in place; the position then moves by the edited action."""
+    p = np.asarray(position, np.float64)[:3].copy()
+    for k, a in enumerate(actions):
+        if a[gripper_index] < GRIPPER_ON:
+            return
+        yield k, a, p
+        p += a[:3]

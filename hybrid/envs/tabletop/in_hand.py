@@ -1,51 +1,126 @@
-"""Labelled views of a block held off-centre under the suction cup: training data for the in-hand offset.
+"""Labelled wrist-camera views of a block held under the suction cup: training data for the in-hand model.
 
 The cup takes a block wherever it touches its top face, and the block lands as far off its target as it hung off
 the cup (oracle agent, 150 held-out `stack` episodes: 1.5 cm median, half the 2 cm a stack allows). The wrist camera
-rides on the gantry, so where the held block shows in its image says where the block hangs: `held_block_views`
-renders that view for random scenes, cup poses and offsets, each with its label. A held block hangs upright with its
-top face on the cup (expert episodes grasping up to 2.5 cm off-centre: tilt under 0.1 degree, top within 0.2 mm of
-the cup), so placing it there and rendering, without simulating the grasp, shows what the robot sees.
+rides on the gantry, so where the held block shows in its image says where the block hangs: `wrist_views` renders
+that view for random scenes, cup poses and offsets, each with its label. A held block hangs upright with its top
+face on the cup (expert episodes grasping up to 2.5 cm off-centre: tilt under 0.1 degree, top within 0.2 mm of the
+cup), so placing it there and rendering, without simulating the grasp, shows what the robot sees.
+
+With ``support`` > 0 a share of the views also has a *support* under the held block: a block on the table or the
+top of a two- or three-block tower, somewhere within ``support_radius`` of the cup, as the wrist camera sees the
+block a stack goes on while the cup comes over it. Its offset from the cup is labelled too; the other views look
+down on a bowl (empty or holding a block) or on bare table, where there is no support (the executor must not snap a
+bowl placement onto a block).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import mujoco
 import numpy as np
 from tqdm.auto import tqdm
 
 from hybrid.envs.tabletop.env import WORKSPACE, TabletopEnv
-from hybrid.envs.tabletop.scene import BLOCK_HALF
+from hybrid.envs.tabletop.scene import BLOCK_HALF, BOWL_FLOOR, BOWL_INNER
 
 PER_SCENE = 20  # views rendered in one laid-out scene before the next is drawn
+TOWER_SLIP = 0.008  # m: how far each block of a tower may sit off the one below it
+CLEAR = 0.07  # m: no other block within this distance of the cup's xy in a view (one support at a time)
+
+
+@dataclass
+class WristViews:
+    """``images`` ``(N, H, W, 3)`` uint8; ``held`` ``(N, 2)``: the held block's centre minus the cup's (m);
+    ``support`` ``(N, 2)``: the support's top block centre minus the cup's (zero where there is none);
+    ``present`` ``(N,)`` bool: whether the view has a support under the held block."""
+
+    images: np.ndarray
+    held: np.ndarray
+    support: np.ndarray
+    present: np.ndarray
+
+
+def _disk(rng: np.random.Generator, radius: float) -> np.ndarray:
+    r, angle = radius * np.sqrt(rng.uniform()), rng.uniform(0.0, 2 * np.pi)
+    return r * np.array([np.cos(angle), np.sin(angle)])
+
+
+def _put(scene, block: int, xyz, yaw: float) -> None:
+    address = scene.block_qpos[block]
+    scene.data.qpos[address : address + 3] = xyz
+    scene.data.qpos[address + 3 : address + 7] = (np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2))
+
+
+def compose_view(scene, rng: np.random.Generator, max_offset: float = 0.03,
+                 heights: tuple[float, float] = (0.07, 0.25), support: float = 0.0,
+                 support_radius: float = 0.05) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Pose the cup, a held block and (with probability ``support``) a support in ``scene`` as laid out; returns the
+    held block's offset from the cup, the support's (zero without one) and whether there is one."""
+    blocks = [int(b) for b in rng.permutation(scene.n_blocks())]
+    held, rest = blocks[0], blocks[1:]
+    held_offset, support_offset, present = _disk(rng, max_offset), np.zeros(2), False
+    bottom, used = 0.0, []  # the height the held block must stay above; blocks posed under the cup
+    if rng.uniform() < support and rest:
+        levels = int(rng.integers(1, min(3, len(rest)) + 1))
+        cup_xy = np.array([rng.uniform(*WORKSPACE[0]) * 0.8, rng.uniform(*WORKSPACE[1]) * 0.8])
+        support_offset, present = _disk(rng, support_radius), True
+        xy = cup_xy + support_offset
+        for level, block in reversed(list(enumerate(rest[:levels]))):  # the top first, then down the tower
+            _put(scene, block, (*xy, BLOCK_HALF * (2 * level + 1)), rng.uniform(0.0, 2 * np.pi))
+            xy = xy + rng.uniform(-TOWER_SLIP, TOWER_SLIP, 2)
+        bottom, used = 2 * BLOCK_HALF * levels, rest[:levels]
+    elif rng.uniform() < 0.5:  # over a bowl, with a block lying in it half of the time
+        bowl = scene.bowl_pos(int(rng.integers(len(scene.bowl_body))))[:2]
+        cup_xy = bowl + _disk(rng, BOWL_INNER * 0.6)
+        if rest and rng.uniform() < 0.5:
+            _put(scene, rest[0], (*(bowl + _disk(rng, 0.045)), BOWL_FLOOR + BLOCK_HALF), rng.uniform(0.0, 2 * np.pi))
+            used, bottom = rest[:1], BOWL_FLOOR + 2 * BLOCK_HALF
+    else:  # bare table
+        cup_xy = np.array([rng.uniform(*WORKSPACE[0]) * 0.8, rng.uniform(*WORKSPACE[1]) * 0.8])
+    for other in set(rest) - set(used):  # one thing under the cup at a time: the others go far aside
+        address = scene.block_qpos[other]
+        if np.linalg.norm(scene.data.qpos[address : address + 2] - cup_xy) < CLEAR:
+            _put(scene, other, (*(-np.sign(cup_xy) * (0.25, 0.38) + 0.02 * other), BLOCK_HALF), 0.0)
+    low = max(heights[0], bottom + 2 * BLOCK_HALF + 0.002)
+    cup = np.array([*cup_xy, rng.uniform(low, max(low, heights[1]))])
+    scene.data.qpos[:3] = cup
+    _put(scene, held, (*(cup[:2] + held_offset), cup[2] - BLOCK_HALF), rng.uniform(0.0, 2 * np.pi))
+    mujoco.mj_forward(scene.model, scene.data)
+    return held_offset, support_offset, present
+
+
+def wrist_views(n: int, seed: int = 0, image_size: int = 96, camera: str = "wrist", max_offset: float = 0.03,
+                heights: tuple[float, float] = (0.07, 0.25), support: float = 0.0, support_radius: float = 0.05,
+                progress: bool = False) -> WristViews:
+    """``n`` labelled views of ``camera`` with one block of a random tabletop scene held under the cup (its offset
+    uniform over a disk of ``max_offset``); the cup anywhere over the table, its height in ``heights`` (metres; over a
+    support, at least 2 mm above it). A share ``support`` of the views puts a support within ``support_radius``."""
+    if n < 1 or max_offset <= 0 or not 0.0 <= support <= 1.0 or support_radius <= 0:
+        raise ValueError(f"wrist_views: expected n >= 1, max_offset > 0, 0 <= support <= 1, support_radius > 0, got "
+                         f"n={n}, max_offset={max_offset}, support={support}, support_radius={support_radius}")
+    rng = np.random.default_rng(seed)
+    env = TabletopEnv(task="all", cameras=(camera,), image_size=image_size)
+    out = WristViews(np.zeros((n, image_size, image_size, 3), np.uint8), np.zeros((n, 2), np.float32),
+                     np.zeros((n, 2), np.float32), np.zeros(n, bool))
+    try:
+        home = None
+        for k in tqdm(range(n), desc="wrist views", disable=not progress):
+            if k % PER_SCENE == 0:
+                env.reset(seed=int(rng.integers(2**31)))
+                home = env.scene.data.qpos.copy()
+            env.scene.data.qpos[:] = home  # every view starts from the scene as laid out
+            out.held[k], out.support[k], out.present[k] = compose_view(env.scene, rng, max_offset, heights, support,
+                                                                       support_radius)
+            out.images[k] = env.render_camera(camera)
+    finally:
+        env.close()
+    return out
 
 
 def held_block_views(n: int, seed: int = 0, image_size: int = 96, camera: str = "wrist", max_offset: float = 0.03,
                      heights: tuple[float, float] = (0.07, 0.25), progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` images ``(n, H, W, 3)`` uint8 of ``camera`` with one block of a random tabletop scene under the cup, and
-    each block's horizontal offset from the cup ``(n, 2)`` in metres (block centre minus cup, uniform over a disk of
-    ``max_offset``). The cup is put anywhere over the table at a height in ``heights`` (metres)."""
-    if n < 1 or max_offset <= 0:
-        raise ValueError(f"held_block_views: expected n >= 1 and max_offset > 0, got n={n}, max_offset={max_offset}")
-    rng = np.random.default_rng(seed)
-    env = TabletopEnv(task="all", cameras=(camera,), image_size=image_size)
-    images = np.zeros((n, image_size, image_size, 3), np.uint8)
-    offsets = np.zeros((n, 2), np.float32)
-    try:
-        for k in tqdm(range(n), desc="in-hand views", disable=not progress):
-            if k % PER_SCENE == 0:
-                env.reset(seed=int(rng.integers(2**31)))
-            scene = env.scene
-            cup = np.array([rng.uniform(*WORKSPACE[0]) * 0.9, rng.uniform(*WORKSPACE[1]) * 0.9, rng.uniform(*heights)])
-            radius, angle = max_offset * np.sqrt(rng.uniform()), rng.uniform(0.0, 2 * np.pi)
-            offsets[k] = radius * np.array([np.cos(angle), np.sin(angle)])
-            block, yaw = int(rng.integers(scene.n_blocks())), rng.uniform(0.0, 2 * np.pi)
-            scene.data.qpos[:3] = cup
-            address = scene.block_qpos[block]
-            scene.data.qpos[address : address + 3] = (*(cup[:2] + offsets[k]), cup[2] - BLOCK_HALF)
-            scene.data.qpos[address + 3 : address + 7] = (np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2))
-            mujoco.mj_forward(scene.model, scene.data)
-            images[k] = env.render_camera(camera)
-    finally:
-        env.close()
-    return images, offsets
+    """`wrist_views` without supports: the images and the held block's offsets."""
+    views = wrist_views(n, seed, image_size, camera, max_offset, heights, progress=progress)
+    return views.images, views.held
