@@ -106,7 +106,7 @@ def test_the_executor_steers_the_cup_by_the_held_blocks_offset(tmp_path):
     InHandOffset(TINY).save_pretrained(tmp_path / "in_hand")
     model = tiny_model(vision_stem="conv", keypoints=4, waypoint_loss=1.0, waypoint_head="heatmap",
                        table_homography=TOP_DOWN, waypoint_target=True, place_lock_distance=0.1)
-    executor = FlowExecutor(model, in_hand=str(tmp_path / "in_hand"))
+    executor = FlowExecutor(model, in_hand=str(tmp_path / "in_hand"), offset_over_support_only=False)
     executor.in_hand.read = lambda image: WristReading(np.array([0.01, -0.02], np.float32))  # 1 cm +x, 2 cm -y of the cup
     places = iter([0.5, 0.5, 0.42, 0.42])  # the place map's estimate (x) at each chunk: it drifts near the place
     model.waypoint_head.peak = lambda logits, *a: torch.tensor([[[0.0, 0.0], [next(places), 0.2]]])
@@ -133,7 +133,8 @@ def test_the_executor_snaps_the_place_onto_a_support_seen_near_it(tmp_path):
     model = tiny_model(vision_stem="conv", keypoints=4, waypoint_loss=1.0, waypoint_head="heatmap",
                        table_homography=TOP_DOWN, waypoint_target=True, place_lock_distance=0.1)
     executor = FlowExecutor(model, in_hand=str(tmp_path / "in_hand"), support_snap=0.04)
-    readings = iter([WristReading(np.zeros(2), np.array([0.0, 0.0]), 0.9),  # from afar: no place to check it by yet
+    # from afar: no place to check the support by yet, and no support: the held block's offset is not steered by
+    readings = iter([WristReading(np.array([0.01, 0.0]), np.array([0.0, 0.0]), 0.9),
                      WristReading(np.zeros(2), np.array([0.03, 0.0]), 0.9),  # 1 cm past the place found from afar
                      WristReading(np.zeros(2), np.array([0.12, 0.0]), 0.9),  # another block: 9 cm past it
                      WristReading(np.zeros(2), np.array([0.03, 0.0]), 0.2),  # not sure there is one

@@ -400,7 +400,9 @@ def test_bfloat16_inference_runs():
 def test_executor_configs_build_from_a_saved_checkpoint(tmp_path):
     from hybrid.config import compose, instantiate
 
-    FlowExecutor(tiny_model()).save_pretrained(tmp_path / "ckpt")
+    # with a steering target: the tabletop's settings steer it (in-hand model, transit height, alignment)
+    FlowExecutor(tiny_model(vision_stem="conv", keypoints=4, waypoint_loss=1.0, waypoint_head="heatmap",
+                            table_homography=TOP_DOWN, waypoint_target=True)).save_pretrained(tmp_path / "ckpt")
     for name in ("flow_tabletop", "flow_flat", "flow"):
         cfg = compose("run", [f"executor={name}", f"executor.path={tmp_path / 'ckpt'}", "executor.flow_steps=4"])
         executor = instantiate(cfg.executor)

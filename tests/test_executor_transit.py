@@ -73,3 +73,26 @@ def test_the_executor_applies_it_while_holding_and_rejects_bad_settings():
         FlowExecutor(tiny_model(), transit={"height": -0.1, "radius": 0.03, "climb": 0.05})
     with pytest.raises(ValidationError):
         FlowExecutor(tiny_model(), transit={"height": 0.2, "radius": 0.03})
+
+
+def test_towers_only_waits_for_a_block_let_go_of_on_a_support(tmp_path):
+    from executors.flow.in_hand import InHandConfig, InHandOffset, WristReading
+
+    InHandOffset(InHandConfig(image_size=32, widths=[8, 8], hidden=16)).save_pretrained(tmp_path / "in_hand")
+    model = tiny_model(vision_stem="conv", keypoints=4, waypoint_loss=1.0, waypoint_head="heatmap",
+                       table_homography=TOP_DOWN, waypoint_target=True, place_lock_distance=0.04)
+    obs = observation()
+    model.waypoint_head.peak = lambda logits, *a: torch.tensor([[[0.0, 0.0], [0.4, 0.4]]]).expand(len(logits), -1, -1)
+    policy = chunk(0.04, 0.04, 0.0, n=model.cfg.chunk)
+    model.sample_actions = lambda *a, **k: torch.from_numpy(policy)[None]
+    executor = FlowExecutor(model, transit={**CFG.model_dump(), "towers_only": True}, in_hand=str(tmp_path / "in_hand"))
+    executor.in_hand.read = lambda image: WristReading(np.zeros(2), np.zeros(2), 0.9)  # a support right under the cup
+
+    def act(x: float, gripper: float) -> np.ndarray:
+        state = np.array([x, x, 0.1, gripper], np.float32)
+        return executor.act(Observation(images=obs.images, state=state), SUBTASK).actions
+
+    assert np.array_equal(act(-0.4, 1.0), policy)  # carried low: nothing stacked yet, no tower to clear
+    assert np.array_equal(act(0.39, 1.0), policy)  # over the place, the support seen: the block goes onto it
+    act(0.39, 0.0)  # let go of on the support: a tower stands now
+    assert act(-0.4, 1.0)[0, :2].tolist() == [0.0, 0.0]  # the next carry climbs first

@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     # The run-time settings of configs/executor/flow_tabletop.yaml (default: the checkpoint's, usually off).
     for flag in ("pick-persistence", "place-inhibition", "place-lock-distance"):
         parser.add_argument(f"--{flag}", type=float, default=None, help=f"FlowConfig.{flag.replace('-', '_')}")
-    parser.add_argument("--in-hand", default=None, help="an in-hand offset directory (executors/flow/in_hand.py): "
-                        "chunks are timed with a block held, the offset read each chunk")
+    parser.add_argument("--in-hand", default=None, help="an in-hand model directory (executors/flow/in_hand.py): "
+                        "chunks are timed with a block held, the wrist camera read each chunk")
     parser.add_argument("--eager", action="store_true", help="on CUDA, do not replay the chunk as a CUDA graph")
     parser.add_argument("--json", action="store_true", help="only the final JSON line on stdout")
     args = parser.parse_args(argv)
@@ -189,7 +189,7 @@ def run(args) -> dict:
         image = obs.images[executor.in_hand.cfg.camera]
         result["in_hand"] = in_hand
         result["in_hand_ms_p50"] = round(float(np.percentile(
-            timed(lambda: executor.in_hand.estimate(image), args.iters, args.warmup, cuda), 50)), 2)
+            timed(lambda: executor.in_hand.read(image), args.iters, args.warmup, cuda), 50)), 2)
     eager_ms = latency(steps)
     chunk_ms, one_step_ms = eager_ms, latency(1)
     if cuda and not args.eager:

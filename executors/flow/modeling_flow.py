@@ -425,7 +425,7 @@ class FlowExecutor:
                  pick_persistence: float | None = None, place_inhibition: float | None = None,
                  place_lock_distance: float | None = None, affordance_inhibition: bool = True,
                  transit: dict | None = None, in_hand: str | Path | None = None, support_snap: float = 0.04,
-                 align: dict | None = None):
+                 align: dict | None = None, offset_over_support_only: bool = True):
         """``affordance``: `AffordanceConfig` fields, how `affordance` turns the waypoint maps into scores.
         ``pick_persistence``, ``place_inhibition``, ``place_lock_distance``: override the checkpoint's `FlowConfig`
         fields of those names (run-time settings). ``affordance_inhibition``: `affordance` reads the pick map as
@@ -435,7 +435,9 @@ class FlowExecutor:
         held block's offset from it, read off that model's camera (None: to the place). ``support_snap``: with an
         ``in_hand`` model that finds supports (`InHandConfig.support`), a support it sees within this distance (m) of
         the place found from afar becomes the place (a stack goes onto the block seen under the held one). ``align``:
-        `AlignConfig` fields, the final alignment over such a support (None: as learned)."""
+        `AlignConfig` fields, the final alignment over such a support (None: as learned).
+        ``offset_over_support_only``: steer by the held block's offset only over such a support (a bowl is wide enough
+        without it, and the hierarchical agent's `sort` lost with it everywhere); False: whenever the gripper holds."""
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         self.affordance_cfg = AffordanceConfig.model_validate(dict(affordance or {}))
         if not math.isfinite(noise_scale) or noise_scale < 0:
@@ -448,6 +450,7 @@ class FlowExecutor:
             raise ValueError(f"support_snap: expected a distance in metres >= 0, got {support_snap!r}")
         self.support_snap = float(support_snap)
         self.align = None if align is None else AlignConfig.model_validate(dict(align))
+        self.offset_over_support_only = bool(offset_over_support_only)
         if (self.in_hand is not None or self.transit is not None) and not model.cfg.waypoint_target:
             raise ValueError("in_hand and transit move the place the executor steers to: the checkpoint has no "
                              "steering target (FlowConfig.waypoint_target)")
@@ -474,11 +477,12 @@ class FlowExecutor:
                         pick_persistence: float | None = None, place_inhibition: float | None = None,
                         place_lock_distance: float | None = None, affordance_inhibition: bool = True,
                         transit: dict | None = None, in_hand: str | None = None,
-                        support_snap: float = 0.04, align: dict | None = None) -> FlowExecutor:
+                        support_snap: float = 0.04, align: dict | None = None,
+                        offset_over_support_only: bool = True) -> FlowExecutor:
         model = FlowModel.from_pretrained(path)
         return cls(model, load_tokenizer(model.cfg, path), device, flow_steps, dtype, seed, cuda_graph, noise_scale,
                    affordance, pick_persistence, place_inhibition, place_lock_distance, affordance_inhibition, transit,
-                   in_hand, support_snap, align)
+                   in_hand, support_snap, align, offset_over_support_only)
 
     def save_pretrained(self, directory: str | Path) -> None:
         self.model.save_pretrained(directory)
@@ -494,6 +498,7 @@ class FlowExecutor:
         self._placed: list[tuple[str | None, torch.Tensor]] = []  # (subtask, effector xy (2,)) at each release
         self._place: tuple[str | None, torch.Tensor] | None = None  # (subtask, place xy (1, 2)) seen from afar, held
         self._supports: list[torch.Tensor] = []  # the support's xy (1, 2) as each chunk of this placement saw it
+        self._stacked = False  # whether a block was let go of on a support this episode (a tower may stand)
 
     def _nowhere(self) -> torch.Tensor:
         """``(1, 2)`` NaN: no point (what `HeatmapWaypointHead.peak` and `FlowModel._peaks` read as none)."""
@@ -509,6 +514,7 @@ class FlowExecutor:
         released = self._held and not held
         if released:  # seen at the first chunk after the release: the effector has risen, not moved aside
             self._placed.append((self._subtask, state[0, :2].float()))
+            self._stacked = self._stacked or bool(self._supports)
         if self._pick is not None and (self._pick[0] != text or released):
             self._pick = None
         self._held, self._subtask = held, text
@@ -572,12 +578,13 @@ class FlowExecutor:
             batch["place_lock"] = self._place_lock(batch["state"], subtask)
             reading, shift = self._wrist(obs, batch["state"]), None
             if reading is not None:
-                shift = -torch.as_tensor(reading.held, dtype=torch.float32, device=self.device)[None]
-                batch["place_shift"] = shift
                 support = self._support_place(batch["state"], subtask, reading)
                 snapped = bool(torch.isfinite(support).all())
                 if snapped:
                     batch["place_lock"] = support
+                if snapped or not self.offset_over_support_only:
+                    shift = -torch.as_tensor(reading.held, dtype=torch.float32, device=self.device)[None]
+                    batch["place_shift"] = shift
             *context, waypoints = self.model.encode_steering(batch)
             self._pick = (_text(subtask), waypoints[:, 0])
             # the lock keeps the place itself; the cup's target moves with the offset of the moment
@@ -596,7 +603,7 @@ class FlowExecutor:
             actions = self.model.sample_actions(batch, self.flow_steps, noise, context=context)[0].cpu().numpy()
         else:
             actions = self._replay(batch, self.flow_steps, noise)[0].cpu().numpy()
-        if self.transit is not None and place is not None:
+        if self.transit is not None and place is not None and (self._stacked or not self.transit.towers_only):
             actions = hold_transit_height(actions, batch["state"][0, :3].float().cpu().numpy(), place, self._held,
                                           self.transit, 0 if prefix is None else len(prefix), cfg.gripper_index)
         if self.align is not None and snapped:

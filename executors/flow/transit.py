@@ -29,6 +29,9 @@ class TransitConfig(BaseModel):
     height: float = Field(gt=0)  # m, in the state's z: the effector's lowest height while carrying away from the place
     radius: float = Field(gt=0)  # m: within this xy distance of the place the learned descent takes over
     climb: float = Field(gt=0)  # m per step: how fast the chunk climbs to ``height`` (the action bound)
+    # Only once a block has been let go of on a support this episode (`FlowExecutor`'s in-hand model saw one): before,
+    # no tower stands to sweep over, and the climb costs every bowl placement its time.
+    towers_only: bool = False
 
 
 def hold_transit_height(actions: np.ndarray, position: np.ndarray, place: np.ndarray, held: bool,
