@@ -11,21 +11,23 @@ from test_executor_model import SUBTASK, TOP_DOWN, observation, tiny_model
 from executors.flow import FlowExecutor
 from executors.flow.in_hand import InHandConfig, InHandOffset, WristReading, train_in_hand
 from hybrid.envs.tabletop.env import TabletopEnv
-from hybrid.envs.tabletop.in_hand import CLEAR, compose_view, held_block_views, wrist_views
+from hybrid.envs.tabletop.in_hand import CLEAR, compose_view, wrist_views
 from hybrid.envs.tabletop.scene import BLOCK_HALF
 from hybrid.types import Observation
 
 TINY = InHandConfig(image_size=32, widths=[8, 8], hidden=16)
 
 
-def test_held_block_views_render_the_block_where_its_label_says():
-    images, offsets = held_block_views(6, seed=3, image_size=32, max_offset=0.02)
+def test_wrist_views_render_the_held_block_where_its_label_says():
+    views = wrist_views(6, seed=3, image_size=32, max_offset=0.02)
+    images, offsets = views.images, views.held
     assert images.shape == (6, 32, 32, 3) and images.dtype == np.uint8 and offsets.shape == (6, 2)
     assert (np.linalg.norm(offsets, axis=1) <= 0.02).all() and len({o.tobytes() for o in offsets}) == 6
-    again, same = held_block_views(6, seed=3, image_size=32, max_offset=0.02)
+    again = wrist_views(6, seed=3, image_size=32, max_offset=0.02)
+    again, same = again.images, again.held
     assert np.array_equal(images, again) and np.array_equal(offsets, same)  # the seed decides everything
     with pytest.raises(ValueError, match="max_offset"):
-        held_block_views(2, max_offset=0.0)
+        wrist_views(2, max_offset=0.0)
 
 
 def test_a_view_poses_the_held_block_and_the_support_where_their_labels_say():
@@ -64,12 +66,12 @@ def test_the_estimator_round_trips_and_rejects_bad_images(tmp_path):
     image = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)  # resized to 32
     model.save_pretrained(tmp_path / "in_hand")
     loaded = InHandOffset.from_pretrained(tmp_path / "in_hand")
-    assert loaded.cfg == TINY and np.array_equal(loaded.estimate(image), model.estimate(image))
+    assert loaded.cfg == TINY and np.array_equal(loaded.read(image).held, model.read(image).held)
     assert (tmp_path / "in_hand" / "model.safetensors").is_file()
     with pytest.raises(ValueError, match="uint8"):
-        model.estimate(image[..., 0])
+        model.read(image[..., 0])
     with pytest.raises(ValueError, match="uint8"):
-        model.estimate(image.astype(np.float32))
+        model.read(image.astype(np.float32))
     with pytest.raises(FileNotFoundError):
         InHandOffset.from_pretrained(tmp_path / "nothing")
     with pytest.raises(ValueError, match="InHandConfig"):

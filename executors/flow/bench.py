@@ -169,10 +169,6 @@ def run(args) -> dict:
     cfg = executor.cfg
     steps = args.steps or cfg.flow_steps
     obs, subtask, subgoal = inputs(cfg)
-    if in_hand:  # held: the estimate runs every chunk
-        state = np.array(obs.state, copy=True)
-        state[cfg.gripper_index] = 1.0
-        obs = obs.model_copy(update={"state": state})
     subgoal = None if args.no_subgoal else subgoal
 
     def latency(k: int) -> np.ndarray:
@@ -185,7 +181,10 @@ def run(args) -> dict:
               "chunk": cfg.chunk, "action_dim": cfg.action_dim, "flow_steps": steps,
               "subgoal": subgoal is not None and cfg.use_subgoal,
               **{name: getattr(cfg, name) for name in settings}}
-    if in_hand:
+    if in_hand:  # chunks timed with a block held: the wrist camera is read every chunk
+        state = np.array(obs.state, copy=True)
+        state[cfg.gripper_index] = 1.0
+        obs = obs.model_copy(update={"state": state})
         image = obs.images[executor.in_hand.cfg.camera]
         result["in_hand"] = in_hand
         result["in_hand_ms_p50"] = round(float(np.percentile(

@@ -103,10 +103,6 @@ class InHandOffset(nn.Module):
             return WristReading(out[:2])
         return WristReading(out[:2], out[2:4], float(1.0 / (1.0 + np.exp(-out[4]))))
 
-    def estimate(self, image: np.ndarray) -> np.ndarray:
-        """One ``(H, W, 3)`` uint8 image -> the held block's offset ``(2,)`` in metres."""
-        return self.read(image).held
-
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

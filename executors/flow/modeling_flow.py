@@ -547,12 +547,11 @@ class FlowExecutor:
         """``(1, 2)``: the support seen under the held block, where it lies within `support_snap` of the place found
         from afar for this subtask, averaged over the chunks of this placement that saw it (each view, from another
         height and side, errs its own way); NaN while none has (a bowl below, nothing seen, or another block)."""
-        if (reading.support is None or reading.support_prob < 0.5 or self._place is None
-                or self._place[0] != _text(subtask)):
-            return torch.stack(self._supports).mean(0) if self._supports else self._nowhere()
-        support = state[:, :2].float() + torch.as_tensor(reading.support, dtype=torch.float32, device=self.device)
-        if torch.linalg.norm(support - self._place[1]) <= self.support_snap:
-            self._supports.append(support)
+        if (reading.support is not None and reading.support_prob >= 0.5 and self._place is not None
+                and self._place[0] == _text(subtask)):
+            support = state[:, :2].float() + torch.as_tensor(reading.support, dtype=torch.float32, device=self.device)
+            if torch.linalg.norm(support - self._place[1]) <= self.support_snap:
+                self._supports.append(support)
         return torch.stack(self._supports).mean(0) if self._supports else self._nowhere()
 
     def _remember_place(self, state: torch.Tensor, subtask: Subtask | None, place: torch.Tensor) -> None:
@@ -603,12 +602,12 @@ class FlowExecutor:
             actions = self.model.sample_actions(batch, self.flow_steps, noise, context=context)[0].cpu().numpy()
         else:
             actions = self._replay(batch, self.flow_steps, noise)[0].cpu().numpy()
+        position, committed = batch["state"][0, :3].float().cpu().numpy(), 0 if prefix is None else len(prefix)
         if self.transit is not None and place is not None and (self._stacked or not self.transit.towers_only):
-            actions = hold_transit_height(actions, batch["state"][0, :3].float().cpu().numpy(), place, self._held,
-                                          self.transit, 0 if prefix is None else len(prefix), cfg.gripper_index)
+            actions = hold_transit_height(actions, position, place, self._held, self.transit, committed,
+                                          cfg.gripper_index)
         if self.align is not None and snapped:
-            actions = align_over_place(actions, batch["state"][0, :3].float().cpu().numpy(), place, self.align,
-                                       0 if prefix is None else len(prefix), cfg.gripper_index)
+            actions = align_over_place(actions, position, place, self.align, committed, cfg.gripper_index)
         used_subgoal = subgoal is not None and cfg.use_subgoal
         return ActionChunk(actions=actions, dt=cfg.dt, start_time=obs.timestamp,
                            subtask=_text(subtask),

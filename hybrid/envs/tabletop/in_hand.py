@@ -47,6 +47,11 @@ def _disk(rng: np.random.Generator, radius: float) -> np.ndarray:
     return r * np.array([np.cos(angle), np.sin(angle)])
 
 
+def _over_table(rng: np.random.Generator) -> np.ndarray:
+    """A random xy over the table, clear of the workspace's edges."""
+    return np.array([rng.uniform(*WORKSPACE[0]) * 0.8, rng.uniform(*WORKSPACE[1]) * 0.8])
+
+
 def _put(scene, block: int, xyz, yaw: float) -> None:
     address = scene.block_qpos[block]
     scene.data.qpos[address : address + 3] = xyz
@@ -64,7 +69,7 @@ def compose_view(scene, rng: np.random.Generator, max_offset: float = 0.03,
     bottom, used = 0.0, []  # the height the held block must stay above; blocks posed under the cup
     if rng.uniform() < support and rest:
         levels = int(rng.integers(1, min(3, len(rest)) + 1))
-        cup_xy = np.array([rng.uniform(*WORKSPACE[0]) * 0.8, rng.uniform(*WORKSPACE[1]) * 0.8])
+        cup_xy = _over_table(rng)
         support_offset, present = _disk(rng, support_radius), True
         xy = cup_xy + support_offset
         for level, block in reversed(list(enumerate(rest[:levels]))):  # the top first, then down the tower
@@ -78,7 +83,7 @@ def compose_view(scene, rng: np.random.Generator, max_offset: float = 0.03,
             _put(scene, rest[0], (*(bowl + _disk(rng, 0.045)), BOWL_FLOOR + BLOCK_HALF), rng.uniform(0.0, 2 * np.pi))
             used, bottom = rest[:1], BOWL_FLOOR + 2 * BLOCK_HALF
     else:  # bare table
-        cup_xy = np.array([rng.uniform(*WORKSPACE[0]) * 0.8, rng.uniform(*WORKSPACE[1]) * 0.8])
+        cup_xy = _over_table(rng)
     for other in set(rest) - set(used):  # one thing under the cup at a time: the others go far aside
         address = scene.block_qpos[other]
         if np.linalg.norm(scene.data.qpos[address : address + 2] - cup_xy) < CLEAR:
@@ -118,9 +123,3 @@ def wrist_views(n: int, seed: int = 0, image_size: int = 96, camera: str = "wris
         env.close()
     return out
 
-
-def held_block_views(n: int, seed: int = 0, image_size: int = 96, camera: str = "wrist", max_offset: float = 0.03,
-                     heights: tuple[float, float] = (0.07, 0.25), progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """`wrist_views` without supports: the images and the held block's offsets."""
-    views = wrist_views(n, seed, image_size, camera, max_offset, heights, progress=progress)
-    return views.images, views.held
