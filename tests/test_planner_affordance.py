@@ -350,3 +350,31 @@ def test_beam_nats_keeps_what_the_planner_deems_unlikely_from_replacing_a_reply_
                        affordance={"candidates": 4, "beam_nats": 2.0})
     tight.use_affordance(scorer({RED: 0.1, BLUE: 0.9}))
     assert tight.plan(OBS, "sort", []).subtask == RED  # no candidate left passes: the planner's own reply stands
+
+
+def test_replace_nats_lets_a_confident_planners_subtask_stand_and_still_guards_done():
+    red, blue, green = (reply_text(PlanStep(subtask=t)) for t in (RED, BLUE, GREEN))
+    beam = [(red, -0.1), (blue, -3.0), (reply_text(DONE), -4.0)]
+    vocab = {red: -0.1, blue: -3.0, green: -5.0}
+    check = {"candidates": 4, "widen": 8, "replace_nats": 2.0, "done_below": 0.1}
+
+    def planner(table, *calls):
+        p = VLMPlanner(ScoringBackend(vocab, *calls), vocabulary=[RED, BLUE, GREEN], affordance=check)
+        p.use_affordance(scorer(table))
+        return p
+
+    # The check turns red down; blue (2.9 nats below) and green (4.9, widened) pass but are too unlikely.
+    assert planner({RED: 0.3, BLUE: 0.9, GREEN: 0.9}, beam, beam).plan(OBS, "stack", []).subtask == RED
+    # Within replace_nats the check still decides, in the beam and in the widened vocabulary.
+    near = [(red, -0.1), (blue, -1.0)]
+    assert planner({RED: 0.3, BLUE: 0.9, GREEN: 0.9}, near, near).plan(OBS, "stack", []).subtask == BLUE
+    widened = planner({RED: 0.3, BLUE: 0.2, GREEN: 0.9}, [(red, -0.1)])
+    widened.backend.log_probs = {red: -0.1, green: -1.5}
+    step = widened.plan(OBS, "stack", [])
+    assert step.subtask == GREEN and "widened" in step.reason
+    # "done" is not a replacement: it still waits for every subtask of the beam, however unlikely, to score
+    # below done_below (blue's 0.3 here), and it widens as far as widen_nats for one that might start.
+    ending = [(reply_text(DONE), -0.1), (blue, -6.0)]
+    assert planner({BLUE: 0.3, RED: 0.0, GREEN: 0.0}, ending, ending).plan(OBS, "stack", []).subtask == BLUE
+    only_done = [(reply_text(DONE), -0.1)]
+    assert planner({BLUE: 0.0, RED: 0.0, GREEN: 0.3}, only_done, only_done).plan(OBS, "stack", []).subtask == GREEN

@@ -1,10 +1,11 @@
-"""Word-noise augmentation of planner instructions: unknown words replaced and inserted, colours kept."""
+"""Word- and punctuation-noise augmentation of planner instructions: unknown words replaced and inserted, colours
+kept; punctuation marks dropped, swapped and added, the words kept."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from hybrid.data.augment import WordNoise
+from hybrid.data.augment import PunctuationNoise, WordNoise
 from hybrid.envs.tabletop.tasks import COLOURS
 from hybrid.types import PlanStep
 from planners.subtask.examples import Example
@@ -43,3 +44,26 @@ def test_augmentation_noises_only_the_instruction():
     assert new.instruction != ex.instruction
     assert [w for w in new.instruction.split() if w.rstrip(",") in COLOURS] == ["red", "blue,", "green"]
     assert (new.done, new.current, new.target) == (ex.done, ex.current, ex.target) and image is frame
+
+
+def test_punctuation_noise_changes_only_the_marks():
+    noise = PunctuationNoise(p=1.0)
+    outs = [noise(INSTRUCTION, np.random.default_rng(seed)) for seed in range(20)]
+    words = [w.rstrip(",:") for w in INSTRUCTION.split()]
+    for out in outs:
+        assert [w.rstrip(",.:;") for w in out.split()] == words  # every word kept, in order
+        assert all(w.rstrip(",.:;") == w or w[-1] in ",.:;" and w[-2] not in ",.:;" for w in out.split())
+    marks = {w[len(w.rstrip(",.:;")):] for out in outs for w in out.split()}
+    assert marks == set(PunctuationNoise.MARKS)  # each mark dropped, swapped and added somewhere
+    assert PunctuationNoise(p=0.0)(INSTRUCTION, np.random.default_rng(0)) == INSTRUCTION
+
+
+def test_augmentation_noises_punctuation_when_asked():
+    ex = Example(0, INSTRUCTION, [], None, PlanStep(subtask="put the blue block on the red block"), frozenset())
+    frame = np.zeros((8, 8, 3), np.uint8)
+    augment = augmentation(np.random.default_rng(0), colour_swap=0.0, word_noise=0.0, punctuation_noise=1.0)
+    outs = {augment(ex, frame)[0].instruction for _ in range(10)}
+    assert len(outs) > 1 and all(o.replace(",", "").replace(":", "").replace(";", "").replace(".", "")
+                                 == INSTRUCTION.replace(",", "").replace(":", "") for o in outs)
+    plain = augmentation(np.random.default_rng(0), colour_swap=0.0, word_noise=0.0)
+    assert plain(ex, frame)[0].instruction == INSTRUCTION

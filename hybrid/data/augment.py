@@ -99,3 +99,27 @@ class WordNoise:
                 token = self.pseudo_word(rng) + token[len(word):]  # keep trailing punctuation
             out.append(token)
         return " ".join(out)
+
+
+class PunctuationNoise:
+    """Each word's trailing punctuation dropped, swapped or added at random (``p`` per word).
+
+    A small planner trained on a few templates learns to parse them by their punctuation: the tabletop planner
+    read "build a tower: red at the bottom, then blue" right and the held-out "assemble a tower, red on the
+    bottom, then blue" as "red on blue" (traced: the same instructions with the comma after "tower" a colon
+    were all read right, without any punctuation all wrong). Noised marks leave the words to carry the order.
+    """
+
+    MARKS = ("", ",", ":", ";", ".")
+
+    def __init__(self, p: float = 0.2):
+        self.p = float(p)
+
+    def __call__(self, text: str, rng: np.random.Generator) -> str:
+        out = []
+        for token in text.split():
+            word = token.rstrip(",.:;!?")
+            if word and rng.random() < self.p:
+                token = word + self.MARKS[int(rng.integers(len(self.MARKS)))]
+            out.append(token)
+        return " ".join(out)

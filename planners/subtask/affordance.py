@@ -43,6 +43,11 @@ class AffordanceCheck(BaseModel):
     min_score: float = Field(0.5, ge=0, le=1)
     beam_nats: float | None = Field(None, gt=0, description="a beam reply this far below the likeliest one "
                                     "(log-probability) is no candidate (None: all the beam's replies are)")
+    replace_nats: float | None = Field(None, gt=0, description="a new subtask the check turns down is replaced "
+                                       "only by a subtask at most this far below the planner's likeliest reply "
+                                       "(log-probability; the beam's and the widened vocabulary's), else it stands; "
+                                       "\"done\" still needs every subtask of the beam and of widen_nats below "
+                                       "done_below (None: no limit but beam_nats and widen_nats)")
     widen: int = Field(0, ge=0, description="new subtasks of the whole vocabulary checked when the beam holds "
                        "none the executor can start (0: the beam's alone)")
     widen_nats: float = Field(12.0, gt=0, description="how far below the likeliest reply a widened subtask may "

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from hybrid.data import FEATURES, SubtaskIndex, numeric_column, open_dataset
-from hybrid.data.augment import ColourSwap, WordNoise, tabletop_colour_swap
+from hybrid.data.augment import ColourSwap, PunctuationNoise, WordNoise, tabletop_colour_swap
 from hybrid.types import PlanStep
 from planners.subtask.examples import TRAIN_WEIGHTS, Example, ExampleBuilder
 from planners.subtask.on_policy import examples as on_policy_examples
@@ -52,21 +52,25 @@ def left_reply(left) -> str:
     return json.dumps({"left": list(left)})
 
 
-def augmentation(rng: np.random.Generator, colour_swap: float, word_noise: float, release_noise: float = 0.0):
+def augmentation(rng: np.random.Generator, colour_swap: float, word_noise: float, release_noise: float = 0.0,
+                 punctuation_noise: float = 0.0):
     """The training augmentation of an (example, frame): a colour permutation with probability ``colour_swap``,
-    then unknown words in the instruction with probability ``word_noise`` (`hybrid/data/augment.py`), then,
+    then unknown words in the instruction with probability ``word_noise`` (`hybrid/data/augment.py`), then its
+    punctuation noised with probability ``punctuation_noise``, then,
     with probability ``release_noise``, a release counted where the current subtask is unfinished (a dropped
     or missed block: the answer stays the current subtask, so the image must confirm a placement)."""
     from hybrid.envs.tabletop.tasks import COLOURS
 
     swap = tabletop_colour_swap() if colour_swap > 0 else None
-    noise = WordNoise(keep=set(COLOURS))
+    noise, marks = WordNoise(keep=set(COLOURS)), PunctuationNoise()
 
     def augment(ex: Example, image: np.ndarray):
         if swap is not None and rng.random() < colour_swap:
             ex, image = swap_colours(ex, image, swap, rng)
         if rng.random() < word_noise:
             ex = replace(ex, instruction=noise(ex.instruction, rng))
+        if rng.random() < punctuation_noise:
+            ex = replace(ex, instruction=marks(ex.instruction, rng))
         if ex.releases == 0 and ex.current is not None and ex.target.subtask == ex.current \
                 and rng.random() < release_noise:
             ex = replace(ex, releases=1)
@@ -125,9 +129,11 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
           done_fraction: float = 0.0, state_in_prompt: bool = False, init: str | None = None,
           word_noise: float = 0.0, variants: dict[str, float] | None = None, gripper_index: int | None = None,
           release_noise: float = 0.0, ordinals: str = "scene", left_fraction: float = 0.0,
-          on_policy: str | list[str] | None = None, on_policy_fraction: float = 0.0) -> Path:
+          on_policy: str | list[str] | None = None, on_policy_fraction: float = 0.0,
+          punctuation_noise: float = 0.0) -> Path:
     """``colour_swap``: probability that an example's colours are permuted (words and pixels, `augment.py`);
     ``word_noise``: probability that some of an instruction's words are replaced by unknown ones (`WordNoise`);
+    ``punctuation_noise``: probability that an instruction's punctuation is noised (`PunctuationNoise`);
     ``done_fraction``: share of examples drawn from the frames labelled done, which are a few per episode;
     ``state_in_prompt``: write the robot state into the prompt (`PromptConfig.state_in_prompt`);
     ``init``: a trained planner directory to fine-tune (its weights and tokenizer) instead of a new model;
@@ -230,7 +236,7 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     weights = dict(variants or TRAIN_WEIGHTS)
     all_frames = np.arange(len(index))
     done_frames = np.flatnonzero([builder.is_done_frame(i) for i in all_frames])
-    augment = augmentation(rng, colour_swap, word_noise, release_noise)
+    augment = augmentation(rng, colour_swap, word_noise, release_noise, punctuation_noise)
 
     def draw():
         if situations and rng.random() < on_policy_fraction:
