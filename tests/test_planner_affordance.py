@@ -364,7 +364,8 @@ def test_replace_nats_lets_a_confident_planners_subtask_stand_and_still_guards_d
         return p
 
     # The check turns red down; blue (2.9 nats below) and green (4.9, widened) pass but are too unlikely.
-    assert planner({RED: 0.3, BLUE: 0.9, GREEN: 0.9}, beam, beam).plan(OBS, "stack", []).subtask == RED
+    step = planner({RED: 0.3, BLUE: 0.9, GREEN: 0.9}, beam, beam).plan(OBS, "stack", [])
+    assert step.subtask == RED and "nothing within 2.0 nats" in step.reason  # the trace says why it stands
     # Within replace_nats the check still decides, in the beam and in the widened vocabulary.
     near = [(red, -0.1), (blue, -1.0)]
     assert planner({RED: 0.3, BLUE: 0.9, GREEN: 0.9}, near, near).plan(OBS, "stack", []).subtask == BLUE

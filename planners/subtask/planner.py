@@ -132,7 +132,8 @@ class VLMPlanner:
         if step is not steps[0] and step.reason:  # how much less likely the reply taken is, for traces
             gap = _log_prob_of(step, steps, log_probs) - max(log_probs)
             if _too_unlikely(check, steps[0], step, gap):
-                step = steps[0]
+                why = f"affordance: turned down, and nothing within {check.replace_nats} nats of it passes"
+                step = steps[0].model_copy(update={"reason": why})
             else:
                 step = step.model_copy(update={"reason": f"{step.reason} (log p {gap:.1f} from the best)"})
         if check.widen and unafforded(step, current, obs, self._score, check.min_score):
@@ -272,7 +273,7 @@ class VLMPlanner:
         raise PlannerFault(kind, attempts)
 
 
-def _too_unlikely(check, reply: PlanStep, taken: PlanStep, gap: float) -> bool:
+def _too_unlikely(check: AffordanceCheck, reply: PlanStep, taken: PlanStep, gap: float) -> bool:
     """Whether ``taken``, ``gap`` nats below the planner's ``reply`` (a new subtask the check turned down), lies
     beyond ``check.replace_nats``: the check is weaker evidence than a confident planner (on the tabletop's `stack`
     it turned down 8 of 50 right first subtasks for pairs 2-11 nats less likely)."""
