@@ -276,7 +276,7 @@ class VLMPlanner:
 def _too_unlikely(check: AffordanceCheck, reply: PlanStep, taken: PlanStep, gap: float) -> bool:
     """Whether ``taken``, ``gap`` nats below the planner's ``reply`` (a new subtask the check turned down), lies
     beyond ``check.replace_nats``: the check is weaker evidence than a confident planner (on the tabletop's `stack`
-    it turned down 8 of 50 right first subtasks for pairs 2-11 nats less likely)."""
+    it turned down 8 of 50 right first subtasks for pairs up to 11 nats less likely)."""
     return (check.replace_nats is not None and not reply.done and not taken.done
             and gap < -check.replace_nats)
 
