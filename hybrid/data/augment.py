@@ -70,6 +70,9 @@ def tabletop_colour_swap() -> ColourSwap:
     return ColourSwap(PALETTE, TABLETOP_HUES)
 
 
+TRAILING_MARKS = ",.:;!?"  # punctuation that ends a word of an instruction (both noises keep the word apart from it)
+
+
 class WordNoise:
     """Unknown words, replaced and inserted at random in an instruction, with the words that carry its meaning kept.
 
@@ -92,7 +95,7 @@ class WordNoise:
     def __call__(self, text: str, rng: np.random.Generator) -> str:
         out = []
         for token in text.split():
-            word = token.rstrip(",.:;!?")
+            word = token.rstrip(TRAILING_MARKS)
             if rng.random() < self.p_insert:
                 out.append(self.pseudo_word(rng))
             if word and word.lower() not in self.keep and rng.random() < self.p_replace:
@@ -118,7 +121,7 @@ class PunctuationNoise:
     def __call__(self, text: str, rng: np.random.Generator) -> str:
         out = []
         for token in text.split():
-            word = token.rstrip(",.:;!?")
+            word = token.rstrip(TRAILING_MARKS)
             if word and rng.random() < self.p:
                 token = word + self.MARKS[int(rng.integers(len(self.MARKS)))]
             out.append(token)
