@@ -19,8 +19,16 @@ def _tabletop_homography(camera: str = "front") -> list[list[float]]:
     return table_homography(camera).round(6).tolist()
 
 
-# `${tabletop_homography:front}`: the built-in tabletop camera's calibration (table xy -> image), for configs.
+def _tabletop_projection(camera: str = "front") -> list[list[float]]:
+    from hybrid.envs.tabletop.scene import camera_projection
+
+    return camera_projection(camera).round(6).tolist()
+
+
+# `${tabletop_homography:front}`: the built-in tabletop camera's calibration (table xy -> image), for configs;
+# `${tabletop_projection:front}` the same camera's full projection (world xyz -> image).
 OmegaConf.register_new_resolver("tabletop_homography", _tabletop_homography, replace=True)
+OmegaConf.register_new_resolver("tabletop_projection", _tabletop_projection, replace=True)
 
 
 def compose(config_name: str, overrides: list[str] | None = None) -> DictConfig:

@@ -554,7 +554,7 @@ def test_token_queries_read_words_and_the_steering_token_points_from_the_effecto
     _, predicted, heatmap, _ = model._encode(batch)
     steer = model._steer(batch, predicted, heatmap)
     here = model.normalizer.state(batch["state"])[:, :2].repeat(1, 2)
-    found = model.normalizer.waypoints(model.waypoint_head.peak(*heatmap).flatten(1))
+    found = model.normalizer.waypoints(model.waypoint_head.peak(*heatmap[:2]).flatten(1))
     # Known waypoints are forced (teacher forcing 1.0); the unknown pick falls back to the head's own.
     torch.testing.assert_close(steer[0], model.normalizer.waypoints(labels)[0] - here[0])
     torch.testing.assert_close(steer[1, :2], (found - here)[1, :2])
@@ -654,9 +654,9 @@ def test_place_inhibition_remembers_releases_of_earlier_subtasks_only():
     seen = []
     peak = model.waypoint_head.peak
 
-    def spy(logits, size, prior=None, prior_bonus=0.0, avoid=None, avoid_penalty=0.0):
+    def spy(logits, size, prior=None, prior_bonus=0.0, avoid=None, avoid_penalty=0.0, heights=None):
         seen.append(avoid[0].tolist())
-        return peak(logits, size, prior, prior_bonus, avoid, avoid_penalty)
+        return peak(logits, size, prior, prior_bonus, avoid, avoid_penalty, heights)
 
     model.waypoint_head.peak = spy
     obs = observation()
@@ -725,9 +725,9 @@ def test_pick_persistence_lasts_until_the_subtask_changes_or_the_gripper_lets_go
     priors = []
     peak = model.waypoint_head.peak
 
-    def spy(logits, size, prior=None, prior_bonus=0.0, avoid=None, avoid_penalty=0.0):
+    def spy(logits, size, prior=None, prior_bonus=0.0, avoid=None, avoid_penalty=0.0, heights=None):
         priors.append(prior is not None and bool(torch.isfinite(prior).all()))
-        return peak(logits, size, prior, prior_bonus, avoid, avoid_penalty)
+        return peak(logits, size, prior, prior_bonus, avoid, avoid_penalty, heights)
 
     model.waypoint_head.peak = spy
     obs = observation()
@@ -780,3 +780,62 @@ def test_the_affordance_check_reads_the_pick_map_as_act_would_under_each_subtask
     seen.clear()
     np.testing.assert_allclose(executor.affordance(obs, texts), before, rtol=1e-6)
     assert seen == []
+
+
+# A camera looking down at the table from the side: world (x, y, z, 1) -> (u s, v s, s).
+SIDE_CAMERA = [[2.0, 0.0, 0.0, 0.1], [0.0, -2.0, -1.0, 0.0], [0.0, 0.2, -0.5, 1.5]]
+
+
+def side_homography(height: float = 0.02) -> list[list[float]]:
+    p = np.asarray(SIDE_CAMERA)
+    return np.stack([p[:, 0], p[:, 1], p[:, 2] * height + p[:, 3]], axis=1).tolist()
+
+
+def test_a_place_with_its_height_is_read_where_its_camera_ray_meets_that_height():
+    from executors.flow.waypoint_heads import HeatmapWaypointHead
+
+    head = HeatmapWaypointHead(text_dim=8, channels=4, table_homography=side_homography(), target="bilinear",
+                               camera_projection=SIDE_CAMERA)
+    xy = torch.tensor([[[0.1, -0.2], [-0.15, 0.2]], [[0.2, 0.1], [0.05, -0.1]]])
+    heights = torch.tensor([0.14, 0.02])  # the top of a three-block tower; a block on the table
+    h, w, valid = 16, 16, torch.ones(2, 2, dtype=torch.bool)
+    logits = torch.zeros(2, 2, h * w, requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=0.5)
+    for _ in range(300):  # the maps that minimise the loss light the place where the camera sees it
+        opt.zero_grad()
+        head.loss(logits, xy, valid, (h, w), heights).backward()
+        opt.step()
+    torch.testing.assert_close(head.peak(logits.detach(), (h, w), heights=heights), xy, atol=0.01, rtol=0)
+    # Read on the table's plane, the tower's top lands behind the tower: the parallax the height removes.
+    flat = head.peak(logits.detach(), (h, w))
+    assert (flat[0, 1] - xy[0, 1]).norm() > 0.05
+    torch.testing.assert_close(flat[1], xy[1], atol=0.01, rtol=0)  # at the homography's own height, no change
+    # An unknown height leaves the place unlabelled.
+    none = torch.full((2,), float("nan"))
+    assert head.loss(logits.detach(), xy, torch.tensor([[False, True]] * 2), (h, w), none).item() == 0.0
+
+
+def test_an_executor_with_place_heights_learns_them_and_checks_its_calibration():
+    model = tiny_model(vision_stem="conv", keypoints=4, waypoint_loss=1.0, waypoint_head="heatmap",
+                       table_homography=side_homography(), waypoint_place_height=True,
+                       camera_projection=SIDE_CAMERA)
+    batch = training_batch(model)
+    batch["waypoints"] = torch.tensor([[0.1, 0.2, -0.1, 0.15]] * 4)
+    batch["waypoints_valid"] = torch.ones(4, 4, dtype=torch.bool)
+    batch["place_height"] = torch.tensor([0.1, 0.06, float("nan"), 0.14])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    heights = []
+    for _ in range(3):
+        torch.manual_seed(0)
+        loss, parts = model(batch)
+        assert torch.isfinite(loss)
+        heights.append(parts["height"])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert heights[-1] < heights[0]
+    _, _, (_, _, predicted), _ = model._encode(batch)
+    assert predicted.shape == (4,) and torch.isfinite(predicted).all()
+    with pytest.raises(ValueError, match="waypoint_place_height"):
+        tiny_config(vision_stem="conv", keypoints=4, waypoint_loss=1.0, waypoint_head="heatmap",
+                    table_homography=side_homography(), waypoint_place_height=True)  # no projection

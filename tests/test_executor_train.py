@@ -12,7 +12,7 @@ from executors.flow import FlowExecutor
 from executors.flow.configuration_flow import FlowConfig
 from executors.flow.processor_flow import ByteTokenizer
 from executors.flow.train import FlowDataset, dataset_config, train, warmup_cosine
-from executors.flow.waypoints import pick_place_waypoints
+from executors.flow.waypoints import pick_place_waypoints, release_heights
 from hybrid.cli import main as hybrid
 from hybrid.data import FEATURES, SubtaskIndex, open_dataset
 from hybrid.testing.datasets import PLAN, make_tiny_dataset
@@ -192,6 +192,14 @@ def test_pick_place_waypoints_come_from_the_last_grasp_and_release_of_each_subta
     assert far[:4, 2:].all() and not far[4:7, 2:].any()
 
 
+def test_release_heights_are_the_effectors_height_at_each_subtasks_last_release():
+    gripper = np.array([0, 1, 0, 0, 1, 1, 0, 0, 1, 1, 1, 1], np.float32)[:, None]
+    state = np.stack([np.zeros(12), np.zeros(12), 0.01 * np.arange(12.0)], axis=1)
+    heights = release_heights(state, gripper, np.array([7] * 8 + [11] * 4))
+    np.testing.assert_allclose(heights[:8], 0.06)  # released at frame 6 (an earlier release at 2 was a retry)
+    assert np.isnan(heights[8:]).all()  # the second subtask never lets go
+
+
 def test_waypoint_labels_and_colour_swap_reach_the_training_samples(tiny_dataset, monkeypatch):
     dataset = open_dataset(tiny_dataset, delta_timestamps={FEATURES["action"]: [0.0, 0.1]})
     cfg = dataset_config(dataset, {"chunk": 2, "image_size": 16, "vision_stem": "conv", "keypoints": 4,
@@ -301,3 +309,24 @@ def test_training_on_two_recordings_samples_both(tiny_dataset, tmp_path, monkeyp
                    *TINY, "steps=1"]) == 0
     samples = seen["samples"]
     assert isinstance(samples, ConcatDataset) and [len(d) for d in samples.datasets] == [24, 12]
+
+
+def test_a_fine_tune_keeps_the_inits_statistics_when_asked_and_learns_place_heights(tiny_dataset, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    base, kept, fresh = tmp_path / "base", tmp_path / "kept", tmp_path / "fresh"
+    common = ["train", "executor=tabletop", f"data={tiny_dataset}", *TINY, "steps=2", "model.keypoints=4",
+              "model.waypoint_loss=1.0"]
+    assert hybrid([*common, f"out={base}"]) == 0
+    weights = base / "model" / "model.safetensors"
+    shifted = {k: v + 1.0 if k == "normalizer.state_mean" else v for k, v in load_file(weights).items()}
+    save_file(shifted, weights)  # as if base had been trained on a recording with other state ranges
+    assert hybrid([*common, f"out={kept}", f"init={base}", "init_stats=true", "model.waypoint_place_height=true"]) == 0
+    assert hybrid([*common, f"out={fresh}", f"init={base}"]) == 0
+    mean = {run: FlowExecutor.from_pretrained(run / "model").model.normalizer.state_mean for run in (kept, fresh)}
+    torch.testing.assert_close(mean[kept], shifted["normalizer.state_mean"])
+    torch.testing.assert_close(mean[fresh] + 1.0, shifted["normalizer.state_mean"])  # the recording's own
+    executor = FlowExecutor.from_pretrained(kept / "model")
+    assert executor.cfg.waypoint_place_height and executor.model.waypoint_head.place_height is not None
+    obs = observation_from(open_dataset(tiny_dataset), 0)
+    assert np.isfinite(executor.waypoints(obs, Subtask(text=PLAN[0], index=0), None)).all()

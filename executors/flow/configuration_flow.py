@@ -50,6 +50,14 @@ class FlowConfig:
     waypoint_place_map: str = "observation"  # which front image the heatmap's place map reads: the
     #   "observation", or the "subgoal" where there is one (it shows the block where the subtask leaves it: where
     #   to place is then where to look, as where to pick is in the observation)
+    waypoint_place_height: bool = False  # the place map finds where the effector lets go in space: trained on the
+    #   image point of its (x, y, z) at the release, with the place's height regressed from the map; the place is
+    #   where that camera ray meets the height (needs camera_projection). Otherwise the map is read on the plane of
+    #   table_homography, and a tower's top, higher up, lands behind the tower (parallax: 5.7 cm on 3-block towers)
+    place_height_below: float = 0.0  # m: the height the place map is trained on lies this far below the effector at the
+    #   release (the held object's height: the map then finds the top of what it goes on, which the camera sees,
+    #   rather than a point in the air above it)
+    camera_projection: list | None = None  # 3x4, world xyz (m) -> front image (u s, v s, s): the full calibration
     waypoint_text: str = "mean"  # what the heatmap's queries read: the text's "mean" token, or its "tokens" (attention)
     waypoint_target: bool = False  # the waypoints relative to the effector (pick - xy, place - xy) as one more prefix
     #   token and added to every action token, so the expert steers toward what the head found instead of re-finding it
@@ -115,6 +123,9 @@ class FlowConfig:
             "waypoint_head": self.waypoint_head == "mlp" or (self.waypoint_head == "heatmap"
                                                              and self.table_homography is not None),
             "waypoint_text": self.waypoint_text in ("mean", "tokens"),
+            "waypoint_place_height": not self.waypoint_place_height or (
+                self.waypoint_head == "heatmap" and self.camera_projection is not None
+                and len(self.camera_projection) == 3 and all(len(row) == 4 for row in self.camera_projection)),
             "waypoint_map_target": self.waypoint_map_target in ("cell", "bilinear"),
             "waypoint_place_map": self.waypoint_place_map == "observation" or (
                 self.waypoint_place_map == "subgoal" and self.waypoint_head == "heatmap" and self.use_subgoal

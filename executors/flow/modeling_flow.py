@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from executors.flow.affordance import AffordanceConfig, AffordanceHead, affordance_scores
@@ -138,9 +139,10 @@ class FlowModel(nn.Module):
             # The subtask's pick and place xy from the first camera (executors/flow/waypoint_heads.py); also a
             # prefix token.
             if cfg.waypoint_head == "heatmap":
-                self.waypoint_head = HeatmapWaypointHead(self.text.out_dim, self.vision.keypoints.logits.in_channels,
-                                                         cfg.table_homography, cfg.keypoint_temperature,
-                                                         cfg.waypoint_text, cfg.waypoint_map_target)
+                self.waypoint_head = HeatmapWaypointHead(
+                    self.text.out_dim, self.vision.keypoints.logits.in_channels, cfg.table_homography,
+                    cfg.keypoint_temperature, cfg.waypoint_text, cfg.waypoint_map_target,
+                    cfg.camera_projection if cfg.waypoint_place_height else None)
             else:
                 self.waypoint_head = nn.Sequential(nn.Linear(2 * cfg.keypoints + self.text.out_dim, w), nn.GELU(),
                                                    nn.Linear(w, 4))
@@ -202,10 +204,11 @@ class FlowModel(nn.Module):
         what earlier subtasks placed (``batch["pick_avoid"]``, `FlowConfig.place_inhibition`); the place where
         ``batch["place_lock"]`` holds one (`FlowConfig.place_lock_distance`), moved by ``batch["place_shift"]`` (the
         held block's offset from the cup, negated: `FlowExecutor`'s ``in_hand``)."""
+        logits, size, heights = heatmap
         if self.training:
-            return self.waypoint_head.peak(*heatmap).flatten(1)
-        peaks = self.waypoint_head.peak(*heatmap, batch.get("pick_prior"), self.cfg.pick_persistence,
-                                        batch.get("pick_avoid"), self.cfg.place_inhibition)
+            return self.waypoint_head.peak(logits, size, heights=heights).flatten(1)
+        peaks = self.waypoint_head.peak(logits, size, batch.get("pick_prior"), self.cfg.pick_persistence,
+                                        batch.get("pick_avoid"), self.cfg.place_inhibition, heights)
         locked = batch.get("place_lock")  # (B, 2), NaN rows: none
         if locked is not None:
             peaks[:, 1] = torch.where(torch.isfinite(locked), locked.to(peaks.dtype), peaks[:, 1])
@@ -249,9 +252,9 @@ class FlowModel(nn.Module):
                 front_map, goal_map = all_maps[:, 0], None
                 if cfg.waypoint_place_map == "subgoal" and subgoal is not None:
                     goal_map = (all_maps[:, n_cam], batch["has_subgoal"].to(front_map.device))
-                xy, logits = self.waypoint_head(text.to(dtype), front_map, goal_map)
+                xy, logits, heights = self.waypoint_head(text.to(dtype), front_map, goal_map)
                 waypoints = self.normalizer.waypoints(xy.flatten(1)).to(dtype)
-                heatmap = (logits, tuple(front_map.shape[-2:]))
+                heatmap = (logits, tuple(front_map.shape[-2:]), heights)
             else:
                 front = points.unflatten(0, (b, images.shape[1]))[:, 0].flatten(1)
                 waypoints = self.waypoint_head(torch.cat([front, text_mean], dim=-1))
@@ -279,7 +282,8 @@ class FlowModel(nn.Module):
         pick map less `place_inhibition` logits near ``avoid`` ``(N, K, 2)`` (NaN: none), as the executor acts."""
         logits, maps, text = self.front_maps(images, text_ids)
         logits = self.waypoint_head.inhibit(logits, tuple(maps.shape[-2:]), avoid, self.cfg.place_inhibition)
-        peaks = self.waypoint_head.peak(logits, tuple(maps.shape[-2:]))
+        heights = self.waypoint_head.place_heights(text.to(maps.dtype), maps, logits[:, 1])
+        peaks = self.waypoint_head.peak(logits, tuple(maps.shape[-2:]), heights=heights)
         return self.affordance_head(logits, maps, text, peaks)
 
     def _steer(self, batch, waypoints: torch.Tensor, heatmap) -> torch.Tensor:
@@ -334,12 +338,19 @@ class FlowModel(nn.Module):
             loss = flow + self.cfg.waypoint_loss * waypoint
             parts["waypoint"] = waypoint.item()
             if heatmap is not None:
-                logits, size = heatmap
+                logits, size, heights = heatmap
                 b = logits.shape[0]
                 valid = batch["waypoints_valid"].view(b, 2, 2).all(-1)
-                maps = self.waypoint_head.loss(logits, batch["waypoints"].view(b, 2, 2), valid, size)
+                labels = batch.get("place_height")
+                maps = self.waypoint_head.loss(logits, batch["waypoints"].view(b, 2, 2), valid, size, labels)
                 loss = loss + self.cfg.waypoint_loss * maps
                 parts["heatmap"] = maps.item()
+                if heights is not None and labels is not None:
+                    known = (valid[:, 1] & torch.isfinite(labels)).float()
+                    error = F.smooth_l1_loss(100 * heights, 100 * torch.nan_to_num(labels.float()), reduction="none")
+                    height = (error * known).sum() / known.sum().clamp_min(1)  # centimetres
+                    loss = loss + self.cfg.waypoint_loss * height
+                    parts["height"] = height.item()
         return loss, parts
 
     def flow_loss(self, prefix: torch.Tensor, actions: torch.Tensor, is_pad: torch.Tensor,
@@ -648,9 +659,10 @@ class FlowExecutor:
             if not np.isfinite(out).all():
                 raise ValueError(f"affordance: non-finite scores {out.tolist()} (check the executor's weights)")
             return out
-        _, _, (logits, size), _ = self.model._encode(batch)
+        _, _, (logits, size, heights), _ = self.model._encode(batch)
         logits = self.model.waypoint_head.inhibit(logits, size, avoid, self.cfg.place_inhibition)
-        return affordance_scores(logits, self.model.waypoint_head.peak(logits, size), self.affordance_cfg)
+        return affordance_scores(logits, self.model.waypoint_head.peak(logits, size, heights=heights),
+                                 self.affordance_cfg)
 
     def _placed_by_others(self, subtasks: list[str]) -> torch.Tensor | None:
         """``(k, K, 2)``: for each of ``subtasks``, where the gripper let go under the other subtasks of this episode

@@ -21,7 +21,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from executors.flow.configuration_flow import FlowConfig
 from executors.flow.modeling_flow import FlowModel
 from executors.flow.processor_flow import load_tokenizer, resize
-from executors.flow.waypoints import far_from_effector, pick_place_waypoints
+from executors.flow.waypoints import far_from_effector, pick_place_waypoints, release_heights
 from hybrid.data import FEATURES, SubtaskIndex, action_chunks, decode_camera, numeric_column, open_dataset
 from hybrid.data.augment import ColourSwap, tabletop_colour_swap
 
@@ -69,6 +69,9 @@ class FlowDataset(Dataset):
             valid = far_from_effector(state, targets, known, waypoint_min_distance)
             self.waypoints, self.waypoints_valid = torch.from_numpy(targets), torch.from_numpy(valid)
             self.waypoints_known = torch.from_numpy(known)
+            if cfg.waypoint_place_height:  # where the effector let go, in height too
+                heights = release_heights(state, self.actions, index.subtask_end) - cfg.place_height_below
+                self.place_height = torch.from_numpy(heights)
         self.colour_swap = colour_swap
         self.swap = tabletop_colour_swap() if colour_swap > 0 else None
 
@@ -109,6 +112,8 @@ class FlowDataset(Dataset):
         if self.cfg.waypoint_loss > 0:
             sample["waypoints"], sample["waypoints_valid"] = self.waypoints[i], self.waypoints_valid[i]
             sample["waypoints_known"] = self.waypoints_known[i]
+            if self.cfg.waypoint_place_height:
+                sample["place_height"] = self.place_height[i]
         if self.swap is not None and rng.random() < self.colour_swap:
             mapping = self.swap.draw(rng)
             text = self.swap.text(text, mapping)
@@ -154,9 +159,11 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         e.copy_(b)
 
 
-def load_matching(net: FlowModel, init: Path) -> None:
+def load_matching(net: FlowModel, init: Path, stats: bool = False) -> None:
     """Copy into ``net`` the weights of the model at ``init`` (a model directory or a run's ``out``) whose
-    name and shape match; log what starts fresh, as transformers' ``ignore_mismatched_sizes`` does."""
+    name and shape match; log what starts fresh, as transformers' ``ignore_mismatched_sizes`` does. ``stats``: its
+    normalisation statistics too (a fine-tune of some modules on another recording, the rest frozen, must see its
+    inputs scaled as they were trained)."""
     from safetensors.torch import load_file
 
     from executors.flow.modeling_flow import WEIGHTS_NAME
@@ -164,9 +171,9 @@ def load_matching(net: FlowModel, init: Path) -> None:
     directory = init / "model" if (init / "model" / WEIGHTS_NAME).is_file() else init
     loaded = load_file(str(directory / WEIGHTS_NAME))
     own = net.state_dict()
-    # Normalisation statistics stay those of the dataset being trained on.
+    # Normalisation statistics stay those of the dataset being trained on, unless asked for.
     matching = {k: v for k, v in loaded.items()
-                if k in own and own[k].shape == v.shape and not k.startswith("normalizer.")}
+                if k in own and own[k].shape == v.shape and (stats or not k.startswith("normalizer."))}
     if not matching:
         raise ValueError(f"init={init}: no weight of that model fits this one")
     net.load_state_dict(matching, strict=False)
@@ -196,7 +203,7 @@ def train(data: str | list[str], out: str, model: dict | None = None, steps: int
           ema_decay: float = 0.999, save_every: int = 2_000, log_every: int = 50, resume: bool = False,
           cache: bool = True, num_workers: int = 0, mixed_precision: str = "bf16", seed: int = 0,
           colour_swap: float = 0.0, waypoint_min_distance: float = 0.0, init: str | None = None,
-          max_minutes: float | None = None, freeze: list[str] | None = None) -> Path:
+          max_minutes: float | None = None, freeze: list[str] | None = None, init_stats: bool = False) -> Path:
     """Train a `FlowModel` on the LeRobot dataset at ``data`` (or several, sampled in proportion to their frames;
     the first one's normalisation statistics); checkpoints go to ``out``.
 
@@ -208,6 +215,8 @@ def train(data: str | list[str], out: str, model: dict | None = None, steps: int
     ``max_minutes``: stop (and save) once training has run this long.
     ``freeze``: top-level modules of `FlowModel` left as they are (e.g. ``[vision, text, waypoint_head,
     affordance_head]``: a fine-tune of the action expert that keeps the maps a trained affordance head reads).
+    ``init_stats``: keep ``init``'s normalisation statistics instead of the recording's (fine-tuning on a recording
+    of one family, whose state and action ranges differ from those the frozen modules learned).
 
     Returns the directory of the final model (``out/model``, loadable with `FlowExecutor.from_pretrained`).
     """
@@ -257,7 +266,7 @@ def train(data: str | list[str], out: str, model: dict | None = None, steps: int
     step = 0
     ckpt = last_checkpoint(out) if resume else None
     if init and ckpt is None:  # a resumed fine-tune continues from its own checkpoint
-        load_matching(net, Path(init))
+        load_matching(net, Path(init), stats=init_stats)
         ema.load_state_dict(net.state_dict())
     if ckpt is not None:
         state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)

@@ -30,7 +30,7 @@ class HeatmapWaypointHead(nn.Module):
     """Pick and place as attention maps over the front camera's feature map, in a calibrated camera."""
 
     def __init__(self, text_dim: int, channels: int, table_homography, temperature: float = 1.0,
-                 text_pool: str = "mean", target: str = "cell"):
+                 text_pool: str = "mean", target: str = "cell", camera_projection=None):
         super().__init__()
         if target not in ("cell", "bilinear"):
             raise ValueError(f"target: expected 'cell' or 'bilinear', got {target!r}")
@@ -40,29 +40,71 @@ class HeatmapWaypointHead(nn.Module):
         # From the config, not the weights: a recalibrated camera needs no retraining of the maps.
         self.register_buffer("table_to_image", h, persistent=False)
         self.register_buffer("image_to_table", torch.linalg.inv(h), persistent=False)
+        self.place_height = None
+        if camera_projection is not None:  # `FlowConfig.waypoint_place_height`
+            self.register_buffer("projection", torch.tensor(camera_projection, dtype=torch.float32).reshape(3, 4),
+                                 persistent=False)
+            # The place's height (decimetres) from the keys its map attends to and the place query.
+            dim = self.query.dim
+            self.place_height = nn.Sequential(nn.Linear(2 * dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, 1))
 
     def forward(self, text: torch.Tensor, features: torch.Tensor,
-                subgoal: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                subgoal: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Table xy ``(N, 2, 2)`` (pick, place) from the text's tokens ``(N, L, D)`` and the front feature map,
-        and the maps' logits ``(N, 2, h*w)``. ``subgoal``: the front subgoal's feature map and which samples
-        have one ``(N,)`` bool: their place map reads it instead (the block is shown where it is to go)."""
-        logits = self.query(text, features)
+        the maps' logits ``(N, 2, h*w)`` and the place's height ``(N,)`` (m; None without `place_height`).
+        ``subgoal``: the front subgoal's feature map and which samples have one ``(N,)`` bool: their place map
+        reads it instead (the block is shown where it is to go)."""
+        q, k = self.query.queries_keys(text, features)
+        logits = self.query.scores(q, k)
         if subgoal is not None:
             goal_features, has = subgoal
-            place = torch.where(has.view(-1, 1), self.query(text, goal_features)[:, 1], logits[:, 1])
+            goal_q, goal_k = self.query.queries_keys(text, goal_features)
+            place = torch.where(has.view(-1, 1), self.query.scores(goal_q, goal_k)[:, 1], logits[:, 1])
             logits = torch.stack([logits[:, 0], place], dim=1)
+            k = torch.where(has.view(-1, 1, 1), goal_k, k)
+        heights = self._heights(logits[:, 1], q[:, 1], k)
         uv = soft_argmax(logits.float(), *features.shape[-2:], centres=True)
-        return apply_homography(self.image_to_table, uv), logits
+        return self.to_table(uv, heights), logits, heights
+
+    def place_heights(self, text: torch.Tensor, features: torch.Tensor, place_logits: torch.Tensor):
+        """The place's height ``(N,)`` (m) under the place map ``place_logits`` ``(N, h*w)`` of ``features``; None
+        without `place_height`."""
+        if self.place_height is None:
+            return None
+        q, k = self.query.queries_keys(text, features)
+        return self._heights(place_logits, q[:, 1], k)
+
+    def _heights(self, place_logits: torch.Tensor, query: torch.Tensor, keys: torch.Tensor):
+        if self.place_height is None:
+            return None
+        pooled = (place_logits.softmax(-1)[:, None] * keys).sum(-1)  # (N, dim): what the place map attends to
+        return 0.1 * self.place_height(torch.cat([pooled, query], -1).to(keys.dtype)).squeeze(-1).float()
+
+    def to_table(self, uv: torch.Tensor, heights: torch.Tensor | None = None) -> torch.Tensor:
+        """Image points ``(N, 2, 2)`` (pick, place) -> table xy: the pick on the homography's plane, the place there
+        too or, with ``heights`` ``(N,)`` (m), where its camera ray meets that height."""
+        xy = apply_homography(self.image_to_table, uv)
+        if heights is None:
+            return xy
+        p = self.projection
+        plane = torch.stack([p[:, 0].expand(len(heights), 3), p[:, 1].expand(len(heights), 3),
+                             p[:, 2] * heights.float()[:, None] + p[:, 3]], dim=-1)  # (N, 3, 3): xy at that z -> image
+        point = torch.cat([uv[:, 1].float(), torch.ones_like(uv[:, 1, :1]).float()], -1)[..., None]
+        place = (torch.linalg.inv(plane) @ point)[..., 0]
+        return torch.stack([xy[:, 0], place[:, :2] / place[:, 2:]], dim=1)
 
     def peak(self, logits: torch.Tensor, size: tuple[int, int], prior: torch.Tensor | None = None,
-             prior_bonus: float = 0.0, avoid: torch.Tensor | None = None, avoid_penalty: float = 0.0) -> torch.Tensor:
+             prior_bonus: float = 0.0, avoid: torch.Tensor | None = None, avoid_penalty: float = 0.0,
+             heights: torch.Tensor | None = None) -> torch.Tensor:
         """Table xy ``(N, 2, 2)`` of each map's strongest mode: the soft-argmax of its 3x3 cells around the
         argmax. The soft-argmax of a whole map lands between two candidate blocks when it is unsure, a place
         where there is nothing to pick. ``prior`` ``(N, 2)`` (NaN rows: none): the pick chosen before, whose
         cells within `PRIOR_RADIUS` get ``prior_bonus`` more logits: two blocks of the asked colour light up
         alike, and a pick that flips between them with each view steers the robot back and forth between the
         two (hysteresis, as a tracker keeps its target). ``avoid`` ``(N, K, 2)`` (NaN: none): points whose cells
-        within `PRIOR_RADIUS` get ``avoid_penalty`` fewer logits on the pick map (blocks placed already)."""
+        within `PRIOR_RADIUS` get ``avoid_penalty`` fewer logits on the pick map (blocks placed already).
+        ``heights``: the place's height (`forward`), where its ray is read."""
         h, w = size
         logits = self.inhibit(logits.float(), size, avoid, avoid_penalty)
         pick = logits[:, 0]
@@ -73,7 +115,7 @@ class HeatmapWaypointHead(nn.Module):
         cells = torch.arange(h * w, device=logits.device)
         near = ((cells // w - top // w).abs() <= 1) & ((cells % w - top % w).abs() <= 1)
         uv = soft_argmax(logits.masked_fill(~near, float("-inf")), h, w, centres=True)
-        return apply_homography(self.image_to_table, uv)
+        return self.to_table(uv, heights)
 
     def inhibit(self, logits: torch.Tensor, size: tuple[int, int], avoid: torch.Tensor | None,
                 penalty: float) -> torch.Tensor:
@@ -94,12 +136,20 @@ class HeatmapWaypointHead(nn.Module):
         """Table xy ``(h*w, 2)`` of the map's cell centres."""
         return apply_homography(self.image_to_table, cell_grid(*size, device=self.image_to_table.device))
 
-    def loss(self, logits: torch.Tensor, xy: torch.Tensor, valid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, xy: torch.Tensor, valid: torch.Tensor, size: tuple[int, int],
+             heights: torch.Tensor | None = None) -> torch.Tensor:
         """Cross-entropy of the maps against where the recorded ``xy`` ``(N, 2, 2)`` project: the cell each falls
         in, or (``target="bilinear"``) the four cell centres around it, weighted bilinearly, whose mean is the
-        point itself. ``valid`` ``(N, 2)`` marks the labels to use (points outside the image are left out too)."""
+        point itself. ``valid`` ``(N, 2)`` marks the labels to use (points outside the image are left out too).
+        ``heights`` ``(N,)`` (m, NaN: unknown): the place's, where its label is seen (`place_height`)."""
         h, w = size
         uv = apply_homography(self.table_to_image, xy.float())
+        if heights is not None and self.place_height is not None:
+            known = torch.isfinite(heights)
+            place = torch.cat([xy[:, 1].float(), torch.nan_to_num(heights.float())[:, None],
+                               torch.ones_like(heights.float())[:, None]], -1) @ self.projection.T
+            uv = torch.stack([uv[:, 0], place[:, :2] / place[:, 2:]], dim=1)
+            valid = valid & torch.stack([torch.ones_like(known), known], dim=1)
         col, row = (uv[..., 0] + 1) / 2 * w, (uv[..., 1] + 1) / 2 * h  # in cells, 0 at the image's edge
         use = valid & (col >= 0) & (col < w) & (row >= 0) & (row < h)
         if not use.any():

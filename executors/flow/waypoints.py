@@ -26,20 +26,35 @@ def pick_place_waypoints(state: np.ndarray, action: np.ndarray, subtask_end: np.
     """
     n = len(state)
     targets, valid = np.zeros((n, 4), np.float32), np.zeros((n, 4), bool)
-    on = np.asarray(action[:, gripper]) >= GRIPPER_ON
-    starts = np.r_[0, np.flatnonzero(np.diff(subtask_end)) + 1]
-    for start in starts:
-        stop = int(subtask_end[start]) + 1
-        seg = on[start:stop]
-        before = np.r_[False, seg[:-1]]
-        grasps, releases = np.flatnonzero(seg & ~before), np.flatnonzero(~seg & before)
-        if not len(grasps) or not len(releases) or releases[-1] < grasps[-1]:
-            continue
-        grasp, release = start + grasps[-1], start + releases[-1]
+    for start, stop, grasp, release in subtask_events(action, subtask_end, gripper):
         targets[start:stop, :2], targets[start:stop, 2:] = state[grasp, :2], state[release, :2]
         valid[start:grasp + 1, :2] = True
         valid[start:release + 1, 2:] = True
     return targets, far_from_effector(state, targets, valid, min_distance)
+
+
+def release_heights(state: np.ndarray, action: np.ndarray, subtask_end: np.ndarray, gripper: int = -1,
+                    z: int = 2) -> np.ndarray:
+    """Per frame the effector's height ``state[:, z]`` at its subtask's last release (NaN where the subtask has no
+    grasp and release): how high the place is, which a camera that sees the table from the side needs to tell
+    a tower's top from the table behind it."""
+    heights = np.full(len(state), np.nan, np.float32)
+    for start, stop, _, release in subtask_events(action, subtask_end, gripper):
+        heights[start:stop] = state[release, z]
+    return heights
+
+
+def subtask_events(action: np.ndarray, subtask_end: np.ndarray, gripper: int = -1):
+    """``(start, stop, grasp, release)`` frame indices for each subtask with a last grasp and a later release
+    (``stop`` exclusive; earlier grasps and releases were retries)."""
+    on = np.asarray(action[:, gripper]) >= GRIPPER_ON
+    for start in np.r_[0, np.flatnonzero(np.diff(subtask_end)) + 1]:
+        stop = int(subtask_end[start]) + 1
+        seg = on[start:stop]
+        before = np.r_[False, seg[:-1]]
+        grasps, releases = np.flatnonzero(seg & ~before), np.flatnonzero(~seg & before)
+        if len(grasps) and len(releases) and releases[-1] > grasps[-1]:
+            yield start, stop, start + grasps[-1], start + releases[-1]
 
 
 def far_from_effector(state: np.ndarray, targets: np.ndarray, valid: np.ndarray, min_distance: float) -> np.ndarray:

@@ -237,6 +237,23 @@ class Scene:
         return float(self.data.xpos[self.block_body[:n], 2].max() + BLOCK_HALF) if n else 0.0
 
 
+def camera_projection(camera: str = "front", model: mujoco.MjModel | None = None) -> np.ndarray:
+    """3x4 projection of a fixed camera: world ``(x, y, z, 1)`` (metres) to ``(u s, v s, s)``, image coordinates u
+    right and v down, both in [-1, 1] across a square image. ``model``: the tabletop's, already loaded (default:
+    loaded here)."""
+    m = mujoco.MjModel.from_xml_path(str(ASSET)) if model is None else model
+    d = mujoco.MjData(m)
+    mujoco.mj_forward(m, d)
+    cam = m.camera(camera).id
+    if m.cam_bodyid[cam] != 0 or m.cam_mode[cam] != mujoco.mjtCamLight.mjCAMLIGHT_FIXED:  # not on the world body
+        raise ValueError(f"camera {camera!r} moves: no fixed projection")
+    rotation, position = d.cam_xmat[cam].reshape(3, 3), d.cam_xpos[cam]  # columns: camera axes in the world
+    focal = 1.0 / np.tan(np.deg2rad(m.cam_fovy[cam]) / 2)
+    # MuJoCo cameras look along -z with y up; image v grows downward.
+    project = np.diag([focal, -focal, -1.0]) @ rotation.T
+    return np.concatenate([project, -project @ position[:, None]], axis=1)
+
+
 def table_homography(
     camera: str = "front", height: float = BLOCK_HALF, model: mujoco.MjModel | None = None
 ) -> np.ndarray:
@@ -244,15 +261,5 @@ def table_homography(
     coordinates (u right, v down, both in [-1, 1] across a square image): the camera's calibration, as
     a policy that localises targets in the image needs it to speak in table coordinates. ``model``: the
     tabletop's, already loaded (default: loaded here)."""
-    m = mujoco.MjModel.from_xml_path(str(ASSET)) if model is None else model
-    d = mujoco.MjData(m)
-    mujoco.mj_forward(m, d)
-    cam = m.camera(camera).id
-    if m.cam_bodyid[cam] != 0 or m.cam_mode[cam] != mujoco.mjtCamLight.mjCAMLIGHT_FIXED:  # not on the world body
-        raise ValueError(f"camera {camera!r} moves: no fixed homography to the table")
-    rotation, position = d.cam_xmat[cam].reshape(3, 3), d.cam_xpos[cam]  # columns: camera axes in the world
-    focal = 1.0 / np.tan(np.deg2rad(m.cam_fovy[cam]) / 2)
-    # MuJoCo cameras look along -z with y up; image v grows downward.
-    project = np.diag([focal, -focal, -1.0]) @ rotation.T
-    full = np.concatenate([project, -project @ position[:, None]], axis=1)  # world (x, y, z, 1) -> (u s, v s, s)
+    full = camera_projection(camera, model)
     return np.stack([full[:, 0], full[:, 1], full[:, 2] * height + full[:, 3]], axis=1)
