@@ -18,6 +18,10 @@ from torch import nn
 from executors.flow.encoders import TextQueryMaps, cell_grid, soft_argmax
 
 PRIOR_RADIUS = 0.04  # m: a block's width around the pick chosen before (`HeatmapWaypointHead.peak`)
+# Where the place's height is read, around the place map's peak (image units, [-1, 1] across): a tower of three
+# tabletop blocks spans about 0.2 of the front image below its top.
+HEIGHT_PATCH_U = torch.linspace(-0.1, 0.1, 3)
+HEIGHT_PATCH_V = torch.linspace(-0.05, 0.3, 6)
 
 
 def apply_homography(h: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -44,9 +48,13 @@ class HeatmapWaypointHead(nn.Module):
         if camera_projection is not None:  # `FlowConfig.waypoint_place_height`
             self.register_buffer("projection", torch.tensor(camera_projection, dtype=torch.float32).reshape(3, 4),
                                  persistent=False)
-            # The place's height (decimetres) from the keys its map attends to and the place query.
+            # The place's height (decimetres) from the keys of a patch of the map at and below its peak (a tower
+            # stands below its top in the image) and the place query.
             dim = self.query.dim
-            self.place_height = nn.Sequential(nn.Linear(2 * dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, 1))
+            self.register_buffer("patch", torch.stack(torch.meshgrid(HEIGHT_PATCH_U, HEIGHT_PATCH_V, indexing="xy"),
+                                                      dim=-1), persistent=False)  # (V, U, 2) offsets in the image
+            self.place_height = nn.Sequential(nn.Linear((self.patch[..., 0].numel() + 1) * dim, 4 * dim), nn.GELU(),
+                                              nn.Linear(4 * dim, 1))
 
     def forward(self, text: torch.Tensor, features: torch.Tensor,
                 subgoal: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -63,7 +71,7 @@ class HeatmapWaypointHead(nn.Module):
             place = torch.where(has.view(-1, 1), self.query.scores(goal_q, goal_k)[:, 1], logits[:, 1])
             logits = torch.stack([logits[:, 0], place], dim=1)
             k = torch.where(has.view(-1, 1, 1), goal_k, k)
-        heights = self._heights(logits[:, 1], q[:, 1], k)
+        heights = self._heights(logits[:, 1], q[:, 1], k, features.shape[-2:])
         uv = soft_argmax(logits.float(), *features.shape[-2:], centres=True)
         return self.to_table(uv, heights), logits, heights
 
@@ -73,13 +81,26 @@ class HeatmapWaypointHead(nn.Module):
         if self.place_height is None:
             return None
         q, k = self.query.queries_keys(text, features)
-        return self._heights(place_logits, q[:, 1], k)
+        return self._heights(place_logits, q[:, 1], k, features.shape[-2:])
 
-    def _heights(self, place_logits: torch.Tensor, query: torch.Tensor, keys: torch.Tensor):
+    def _heights(self, place_logits: torch.Tensor, query: torch.Tensor, keys: torch.Tensor, size):
         if self.place_height is None:
             return None
-        pooled = (place_logits.softmax(-1)[:, None] * keys).sum(-1)  # (N, dim): what the place map attends to
-        return 0.1 * self.place_height(torch.cat([pooled, query], -1).to(keys.dtype)).squeeze(-1).float()
+        h, w = size
+        top = self._local_uv(place_logits.detach().float()[:, None], h, w)[:, 0]  # (N, 2): the place map's peak
+        grid = (top[:, None, None] + self.patch).to(keys.dtype)  # (N, V, U, 2)
+        patch = F.grid_sample(keys.unflatten(-1, (h, w)), grid, align_corners=False)  # (N, dim, V, U)
+        found = torch.cat([patch.flatten(1), query], -1)
+        return 0.1 * self.place_height(found.to(keys.dtype)).squeeze(-1).float()
+
+    @staticmethod
+    def _local_uv(logits: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Image (u, v) ``(N, K, 2)`` of each map's strongest mode: the soft-argmax of its 3x3 cells around the
+        argmax (the soft-argmax of a whole map lands between two candidates when it is unsure)."""
+        top = logits.argmax(-1, keepdim=True)
+        cells = torch.arange(h * w, device=logits.device)
+        near = ((cells // w - top // w).abs() <= 1) & ((cells % w - top % w).abs() <= 1)
+        return soft_argmax(logits.masked_fill(~near, float("-inf")), h, w, centres=True)
 
     def to_table(self, uv: torch.Tensor, heights: torch.Tensor | None = None) -> torch.Tensor:
         """Image points ``(N, 2, 2)`` (pick, place) -> table xy: the pick on the homography's plane, the place there
@@ -110,11 +131,7 @@ class HeatmapWaypointHead(nn.Module):
         pick = logits[:, 0]
         if prior is not None and prior_bonus > 0:
             pick = pick + prior_bonus * self._near(size, prior.float()[:, None])
-        logits = torch.stack([pick, logits[:, 1]], dim=1)
-        top = logits.argmax(-1, keepdim=True)  # (N, 2, 1)
-        cells = torch.arange(h * w, device=logits.device)
-        near = ((cells // w - top // w).abs() <= 1) & ((cells % w - top % w).abs() <= 1)
-        uv = soft_argmax(logits.masked_fill(~near, float("-inf")), h, w, centres=True)
+        uv = self._local_uv(torch.stack([pick, logits[:, 1]], dim=1), h, w)
         return self.to_table(uv, heights)
 
     def inhibit(self, logits: torch.Tensor, size: tuple[int, int], avoid: torch.Tensor | None,
