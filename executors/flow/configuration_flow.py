@@ -126,6 +126,7 @@ class FlowConfig:
             "waypoint_place_height": not self.waypoint_place_height or (
                 self.waypoint_head == "heatmap" and self.camera_projection is not None
                 and len(self.camera_projection) == 3 and all(len(row) == 4 for row in self.camera_projection)),
+            "place_height_below": self.place_height_below >= 0,
             "waypoint_map_target": self.waypoint_map_target in ("cell", "bilinear"),
             "waypoint_place_map": self.waypoint_place_map == "observation" or (
                 self.waypoint_place_map == "subgoal" and self.waypoint_head == "heatmap" and self.use_subgoal

@@ -84,6 +84,8 @@ class HeatmapWaypointHead(nn.Module):
         return self._heights(place_logits, q[:, 1], k, features.shape[-2:])
 
     def _heights(self, place_logits: torch.Tensor, query: torch.Tensor, keys: torch.Tensor, size):
+        """``(N,)`` m: the MLP on the keys ``(N, dim, h*w)`` sampled in `HEIGHT_PATCH_U` x `_V` around the place map's
+        peak, and the place query ``(N, dim)``."""
         if self.place_height is None:
             return None
         h, w = size
