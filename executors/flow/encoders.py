@@ -196,20 +196,22 @@ class TextQueryMaps(nn.Module):
     def forward(self, text: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """``text`` ``(N, L, text_dim)`` tokens, ``features`` ``(N, C, h, w)`` -> each query's logits over the
         cells, ``(N, points, h*w)``."""
-        return self.scores(*self.queries_keys(text, features))
+        return self.scores(self.queries(text), self.keys(features))
 
     def scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, points, h*w)`` of queries ``(N, points, dim)`` over keys ``(N, dim, h*w)``."""
         return q @ k / (self.dim ** 0.5 * self.log_temperature.exp())
 
-    def queries_keys(self, text: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The queries ``(N, points, dim)`` and the cells' keys ``(N, dim, h*w)``."""
+    def queries(self, text: torch.Tensor) -> torch.Tensor:
+        """The text's queries ``(N, points, dim)``."""
         if self.text_pool == "mean":
-            q = self.query(text.mean(1)).view(-1, self.points, self.dim)
-        else:
-            words = torch.softmax(torch.einsum("nld,pd->npl", text, self.select.to(text.dtype)), dim=-1)
-            q = self.token_query(words @ text)  # (N, points, dim)
-        return q, self.key(features).flatten(2)
+            return self.query(text.mean(1)).view(-1, self.points, self.dim)
+        words = torch.softmax(torch.einsum("nld,pd->npl", text, self.select.to(text.dtype)), dim=-1)
+        return self.token_query(words @ text)
+
+    def keys(self, features: torch.Tensor) -> torch.Tensor:
+        """The cells' keys ``(N, dim, h*w)``."""
+        return self.key(features).flatten(2)
 
 
 class FiLMConvStem(nn.Module):

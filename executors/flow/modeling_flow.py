@@ -267,24 +267,25 @@ class FlowModel(nn.Module):
             x = block(x)
         return self.prefix_norm(x), waypoints, heatmap, steer
 
-    def front_maps(self, images: torch.Tensor, text_ids: torch.Tensor):
-        """What the heatmap head reads of the front camera alone: its logits ``(N, 2, h*w)``, the FiLM-conditioned
-        feature map ``(N, C, h, w)`` and the text's tokens (the same numbers `_encode` computes for it)."""
+    def affordance_inputs(self, images: torch.Tensor, text_ids: torch.Tensor, avoid: torch.Tensor | None = None):
+        """What the affordance head reads of the front camera alone, in training and at run time alike: the
+        heatmap head's logits ``(N, 2, h*w)`` (the pick map less `place_inhibition` logits near ``avoid`` ``(N, K,
+        2)``, NaN: none), the FiLM-conditioned feature map ``(N, C, h, w)``, the text's tokens (the same numbers
+        `_encode` computes for them) and the maps' peaks ``(N, 2, 2)`` (table xy)."""
         dtype = self.vision_proj.weight.dtype
         text = self.text(text_ids)
         pixels = images[:, 0].to(dtype) / 255
         _, _, maps = self.vision.forward_keypoints(pixels, text.mean(1).to(dtype) if self.cfg.vision_film else None)
-        return self.waypoint_head.query(text.to(dtype), maps), maps, text
+        logits, heights = self.waypoint_head.maps(text.to(dtype), maps)
+        size = tuple(maps.shape[-2:])
+        logits = self.waypoint_head.inhibit(logits, size, avoid, self.cfg.place_inhibition)
+        return logits, maps, text, self.waypoint_head.peak(logits, size, heights=heights)
 
     def affordance_logits(self, images: torch.Tensor, text_ids: torch.Tensor,
                           avoid: torch.Tensor | None = None) -> torch.Tensor:
         """``(N,)``: the learned check that each text's block can be picked (`FlowConfig.affordance_head`), on the
         pick map less `place_inhibition` logits near ``avoid`` ``(N, K, 2)`` (NaN: none), as the executor acts."""
-        logits, maps, text = self.front_maps(images, text_ids)
-        logits = self.waypoint_head.inhibit(logits, tuple(maps.shape[-2:]), avoid, self.cfg.place_inhibition)
-        heights = self.waypoint_head.place_heights(text.to(maps.dtype), maps, logits[:, 1])
-        peaks = self.waypoint_head.peak(logits, tuple(maps.shape[-2:]), heights=heights)
-        return self.affordance_head(logits, maps, text, peaks)
+        return self.affordance_head(*self.affordance_inputs(images, text_ids, avoid))
 
     def _steer(self, batch, waypoints: torch.Tensor, heatmap) -> torch.Tensor:
         """Pick and place minus the effector's xy ``(B, 4)``, normalised: where the head says the subtask goes

@@ -250,10 +250,8 @@ def train_affordance(data: str | list[str], init: str, out: str, steps: int = 30
     for step in bar:
         b = train_set.batch(rng, batch_size)
         with torch.no_grad():  # the executor's own weights stay fixed: its maps are inputs
-            logits, maps, text = net.front_maps(b["images"], b["text_ids"])
-            peaks = net.waypoint_head.peak(logits, tuple(maps.shape[-2:]))
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            net.affordance_head(logits, maps, text, peaks), b["labels"])
+            inputs = net.affordance_inputs(b["images"], b["text_ids"])
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net.affordance_head(*inputs), b["labels"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -63,25 +63,24 @@ class HeatmapWaypointHead(nn.Module):
         the maps' logits ``(N, 2, h*w)`` and the place's height ``(N,)`` (m; None without `place_height`).
         ``subgoal``: the front subgoal's feature map and which samples have one ``(N,)`` bool: their place map
         reads it instead (the block is shown where it is to go)."""
-        q, k = self.query.queries_keys(text, features)
+        q, k = self.query.queries(text), self.query.keys(features)
         logits = self.query.scores(q, k)
         if subgoal is not None:
             goal_features, has = subgoal
-            goal_q, goal_k = self.query.queries_keys(text, goal_features)
-            place = torch.where(has.view(-1, 1), self.query.scores(goal_q, goal_k)[:, 1], logits[:, 1])
+            goal_k = self.query.keys(goal_features)
+            place = torch.where(has.view(-1, 1), self.query.scores(q, goal_k)[:, 1], logits[:, 1])
             logits = torch.stack([logits[:, 0], place], dim=1)
             k = torch.where(has.view(-1, 1, 1), goal_k, k)
         heights = self._heights(logits[:, 1], q[:, 1], k, features.shape[-2:])
         uv = soft_argmax(logits.float(), *features.shape[-2:], centres=True)
         return self.to_table(uv, heights), logits, heights
 
-    def place_heights(self, text: torch.Tensor, features: torch.Tensor, place_logits: torch.Tensor):
-        """The place's height ``(N,)`` (m) under the place map ``place_logits`` ``(N, h*w)`` of ``features``; None
-        without `place_height`."""
-        if self.place_height is None:
-            return None
-        q, k = self.query.queries_keys(text, features)
-        return self._heights(place_logits, q[:, 1], k, features.shape[-2:])
+    def maps(self, text: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The maps' logits ``(N, 2, h*w)`` over ``features`` alone and the place's height ``(N,)`` (m; None
+        without `place_height`)."""
+        q, k = self.query.queries(text), self.query.keys(features)
+        logits = self.query.scores(q, k)
+        return logits, self._heights(logits[:, 1], q[:, 1], k, features.shape[-2:])
 
     def _heights(self, place_logits: torch.Tensor, query: torch.Tensor, keys: torch.Tensor, size):
         """``(N,)`` m: the MLP on the keys ``(N, dim, h*w)`` sampled in `HEIGHT_PATCH_U` x `_V` around the place map's
