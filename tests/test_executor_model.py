@@ -839,3 +839,5 @@ def test_an_executor_with_place_heights_learns_them_and_checks_its_calibration()
     with pytest.raises(ValueError, match="waypoint_place_height"):
         tiny_config(vision_stem="conv", keypoints=4, waypoint_loss=1.0, waypoint_head="heatmap",
                     table_homography=side_homography(), waypoint_place_height=True)  # no projection
+    with pytest.raises(ValueError, match="place_height_below"):
+        tiny_config(place_height_below=-0.04)  # above the effector: no place is there
