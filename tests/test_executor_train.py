@@ -267,6 +267,25 @@ def test_a_fine_tune_can_freeze_modules_and_refuses_ones_the_model_lacks(tiny_da
         train(str(tiny_dataset), str(tmp_path / "typo"), model={"image_size": 16}, steps=1, freeze=["visoin"])
 
 
+def test_train_only_changes_the_named_modules_and_nothing_else(tiny_dataset, tmp_path):
+    base, tuned = tmp_path / "base", tmp_path / "tuned"
+    common = ["train", "executor=tabletop", f"data={tiny_dataset}", *TINY, "steps=2"]
+    assert hybrid([*common, f"out={base}"]) == 0
+    assert hybrid([*common, f"out={tuned}", f"init={base}", "train_only=[waypoint_head]", "init_stats=true",
+                   "lr=1e-2", "warmup=0"]) == 0
+    before = FlowExecutor.from_pretrained(base / "model").model.state_dict()
+    after = FlowExecutor.from_pretrained(tuned / "model").model.state_dict()
+    trained = [n for n in before if n.startswith("waypoint_head.")]
+    assert trained and any(not torch.equal(after[n], before[n]) for n in trained)
+    # the learned tokens that are no module's (action positions, image slots) stay too: the expert is as it was
+    assert all(torch.equal(after[n], before[n]) for n in before if n not in trained)
+    with pytest.raises(ValueError, match=r"train_only: \['waypoint_haed'\] are not modules"):
+        train(str(tiny_dataset), str(tmp_path / "typo"), model={"image_size": 16}, steps=1,
+              train_only=["waypoint_haed"])
+    with pytest.raises(ValueError, match="freeze and train_only"):
+        train(str(tiny_dataset), str(tmp_path / "both"), steps=1, freeze=["text"], train_only=["waypoint_head"])
+
+
 def test_fine_tuning_from_a_model_with_nothing_in_common_is_refused(tmp_path):
     from safetensors.torch import save_file
 

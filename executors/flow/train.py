@@ -198,12 +198,27 @@ def freeze_modules(net: FlowModel, names: list[str]) -> None:
         log.info("freeze: %s (%d weights) stays as it is", name, sum(p.numel() for p in modules[name].parameters()))
 
 
+def train_only_modules(net: FlowModel, names: list[str]) -> None:
+    """Stop the gradients of every weight of ``net`` but those of its top-level modules ``names`` (the learned
+    tokens that are no module's too, e.g. the action positions), or raise naming the ones it has not."""
+    modules = dict(net.named_children())
+    unknown = [name for name in names if name not in modules]
+    if unknown:
+        raise ValueError(f"train_only: {unknown} are not modules of this model; it has {sorted(modules)}")
+    net.requires_grad_(False)
+    for name in names:
+        modules[name].requires_grad_(True)
+    log.info("train_only: %s (%d weights) trained, the rest stays as it is", names,
+             sum(p.numel() for p in net.parameters() if p.requires_grad))
+
+
 def train(data: str | list[str], out: str, model: dict | None = None, steps: int = 20_000, batch_size: int = 64,
           lr: float = 3e-4, weight_decay: float = 1e-4, warmup: int = 500, grad_clip: float = 1.0,
           ema_decay: float = 0.999, save_every: int = 2_000, log_every: int = 50, resume: bool = False,
           cache: bool = True, num_workers: int = 0, mixed_precision: str = "bf16", seed: int = 0,
           colour_swap: float = 0.0, waypoint_min_distance: float = 0.0, init: str | None = None,
-          max_minutes: float | None = None, freeze: list[str] | None = None, init_stats: bool = False) -> Path:
+          max_minutes: float | None = None, freeze: list[str] | None = None, init_stats: bool = False,
+          train_only: list[str] | None = None) -> Path:
     """Train a `FlowModel` on the LeRobot dataset at ``data`` (or several, sampled in proportion to their frames;
     the first one's normalisation statistics); checkpoints go to ``out``.
 
@@ -215,6 +230,8 @@ def train(data: str | list[str], out: str, model: dict | None = None, steps: int
     ``max_minutes``: stop (and save) once training has run this long.
     ``freeze``: top-level modules of `FlowModel` left as they are (e.g. ``[vision, text, waypoint_head,
     affordance_head]``: a fine-tune of the action expert that keeps the maps a trained affordance head reads).
+    ``train_only``: the top-level modules trained, everything else left as it is (e.g. ``[waypoint_head]``: new
+    maps over the features an action expert was trained on); not with ``freeze``.
     ``init_stats``: keep ``init``'s normalisation statistics instead of the recording's (fine-tuning on a recording
     of one family, whose state and action ranges differ from those the frozen modules learned).
 
@@ -223,6 +240,8 @@ def train(data: str | list[str], out: str, model: dict | None = None, steps: int
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
+    if freeze and train_only:
+        raise ValueError("freeze and train_only: give one of them (train_only freezes all it does not name)")
     out = Path(out)
     # The schedule counts optimizer steps, however many processes share them.
     accelerator = Accelerator(mixed_precision=mixed_precision if torch.cuda.is_available() else "no",
@@ -256,6 +275,8 @@ def train(data: str | list[str], out: str, model: dict | None = None, steps: int
     loader = DataLoader(samples, batch_size=batch_size, shuffle=True, drop_last=len(samples) > batch_size,
                         num_workers=num_workers, persistent_workers=num_workers > 0)
     freeze_modules(net, freeze or [])
+    if train_only:
+        train_only_modules(net, train_only)
     trainable = [p for p in net.parameters() if p.requires_grad]
     decay = [p for p in trainable if p.ndim >= 2]
     no_decay = [p for p in trainable if p.ndim < 2]  # biases, norms, learned tokens
