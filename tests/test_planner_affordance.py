@@ -379,3 +379,34 @@ def test_replace_nats_lets_a_confident_planners_subtask_stand_and_still_guards_d
     assert planner({BLUE: 0.3, RED: 0.0, GREEN: 0.0}, ending, ending).plan(OBS, "stack", []).subtask == BLUE
     only_done = [(reply_text(DONE), -0.1)]
     assert planner({BLUE: 0.0, RED: 0.0, GREEN: 0.3}, only_done, only_done).plan(OBS, "stack", []).subtask == GREEN
+
+
+def test_a_subtask_the_check_still_sees_to_do_after_a_release_is_tried_again_up_to_retry_limit():
+    def at(gripper):
+        return OBS.model_copy(update={"state": np.array([0.1, 0.0, 0.2, gripper], np.float32)})
+
+    hold = {"keep_while_holding": True}
+    blue_first = ranked(PlanStep(subtask=BLUE), PlanStep(subtask=RED))
+    planner = VLMPlanner(CandidatesBackend(*[blue_first] * 8), vocabulary=[RED, BLUE], prompt={"gripper_index": -1},
+                         replan=hold, affordance={"candidates": 4, "retry_min": 0.7, "retry_limit": 2})
+    planner.use_affordance(scorer({RED: 0.9, BLUE: 0.9}))
+    planner.resume(RED)
+    # grip, let go: RED is tried again though the planner moves on; after the second release it moves on
+    got = [planner.plan(at(g), "stack", []) for g in (1.0, 0.0, 1.0, 0.0, 1.0, 0.0)]
+    assert [s.subtask for s in got] == [RED, RED, RED, RED, RED, BLUE]
+    assert "tried again" in got[1].reason and "after 1 release" in got[1].reason
+    # a check below retry_min leaves the planner's reply
+    planner.resume(RED)
+    planner.use_affordance(scorer({RED: 0.5, BLUE: 0.9}))
+    assert [planner.plan(at(g), "stack", []).subtask for g in (1.0, 0.0)] == [RED, BLUE]
+    # before any release nothing is retried, and "done" after one is refused for the subtask too
+    planner = VLMPlanner(CandidatesBackend(*[ranked(DONE)] * 3), vocabulary=[RED, BLUE],
+                         prompt={"gripper_index": -1}, replan=hold, affordance={"candidates": 4, "retry_min": 0.7})
+    planner.use_affordance(scorer({RED: 0.9, BLUE: 0.0}))
+    planner.resume(RED)
+    assert planner.plan(at(0.0), "stack", []).done
+    planner.resume(RED)
+    assert [planner.plan(at(g), "stack", []).done for g in (1.0, 0.0)] == [False, False]
+    with pytest.raises(ValueError, match="retry_min"):
+        VLMPlanner(CandidatesBackend(), vocabulary=[RED], prompt={"gripper_index": -1},
+                   affordance={"candidates": 1, "retry_min": 0.7})

@@ -64,6 +64,15 @@ class AffordanceCheck(BaseModel):
                                     "after which the subtask under way is no candidate any more and the best "
                                     "new one is taken (needs the prompt's gripper_index; None: never)")
 
+    # Traced on the tabletop's `stack` (hierarchical agent): after a placement that did not stay up the planner
+    # most often carries on as if the tower stood; the executor's check still sees the block to be put there.
+    retry_min: float | None = Field(None, ge=0, le=1, description="once the gripper has let go since the subtask "
+                                    "under way began, that subtask is kept (tried again) while the check scores it "
+                                    "at least this much, whatever the planner replies (needs the prompt's "
+                                    "gripper_index; None: the planner decides)")
+    retry_limit: int = Field(2, ge=1, description="releases under one subtask after which retry_min no longer "
+                             "keeps it")
+
     @property
     def done_score(self) -> float:
         """The score no checked subtask may reach for "done" to be taken."""

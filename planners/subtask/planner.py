@@ -54,6 +54,8 @@ class VLMPlanner:
             AffordanceCheck.model_validate(dict(affordance or {}))
         if self.affordance.candidates > 1 and not callable(getattr(backend, "candidates", None)):
             raise ValueError(f"affordance.candidates: {type(backend).__name__} cannot return candidate replies")
+        if self.affordance.retry_min is not None and self.affordance.candidates < 2:
+            raise ValueError("affordance.retry_min: needs candidates >= 2 (the check is on with them)")
         if self.affordance.stale_after and self.affordance.candidates < 2:
             raise ValueError("affordance.stale_after: needs candidates >= 2 (replies to choose from instead)")
         if self.affordance.widen and not (callable(getattr(backend, "score", None)) and vocabulary):
@@ -69,10 +71,11 @@ class VLMPlanner:
         self.max_attempts, self.retry_backoff_s = int(max_attempts), float(retry_backoff_s)
         self.replan = replan if isinstance(replan, ReplanPolicy) else ReplanPolicy.model_validate(dict(replan or {}))
         replan = self.replan
-        grip_rules = replan.keep_while_holding or replan.keep_while_approaching or self.affordance.stale_after
+        grip_rules = (replan.keep_while_holding or replan.keep_while_approaching or self.affordance.stale_after
+                      or self.affordance.retry_min is not None)
         if grip_rules and self.prompt.gripper_index is None:  # e.g. the tabletop config over a model without one
-            log.warning("planner: replan.keep_while_holding / keep_while_approaching and affordance.stale_after are "
-                        "off: they read the gripper, and the prompt has no gripper_index")
+            log.warning("planner: replan.keep_while_holding / keep_while_approaching and affordance.stale_after / "
+                        "retry_min are off: they read the gripper, and the prompt has no gripper_index")
         self.current: str | None = None
         self.releases, self._closed = 0, False
         self._armed, self._approach_calls = False, 0  # came down from above since the last grip; calls held
@@ -141,7 +144,25 @@ class VLMPlanner:
             if product:  # the reply found so far, with the beam's log-probability of it
                 reply = (step, _log_prob_of(step, steps, log_probs))
             step = self._widened(messages, image, obs, current, step, reply) or step
-        return step
+        return self._retried(step, obs, stale)
+
+    def _retried(self, step: PlanStep, obs: Observation, stale: bool) -> PlanStep:
+        """``step``, or the subtask under way again when the gripper has let go since it began (at most
+        `retry_limit` times) and the check still scores it `retry_min`: the placement did not stay."""
+        check = self.affordance
+        keeps = not step.done and step.subtask == self.current
+        if (check.retry_min is None or keeps or stale or self.current is None or self.prompt.gripper_index is None
+                or not 0 < self.releases <= check.retry_limit):
+            return step
+        try:
+            value = float(np.asarray(self._score(obs, [self.current]), np.float64).reshape(-1)[0])
+        except Exception as err:  # noqa: BLE001 - a failed check leaves the planner's reply as it is
+            log.warning("planner: affordance check of the subtask under way failed: %s", err)
+            return step
+        if not value >= check.retry_min:
+            return step
+        why = f"affordance: {value:.2f} that it can still start after {self.releases} release(s): tried again"
+        return PlanStep(subtask=self.current, reason=why)
 
     def _widened(self, messages: list[dict], image: np.ndarray, obs: Observation, current: str | None,
                  step: PlanStep | None, reply: tuple[PlanStep, float] | None) -> PlanStep | None:
