@@ -410,3 +410,19 @@ def test_a_subtask_the_check_still_sees_to_do_after_a_release_is_tried_again_up_
     with pytest.raises(ValueError, match="retry_min"):
         VLMPlanner(CandidatesBackend(), vocabulary=[RED], prompt={"gripper_index": -1},
                    affordance={"candidates": 1, "retry_min": 0.7})
+
+
+def test_a_failing_check_after_a_release_leaves_the_planners_reply(caplog):
+    def broken(obs, texts):
+        raise RuntimeError("executor gone")
+
+    at = [OBS.model_copy(update={"state": np.array([0.1, 0.0, 0.2, g], np.float32)}) for g in (1.0, 0.0)]
+    planner = VLMPlanner(CandidatesBackend(*[ranked(PlanStep(subtask=BLUE), PlanStep(subtask=RED))] * 2),
+                         vocabulary=[RED, BLUE], prompt={"gripper_index": -1}, replan={"keep_while_holding": True},
+                         affordance={"candidates": 4, "retry_min": 0.7})
+    planner.use_affordance(broken)
+    planner.resume(RED)
+    with caplog.at_level(logging.WARNING):
+        got = [planner.plan(obs, "stack", []).subtask for obs in at]
+    assert got == [RED, BLUE]  # held through the grip, then the planner's own reply: nothing retried on no evidence
+    assert "affordance check failed: executor gone" in caplog.text

@@ -187,12 +187,19 @@ def last_checkpoint(out: Path) -> Path | None:
     return steps[-1] if steps else None
 
 
-def freeze_modules(net: FlowModel, names: list[str]) -> None:
-    """Stop the gradients of ``net``'s top-level modules ``names``, or raise naming the ones it has not."""
+def top_modules(net: FlowModel, names: list[str], setting: str) -> dict[str, torch.nn.Module]:
+    """``net``'s top-level modules by name, or a ValueError naming those of ``names`` it has not (``setting``: the
+    trainer option that asked for them)."""
     modules = dict(net.named_children())
     unknown = [name for name in names if name not in modules]
     if unknown:
-        raise ValueError(f"freeze: {unknown} are not modules of this model; it has {sorted(modules)}")
+        raise ValueError(f"{setting}: {unknown} are not modules of this model; it has {sorted(modules)}")
+    return modules
+
+
+def freeze_modules(net: FlowModel, names: list[str]) -> None:
+    """Stop the gradients of ``net``'s top-level modules ``names``, or raise naming the ones it has not."""
+    modules = top_modules(net, names, "freeze")
     for name in names:
         modules[name].requires_grad_(False)
         log.info("freeze: %s (%d weights) stays as it is", name, sum(p.numel() for p in modules[name].parameters()))
@@ -201,10 +208,7 @@ def freeze_modules(net: FlowModel, names: list[str]) -> None:
 def train_only_modules(net: FlowModel, names: list[str]) -> None:
     """Stop the gradients of every weight of ``net`` but those of its top-level modules ``names`` (the learned
     tokens that are no module's too, e.g. the action positions), or raise naming the ones it has not."""
-    modules = dict(net.named_children())
-    unknown = [name for name in names if name not in modules]
-    if unknown:
-        raise ValueError(f"train_only: {unknown} are not modules of this model; it has {sorted(modules)}")
+    modules = top_modules(net, names, "train_only")
     net.requires_grad_(False)
     for name in names:
         modules[name].requires_grad_(True)

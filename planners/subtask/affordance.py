@@ -137,12 +137,18 @@ def unafforded(step: PlanStep, current: str | None, obs: Observation, score: Aff
         return True
     if step.subtask == current:
         return False
+    value = score_one(score, obs, step.subtask)
+    return value is not None and not value >= min_score
+
+
+def score_one(score: AffordanceFn, obs: Observation, subtask: str) -> float | None:
+    """``score``'s value for one subtask, or None (logged) when the scorer fails: callers then leave the planner's
+    reply as it is."""
     try:
-        value = float(np.asarray(score(obs, [step.subtask]), np.float64).reshape(-1)[0])
+        return float(np.asarray(score(obs, [subtask]), np.float64).reshape(-1)[0])
     except Exception as err:  # noqa: BLE001
         log.warning("planner: affordance check failed: %s", err)
-        return False
-    return not value >= min_score
+        return None
 
 
 def _weigh(log_prob: float, affordance: float, weight: float) -> float:

@@ -10,7 +10,15 @@ from typing import Protocol
 import numpy as np
 
 from hybrid.types import Observation, PlanStep, Subtask
-from planners.subtask.affordance import AffordanceCheck, AffordanceFn, choose, distinct, unafforded, widened
+from planners.subtask.affordance import (
+    AffordanceCheck,
+    AffordanceFn,
+    choose,
+    distinct,
+    score_one,
+    unafforded,
+    widened,
+)
 from planners.subtask.prompting import PromptConfig, build_messages, planner_image
 from planners.subtask.replan import ReplanPolicy
 from planners.subtask.reply import BadReply, PlannerFault, make_vocabulary, parse_reply, reply_text
@@ -154,12 +162,8 @@ class VLMPlanner:
         if (check.retry_min is None or keeps or stale or self.current is None or self.prompt.gripper_index is None
                 or not 0 < self.releases <= check.retry_limit):
             return step
-        try:
-            value = float(np.asarray(self._score(obs, [self.current]), np.float64).reshape(-1)[0])
-        except Exception as err:  # noqa: BLE001 - a failed check leaves the planner's reply as it is
-            log.warning("planner: affordance check of the subtask under way failed: %s", err)
-            return step
-        if not value >= check.retry_min:
+        value = score_one(self._score, obs, self.current)
+        if value is None or not value >= check.retry_min:
             return step
         why = f"affordance: {value:.2f} that it can still start after {self.releases} release(s): tried again"
         return PlanStep(subtask=self.current, reason=why)
