@@ -629,6 +629,23 @@ def test_pick_persistence_holds_the_pick_on_the_block_chosen_before():
     assert torch.allclose(pick(torch.full((1, 2), float("nan")), 0.5), fresh)  # no pick chosen before
 
 
+def test_place_persistence_holds_the_place_map_on_the_place_chosen_before():
+    from executors.flow.waypoint_heads import HeatmapWaypointHead
+
+    head = HeatmapWaypointHead(text_dim=8, channels=8, table_homography=TOP_DOWN)
+    logits = torch.zeros(1, 2, 16)
+    logits[0, 0, 6] = 5.0
+    logits[0, 1, 0], logits[0, 1, 15] = 4.8, 5.0  # the held block hides the lower one: a bowl of its colour wins now
+    a, b = (head._cell_centres((4, 4))[i] for i in (0, 15))
+    fresh = head.peak(logits, (4, 4))[0]
+    held = head.peak(logits, (4, 4), place_prior=a[None], place_bonus=1.0)[0]
+    assert torch.linalg.norm(fresh[1] - b) < 0.1 and torch.linalg.norm(held[1] - a) < 0.1
+    assert torch.equal(held[0], fresh[0])  # the pick map is left as it is
+    assert torch.allclose(head.peak(logits, (4, 4), place_prior=a[None], place_bonus=0.1)[0], fresh)  # below the gap
+    assert torch.allclose(head.peak(logits, (4, 4), place_prior=torch.full((1, 2), float("nan")), place_bonus=1.0)[0],
+                          fresh)
+
+
 def test_place_inhibition_keeps_the_pick_off_blocks_placed_before():
     from executors.flow.waypoint_heads import HeatmapWaypointHead
 
@@ -654,9 +671,9 @@ def test_place_inhibition_remembers_releases_of_earlier_subtasks_only():
     seen = []
     peak = model.waypoint_head.peak
 
-    def spy(logits, size, prior=None, prior_bonus=0.0, avoid=None, avoid_penalty=0.0, heights=None):
+    def spy(logits, size, prior=None, prior_bonus=0.0, avoid=None, avoid_penalty=0.0, *rest):
         seen.append(avoid[0].tolist())
-        return peak(logits, size, prior, prior_bonus, avoid, avoid_penalty, heights)
+        return peak(logits, size, prior, prior_bonus, avoid, avoid_penalty, *rest)
 
     model.waypoint_head.peak = spy
     obs = observation()
@@ -716,6 +733,35 @@ def test_place_lock_steers_to_the_place_seen_from_afar_until_the_gripper_lets_go
         FlowExecutor(tiny_model(), place_lock_distance=-0.1)
 
 
+def test_place_persistence_holds_the_place_seen_before_until_the_subtask_changes_or_the_gripper_lets_go():
+    model = tiny_model(vision_stem="conv", keypoints=4, waypoint_loss=1.0, waypoint_head="heatmap",
+                       table_homography=TOP_DOWN, waypoint_target=True)
+    executor = FlowExecutor(model, place_persistence=2.0)
+    places = iter([0.5, 0.5, 0.3, 0.3, 0.3, 0.3])  # the place map's peak (x) at each chunk
+    priors = []
+
+    def peak(logits, size, prior, prior_bonus, avoid, avoid_penalty, heights, place_prior, place_bonus):
+        priors.append(None if not torch.isfinite(place_prior).all() else round(float(place_prior[0, 0]), 3))
+        assert place_bonus == 2.0
+        return torch.tensor([[[0.0, 0.0], [next(places), 0.2]]]).expand(len(logits), -1, -1)
+
+    model.waypoint_head.peak = peak
+    obs = observation()
+
+    def at(x, gripper):
+        return Observation(images=obs.images, state=np.array([x, 0.2, 0.1, gripper], np.float32))
+
+    other = Subtask(text="pick up the blue block", index=1)
+    for state, subtask in ((at(0.0, 1.0), SUBTASK), (at(0.1, 1.0), SUBTASK), (at(0.1, 1.0), other),
+                           (at(0.1, 0.0), other), (at(0.1, 1.0), other), (at(0.1, 1.0), other)):
+        executor.act(state, subtask)
+    # held: the place chosen at the chunk before is the prior; forgotten on a new subtask, with the gripper open, and
+    # picked up again with what the map finds once held
+    assert priors == [None, 0.5, None, None, None, 0.3]
+    with pytest.raises(ValueError, match="place_persistence"):
+        FlowExecutor(tiny_model(), place_persistence=-1.0)
+
+
 def test_pick_persistence_lasts_until_the_subtask_changes_or_the_gripper_lets_go():
     model = tiny_model(vision_stem="conv", keypoints=4, waypoint_loss=1.0, waypoint_head="heatmap",
                        table_homography=TOP_DOWN, waypoint_target=True)
@@ -725,9 +771,9 @@ def test_pick_persistence_lasts_until_the_subtask_changes_or_the_gripper_lets_go
     priors = []
     peak = model.waypoint_head.peak
 
-    def spy(logits, size, prior=None, prior_bonus=0.0, avoid=None, avoid_penalty=0.0, heights=None):
+    def spy(logits, size, prior=None, prior_bonus=0.0, *rest):
         priors.append(prior is not None and bool(torch.isfinite(prior).all()))
-        return peak(logits, size, prior, prior_bonus, avoid, avoid_penalty, heights)
+        return peak(logits, size, prior, prior_bonus, *rest)
 
     model.waypoint_head.peak = spy
     obs = observation()

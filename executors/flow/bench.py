@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--no-subgoal", action="store_true", help="act language-only")
     # The run-time settings of configs/executor/flow_tabletop.yaml (default: the checkpoint's, usually off).
-    for flag in ("pick-persistence", "place-inhibition", "place-lock-distance"):
+    for flag in ("pick-persistence", "place-inhibition", "place-lock-distance", "place-persistence"):
         parser.add_argument(f"--{flag}", type=float, default=None, help=f"FlowConfig.{flag.replace('-', '_')}")
     parser.add_argument("--in-hand", default=None, help="an in-hand model directory (executors/flow/in_hand.py): "
                         "chunks are timed with a block held, the wrist camera read each chunk")
@@ -158,7 +158,7 @@ def run(args) -> dict:
     cuda = args.device.startswith("cuda")
     dtype = args.dtype or ("bfloat16" if cuda else "float32")
     settings = {name: getattr(args, name, None) for name in ("pick_persistence", "place_inhibition",
-                                                              "place_lock_distance")}
+                                                              "place_lock_distance", "place_persistence")}
     in_hand = getattr(args, "in_hand", None)
     if args.checkpoint:
         executor = FlowExecutor.from_pretrained(args.checkpoint, device=args.device, dtype=dtype, in_hand=in_hand,

@@ -66,6 +66,8 @@ class FlowConfig:
     pick_persistence: float = 0.0  # logits; at run time the pick map's cells near the pick chosen for the chunk
     #   before get this much more, until the subtask changes or the gripper lets go (0: every chunk chooses afresh;
     #   no effect without a heatmap head and `waypoint_target`, which steer the expert to the pick)
+    place_persistence: float = 0.0  # logits; at run time, while the gripper holds, the place map's cells near the
+    #   place chosen from afar for this subtask get this much more (0: every chunk chooses afresh)
     place_inhibition: float = 0.0  # logits; at run time the pick map's cells near where the gripper let go under an
     #   earlier subtask get this much less (inhibition of return: what an earlier subtask placed is not to be picked
     #   again; a release under the subtask still under way is a miss to retry, not inhibited)
@@ -135,6 +137,7 @@ class FlowConfig:
             "affordance_head": not self.affordance_head or (self.waypoint_loss > 0 and self.waypoint_head == "heatmap"),
             "waypoint_teacher_forcing": 0.0 <= self.waypoint_teacher_forcing <= 1.0,
             "pick_persistence": self.pick_persistence >= 0,
+            "place_persistence": self.place_persistence >= 0,
             "place_inhibition": self.place_inhibition >= 0,
             "place_lock_distance": self.place_lock_distance >= 0,
             "gripper_index": -self.state_dim <= self.gripper_index < self.state_dim,

@@ -208,7 +208,8 @@ class FlowModel(nn.Module):
         if self.training:
             return self.waypoint_head.peak(logits, size, heights=heights).flatten(1)
         peaks = self.waypoint_head.peak(logits, size, batch.get("pick_prior"), self.cfg.pick_persistence,
-                                        batch.get("pick_avoid"), self.cfg.place_inhibition, heights)
+                                        batch.get("pick_avoid"), self.cfg.place_inhibition, heights,
+                                        batch.get("place_prior"), self.cfg.place_persistence)
         locked = batch.get("place_lock")  # (B, 2), NaN rows: none
         if locked is not None:
             peaks[:, 1] = torch.where(torch.isfinite(locked), locked.to(peaks.dtype), peaks[:, 1])
@@ -437,10 +438,11 @@ class FlowExecutor:
                  pick_persistence: float | None = None, place_inhibition: float | None = None,
                  place_lock_distance: float | None = None, affordance_inhibition: bool = True,
                  transit: dict | None = None, in_hand: str | Path | None = None, support_snap: float = 0.04,
-                 align: dict | None = None, offset_over_support_only: bool = True):
+                 align: dict | None = None, offset_over_support_only: bool = True,
+                 place_persistence: float | None = None):
         """``affordance``: `AffordanceConfig` fields, how `affordance` turns the waypoint maps into scores.
-        ``pick_persistence``, ``place_inhibition``, ``place_lock_distance``: override the checkpoint's `FlowConfig`
-        fields of those names (run-time settings). ``affordance_inhibition``: `affordance` reads the pick map as
+        ``pick_persistence``, ``place_inhibition``, ``place_lock_distance``, ``place_persistence``: override the
+        checkpoint's `FlowConfig` fields of those names (run-time settings). ``affordance_inhibition``: `affordance` reads the pick map as
         `act` would under each subtask, less `place_inhibition` near what other subtasks placed. ``transit``:
         `TransitConfig` fields, the height a held block is carried at away from its place (None: as learned).
         ``in_hand``: an `InHandOffset` directory; while the gripper holds, the cup is steered to the place minus the
@@ -471,7 +473,7 @@ class FlowExecutor:
         self.model.normalizer.float()  # statistics stay float32 whatever the compute dtype
         self.cfg = model.cfg
         for name, value in (("pick_persistence", pick_persistence), ("place_inhibition", place_inhibition),
-                            ("place_lock_distance", place_lock_distance)):
+                            ("place_lock_distance", place_lock_distance), ("place_persistence", place_persistence)):
             if value is not None:
                 FlowConfig(**{**self.cfg.to_dict(), name: value})  # validates it
                 setattr(self.cfg, name, float(value))
@@ -490,11 +492,12 @@ class FlowExecutor:
                         place_lock_distance: float | None = None, affordance_inhibition: bool = True,
                         transit: dict | None = None, in_hand: str | None = None,
                         support_snap: float = 0.04, align: dict | None = None,
-                        offset_over_support_only: bool = True) -> FlowExecutor:
+                        offset_over_support_only: bool = True,
+                        place_persistence: float | None = None) -> FlowExecutor:
         model = FlowModel.from_pretrained(path)
         return cls(model, load_tokenizer(model.cfg, path), device, flow_steps, dtype, seed, cuda_graph, noise_scale,
                    affordance, pick_persistence, place_inhibition, place_lock_distance, affordance_inhibition, transit,
-                   in_hand, support_snap, align, offset_over_support_only)
+                   in_hand, support_snap, align, offset_over_support_only, place_persistence)
 
     def save_pretrained(self, directory: str | Path) -> None:
         self.model.save_pretrained(directory)
@@ -569,7 +572,7 @@ class FlowExecutor:
     def _remember_place(self, state: torch.Tensor, subtask: Subtask | None, place: torch.Tensor) -> None:
         """Keep the place steered to as the one to lock on, if it was seen from beyond the lock's distance."""
         far = torch.linalg.norm(state[:, :2].float() - place) >= self.cfg.place_lock_distance
-        if self._held and self.cfg.place_lock_distance > 0 and bool(far):
+        if self._held and (self.cfg.place_lock_distance > 0 or self.cfg.place_persistence > 0) and bool(far):
             self._place = (_text(subtask), place)
 
     # Real-time chunking: the async runtime passes the actions already committed as ``prefix``.
@@ -583,10 +586,11 @@ class FlowExecutor:
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         context, place, snapped = None, None, False
         remembers = (cfg.pick_persistence > 0 or cfg.place_inhibition > 0 or cfg.place_lock_distance > 0
-                     or self.in_hand is not None or self.transit is not None)
+                     or cfg.place_persistence > 0 or self.in_hand is not None or self.transit is not None)
         if remembers and cfg.waypoint_target:
             batch["pick_prior"], batch["pick_avoid"] = self._pick_memory(batch["state"], subtask)
             batch["place_lock"] = self._place_lock(batch["state"], subtask)
+            batch["place_prior"] = self._place[1] if self._place is not None else self._nowhere()
             reading, shift = self._wrist(obs, batch["state"]), None
             if reading is not None:
                 support = self._support_place(batch["state"], subtask, reading)

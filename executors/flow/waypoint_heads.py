@@ -118,7 +118,8 @@ class HeatmapWaypointHead(nn.Module):
 
     def peak(self, logits: torch.Tensor, size: tuple[int, int], prior: torch.Tensor | None = None,
              prior_bonus: float = 0.0, avoid: torch.Tensor | None = None, avoid_penalty: float = 0.0,
-             heights: torch.Tensor | None = None) -> torch.Tensor:
+             heights: torch.Tensor | None = None, place_prior: torch.Tensor | None = None,
+             place_bonus: float = 0.0) -> torch.Tensor:
         """Table xy ``(N, 2, 2)`` of each map's strongest mode: the soft-argmax of its 3x3 cells around the
         argmax. The soft-argmax of a whole map lands between two candidate blocks when it is unsure, a place
         where there is nothing to pick. ``prior`` ``(N, 2)`` (NaN rows: none): the pick chosen before, whose
@@ -126,13 +127,16 @@ class HeatmapWaypointHead(nn.Module):
         alike, and a pick that flips between them with each view steers the robot back and forth between the
         two (hysteresis, as a tracker keeps its target). ``avoid`` ``(N, K, 2)`` (NaN: none): points whose cells
         within `PRIOR_RADIUS` get ``avoid_penalty`` fewer logits on the pick map (blocks placed already).
-        ``heights``: the place's height (`forward`), where its ray is read."""
+        ``heights``: the place's height (`forward`), where its ray is read. ``place_prior`` ``(N, 2)`` (NaN rows:
+        none) and ``place_bonus``: the same hysteresis on the place map, for the place chosen before."""
         h, w = size
         logits = self.inhibit(logits.float(), size, avoid, avoid_penalty)
-        pick = logits[:, 0]
+        pick, place = logits[:, 0], logits[:, 1]
         if prior is not None and prior_bonus > 0:
             pick = pick + prior_bonus * self._near(size, prior.float()[:, None])
-        uv = self._local_uv(torch.stack([pick, logits[:, 1]], dim=1), h, w)
+        if place_prior is not None and place_bonus > 0:
+            place = place + place_bonus * self._near(size, place_prior.float()[:, None])
+        uv = self._local_uv(torch.stack([pick, place], dim=1), h, w)
         return self.to_table(uv, heights)
 
     def inhibit(self, logits: torch.Tensor, size: tuple[int, int], avoid: torch.Tensor | None,
