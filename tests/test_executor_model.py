@@ -861,6 +861,22 @@ def test_a_place_with_its_height_is_read_where_its_camera_ray_meets_that_height(
     assert head.loss(logits.detach(), xy, torch.tensor([[False, True]] * 2), (h, w), none).item() == 0.0
 
 
+def test_place_persistence_finds_a_place_in_space_where_the_map_sees_it():
+    from executors.flow.waypoint_heads import HeatmapWaypointHead
+
+    head = HeatmapWaypointHead(text_dim=8, channels=4, table_homography=side_homography(),
+                               camera_projection=SIDE_CAMERA)
+    size, heights = (16, 16), torch.tensor([0.14])  # the top of a three-block tower
+    logits = torch.zeros(1, 2, 256)
+    logits[0, 1, 5 * 16 + 4], logits[0, 1, 10 * 16 + 11] = 5.0, 4.8  # A; B, the tower, a little weaker
+    fresh = head.peak(logits, size, heights=heights)[0, 1]
+    uv_b = head._local_uv(logits[:, 1:] * torch.arange(256).eq(10 * 16 + 11), 16, 16)
+    b = head.to_table(torch.cat([uv_b, uv_b], 1), heights)[0, 1]  # B as the executor remembers it: in space
+    assert (fresh - b).norm() > 0.05
+    held = head.peak(logits, size, heights=heights, place_prior=b[None], place_bonus=1.0)[0, 1]
+    torch.testing.assert_close(held, b, atol=1e-4, rtol=0)  # read on the plane, B itself would be 5 cm off
+
+
 def test_an_executor_with_place_heights_learns_them_and_checks_its_calibration():
     model = tiny_model(vision_stem="conv", keypoints=4, waypoint_loss=1.0, waypoint_head="heatmap",
                        table_homography=side_homography(), waypoint_place_height=True,

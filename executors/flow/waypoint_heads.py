@@ -135,9 +135,18 @@ class HeatmapWaypointHead(nn.Module):
         if prior is not None and prior_bonus > 0:
             pick = pick + prior_bonus * self._near(size, prior.float()[:, None])
         if place_prior is not None and place_bonus > 0:
-            place = place + place_bonus * self._near(size, place_prior.float()[:, None])
+            seen = place_prior.float()
+            if heights is not None and self.place_height is not None:  # a place in space: where the map's plane sees it
+                seen = self._on_plane(seen, heights)
+            place = place + place_bonus * self._near(size, seen[:, None])
         uv = self._local_uv(torch.stack([pick, place], dim=1), h, w)
         return self.to_table(uv, heights)
+
+    def _on_plane(self, xy: torch.Tensor, heights: torch.Tensor) -> torch.Tensor:
+        """Table xy ``(N, 2)`` at ``heights`` ``(N,)`` -> where the camera ray through it meets the homography's plane
+        (the cells a map reads it on)."""
+        point = torch.cat([xy, heights.float()[:, None], torch.ones_like(xy[:, :1])], -1) @ self.projection.T
+        return apply_homography(self.image_to_table, point[:, :2] / point[:, 2:])
 
     def inhibit(self, logits: torch.Tensor, size: tuple[int, int], avoid: torch.Tensor | None,
                 penalty: float) -> torch.Tensor:
