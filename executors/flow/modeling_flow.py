@@ -442,9 +442,10 @@ class FlowExecutor:
                  place_persistence: float | None = None):
         """``affordance``: `AffordanceConfig` fields, how `affordance` turns the waypoint maps into scores.
         ``pick_persistence``, ``place_inhibition``, ``place_lock_distance``, ``place_persistence``: override the
-        checkpoint's `FlowConfig` fields of those names (run-time settings). ``affordance_inhibition``: `affordance` reads the pick map as
-        `act` would under each subtask, less `place_inhibition` near what other subtasks placed. ``transit``:
-        `TransitConfig` fields, the height a held block is carried at away from its place (None: as learned).
+        checkpoint's `FlowConfig` fields of those names (run-time settings). ``affordance_inhibition``: `affordance`
+        reads the pick map as `act` would under each subtask, less `place_inhibition` near what other subtasks placed.
+        ``transit``: `TransitConfig` fields, the height a held block is carried at away from its place (None: as
+        learned).
         ``in_hand``: an `InHandOffset` directory; while the gripper holds, the cup is steered to the place minus the
         held block's offset from it, read off that model's camera (None: to the place). ``support_snap``: with an
         ``in_hand`` model that finds supports (`InHandConfig.support`), a support it sees within this distance (m) of
