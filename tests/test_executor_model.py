@@ -39,6 +39,11 @@ def observation(seed: int = 0, size: int = 24, **kw) -> Observation:
     return fake_observation(cameras=("front", "wrist"), size=size, seed=seed, **kw)
 
 
+def at(x: float, gripper: float) -> Observation:
+    """`observation`'s images with the effector at (x, 0.2, 0.1) and the gripper command ``gripper``."""
+    return Observation(images=observation().images, state=np.array([x, 0.2, 0.1, gripper], np.float32))
+
+
 def subgoal_for(obs: Observation, seed: int = 5) -> Subgoal:
     rng = np.random.default_rng(seed)
     return Subgoal(images={"front": rng.integers(0, 256, obs.images["front"].shape, dtype=np.uint8)},
@@ -676,19 +681,15 @@ def test_place_inhibition_remembers_releases_of_earlier_subtasks_only():
         return peak(logits, size, prior, prior_bonus, avoid, avoid_penalty, *rest)
 
     model.waypoint_head.peak = spy
-    obs = observation()
-
-    def state(x, gripper):
-        return Observation(images=obs.images, state=np.array([x, 0.2, 0.1, gripper], np.float32))
 
     other = Subtask(text="pick up the blue block", index=1)
-    steps = ((state(0.0, 0.0), SUBTASK), (state(0.1, 1.0), SUBTASK), (state(0.3, 0.0), SUBTASK),  # a miss: retried
-             (state(0.3, 1.0), SUBTASK), (state(0.5, 0.0), other), (state(0.6, 1.0), other),
-             (state(0.7, 0.0), SUBTASK))
+    steps = ((at(0.0, 0.0), SUBTASK), (at(0.1, 1.0), SUBTASK), (at(0.3, 0.0), SUBTASK),  # a miss: retried
+             (at(0.3, 1.0), SUBTASK), (at(0.5, 0.0), other), (at(0.6, 1.0), other),
+             (at(0.7, 0.0), SUBTASK))
     for observed, subtask in steps:
         executor.act(observed, subtask)
     executor.reset()
-    executor.act(state(0.5, 0.0), other)
+    executor.act(at(0.5, 0.0), other)
     near = [[pytest.approx(x), pytest.approx(0.2)] for x in (0.3, 0.5, 0.7)]
     # the retry does not avoid its own miss; the next subtask avoids both releases of the one before (seen where
     # the effector is at the first chunk after each), the first subtask, taken up again, only what the other one
@@ -717,10 +718,6 @@ def test_place_lock_steers_to_the_place_seen_from_afar_until_the_gripper_lets_go
         return out
 
     model.encode_steering = spy
-    obs = observation()
-
-    def at(x, gripper):
-        return Observation(images=obs.images, state=np.array([x, 0.2, 0.1, gripper], np.float32))
 
     other = Subtask(text="pick up the blue block", index=1)
     for state, subtask in ((at(0.0, 1.0), SUBTASK), (at(0.3, 1.0), SUBTASK), (at(0.45, 1.0), SUBTASK),
@@ -746,10 +743,6 @@ def test_place_persistence_holds_the_place_seen_before_until_the_subtask_changes
         return torch.tensor([[[0.0, 0.0], [next(places), 0.2]]]).expand(len(logits), -1, -1)
 
     model.waypoint_head.peak = peak
-    obs = observation()
-
-    def at(x, gripper):
-        return Observation(images=obs.images, state=np.array([x, 0.2, 0.1, gripper], np.float32))
 
     other = Subtask(text="pick up the blue block", index=1)
     for state, subtask in ((at(0.0, 1.0), SUBTASK), (at(0.1, 1.0), SUBTASK), (at(0.1, 1.0), other),
@@ -800,14 +793,11 @@ def test_the_affordance_check_reads_the_pick_map_as_act_would_under_each_subtask
     executor = FlowExecutor(model, place_inhibition=3.0, affordance={"contrast_at": 0.0, "reach_at": 0.0})
     obs = observation()
 
-    def state(x, gripper):
-        return Observation(images=obs.images, state=np.array([x, 0.2, 0.1, gripper], np.float32))
-
     other = "pick up the blue block"
     texts = [SUBTASK.text, other]
     before = executor.affordance(obs, texts)
     for x, gripper in ((0.0, 0.0), (0.1, 1.0), (0.3, 0.0)):  # one release under SUBTASK, at x = 0.3
-        executor.act(state(x, gripper), SUBTASK)
+        executor.act(at(x, gripper), SUBTASK)
     seen = []
     inhibit = model.waypoint_head.inhibit
 
