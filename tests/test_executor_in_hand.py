@@ -38,7 +38,7 @@ def test_a_view_poses_the_held_block_and_the_support_where_their_labels_say():
         home = scene.data.qpos.copy()
         for _ in range(8):
             scene.data.qpos[:] = home
-            held, support, present = compose_view(scene, rng, support=1.0)
+            held, support, present, _ = compose_view(scene, rng, support=1.0)
             cup = scene.effector
             blocks = scene.data.xpos[scene.block_body[: scene.n_blocks()]]
             hanging = np.isclose(blocks[:, 2], cup[2] - BLOCK_HALF)
@@ -50,7 +50,7 @@ def test_a_view_poses_the_held_block_and_the_support_where_their_labels_say():
             # under the cup only the held block and the tower (its lower blocks within a few mm of the top's xy)
             assert all(hanging[i] or blocks[i, 2] < blocks[top[0], 2] + 1e-6 for i in np.flatnonzero(others))
             scene.data.qpos[:] = home
-            held, support, present = compose_view(scene, rng, support=0.0)
+            held, support, present, _ = compose_view(scene, rng, support=0.0)
             assert not present and not support.any()
     finally:
         env.close()
@@ -78,6 +78,27 @@ def test_the_estimator_round_trips_and_rejects_bad_images(tmp_path):
         InHandConfig(image_size=8, widths=[8, 8, 8, 8])
 
 
+def test_a_crop_reads_only_its_part_of_the_image(tmp_path):
+    cfg = InHandConfig(image_size=32, widths=[8, 8], hidden=16, crop=[0.5, 1.0, 0.25, 0.75], colours=["red", "blue"])
+    assert cfg.box() == (16, 32, 8, 24)
+    torch.manual_seed(0)
+    model = InHandOffset(cfg).eval()
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    elsewhere = image.copy()
+    elsewhere[:16] = 0  # above the crop
+    elsewhere[:, :8] = 255  # left of it
+    same, other = model.read(image), model.read(elsewhere)
+    assert np.array_equal(same.held, other.held) and same.colours == other.colours
+    inside = image.copy()
+    inside[20:28, 10:20] = 0
+    assert model.read(image).colours != model.read(inside).colours
+    model.save_pretrained(tmp_path / "cropped")
+    assert InHandOffset.from_pretrained(tmp_path / "cropped").cfg == cfg
+    for crop in ([0.5, 0.4, 0.0, 1.0], [0.0, 1.0, 0.0, 1.5], [0.9, 1.0, 0.0, 1.0]):  # empty, outside, too small
+        with pytest.raises(ValueError, match="InHandConfig"):
+            InHandConfig(image_size=32, widths=[8, 8], crop=crop)
+
+
 def test_train_in_hand_writes_the_model_and_its_held_out_error(tmp_path):
     metrics = train_in_hand(str(tmp_path / "run"), samples=24, val_samples=8, steps=3, batch_size=4, image_size=32)
     assert set(metrics) >= {"val_error_cm_p50", "val_error_cm_p90", "val_offset_cm_p50"}
@@ -89,6 +110,12 @@ def test_train_in_hand_writes_the_model_and_its_held_out_error(tmp_path):
     model = InHandOffset.from_pretrained(tmp_path / "both")
     reading = model.read(np.zeros((32, 32, 3), np.uint8))
     assert model.cfg.support and reading.support.shape == (2,) and 0.0 < reading.support_prob < 1.0
+    metrics = train_in_hand(str(tmp_path / "colour"), samples=24, val_samples=8, steps=3, batch_size=4, image_size=32,
+                            colour=True, crop=[0.5, 1.0, 0.0, 1.0])
+    assert 0.0 <= metrics["colour_accuracy"] <= 1.0 and "colour_true_prob_below_0.1" in metrics
+    model = InHandOffset.from_pretrained(tmp_path / "colour")
+    assert model.cfg.crop == [0.5, 1.0, 0.0, 1.0] and len(model.cfg.colours) == 6
+    assert np.isclose(sum(model.read(np.zeros((32, 32, 3), np.uint8)).colours.values()), 1.0)
 
 
 def spy_on_place(model) -> list:

@@ -30,8 +30,8 @@ def tiny_model(seed: int = 0, **overrides) -> FlowModel:
         for block in [*model.blocks, model.head]:
             block.adaln[1].weight.normal_(0, 0.1)
         model.head.out.weight.normal_(0, 0.5)
-        model.normalizer.action_mean.copy_(torch.tensor([0.5, -1.0, 2.0]))
-        model.normalizer.action_std.copy_(torch.tensor([2.0, 0.5, 1.0]))
+        model.normalizer.action_mean[:3].copy_(torch.tensor([0.5, -1.0, 2.0]))
+        model.normalizer.action_std[:3].copy_(torch.tensor([2.0, 0.5, 1.0]))
     return model
 
 

@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{flag}", type=float, default=None, help=f"FlowConfig.{flag.replace('-', '_')}")
     parser.add_argument("--in-hand", default=None, help="an in-hand model directory (executors/flow/in_hand.py): "
                         "chunks are timed with a block held, the wrist camera read each chunk")
+    parser.add_argument("--grasp-check", type=float, default=None, metavar="MIN_PROB",
+                        help="with an --in-hand model with colours: the grasp check at this min_prob "
+                             "(executors/flow/grasp_check.py), read every chunk")
     parser.add_argument("--eager", action="store_true", help="on CUDA, do not replay the chunk as a CUDA graph")
     parser.add_argument("--json", action="store_true", help="only the final JSON line on stdout")
     args = parser.parse_args(argv)
@@ -159,13 +162,15 @@ def run(args) -> dict:
     dtype = args.dtype or ("bfloat16" if cuda else "float32")
     settings = {name: getattr(args, name, None) for name in ("pick_persistence", "place_inhibition",
                                                               "place_lock_distance", "place_persistence")}
-    in_hand = getattr(args, "in_hand", None)
+    in_hand, min_prob = getattr(args, "in_hand", None), getattr(args, "grasp_check", None)
+    # what it costs does not depend on the rise: reading from any height, it is checked every chunk
+    check = None if min_prob is None else {"min_prob": min_prob, "min_height": 0.0, "rise": 0.08, "step": 0.02}
     if args.checkpoint:
         executor = FlowExecutor.from_pretrained(args.checkpoint, device=args.device, dtype=dtype, in_hand=in_hand,
-                                                **settings)
+                                                grasp_check=check, **settings)
     else:
         executor = FlowExecutor(FlowModel(load_model_config(args.config)), device=args.device, dtype=dtype,
-                                in_hand=in_hand, **settings)
+                                in_hand=in_hand, grasp_check=check, **settings)
     cfg = executor.cfg
     steps = args.steps or cfg.flow_steps
     obs, subtask, subgoal = inputs(cfg)
@@ -186,7 +191,7 @@ def run(args) -> dict:
         state[cfg.gripper_index] = 1.0
         obs = obs.model_copy(update={"state": state})
         image = obs.images[executor.in_hand.cfg.camera]
-        result["in_hand"] = in_hand
+        result["in_hand"], result["grasp_check"] = in_hand, min_prob
         result["in_hand_ms_p50"] = round(float(np.percentile(
             timed(lambda: executor.in_hand.read(image), args.iters, args.warmup, cuda), 50)), 2)
     eager_ms = latency(steps)

@@ -13,6 +13,9 @@ goes on, and how far its centre is from the cup's: the place map reads it off th
 oracle `stack`), the wrist camera sees it from above the held block. With the true support and offset instead of
 the maps' place, the oracle agent stacked 0.69 of 100 held-out episodes against 0.27 (transit height on in both).
 
+With ``colours`` it also names the held block's colour: a grasp check (`executors/flow/grasp_check.py`) lets go of a
+block of another colour than the subtask asks for.
+
 A small CNN on the wrist image, trained on rendered views with known offsets (`hybrid.envs.tabletop.in_hand`):
 `hybrid train executor=in_hand out=DIR`.
 """
@@ -46,11 +49,23 @@ class InHandConfig:
     hidden: int = 128
     convs_per_stage: int = 1  # 3x3 convolutions at each resolution (the first of them strided)
     support: bool = False  # also the support under the held block: its offset from the cup, and whether there is one
+    colours: list[str] = field(default_factory=list)  # also the held block's colour, one of these names (none: not)
+    # (top, bottom, left, right), fractions of the resized image: the part the network reads (None: all of it). The
+    # held block shows around the cup at the bottom; the rest of the scene lets a colour be guessed by elimination
+    # (the one block of the scene not in view), which fails where the block hides behind the cup.
+    crop: list[float] | None = None
 
     def __post_init__(self):
-        if (self.image_size < 2 ** len(self.widths) or not self.widths or min(self.widths) < 8 or self.hidden < 1
-                or self.convs_per_stage < 1):
+        top, bottom, left, right = self.crop or (0.0, 1.0, 0.0, 1.0)
+        if (min(self.box()[1] - self.box()[0], self.box()[3] - self.box()[2]) < 2 ** len(self.widths)
+                or not 0 <= top < bottom <= 1 or not 0 <= left < right <= 1 or not self.widths or min(self.widths) < 8
+                or self.hidden < 1 or self.convs_per_stage < 1 or len(set(self.colours)) != len(self.colours)):
             raise ValueError(f"InHandConfig: invalid {asdict(self)}")
+
+    def box(self) -> tuple[int, int, int, int]:
+        """The crop in pixels of the resized image: (top, bottom, left, right)."""
+        top, bottom, left, right = self.crop or (0.0, 1.0, 0.0, 1.0)
+        return tuple(round(f * self.image_size) for f in (top, bottom, left, right))
 
 
 @dataclass
@@ -61,34 +76,44 @@ class WristReading:
     held: np.ndarray  # (2,) the held block's centre minus the cup's
     support: np.ndarray | None = None  # (2,) the support's top centre minus the cup's
     support_prob: float = 0.0  # how likely a support is under the held block at all
+    colours: dict[str, float] = field(default_factory=dict)  # each colour name's probability (empty: no colour head)
 
 
 class InHandOffset(nn.Module):
     """Wrist image ``(N, 3, H, W)`` uint8 -> ``(N, 2)``: the held block's centre minus the cup's, metres, in the
-    state's x and y; with `InHandConfig.support` ``(N, 5)``: then the support's offset and its presence logit."""
+    state's x and y; with `InHandConfig.support` ``(N, 5)``: then the support's offset and its presence logit; with
+    `InHandConfig.colours` as many more: the held block's colour logits."""
 
     def __init__(self, cfg: InHandConfig):
         super().__init__()
         self.cfg = cfg
-        layers, channels, size = [], 3, cfg.image_size
+        top, bottom, left, right = cfg.box()
+        layers, channels, height, width_px = [], 3, bottom - top, right - left
         for width in cfg.widths:
             for k in range(cfg.convs_per_stage):
                 layers += [nn.Conv2d(channels, width, 3, stride=1 if k else 2, padding=1), nn.GroupNorm(8, width),
                            nn.GELU()]
                 channels = width
-            size = math.ceil(size / 2)
+            height, width_px = math.ceil(height / 2), math.ceil(width_px / 2)
         # Flattened, not pooled: where the block shows in the image is the answer.
         self.features = nn.Sequential(*layers, nn.Flatten())
-        self.head = nn.Sequential(nn.Linear(channels * size * size, cfg.hidden), nn.GELU(),
-                                  nn.Linear(cfg.hidden, 5 if cfg.support else 2))
+        self.head = nn.Sequential(nn.Linear(channels * height * width_px, cfg.hidden), nn.GELU(),
+                                  nn.Linear(cfg.hidden, self.offsets + 1 + len(cfg.colours) if cfg.support
+                                            else self.offsets + len(cfg.colours)))
+
+    @property
+    def offsets(self) -> int:
+        """How many of the outputs are offsets (metres): the held block's xy, and the support's with one."""
+        return 4 if self.cfg.support else 2
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         size = self.cfg.image_size
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"InHandOffset: expected images (N, 3, H, W), got {tuple(images.shape)}")
-        x = resize(images, size).float() / 255
+        top, bottom, left, right = self.cfg.box()
+        x = resize(images, size)[:, :, top:bottom, left:right].float() / 255
         out = self.head(self.features(x))
-        return torch.cat([out[:, :4] / UNIT, out[:, 4:]], dim=1)  # offsets in metres, the logit as it is
+        return torch.cat([out[:, : self.offsets] / UNIT, out[:, self.offsets :]], dim=1)  # offsets in metres; logits
 
     @torch.inference_mode()
     def read(self, image: np.ndarray) -> WristReading:
@@ -98,10 +123,15 @@ class InHandOffset(nn.Module):
             raise ValueError(f"InHandOffset: expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
         device = next(self.parameters()).device
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device)
-        out = self(x)[0].float().cpu().numpy()
+        out = self(x)[0].float()
+        colours = {}
+        if self.cfg.colours:
+            probs = torch.softmax(out[-len(self.cfg.colours) :], 0).cpu().numpy()
+            colours = {name: float(p) for name, p in zip(self.cfg.colours, probs, strict=True)}
+        out = out.cpu().numpy()
         if not self.cfg.support:
-            return WristReading(out[:2])
-        return WristReading(out[:2], out[2:4], float(1.0 / (1.0 + np.exp(-out[4]))))
+            return WristReading(out[:2], colours=colours)
+        return WristReading(out[:2], out[2:4], float(1.0 / (1.0 + np.exp(-out[4]))), colours)
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
@@ -120,7 +150,7 @@ class InHandOffset(nn.Module):
 
 
 def predict(model: InHandOffset, images: np.ndarray, batch: int = 256) -> np.ndarray:
-    """The model's raw outputs for ``(N, H, W, 3)`` uint8 images: ``(N, 2)`` or ``(N, 5)``."""
+    """The model's raw outputs for ``(N, H, W, 3)`` uint8 images: ``(N, 2)`` or ``(N, 5)``, and the colour logits."""
     with torch.inference_mode():
         x = torch.from_numpy(images).permute(0, 3, 1, 2)
         return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]).float().numpy()
@@ -129,7 +159,8 @@ def predict(model: InHandOffset, images: np.ndarray, batch: int = 256) -> np.nda
 def view_metrics(model: InHandOffset, views) -> dict:
     """Held-out errors on `WristViews`: the held offset's (cm), and with supports the support offset's on the views
     that have one (cm, overall and by side of the cup in x: the camera sits in front of the cup, +x, so a support
-    behind it hides under the held block) and how often the presence is called right."""
+    behind it hides under the held block) and how often the presence is called right; with colours, how often the held
+    block's is named right and how often its probability falls under 0.1 (where a grasp check would let it go)."""
     found = predict(model, views.images)
     held = 100 * np.linalg.norm(found[:, :2] - views.held, axis=1)
     metrics = {"val_error_cm_p50": round(float(np.median(held)), 3),
@@ -145,22 +176,31 @@ def view_metrics(model: InHandOffset, views) -> dict:
             "support_error_cm_p50_ahead": round(float(np.median(errors[ahead])), 3) if ahead.any() else None,
             "support_error_cm_p50_behind": round(float(np.median(errors[~ahead])), 3) if (~ahead).any() else None,
             "support_presence_accuracy": round(float(np.mean((found[:, 4] > 0) == present)), 4)})
+    if model.cfg.colours:
+        logits = torch.from_numpy(found[:, -len(model.cfg.colours) :])
+        truth = torch.from_numpy(views.colour)
+        true_prob = torch.softmax(logits, 1).gather(1, truth[:, None])[:, 0]
+        metrics.update({"colour_accuracy": round(float((logits.argmax(1) == truth).float().mean()), 4),
+                        "colour_true_prob_below_0.1": round(float((true_prob < 0.1).float().mean()), 4)})
     return metrics
 
 
 def train_in_hand(out: str, samples: int = 40000, val_samples: int = 2000, steps: int = 3000, batch_size: int = 64,
                   lr: float = 2.0e-3, weight_decay: float = 1.0e-4, image_size: int = 96, camera: str = "wrist",
                   max_offset: float = 0.03, support: float = 0.0, support_radius: float = 0.05,
-                  widths: list[int] | None = None, hidden: int = 128, convs_per_stage: int = 1, seed: int = 0,
-                  threads: int | None = None, log_every: int = 500, resume: bool = False) -> dict:
+                  widths: list[int] | None = None, hidden: int = 128, convs_per_stage: int = 1, colour: bool = False,
+                  crop: list[float] | None = None, seed: int = 0, threads: int | None = None, log_every: int = 500, resume: bool = False) -> dict:
     """Render ``samples`` labelled views of the tabletop (and ``val_samples`` more from other scenes), train an
     `InHandOffset` on them with a one-cycle schedule and write it to ``out`` with ``metrics.json``. ``support`` > 0:
-    that share of the views has a support under the held block, and the model learns to find it too. ``widths``,
+    that share of the views has a support under the held block, and the model learns to find it too. ``colour``: it
+    learns to name the held block's colour too (one of the tabletop's `COLOURS`). ``crop``: the part of the image it
+    reads (`InHandConfig.crop`). ``widths``,
     ``hidden``, ``convs_per_stage``: the network (`InHandConfig`). ``resume``: a run whose model is written already
     is not repeated (its metrics are returned)."""
     from tqdm.auto import tqdm
 
     from hybrid.envs.tabletop.in_hand import wrist_views
+    from hybrid.envs.tabletop.tasks import COLOURS
 
     if resume and (Path(out) / WEIGHTS_NAME).is_file() and (Path(out) / "metrics.json").is_file():
         return json.loads((Path(out) / "metrics.json").read_text())
@@ -174,10 +214,12 @@ def train_in_hand(out: str, samples: int = 40000, val_samples: int = 2000, steps
     val_views = wrist_views(val_samples, seed + 1, **render)
     shape = {"widths": [int(w) for w in widths]} if widths else {}
     model = InHandOffset(InHandConfig(camera=camera, image_size=image_size, hidden=hidden,
-                                      convs_per_stage=convs_per_stage, support=support > 0, **shape))
+                                      convs_per_stage=convs_per_stage, support=support > 0,
+                                      colours=list(COLOURS) if colour else [],
+                                      crop=None if crop is None else [float(f) for f in crop], **shape))
     x = torch.from_numpy(views.images).permute(0, 3, 1, 2)
     held, where = torch.from_numpy(views.held), torch.from_numpy(views.support)
-    present = torch.from_numpy(views.present).float()
+    present, colours = torch.from_numpy(views.present).float(), torch.from_numpy(views.colour)
     optimizer = torch.optim.AdamW(model.parameters(), lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps)
     generator = torch.Generator().manual_seed(seed)
@@ -191,6 +233,8 @@ def train_in_hand(out: str, samples: int = 40000, val_samples: int = 2000, steps
             per_view = nn.functional.smooth_l1_loss(found[:, 2:4] * UNIT, where[idx] * UNIT, reduction="none")
             loss = loss + (per_view.sum(1) * mask).sum() / mask.sum().clamp(min=1) / 2
             loss = loss + nn.functional.binary_cross_entropy_with_logits(found[:, 4], mask)
+        if model.cfg.colours:
+            loss = loss + nn.functional.cross_entropy(found[:, -len(model.cfg.colours) :], colours[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

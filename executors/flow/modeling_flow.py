@@ -22,6 +22,7 @@ from executors.flow.affordance import AffordanceConfig, AffordanceHead, affordan
 from executors.flow.align import AlignConfig, align_over_place
 from executors.flow.configuration_flow import FlowConfig
 from executors.flow.encoders import MLP, Block, build_text, build_vision, vision_tokens
+from executors.flow.grasp_check import GraspCheckConfig, let_go_and_rise, wrong_block
 from executors.flow.in_hand import InHandOffset, WristReading
 from executors.flow.processor_flow import Normalizer, load_tokenizer, observation_batch
 from executors.flow.transit import TransitConfig, hold_transit_height
@@ -31,6 +32,9 @@ from hybrid.attention import attention
 from hybrid.types import ActionChunk, Observation, Subgoal, Subtask
 
 WEIGHTS_NAME = "model.safetensors"
+# Logits off the pick map where a grasp check let go of the wrong block: more than its peaks stand apart, so the
+# look-alike there is not taken again under that subtask.
+REJECTED_PENALTY = 10.0
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -203,10 +207,12 @@ class FlowModel(nn.Module):
         held near the one chosen before (``batch["pick_prior"]``, `FlowConfig.pick_persistence`) and kept off
         what earlier subtasks placed (``batch["pick_avoid"]``, `FlowConfig.place_inhibition`); the place where
         ``batch["place_lock"]`` holds one (`FlowConfig.place_lock_distance`), moved by ``batch["place_shift"]`` (the
-        held block's offset from the cup, negated: `FlowExecutor`'s ``in_hand``)."""
+        held block's offset from the cup, negated: `FlowExecutor`'s ``in_hand``). Where a grasp check let go of the
+        wrong block (``batch["pick_reject"]`` ``(B, K, 2)``), the pick map is `REJECTED_PENALTY` logits lower."""
         logits, size, heights = heatmap
         if self.training:
             return self.waypoint_head.peak(logits, size, heights=heights).flatten(1)
+        logits = self.waypoint_head.inhibit(logits, size, batch.get("pick_reject"), REJECTED_PENALTY)
         peaks = self.waypoint_head.peak(logits, size, batch.get("pick_prior"), self.cfg.pick_persistence,
                                         batch.get("pick_avoid"), self.cfg.place_inhibition, heights,
                                         batch.get("place_prior"), self.cfg.place_persistence)
@@ -439,7 +445,7 @@ class FlowExecutor:
                  place_lock_distance: float | None = None, affordance_inhibition: bool = True,
                  transit: dict | None = None, in_hand: str | Path | None = None, support_snap: float = 0.04,
                  align: dict | None = None, offset_over_support_only: bool = True,
-                 place_persistence: float | None = None):
+                 place_persistence: float | None = None, grasp_check: dict | None = None):
         """``affordance``: `AffordanceConfig` fields, how `affordance` turns the waypoint maps into scores.
         ``pick_persistence``, ``place_inhibition``, ``place_lock_distance``, ``place_persistence``: override the
         checkpoint's `FlowConfig` fields of those names (run-time settings). ``affordance_inhibition``: `affordance`
@@ -452,7 +458,10 @@ class FlowExecutor:
         the place found from afar becomes the place (a stack goes onto the block seen under the held one). ``align``:
         `AlignConfig` fields, the final alignment over such a support (None: as learned).
         ``offset_over_support_only``: steer by the held block's offset only over such a support (a bowl is wide enough
-        without it, and the hierarchical agent's `sort` lost with it everywhere); False: whenever the gripper holds."""
+        without it, and the hierarchical agent's `sort` lost with it everywhere); False: whenever the gripper holds.
+        ``grasp_check``: `GraspCheckConfig` fields (`executors/flow/grasp_check.py`): holding a block that an in-hand
+        model with colours (its ``model``, or ``in_hand``'s) names another colour than the subtask's, let go, rise and
+        keep that spot off the pick map for the subtask (None: off)."""
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         self.affordance_cfg = AffordanceConfig.model_validate(dict(affordance or {}))
         if not math.isfinite(noise_scale) or noise_scale < 0:
@@ -466,9 +475,18 @@ class FlowExecutor:
         self.support_snap = float(support_snap)
         self.align = None if align is None else AlignConfig.model_validate(dict(align))
         self.offset_over_support_only = bool(offset_over_support_only)
-        if (self.in_hand is not None or self.transit is not None) and not model.cfg.waypoint_target:
-            raise ValueError("in_hand and transit move the place the executor steers to: the checkpoint has no "
-                             "steering target (FlowConfig.waypoint_target)")
+        self.grasp_check = None if grasp_check is None else GraspCheckConfig.model_validate(dict(grasp_check))
+        self.colour_reader = None  # the in-hand model the grasp check reads the held block's colour with
+        if self.grasp_check is not None:
+            self.colour_reader = (self.in_hand if self.grasp_check.model is None
+                                  else InHandOffset.from_pretrained(self.grasp_check.model, device))
+            if self.colour_reader is None or not self.colour_reader.cfg.colours:
+                raise ValueError("grasp_check reads the held block's colour: it needs an in-hand model with colours "
+                                 "(its model, or in_hand; hybrid train executor=in_hand colour=true)")
+        self._steers = any(x is not None for x in (self.in_hand, self.transit, self.grasp_check))
+        if self._steers and not model.cfg.waypoint_target:
+            raise ValueError("in_hand, transit and grasp_check move the pick or place the executor steers to: the "
+                             "checkpoint has no steering target (FlowConfig.waypoint_target)")
         self.device = torch.device(device)
         self.model = model.to(self.device, dtype).eval()
         self.model.normalizer.float()  # statistics stay float32 whatever the compute dtype
@@ -494,11 +512,11 @@ class FlowExecutor:
                         transit: dict | None = None, in_hand: str | None = None,
                         support_snap: float = 0.04, align: dict | None = None,
                         offset_over_support_only: bool = True,
-                        place_persistence: float | None = None) -> FlowExecutor:
+                        place_persistence: float | None = None, grasp_check: dict | None = None) -> FlowExecutor:
         model = FlowModel.from_pretrained(path)
         return cls(model, load_tokenizer(model.cfg, path), device, flow_steps, dtype, seed, cuda_graph, noise_scale,
                    affordance, pick_persistence, place_inhibition, place_lock_distance, affordance_inhibition, transit,
-                   in_hand, support_snap, align, offset_over_support_only, place_persistence)
+                   in_hand, support_snap, align, offset_over_support_only, place_persistence, grasp_check)
 
     def save_pretrained(self, directory: str | Path) -> None:
         self.model.save_pretrained(directory)
@@ -515,6 +533,8 @@ class FlowExecutor:
         self._place: tuple[str | None, torch.Tensor] | None = None  # (subtask, place xy (1, 2)) seen from afar, held
         self._supports: list[torch.Tensor] = []  # the support's xy (1, 2) as each chunk of this placement saw it
         self._stacked = False  # whether a block was let go of on a support this episode (a tower may stand)
+        self._rejected: list[tuple[str | None, torch.Tensor]] = []  # (subtask, effector xy (2,)) at each grasp let go
+        self._letting_go = False  # a grasp check let go: that release placed nothing
 
     def _nowhere(self) -> torch.Tensor:
         """``(1, 2)`` NaN: no point (what `HeatmapWaypointHead.peak` and `FlowModel._peaks` read as none)."""
@@ -528,16 +548,20 @@ class FlowExecutor:
         held = float(state[0, self.cfg.gripper_index]) >= GRIPPER_ON
         text = _text(subtask)
         released = self._held and not held
-        if released:  # seen at the first chunk after the release: the effector has risen, not moved aside
+        if released and not self._letting_go:  # seen at the first chunk after it: the effector has risen, not moved
             self._placed.append((self._subtask, state[0, :2].float()))
             self._stacked = self._stacked or bool(self._supports)
+        if released or text != self._subtask:
+            self._letting_go = False
         if self._pick is not None and (self._pick[0] != text or released):
             self._pick = None
         self._held, self._subtask = held, text
         prior = self._pick[1] if self._pick is not None else self._nowhere()
-        placed = [xy for done, xy in self._placed if done != text]
-        avoid = torch.stack(placed)[None] if placed else torch.zeros(1, 0, 2, device=self.device)
-        return prior, avoid
+        return prior, self._points([xy for done, xy in self._placed if done != text])
+
+    def _points(self, points: list[torch.Tensor]) -> torch.Tensor:
+        """``(1, K, 2)`` of ``points`` (K >= 0)."""
+        return torch.stack(points)[None] if points else torch.zeros(1, 0, 2, device=self.device)
 
     def _place_lock(self, state: torch.Tensor, subtask: Subtask | None) -> torch.Tensor:
         """The place ``(1, 2)`` to steer to while the gripper holds and the effector is within
@@ -549,15 +573,15 @@ class FlowExecutor:
             return self._place[1]
         return self._nowhere()
 
-    def _wrist(self, obs: Observation, state: torch.Tensor) -> WristReading | None:
-        """What the ``in_hand`` model reads off its camera while the gripper holds; None without one or with the
-        gripper open."""
-        if self.in_hand is None or float(state[0, self.cfg.gripper_index]) < GRIPPER_ON:
+    def _wrist(self, obs: Observation, state: torch.Tensor, model: InHandOffset | None) -> WristReading | None:
+        """What in-hand ``model`` reads off its camera while the gripper holds; None without one or with the gripper
+        open."""
+        if model is None or float(state[0, self.cfg.gripper_index]) < GRIPPER_ON:
             return None
-        camera = self.in_hand.cfg.camera
+        camera = model.cfg.camera
         if camera not in obs.images:
             raise ValueError(f"in_hand: the observation has no {camera!r} camera (got {sorted(obs.images)})")
-        return self.in_hand.read(obs.images[camera])
+        return model.read(obs.images[camera])
 
     def _support_place(self, state: torch.Tensor, subtask: Subtask | None, reading: WristReading) -> torch.Tensor:
         """``(1, 2)``: the support seen under the held block, where it lies within `support_snap` of the place found
@@ -585,14 +609,15 @@ class FlowExecutor:
         cfg = self.cfg
         batch = observation_batch(cfg, self.tokenizer, obs, subtask, subgoal)
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        context, place, snapped = None, None, False
+        context, place, snapped, rejected = None, None, False, False
         remembers = (cfg.pick_persistence > 0 or cfg.place_inhibition > 0 or cfg.place_lock_distance > 0
-                     or cfg.place_persistence > 0 or self.in_hand is not None or self.transit is not None)
+                     or cfg.place_persistence > 0 or self._steers)
         if remembers and cfg.waypoint_target:
             batch["pick_prior"], batch["pick_avoid"] = self._pick_memory(batch["state"], subtask)
+            batch["pick_reject"] = self._points([xy for done, xy in self._rejected if done == _text(subtask)])
             batch["place_lock"] = self._place_lock(batch["state"], subtask)
             batch["place_prior"] = self._place[1] if self._place is not None else self._nowhere()
-            reading, shift = self._wrist(obs, batch["state"]), None
+            reading, shift = self._wrist(obs, batch["state"], self.in_hand), None
             if reading is not None:
                 support = self._support_place(batch["state"], subtask, reading)
                 snapped = bool(torch.isfinite(support).all())
@@ -606,6 +631,10 @@ class FlowExecutor:
             # the lock keeps the place itself; the cup's target moves with the offset of the moment
             self._remember_place(batch["state"], subtask, waypoints[:, 1] - (0 if shift is None else shift))
             place = waypoints[0, 1].float().cpu().numpy()
+            if self.grasp_check is not None:
+                held = reading if self.colour_reader is self.in_hand else self._wrist(obs, batch["state"],
+                                                                                       self.colour_reader)
+                rejected = wrong_block(held, _text(subtask), float(batch["state"][0, 2]), self.grasp_check)
         noise = self.noise_scale * torch.randn(1, cfg.chunk, cfg.action_dim, device=self.device,
                                                generator=self.generator)
         if prefix is not None and len(prefix):
@@ -620,6 +649,11 @@ class FlowExecutor:
         else:
             actions = self._replay(batch, self.flow_steps, noise)[0].cpu().numpy()
         position, committed = batch["state"][0, :3].float().cpu().numpy(), 0 if prefix is None else len(prefix)
+        if rejected:  # the wrong block: let go of it where it is, and pick elsewhere under this subtask
+            self._rejected.append((_text(subtask), batch["state"][0, :2].float()))
+            self._pick, self._letting_go = None, True
+            return ActionChunk(actions=let_go_and_rise(actions, self.grasp_check, committed, cfg.gripper_index),
+                               dt=cfg.dt, start_time=obs.timestamp, subtask=_text(subtask))
         if self.transit is not None and place is not None and (self._stacked or not self.transit.towers_only):
             actions = hold_transit_height(actions, position, place, self._held, self.transit, committed,
                                           cfg.gripper_index)

@@ -12,6 +12,10 @@ top of a two- or three-block tower, somewhere within ``support_radius`` of the c
 block a stack goes on while the cup comes over it. Its offset from the cup is labelled too; the other views look
 down on a bowl (empty or holding a block) or on bare table, where there is no support (the executor must not snap a
 bowl placement onto a block).
+
+Each view also names the held block's colour (`WristViews.colour`, an index into `COLOURS`): the executor's grasp
+check reads it to let go of a block of another colour than its subtask asks for (in `sort`, every hierarchical
+episode with such a grasp failed).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from tqdm.auto import tqdm
 
 from hybrid.envs.tabletop.env import WORKSPACE, TabletopEnv
 from hybrid.envs.tabletop.scene import BLOCK_HALF, BOWL_FLOOR, BOWL_INNER
+from hybrid.envs.tabletop.tasks import COLOURS
 
 PER_SCENE = 20  # views rendered in one laid-out scene before the next is drawn
 TOWER_SLIP = 0.008  # m: how far each block of a tower may sit off the one below it
@@ -34,12 +39,14 @@ CLEAR = 0.07  # m: no other block within this distance of the cup's xy in a view
 class WristViews:
     """``images`` ``(N, H, W, 3)`` uint8; ``held`` ``(N, 2)``: the held block's centre minus the cup's (m);
     ``support`` ``(N, 2)``: the support's top block centre minus the cup's (zero where there is none);
-    ``present`` ``(N,)`` bool: whether the view has a support under the held block."""
+    ``present`` ``(N,)`` bool: whether the view has a support under the held block; ``colour`` ``(N,)`` int: the held
+    block's colour, an index into `COLOURS`."""
 
     images: np.ndarray
     held: np.ndarray
     support: np.ndarray
     present: np.ndarray
+    colour: np.ndarray
 
 
 def _disk(rng: np.random.Generator, radius: float) -> np.ndarray:
@@ -60,9 +67,9 @@ def _put(scene, block: int, xyz, yaw: float) -> None:
 
 def compose_view(scene, rng: np.random.Generator, max_offset: float = 0.03,
                  heights: tuple[float, float] = (0.07, 0.25), support: float = 0.0,
-                 support_radius: float = 0.05) -> tuple[np.ndarray, np.ndarray, bool]:
+                 support_radius: float = 0.05) -> tuple[np.ndarray, np.ndarray, bool, int]:
     """Pose the cup, a held block and (with probability ``support``) a support in ``scene`` as laid out; returns the
-    held block's offset from the cup, the support's (zero without one) and whether there is one."""
+    held block's offset from the cup, the support's (zero without one), whether there is one and the held block."""
     blocks = [int(b) for b in rng.permutation(scene.n_blocks())]
     held, rest = blocks[0], blocks[1:]
     held_offset, support_offset, present = _disk(rng, max_offset), np.zeros(2), False
@@ -93,7 +100,7 @@ def compose_view(scene, rng: np.random.Generator, max_offset: float = 0.03,
     scene.data.qpos[:3] = cup
     _put(scene, held, (*(cup[:2] + held_offset), cup[2] - BLOCK_HALF), rng.uniform(0.0, 2 * np.pi))
     mujoco.mj_forward(scene.model, scene.data)
-    return held_offset, support_offset, present
+    return held_offset, support_offset, present, held
 
 
 def wrist_views(n: int, seed: int = 0, image_size: int = 96, camera: str = "wrist", max_offset: float = 0.03,
@@ -108,7 +115,7 @@ def wrist_views(n: int, seed: int = 0, image_size: int = 96, camera: str = "wris
     rng = np.random.default_rng(seed)
     env = TabletopEnv(task="all", cameras=(camera,), image_size=image_size)
     out = WristViews(np.zeros((n, image_size, image_size, 3), np.uint8), np.zeros((n, 2), np.float32),
-                     np.zeros((n, 2), np.float32), np.zeros(n, bool))
+                     np.zeros((n, 2), np.float32), np.zeros(n, bool), np.zeros(n, np.int64))
     try:
         home = None
         for k in tqdm(range(n), desc="wrist views", disable=not progress):
@@ -116,8 +123,9 @@ def wrist_views(n: int, seed: int = 0, image_size: int = 96, camera: str = "wris
                 env.reset(seed=int(rng.integers(2**31)))
                 home = env.scene.data.qpos.copy()
             env.scene.data.qpos[:] = home  # every view starts from the scene as laid out
-            out.held[k], out.support[k], out.present[k] = compose_view(env.scene, rng, max_offset, heights, support,
-                                                                       support_radius)
+            out.held[k], out.support[k], out.present[k], held = compose_view(env.scene, rng, max_offset, heights,
+                                                                             support, support_radius)
+            out.colour[k] = COLOURS.index(env.scene.spec.block_colours[held])
             out.images[k] = env.render_camera(camera)
     finally:
         env.close()

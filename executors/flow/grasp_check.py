@@ -1,0 +1,66 @@
+"""A grasp check: let go of a block of another colour than the subtask asks for. A run-time rule, not learned.
+
+Two blocks of look-alike colours light up alike on the pick map, and the cup sometimes takes the wrong one: 14 of
+360 grasps in the hierarchical agent's `sort`, and every episode with such a grasp failed (12 of 25 and 12 of 32
+failures on two held-out seed ranges), since the executor carries whatever it holds to the place. The in-hand model
+(`executors/flow/in_hand.py`, with ``colours``) names the held block's colour off the wrist camera; where the
+colour the subtask names first (the block to move: "put the red block in the blue bowl") is unlikely, the chunk
+lets go, rises clear of the block and the pick map keeps that spot off for the rest of the subtask (a look-alike
+lit up there; at the same block the policy would take it again at once). Given the sim's truth instead of a
+reading, this won `sort` 7 episodes and lost none over 200 held-out seeds.
+
+The embodiment's state starts with the effector's (x, y, z) and its actions with (dx, dy, dz) per step, as the
+tabletop's do.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from executors.flow.in_hand import WristReading
+
+
+class GraspCheckConfig(BaseModel):
+    """`FlowExecutor`'s ``grasp_check`` setting (None: off)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_prob: float = Field(gt=0, lt=1)  # the subtask's colour less likely than this in the reading: the wrong block
+    min_height: float = Field(ge=0)  # m, state z: read only from here up (the in-hand model saw no lower cup)
+    rise: float = Field(gt=0)  # m: how far the cup rises after letting go
+    step: float = Field(gt=0)  # m per step: the most it rises in one step (the action bound)
+    # An in-hand model directory with colours to read the held block's with; None: the executor's in_hand model.
+    model: str | None = None
+
+
+def subtask_colour(text: str | None, colours: list[str] | dict) -> str | None:
+    """The first of ``colours`` the subtask names (the block it moves), or None where it names none."""
+    for word in re.findall(r"[a-z]+", (text or "").lower()):
+        if word in colours:
+            return word
+    return None
+
+
+def wrong_block(reading: WristReading | None, text: str | None, height: float, cfg: GraspCheckConfig) -> bool:
+    """Whether the held block, as ``reading`` names its colour, is not the one subtask ``text`` moves. Unsure
+    means no: without a colour head, a subtask naming no colour the model knows, or the cup below `min_height`."""
+    if reading is None or not reading.colours or height < cfg.min_height:
+        return False
+    colour = subtask_colour(text, reading.colours)
+    return colour is not None and reading.colours[colour] < cfg.min_prob
+
+
+def let_go_and_rise(actions: np.ndarray, cfg: GraspCheckConfig, committed: int = 0,
+                    gripper_index: int = -1) -> np.ndarray:
+    """``actions`` ``(H, A)`` replaced, after the first ``committed`` (real-time chunking's prefix, already on their
+    way), by a release that rises straight up by ``cfg.rise`` and then holds still."""
+    out = np.array(actions, dtype=np.float32, copy=True)
+    rest = out[committed:]
+    rest[:] = 0.0  # no sideways motion, suction off
+    climb = np.minimum(cfg.step, np.maximum(0.0, cfg.rise - cfg.step * np.arange(len(rest))))
+    rest[:, 2] = climb
+    rest[:, gripper_index] = 0.0
+    return out

@@ -1,0 +1,113 @@
+"""The grasp check: the in-hand model's colour reading, the rule that lets go of the wrong block, and the executor
+keeping that spot off its pick map for the rest of the subtask."""
+
+import numpy as np
+import pytest
+import torch
+from test_executor_in_hand import TINY
+from test_executor_model import SUBTASK, TOP_DOWN, at, tiny_model
+
+from executors.flow import FlowExecutor
+from executors.flow.grasp_check import GraspCheckConfig, let_go_and_rise, subtask_colour, wrong_block
+from executors.flow.in_hand import InHandOffset, WristReading
+from hybrid.types import Subtask
+
+CHECK = {"min_prob": 0.1, "min_height": 0.07, "rise": 0.08, "step": 0.02}
+COLOURED = TINY.__class__(**{**TINY.__dict__, "colours": ["red", "blue"]})
+
+
+def reading(red: float) -> WristReading:
+    return WristReading(np.zeros(2, np.float32), colours={"red": red, "blue": 1.0 - red})
+
+
+def test_the_subtasks_colour_is_the_first_colour_it_names():
+    assert subtask_colour("put the Blue block in the red bowl", ["red", "blue"]) == "blue"
+    assert subtask_colour("stack the red block on the blue block", {"red": 0.5, "blue": 0.5}) == "red"
+    assert subtask_colour("pick up the block", ["red"]) is None and subtask_colour(None, ["red"]) is None
+    # "reddish" is no colour word
+    assert subtask_colour("put the reddish block in the blue bowl", ["red", "blue"]) == "blue"
+
+
+def test_only_a_sure_reading_of_another_colour_is_the_wrong_block():
+    cfg = GraspCheckConfig(**CHECK)
+    assert wrong_block(reading(0.05), SUBTASK.text, 0.1, cfg)
+    assert not wrong_block(reading(0.2), SUBTASK.text, 0.1, cfg)  # not sure enough
+    assert not wrong_block(reading(0.05), SUBTASK.text, 0.05, cfg)  # below the heights the model was trained at
+    assert not wrong_block(reading(0.05), "pick up the green block", 0.1, cfg)  # a colour the model does not know
+    assert not wrong_block(WristReading(np.zeros(2)), SUBTASK.text, 0.1, cfg)  # no colour head
+    assert not wrong_block(None, SUBTASK.text, 0.1, cfg)  # the gripper is open
+    with pytest.raises(ValueError, match="min_prob"):
+        GraspCheckConfig(**{**CHECK, "min_prob": 1.5})
+
+
+def test_letting_go_keeps_the_committed_prefix_and_rises_straight_up():
+    actions = np.random.default_rng(0).uniform(0.1, 1.0, (8, 4)).astype(np.float32)
+    out = let_go_and_rise(actions, GraspCheckConfig(**CHECK), committed=2, gripper_index=3)
+    assert np.array_equal(out[:2], actions[:2]) and out.dtype == np.float32
+    assert (out[2:, [0, 1, 3]] == 0).all()  # no sideways motion, suction off
+    assert np.allclose(out[2:, 2], [0.02] * 4 + [0.0] * 2) and np.isclose(out[2:, 2].sum(), 0.08)
+    assert np.array_equal(actions[0], out[0]) and not np.array_equal(actions, out)  # the input is left as it was
+
+
+def test_the_executor_lets_go_of_the_wrong_block_and_picks_elsewhere_under_that_subtask(tmp_path):
+    InHandOffset(COLOURED).save_pretrained(tmp_path / "in_hand")
+    model = tiny_model(vision_stem="conv", keypoints=4, waypoint_loss=1.0, waypoint_head="heatmap",
+                       table_homography=TOP_DOWN, waypoint_target=True, action_dim=4)
+    executor = FlowExecutor(model, in_hand=str(tmp_path / "in_hand"), place_inhibition=3.0, grasp_check=CHECK)
+    readings = iter([reading(0.9), reading(0.02)])  # the red block, then a blue one taken for it
+    executor.in_hand.read = lambda image: next(readings)
+    rejects, avoids, inhibit = [], [], model.waypoint_head.inhibit
+
+    def spy(logits, size, avoid, penalty):
+        (rejects if penalty == 10.0 else avoids).append(None if avoid is None else avoid[0].tolist())
+        return inhibit(logits, size, avoid, penalty)
+
+    model.waypoint_head.inhibit = spy
+    executor.act(at(0.1, 1.0), SUBTASK)  # the right colour: the learned chunk as it is
+    assert rejects[-1] == [] and executor._rejected == []
+    let_go = executor.act(at(0.2, 1.0), SUBTASK)
+    assert (let_go.actions[:, 3] == 0).all() and np.isclose(let_go.actions[:, 2].sum(), 0.08)
+    assert (let_go.actions[:, :2] == 0).all()
+    executor.act(at(0.2, 0.0), SUBTASK)  # let go: that spot is off the pick map, and it placed nothing
+    assert np.allclose(rejects[-1], [[0.2, 0.2]]) and executor._placed == []
+    executor.act(at(0.2, 0.0), Subtask(text="put the blue block in the red bowl", index=1))
+    assert rejects[-1] == [] and avoids[-1] == []  # another subtask may want that block: it is not avoided
+    with pytest.raises(ValueError, match="rise"):
+        FlowExecutor(model, in_hand=str(tmp_path / "in_hand"), grasp_check={**CHECK, "rise": -1.0})
+    InHandOffset(TINY).save_pretrained(tmp_path / "plain")
+    with pytest.raises(ValueError, match="colours"):
+        FlowExecutor(model, in_hand=str(tmp_path / "plain"), grasp_check=CHECK)
+    with pytest.raises(ValueError, match="colours"):
+        FlowExecutor(model, grasp_check=CHECK)
+
+
+def test_the_check_may_read_the_colour_with_a_model_of_its_own(tmp_path):
+    InHandOffset(TINY).save_pretrained(tmp_path / "offsets")  # steers by the offset, names no colour
+    InHandOffset(COLOURED).save_pretrained(tmp_path / "colours")
+    model = tiny_model(vision_stem="conv", keypoints=4, waypoint_loss=1.0, waypoint_head="heatmap",
+                       table_homography=TOP_DOWN, waypoint_target=True, action_dim=4)
+    executor = FlowExecutor(model, in_hand=str(tmp_path / "offsets"),
+                            grasp_check={**CHECK, "model": str(tmp_path / "colours")})
+    assert executor.colour_reader is not executor.in_hand and executor.colour_reader.cfg.colours == ["red", "blue"]
+    executor.colour_reader.read = lambda image: reading(0.02)
+    assert (executor.act(at(0.2, 1.0), SUBTASK).actions[:, 3] == 0).all()  # read by its own model: let go
+    alone = FlowExecutor(model, grasp_check={**CHECK, "model": str(tmp_path / "colours")})  # no in_hand needed
+    alone.colour_reader.read = lambda image: reading(0.9)
+    alone.act(at(0.2, 1.0), SUBTASK)
+    assert alone._rejected == []
+    with pytest.raises(ValueError, match="waypoint_target"):
+        FlowExecutor(tiny_model(), grasp_check={**CHECK, "model": str(tmp_path / "colours")})
+
+
+def test_the_colour_head_round_trips_and_reads_probabilities(tmp_path):
+    torch.manual_seed(0)
+    model = InHandOffset(COLOURED).eval()
+    model.save_pretrained(tmp_path / "in_hand")
+    loaded = InHandOffset.from_pretrained(tmp_path / "in_hand")
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    found = loaded.read(image)
+    assert loaded.cfg.colours == ["red", "blue"] and set(found.colours) == {"red", "blue"}
+    assert np.isclose(sum(found.colours.values()), 1.0) and found.colours == model.read(image).colours
+    assert found.support is None and found.held.shape == (2,)
+    with pytest.raises(ValueError, match="InHandConfig"):
+        TINY.__class__(**{**TINY.__dict__, "colours": ["red", "red"]})
