@@ -10,10 +10,14 @@ from test_executor_model import SUBTASK, TOP_DOWN, at, tiny_model
 from executors.flow import FlowExecutor
 from executors.flow.grasp_check import GraspCheckConfig, let_go_and_rise, subtask_colour, wrong_block
 from executors.flow.in_hand import InHandOffset, WristReading
-from hybrid.types import Subtask
+from hybrid.types import Observation, Subtask
 
 CHECK = {"min_prob": 0.1, "min_height": 0.07, "rise": 0.08, "step": 0.02}
 COLOURED = TINY.__class__(**{**TINY.__dict__, "colours": ["red", "blue"]})
+
+
+def held_at(x: float, z: float, gripper: float = 1.0) -> Observation:
+    return Observation(images=at(x, gripper).images, state=np.array([x, 0.2, z, gripper], np.float32))
 
 
 def reading(red: float) -> WristReading:
@@ -29,13 +33,11 @@ def test_the_subtasks_colour_is_the_first_colour_it_names():
 
 
 def test_only_a_sure_reading_of_another_colour_is_the_wrong_block():
-    cfg = GraspCheckConfig(**CHECK)
-    assert wrong_block(reading(0.05), SUBTASK.text, 0.1, cfg)
-    assert not wrong_block(reading(0.2), SUBTASK.text, 0.1, cfg)  # not sure enough
-    assert not wrong_block(reading(0.05), SUBTASK.text, 0.05, cfg)  # below the heights the model was trained at
-    assert not wrong_block(reading(0.05), "pick up the green block", 0.1, cfg)  # a colour the model does not know
-    assert not wrong_block(WristReading(np.zeros(2)), SUBTASK.text, 0.1, cfg)  # no colour head
-    assert not wrong_block(None, SUBTASK.text, 0.1, cfg)  # the gripper is open
+    assert wrong_block(reading(0.05), SUBTASK.text, 0.1)
+    assert not wrong_block(reading(0.2), SUBTASK.text, 0.1)  # not sure enough
+    assert not wrong_block(reading(0.05), "pick up the green block", 0.1)  # a colour the model does not know
+    assert not wrong_block(WristReading(np.zeros(2)), SUBTASK.text, 0.1)  # no colour head
+    assert not wrong_block(None, SUBTASK.text, 0.1)  # the gripper is open
     with pytest.raises(ValueError, match="min_prob"):
         GraspCheckConfig(**{**CHECK, "min_prob": 1.5})
 
@@ -49,13 +51,15 @@ def test_letting_go_keeps_the_committed_prefix_and_rises_straight_up():
     assert np.array_equal(actions[0], out[0]) and not np.array_equal(actions, out)  # the input is left as it was
 
 
-def test_the_executor_lets_go_of_the_wrong_block_and_picks_elsewhere_under_that_subtask(tmp_path):
+def test_the_executor_lets_go_of_the_wrong_block_and_picks_elsewhere_under_that_subtask(tmp_path, caplog):
     InHandOffset(COLOURED).save_pretrained(tmp_path / "in_hand")
     model = tiny_model(vision_stem="conv", keypoints=4, waypoint_loss=1.0, waypoint_head="heatmap",
                        table_homography=TOP_DOWN, waypoint_target=True, action_dim=4)
     executor = FlowExecutor(model, in_hand=str(tmp_path / "in_hand"), place_inhibition=3.0, grasp_check=CHECK)
-    readings = iter([reading(0.9), reading(0.02)])  # the red block, then a blue one taken for it
+    # read at every held chunk (it steers by the offset too): the red block, then blue ones taken for it
+    readings = iter([reading(0.9), reading(0.9), reading(0.02), reading(0.02)])
     executor.in_hand.read = lambda image: next(readings)
+    assert executor.colour_reader is executor.in_hand  # the in-hand model names colours itself
     rejects, avoids, inhibit = [], [], model.waypoint_head.inhibit
 
     def spy(logits, size, avoid, penalty):
@@ -63,15 +67,21 @@ def test_the_executor_lets_go_of_the_wrong_block_and_picks_elsewhere_under_that_
         return inhibit(logits, size, avoid, penalty)
 
     model.waypoint_head.inhibit = spy
-    executor.act(at(0.1, 1.0), SUBTASK)  # the right colour: the learned chunk as it is
+    executor.act(held_at(0.1, 0.04), SUBTASK)  # just grasped, the cup still low: not read yet
+    executor.act(held_at(0.1, 0.1), SUBTASK)  # lifted: read once, the right colour: the learned chunk as it is
+    executor.act(held_at(0.1, 0.1), SUBTASK)  # carried on: once checked, a blue reading is not acted on
     assert rejects[-1] == [] and executor._rejected == []
-    let_go = executor.act(at(0.2, 1.0), SUBTASK)
+    executor.act(held_at(0.1, 0.1, gripper=0.0), SUBTASK)  # placed
+    with caplog.at_level("INFO", logger="executors.flow.modeling_flow"):
+        let_go = executor.act(held_at(0.2, 0.1), SUBTASK)  # the next grasp, a blue block
+    assert "looks blue (p=0.98), not what 'pick up the red block' moves: letting go" in caplog.text
     assert (let_go.actions[:, 3] == 0).all() and np.isclose(let_go.actions[:, 2].sum(), 0.08)
     assert (let_go.actions[:, :2] == 0).all()
     executor.act(at(0.2, 0.0), SUBTASK)  # let go: that spot is off the pick map, and it placed nothing
-    assert np.allclose(rejects[-1], [[0.2, 0.2]]) and executor._placed == []
+    assert np.allclose(rejects[-1], [[0.2, 0.2]]) and len(executor._placed) == 1  # the release placed nothing
     executor.act(at(0.2, 0.0), Subtask(text="put the blue block in the red bowl", index=1))
-    assert rejects[-1] == [] and avoids[-1] == []  # another subtask may want that block: it is not avoided
+    # another subtask may want the block let go of: only the block placed is avoided
+    assert rejects[-1] == [] and np.allclose(avoids[-1], [[0.1, 0.2]])
     with pytest.raises(ValueError, match="rise"):
         FlowExecutor(model, in_hand=str(tmp_path / "in_hand"), grasp_check={**CHECK, "rise": -1.0})
     InHandOffset(TINY).save_pretrained(tmp_path / "plain")

@@ -29,7 +29,9 @@ class GraspCheckConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     min_prob: float = Field(gt=0, lt=1)  # the subtask's colour less likely than this in the reading: the wrong block
-    min_height: float = Field(ge=0)  # m, state z: read only from here up (the in-hand model saw no lower cup)
+    # m, state z: the block is read once per grasp, at the first chunk the cup holds it this high. Carried on, over
+    # a support or a bowl of another colour, the view is read wrong more often.
+    min_height: float = Field(ge=0)
     rise: float = Field(gt=0)  # m: how far the cup rises after letting go
     step: float = Field(gt=0)  # m per step: the most it rises in one step (the action bound)
     # An in-hand model directory with colours to read the held block's with; None: the executor's in_hand model.
@@ -44,13 +46,14 @@ def subtask_colour(text: str | None, colours: list[str] | dict) -> str | None:
     return None
 
 
-def wrong_block(reading: WristReading | None, text: str | None, height: float, cfg: GraspCheckConfig) -> bool:
-    """Whether the held block, as ``reading`` names its colour, is not the one subtask ``text`` moves. Unsure
-    means no: without a colour head, a subtask naming no colour the model knows, or the cup below `min_height`."""
-    if reading is None or not reading.colours or height < cfg.min_height:
+def wrong_block(reading: WristReading | None, text: str | None, min_prob: float) -> bool:
+    """Whether the held block, as ``reading`` names its colour, is not the one subtask ``text`` moves: that colour
+    less likely than ``min_prob``. Unsure means no: without a colour head, or a subtask naming no colour the model
+    knows."""
+    if reading is None or not reading.colours:
         return False
     colour = subtask_colour(text, reading.colours)
-    return colour is not None and reading.colours[colour] < cfg.min_prob
+    return colour is not None and reading.colours[colour] < min_prob
 
 
 def let_go_and_rise(actions: np.ndarray, cfg: GraspCheckConfig, committed: int = 0,

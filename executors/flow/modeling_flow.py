@@ -10,6 +10,7 @@ Convention (GR00T's): x_t = (1 - t)·noise + t·action, velocity target action -
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from executors.flow.waypoints import GRIPPER_ON
 from hybrid.attention import attention
 from hybrid.types import ActionChunk, Observation, Subgoal, Subtask
 
+log = logging.getLogger(__name__)
 WEIGHTS_NAME = "model.safetensors"
 # Logits off the pick map where a grasp check let go of the wrong block: more than its peaks stand apart, so the
 # look-alike there is not taken again under that subtask.
@@ -535,6 +537,7 @@ class FlowExecutor:
         self._stacked = False  # whether a block was let go of on a support this episode (a tower may stand)
         self._rejected: list[tuple[str | None, torch.Tensor]] = []  # (subtask, effector xy (2,)) at each grasp let go
         self._letting_go = False  # a grasp check let go: that release placed nothing
+        self._grasp_checked = False  # whether the block held now was checked already
 
     def _nowhere(self) -> torch.Tensor:
         """``(1, 2)`` NaN: no point (what `HeatmapWaypointHead.peak` and `FlowModel._peaks` read as none)."""
@@ -582,6 +585,24 @@ class FlowExecutor:
         if camera not in obs.images:
             raise ValueError(f"in_hand: the observation has no {camera!r} camera (got {sorted(obs.images)})")
         return model.read(obs.images[camera])
+
+    def _check_grasp(self, obs: Observation, state: torch.Tensor, subtask: Subtask | None,
+                     reading: WristReading | None) -> bool:
+        """Whether to let go of the block held: the grasp check, once per grasp, at the first chunk the cup holds at
+        `GraspCheckConfig.min_height` or above. ``reading``: the ``in_hand`` model's of this chunk."""
+        if self.grasp_check is None or not self._held:
+            self._grasp_checked = False
+            return False
+        if self._grasp_checked or float(state[0, 2]) < self.grasp_check.min_height:
+            return False
+        self._grasp_checked = True
+        held = reading if self.colour_reader is self.in_hand else self._wrist(obs, state, self.colour_reader)
+        if not wrong_block(held, _text(subtask), self.grasp_check.min_prob):
+            return False
+        seen = max(held.colours, key=held.colours.get)
+        log.info("grasp check: the block held looks %s (p=%.2f), not what %r moves: letting go", seen,
+                 held.colours[seen], _text(subtask))
+        return True
 
     def _support_place(self, state: torch.Tensor, subtask: Subtask | None, reading: WristReading) -> torch.Tensor:
         """``(1, 2)``: the support seen under the held block, where it lies within `support_snap` of the place found
@@ -631,10 +652,7 @@ class FlowExecutor:
             # the lock keeps the place itself; the cup's target moves with the offset of the moment
             self._remember_place(batch["state"], subtask, waypoints[:, 1] - (0 if shift is None else shift))
             place = waypoints[0, 1].float().cpu().numpy()
-            if self.grasp_check is not None:
-                held = reading if self.colour_reader is self.in_hand else self._wrist(obs, batch["state"],
-                                                                                       self.colour_reader)
-                rejected = wrong_block(held, _text(subtask), float(batch["state"][0, 2]), self.grasp_check)
+            rejected = self._check_grasp(obs, batch["state"], subtask, reading)
         noise = self.noise_scale * torch.randn(1, cfg.chunk, cfg.action_dim, device=self.device,
                                                generator=self.generator)
         if prefix is not None and len(prefix):
