@@ -13,6 +13,7 @@ from executors.flow.in_hand import InHandConfig, InHandOffset, WristReading, tra
 from hybrid.envs.tabletop.env import TabletopEnv
 from hybrid.envs.tabletop.in_hand import CLEAR, compose_view, wrist_views
 from hybrid.envs.tabletop.scene import BLOCK_HALF
+from hybrid.envs.tabletop.tasks import COLOURS
 from hybrid.types import Observation
 
 TINY = InHandConfig(image_size=32, widths=[8, 8], hidden=16)
@@ -26,6 +27,7 @@ def test_wrist_views_render_the_held_block_where_its_label_says():
     again = wrist_views(6, seed=3, image_size=32, max_offset=0.02)
     again, same = again.images, again.held
     assert np.array_equal(images, again) and np.array_equal(offsets, same)  # the seed decides everything
+    assert views.colour.shape == (6,) and ((views.colour >= 0) & (views.colour < len(COLOURS))).all()
     with pytest.raises(ValueError, match="max_offset"):
         wrist_views(2, max_offset=0.0)
 
@@ -38,10 +40,11 @@ def test_a_view_poses_the_held_block_and_the_support_where_their_labels_say():
         home = scene.data.qpos.copy()
         for _ in range(8):
             scene.data.qpos[:] = home
-            held, support, present, _ = compose_view(scene, rng, support=1.0)
+            held, support, present, block = compose_view(scene, rng, support=1.0)
             cup = scene.effector
             blocks = scene.data.xpos[scene.block_body[: scene.n_blocks()]]
             hanging = np.isclose(blocks[:, 2], cup[2] - BLOCK_HALF)
+            assert np.flatnonzero(hanging).tolist() == [block]  # the block it names is the one under the cup
             assert present and np.allclose(blocks[hanging, :2] - cup[:2], held, atol=1e-6)
             top = np.flatnonzero(np.isclose(blocks[:, :2], cup[:2] + support, atol=1e-6).all(axis=1))
             assert len(top) == 1 and np.linalg.norm(support) <= 0.05
@@ -78,27 +81,6 @@ def test_the_estimator_round_trips_and_rejects_bad_images(tmp_path):
         InHandConfig(image_size=8, widths=[8, 8, 8, 8])
 
 
-def test_a_crop_reads_only_its_part_of_the_image(tmp_path):
-    cfg = InHandConfig(image_size=32, widths=[8, 8], hidden=16, crop=[0.5, 1.0, 0.25, 0.75], colours=["red", "blue"])
-    assert cfg.box() == (16, 32, 8, 24)
-    torch.manual_seed(0)
-    model = InHandOffset(cfg).eval()
-    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    elsewhere = image.copy()
-    elsewhere[:16] = 0  # above the crop
-    elsewhere[:, :8] = 255  # left of it
-    same, other = model.read(image), model.read(elsewhere)
-    assert np.array_equal(same.held, other.held) and same.colours == other.colours
-    inside = image.copy()
-    inside[20:28, 10:20] = 0
-    assert model.read(image).colours != model.read(inside).colours
-    model.save_pretrained(tmp_path / "cropped")
-    assert InHandOffset.from_pretrained(tmp_path / "cropped").cfg == cfg
-    for crop in ([0.5, 0.4, 0.0, 1.0], [0.0, 1.0, 0.0, 1.5], [0.9, 1.0, 0.0, 1.0]):  # empty, outside, too small
-        with pytest.raises(ValueError, match="InHandConfig"):
-            InHandConfig(image_size=32, widths=[8, 8], crop=crop)
-
-
 def test_train_in_hand_writes_the_model_and_its_held_out_error(tmp_path):
     metrics = train_in_hand(str(tmp_path / "run"), samples=24, val_samples=8, steps=3, batch_size=4, image_size=32)
     assert set(metrics) >= {"val_error_cm_p50", "val_error_cm_p90", "val_offset_cm_p50"}
@@ -111,10 +93,10 @@ def test_train_in_hand_writes_the_model_and_its_held_out_error(tmp_path):
     reading = model.read(np.zeros((32, 32, 3), np.uint8))
     assert model.cfg.support and reading.support.shape == (2,) and 0.0 < reading.support_prob < 1.0
     metrics = train_in_hand(str(tmp_path / "colour"), samples=24, val_samples=8, steps=3, batch_size=4, image_size=32,
-                            colour=True, crop=[0.5, 1.0, 0.0, 1.0])
+                            colour=True)
     assert 0.0 <= metrics["colour_accuracy"] <= 1.0 and "colour_true_prob_below_0.1" in metrics
     model = InHandOffset.from_pretrained(tmp_path / "colour")
-    assert model.cfg.crop == [0.5, 1.0, 0.0, 1.0] and len(model.cfg.colours) == 6
+    assert model.cfg.colours == ["red", "green", "blue", "yellow", "purple", "orange"]
     assert np.isclose(sum(model.read(np.zeros((32, 32, 3), np.uint8)).colours.values()), 1.0)
 
 

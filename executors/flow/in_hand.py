@@ -50,22 +50,11 @@ class InHandConfig:
     convs_per_stage: int = 1  # 3x3 convolutions at each resolution (the first of them strided)
     support: bool = False  # also the support under the held block: its offset from the cup, and whether there is one
     colours: list[str] = field(default_factory=list)  # also the held block's colour, one of these names (none: not)
-    # (top, bottom, left, right), fractions of the resized image: the part the network reads (None: all of it). The
-    # held block shows around the cup at the bottom; the rest of the scene lets a colour be guessed by elimination
-    # (the one block of the scene not in view), which fails where the block hides behind the cup.
-    crop: list[float] | None = None
 
     def __post_init__(self):
-        top, bottom, left, right = self.crop or (0.0, 1.0, 0.0, 1.0)
-        if (min(self.box()[1] - self.box()[0], self.box()[3] - self.box()[2]) < 2 ** len(self.widths)
-                or not 0 <= top < bottom <= 1 or not 0 <= left < right <= 1 or not self.widths or min(self.widths) < 8
-                or self.hidden < 1 or self.convs_per_stage < 1 or len(set(self.colours)) != len(self.colours)):
+        if (self.image_size < 2 ** len(self.widths) or not self.widths or min(self.widths) < 8 or self.hidden < 1
+                or self.convs_per_stage < 1 or len(set(self.colours)) != len(self.colours)):
             raise ValueError(f"InHandConfig: invalid {asdict(self)}")
-
-    def box(self) -> tuple[int, int, int, int]:
-        """The crop in pixels of the resized image: (top, bottom, left, right)."""
-        top, bottom, left, right = self.crop or (0.0, 1.0, 0.0, 1.0)
-        return tuple(round(f * self.image_size) for f in (top, bottom, left, right))
 
 
 @dataclass
@@ -87,17 +76,16 @@ class InHandOffset(nn.Module):
     def __init__(self, cfg: InHandConfig):
         super().__init__()
         self.cfg = cfg
-        top, bottom, left, right = cfg.box()
-        layers, channels, height, width_px = [], 3, bottom - top, right - left
+        layers, channels, size = [], 3, cfg.image_size
         for width in cfg.widths:
             for k in range(cfg.convs_per_stage):
                 layers += [nn.Conv2d(channels, width, 3, stride=1 if k else 2, padding=1), nn.GroupNorm(8, width),
                            nn.GELU()]
                 channels = width
-            height, width_px = math.ceil(height / 2), math.ceil(width_px / 2)
+            size = math.ceil(size / 2)
         # Flattened, not pooled: where the block shows in the image is the answer.
         self.features = nn.Sequential(*layers, nn.Flatten())
-        self.head = nn.Sequential(nn.Linear(channels * height * width_px, cfg.hidden), nn.GELU(),
+        self.head = nn.Sequential(nn.Linear(channels * size * size, cfg.hidden), nn.GELU(),
                                   nn.Linear(cfg.hidden, self.offsets + 1 + len(cfg.colours) if cfg.support
                                             else self.offsets + len(cfg.colours)))
 
@@ -110,8 +98,7 @@ class InHandOffset(nn.Module):
         size = self.cfg.image_size
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"InHandOffset: expected images (N, 3, H, W), got {tuple(images.shape)}")
-        top, bottom, left, right = self.cfg.box()
-        x = resize(images, size)[:, :, top:bottom, left:right].float() / 255
+        x = resize(images, size).float() / 255
         out = self.head(self.features(x))
         return torch.cat([out[:, : self.offsets] / UNIT, out[:, self.offsets :]], dim=1)  # offsets in metres; logits
 
@@ -189,12 +176,11 @@ def train_in_hand(out: str, samples: int = 40000, val_samples: int = 2000, steps
                   lr: float = 2.0e-3, weight_decay: float = 1.0e-4, image_size: int = 96, camera: str = "wrist",
                   max_offset: float = 0.03, support: float = 0.0, support_radius: float = 0.05,
                   widths: list[int] | None = None, hidden: int = 128, convs_per_stage: int = 1, colour: bool = False,
-                  crop: list[float] | None = None, seed: int = 0, threads: int | None = None, log_every: int = 500, resume: bool = False) -> dict:
+                  seed: int = 0, threads: int | None = None, log_every: int = 500, resume: bool = False) -> dict:
     """Render ``samples`` labelled views of the tabletop (and ``val_samples`` more from other scenes), train an
     `InHandOffset` on them with a one-cycle schedule and write it to ``out`` with ``metrics.json``. ``support`` > 0:
     that share of the views has a support under the held block, and the model learns to find it too. ``colour``: it
-    learns to name the held block's colour too (one of the tabletop's `COLOURS`). ``crop``: the part of the image it
-    reads (`InHandConfig.crop`). ``widths``,
+    learns to name the held block's colour too (one of the tabletop's `COLOURS`). ``widths``,
     ``hidden``, ``convs_per_stage``: the network (`InHandConfig`). ``resume``: a run whose model is written already
     is not repeated (its metrics are returned)."""
     from tqdm.auto import tqdm
@@ -215,8 +201,7 @@ def train_in_hand(out: str, samples: int = 40000, val_samples: int = 2000, steps
     shape = {"widths": [int(w) for w in widths]} if widths else {}
     model = InHandOffset(InHandConfig(camera=camera, image_size=image_size, hidden=hidden,
                                       convs_per_stage=convs_per_stage, support=support > 0,
-                                      colours=list(COLOURS) if colour else [],
-                                      crop=None if crop is None else [float(f) for f in crop], **shape))
+                                      colours=list(COLOURS) if colour else [], **shape))
     x = torch.from_numpy(views.images).permute(0, 3, 1, 2)
     held, where = torch.from_numpy(views.held), torch.from_numpy(views.support)
     present, colours = torch.from_numpy(views.present).float(), torch.from_numpy(views.colour)
