@@ -121,3 +121,18 @@ def test_the_colour_head_round_trips_and_reads_probabilities(tmp_path):
     assert found.support is None and found.held.shape == (2,)
     with pytest.raises(ValueError, match="InHandConfig"):
         TINY.__class__(**{**TINY.__dict__, "colours": ["red", "red"]})
+
+
+def test_the_shipped_colour_model_names_the_held_block_in_views_it_never_saw():
+    from hybrid.config import PROJECT_ROOT, compose
+    from hybrid.envs.tabletop.in_hand import wrist_views
+    from hybrid.envs.tabletop.tasks import COLOURS
+
+    directory = PROJECT_ROOT / "demos" / "tabletop" / "checkpoints" / "held_colour"
+    model = InHandOffset.from_pretrained(directory)
+    views = wrist_views(60, seed=424242, image_size=model.cfg.image_size, camera=model.cfg.camera, support=0.6)
+    named = [max(r.colours, key=r.colours.get) for r in map(model.read, views.images)]
+    # on its 2000 held-out views: 0.94 named right, the true colour under 0.1 in 3.7% (the held block behind the cup)
+    assert np.mean([n == COLOURS[c] for n, c in zip(named, views.colour, strict=True)]) > 0.85
+    shipped = compose("run", ["executor=flow_tabletop"]).executor.grasp_check
+    assert shipped.model == str(directory) and 0 < shipped.min_prob < 0.5

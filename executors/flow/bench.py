@@ -135,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{flag}", type=float, default=None, help=f"FlowConfig.{flag.replace('-', '_')}")
     parser.add_argument("--in-hand", default=None, help="an in-hand model directory (executors/flow/in_hand.py): "
                         "chunks are timed with a block held, the wrist camera read each chunk")
-    parser.add_argument("--grasp-check", type=float, default=None, metavar="MIN_PROB",
-                        help="with an --in-hand model with colours: the grasp check at this min_prob "
-                             "(executors/flow/grasp_check.py), read every chunk")
+    parser.add_argument("--grasp-check", default=None, metavar="DIR",
+                        help="an in-hand model with colours: the grasp check (executors/flow/grasp_check.py) on, "
+                             "its reading timed too (it reads once per grasp)")
     parser.add_argument("--eager", action="store_true", help="on CUDA, do not replay the chunk as a CUDA graph")
     parser.add_argument("--json", action="store_true", help="only the final JSON line on stdout")
     args = parser.parse_args(argv)
@@ -162,9 +162,9 @@ def run(args) -> dict:
     dtype = args.dtype or ("bfloat16" if cuda else "float32")
     settings = {name: getattr(args, name, None) for name in ("pick_persistence", "place_inhibition",
                                                               "place_lock_distance", "place_persistence")}
-    in_hand, min_prob = getattr(args, "in_hand", None), getattr(args, "grasp_check", None)
-    # what it costs does not depend on the rise: reading from any height, it is checked every chunk
-    check = None if min_prob is None else {"min_prob": min_prob, "min_height": 0.0, "rise": 0.08, "step": 0.02}
+    in_hand, colours = getattr(args, "in_hand", None), getattr(args, "grasp_check", None)
+    check = None if colours is None else {"min_prob": 0.1, "min_height": 0.0, "rise": 0.08, "step": 0.02,
+                                          "model": colours}
     if args.checkpoint:
         executor = FlowExecutor.from_pretrained(args.checkpoint, device=args.device, dtype=dtype, in_hand=in_hand,
                                                 grasp_check=check, **settings)
@@ -186,14 +186,17 @@ def run(args) -> dict:
               "chunk": cfg.chunk, "action_dim": cfg.action_dim, "flow_steps": steps,
               "subgoal": subgoal is not None and cfg.use_subgoal,
               **{name: getattr(cfg, name) for name in settings}}
-    if in_hand:  # chunks timed with a block held: the wrist camera is read every chunk
+    if in_hand or colours:  # chunks timed with a block held: the wrist camera is read every chunk
         state = np.array(obs.state, copy=True)
         state[cfg.gripper_index] = 1.0
         obs = obs.model_copy(update={"state": state})
-        image = obs.images[executor.in_hand.cfg.camera]
-        result["in_hand"], result["grasp_check"] = in_hand, min_prob
-        result["in_hand_ms_p50"] = round(float(np.percentile(
-            timed(lambda: executor.in_hand.read(image), args.iters, args.warmup, cuda), 50)), 2)
+        for name, reader, path in (("in_hand", executor.in_hand, in_hand),
+                                   ("grasp_check", executor.colour_reader, colours)):
+            if reader is not None:
+                image = obs.images[reader.cfg.camera]
+                result[name] = path
+                result[f"{name}_ms_p50"] = round(float(np.percentile(
+                    timed(lambda r=reader, i=image: r.read(i), args.iters, args.warmup, cuda), 50)), 2)
     eager_ms = latency(steps)
     chunk_ms, one_step_ms = eager_ms, latency(1)
     if cuda and not args.eager:
