@@ -583,7 +583,7 @@ class FlowExecutor:
             return None
         camera = model.cfg.camera
         if camera not in obs.images:
-            raise ValueError(f"in_hand: the observation has no {camera!r} camera (got {sorted(obs.images)})")
+            raise ValueError(f"in-hand model: the observation has no {camera!r} camera (got {sorted(obs.images)})")
         return model.read(obs.images[camera])
 
     def _check_grasp(self, obs: Observation, state: torch.Tensor, subtask: Subtask | None,
