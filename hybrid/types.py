@@ -120,6 +120,7 @@ class ActionChunk(_Record):
     start_time: float = Field(default_factory=time.monotonic)
     subtask: str | None = None
     subgoal_created_at: float | None = None
+    note: str | None = None  # what a run-time rule made of this chunk (a grasp check letting go): traces and Rerun
 
     @field_validator("actions", mode="before")
     @classmethod

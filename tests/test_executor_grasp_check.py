@@ -76,6 +76,7 @@ def test_the_executor_lets_go_of_the_wrong_block_and_picks_elsewhere_under_that_
         let_go = executor.act(held_at(0.2, 0.1), SUBTASK)  # the next grasp, a blue block
     assert "looks blue (p=0.98), not what 'pick up the red block' moves: letting go" in caplog.text
     assert (let_go.actions[:, 3] == 0).all() and np.isclose(let_go.actions[:, 2].sum(), 0.08)
+    assert let_go.note.startswith("grasp check: the block held looks blue")  # for traces and Rerun
     assert (let_go.actions[:, :2] == 0).all()
     executor.act(at(0.2, 0.0), SUBTASK)  # let go: that spot is off the pick map, and it placed nothing
     assert np.allclose(rejects[-1], [[0.2, 0.2]]) and len(executor._placed) == 1  # the release placed nothing

@@ -244,3 +244,29 @@ def test_plan_due_follows_the_policy_and_a_reported_finish():
     a.mark_planned(0.5)
     assert not a.plan_due(1.0)  # the report was used up by that call
     assert agent().plan_due(0.1)  # a planner without a policy: whenever the loop offers
+
+
+def test_a_chunks_note_reaches_the_trace_and_rerun_once(tmp_path):
+    import json
+
+    from hybrid.eval.trace import EpisodeTrace
+
+    class NotingExecutor(MockExecutor):
+        """Notes its second chunk, as a grasp check letting go of a block does."""
+
+        def act(self, obs, subtask, subgoal):
+            chunk = super().act(obs, subtask, subgoal)
+            self.chunks = getattr(self, "chunks", 0) + 1
+            return chunk.model_copy(update={"note": "let go"}) if self.chunks == 2 else chunk
+
+    view, trace = saved_view(tmp_path), EpisodeTrace(tmp_path / "trace.jsonl")
+    env = RecordingPointEnv()
+    trace.on_episode_start("go", {})
+    run_episode(agent(executor=NotingExecutor(actions=RIGHT)), EnvAdapter(env), SyncLoopConfig(max_steps=100),
+                [view, trace], seed=0)
+    view.close()
+    trace.close()
+    events = [json.loads(line) for line in (tmp_path / "trace.jsonl").read_text().splitlines()]
+    noted = [e for e in events if e["event"] == "executor"]
+    assert [e["note"] for e in noted] == ["let go"] and noted[0]["step"] == 5  # the second chunk's first (of 1, 2, ...)
+    assert "/executor/notes" in rrd_entities(tmp_path / "run.rrd")

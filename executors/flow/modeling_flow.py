@@ -587,22 +587,23 @@ class FlowExecutor:
         return model.read(obs.images[camera])
 
     def _check_grasp(self, obs: Observation, state: torch.Tensor, subtask: Subtask | None,
-                     reading: WristReading | None) -> bool:
-        """Whether to let go of the block held: the grasp check, once per grasp, at the first chunk the cup holds at
-        `GraspCheckConfig.min_height` or above. ``reading``: the ``in_hand`` model's of this chunk."""
+                     reading: WristReading | None) -> str | None:
+        """Why to let go of the block held (None: keep it): the grasp check, once per grasp, at the first chunk the
+        cup holds at `GraspCheckConfig.min_height` or above. ``reading``: the ``in_hand`` model's of this chunk."""
         if self.grasp_check is None or not self._held:
             self._grasp_checked = False
-            return False
+            return None
         if self._grasp_checked or float(state[0, 2]) < self.grasp_check.min_height:
-            return False
+            return None
         self._grasp_checked = True
         held = reading if self.colour_reader is self.in_hand else self._wrist(obs, state, self.colour_reader)
         if not wrong_block(held, _text(subtask), self.grasp_check.min_prob):
-            return False
+            return None
         seen = max(held.colours, key=held.colours.get)
-        log.info("grasp check: the block held looks %s (p=%.2f), not what %r moves: letting go", seen,
-                 held.colours[seen], _text(subtask))
-        return True
+        why = (f"grasp check: the block held looks {seen} (p={held.colours[seen]:.2f}), not what {_text(subtask)!r} "
+               "moves: letting go")
+        log.info(why)
+        return why
 
     def _support_place(self, state: torch.Tensor, subtask: Subtask | None, reading: WristReading) -> torch.Tensor:
         """``(1, 2)``: the support seen under the held block, where it lies within `support_snap` of the place found
@@ -630,7 +631,7 @@ class FlowExecutor:
         cfg = self.cfg
         batch = observation_batch(cfg, self.tokenizer, obs, subtask, subgoal)
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        context, place, snapped, rejected = None, None, False, False
+        context, place, snapped, rejected = None, None, False, None
         remembers = (cfg.pick_persistence > 0 or cfg.place_inhibition > 0 or cfg.place_lock_distance > 0
                      or cfg.place_persistence > 0 or self._steers)
         if remembers and cfg.waypoint_target:
@@ -667,11 +668,11 @@ class FlowExecutor:
         else:
             actions = self._replay(batch, self.flow_steps, noise)[0].cpu().numpy()
         position, committed = batch["state"][0, :3].float().cpu().numpy(), 0 if prefix is None else len(prefix)
-        if rejected:  # the wrong block: let go of it where it is, and pick elsewhere under this subtask
+        if rejected is not None:  # the wrong block: let go of it where it is, and pick elsewhere under this subtask
             self._rejected.append((_text(subtask), batch["state"][0, :2].float()))
             self._pick, self._letting_go = None, True
             return ActionChunk(actions=let_go_and_rise(actions, self.grasp_check, committed, cfg.gripper_index),
-                               dt=cfg.dt, start_time=obs.timestamp, subtask=_text(subtask))
+                               dt=cfg.dt, start_time=obs.timestamp, subtask=_text(subtask), note=rejected)
         if self.transit is not None and place is not None and (self._stacked or not self.transit.towers_only):
             actions = hold_transit_height(actions, position, place, self._held, self.transit, committed,
                                           cfg.gripper_index)

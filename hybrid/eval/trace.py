@@ -3,7 +3,8 @@
 Success rates say how often an agent fails, not why. The trace records, for each episode, the seed and the
 reference plan, every change of the subtask under way with the planner's reason and the physics state at
 that moment, every grasp and release (both from an env that can ``describe()`` itself, as the tabletop
-does), and how the episode ended.
+does), what the executor's run-time rules did (a chunk's ``note``: a grasp check letting go of a block), and how the
+episode ended.
 A failed episode is then read line by line: the subtask that named a block already placed, the release
 that missed, the step budget that ran out with a block in the gripper.
 """
@@ -28,6 +29,7 @@ class EpisodeTrace:
         self.context: dict[str, Any] = {}
         self._current: tuple[int, str] | None = None
         self._held: list[str] = []
+        self._noted: float | None = None  # the start time of the last chunk whose note was written
 
     def _write(self, event: str, **fields: Any) -> None:
         self._file.write(json.dumps({"event": event, **self.context, **fields}, default=str) + "\n")
@@ -38,7 +40,7 @@ class EpisodeTrace:
         return {"state": describe()} if callable(describe) else {}
 
     def on_episode_start(self, instruction: str, info: dict[str, Any]) -> None:
-        self._current, self._held = None, []
+        self._current, self._held, self._noted = None, [], None
         self._write("start", instruction=instruction, plan=info.get("subtasks"), **self._state())
 
     def on_step(self, record) -> None:
@@ -57,6 +59,10 @@ class EpisodeTrace:
                 self._write("grasp" if len(held) > len(self._held) else "release", step=record.step, held=held,
                             **scene)
                 self._held = held
+        chunk = record.chunk
+        if chunk is not None and chunk.note and chunk.start_time != self._noted:
+            self._write("executor", step=record.step, note=chunk.note)
+            self._noted = chunk.start_time
         for fault in record.faults:
             self._write("fault", step=record.step, tier=fault.tier, kind=fault.kind, message=fault.message)
 

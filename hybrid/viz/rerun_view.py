@@ -107,6 +107,8 @@ class RerunView:
         chunk = record.chunk
         if chunk is not None and chunk.start_time != self._last_chunk:
             self._log_chunk(chunk.actions, chunk.dt, None if obs is None else obs.state)
+            if chunk.note:
+                rec.log("executor/notes", rr.TextLog(chunk.note, level=rr.TextLogLevel.INFO))
             self._last_chunk = chunk.start_time
         if record.action is not None:
             rec.log("executor/action", rr.Scalars(record.action.astype(np.float64)))
@@ -162,6 +164,7 @@ class RerunView:
         text = rrb.Vertical(rrb.TextDocumentView(origin="instruction", name="instruction"),
                             rrb.TextDocumentView(origin="plan/subtasks", name="subtasks"),
                             rrb.TextLogView(origin="faults", name="faults"),
+                            rrb.TextLogView(origin="executor/notes", name="executor notes"),
                             rrb.TextLogView(origin="episode", name="episodes"))
         actions = rrb.Vertical(rrb.TimeSeriesView(origin="executor/action", name="executed action"),
                                rrb.Spatial2DView(origin="executor/chunk", name="action chunk"),
