@@ -1,6 +1,8 @@
 """The grasp check: the in-hand model's colour reading, the rule that lets go of the wrong block, and the executor
 keeping that spot off its pick map for the rest of the subtask."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ from executors.flow.in_hand import InHandOffset, WristReading
 from hybrid.types import Observation, Subtask
 
 CHECK = {"min_prob": 0.1, "min_height": 0.07, "rise": 0.08, "step": 0.02}
-COLOURED = TINY.__class__(**{**TINY.__dict__, "colours": ["red", "blue"]})
+COLOURED = replace(TINY, colours=["red", "blue"])
 
 
 def held_at(x: float, z: float, gripper: float = 1.0) -> Observation:
@@ -121,7 +123,7 @@ def test_the_colour_head_round_trips_and_reads_probabilities(tmp_path):
     assert np.isclose(sum(found.colours.values()), 1.0) and found.colours == model.read(image).colours
     assert found.support is None and found.held.shape == (2,)
     with pytest.raises(ValueError, match="InHandConfig"):
-        TINY.__class__(**{**TINY.__dict__, "colours": ["red", "red"]})
+        replace(TINY, colours=["red", "red"])
 
 
 def test_the_shipped_colour_model_names_the_held_block_in_views_it_never_saw():

@@ -86,13 +86,16 @@ class InHandOffset(nn.Module):
         # Flattened, not pooled: where the block shows in the image is the answer.
         self.features = nn.Sequential(*layers, nn.Flatten())
         self.head = nn.Sequential(nn.Linear(channels * size * size, cfg.hidden), nn.GELU(),
-                                  nn.Linear(cfg.hidden, self.offsets + 1 + len(cfg.colours) if cfg.support
-                                            else self.offsets + len(cfg.colours)))
+                                  nn.Linear(cfg.hidden, self.offsets + int(cfg.support) + len(cfg.colours)))
 
     @property
     def offsets(self) -> int:
         """How many of the outputs are offsets (metres): the held block's xy, and the support's with one."""
         return 4 if self.cfg.support else 2
+
+    def colour_logits(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The colour logits ``(..., len(colours))`` among `forward`'s ``outputs`` (the last of them)."""
+        return outputs[..., outputs.shape[-1] - len(self.cfg.colours) :]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         size = self.cfg.image_size
@@ -113,7 +116,7 @@ class InHandOffset(nn.Module):
         out = self(x)[0].float()
         colours = {}
         if self.cfg.colours:
-            probs = torch.softmax(out[-len(self.cfg.colours) :], 0).cpu().numpy()
+            probs = torch.softmax(self.colour_logits(out), 0).cpu().numpy()
             colours = {name: float(p) for name, p in zip(self.cfg.colours, probs, strict=True)}
         out = out.cpu().numpy()
         if not self.cfg.support:
@@ -164,7 +167,7 @@ def view_metrics(model: InHandOffset, views) -> dict:
             "support_error_cm_p50_behind": round(float(np.median(errors[~ahead])), 3) if (~ahead).any() else None,
             "support_presence_accuracy": round(float(np.mean((found[:, 4] > 0) == present)), 4)})
     if model.cfg.colours:
-        logits = torch.from_numpy(found[:, -len(model.cfg.colours) :])
+        logits = model.colour_logits(torch.from_numpy(found))
         truth = torch.from_numpy(views.colour)
         true_prob = torch.softmax(logits, 1).gather(1, truth[:, None])[:, 0]
         metrics.update({"colour_accuracy": round(float((logits.argmax(1) == truth).float().mean()), 4),
@@ -219,7 +222,7 @@ def train_in_hand(out: str, samples: int = 40000, val_samples: int = 2000, steps
             loss = loss + (per_view.sum(1) * mask).sum() / mask.sum().clamp(min=1) / 2
             loss = loss + nn.functional.binary_cross_entropy_with_logits(found[:, 4], mask)
         if model.cfg.colours:
-            loss = loss + nn.functional.cross_entropy(found[:, -len(model.cfg.colours) :], colours[idx])
+            loss = loss + nn.functional.cross_entropy(model.colour_logits(found), colours[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
