@@ -324,6 +324,67 @@ def test_a_subtask_without_a_grip_for_stale_after_calls_is_given_up_for_the_best
                    affordance={"candidates": 1, "stale_after": 3})
 
 
+def test_a_subtask_let_go_of_stale_releases_times_is_given_up():
+    # the executor, asked for a block that is already in its bowl, lifts it out and puts it back again and again
+    def at(gripper):
+        return OBS.model_copy(update={"state": np.array([0.1, 0.0, 0.2, gripper], np.float32)})
+
+    red_first = ranked(PlanStep(subtask=RED), PlanStep(subtask=BLUE))
+    planner = VLMPlanner(CandidatesBackend(*[red_first] * 5), vocabulary=[RED, BLUE], prompt={"gripper_index": -1},
+                         affordance={"candidates": 4, "stale_releases": 2})
+    planner.use_affordance(scorer({RED: 0.9, BLUE: 0.9}))
+    got = [planner.plan(at(g), "sort", []).subtask for g in (0.0, 1.0, 0.0, 1.0, 0.0)]
+    assert got == [RED, RED, RED, RED, BLUE]
+    with pytest.raises(ValueError, match="stale_releases"):
+        VLMPlanner(CandidatesBackend(), vocabulary=[RED], prompt={"gripper_index": -1},
+                   affordance={"candidates": 1, "stale_releases": 3})
+
+
+def test_remember_given_up_tries_every_subtask_once_before_one_given_up_again():
+    # `sort`: "done" is refused while a placed block scores 0.4; the block left scores 0.2 and is the planner's last
+    # choice. Without the memory the planner goes back to RED as soon as it gives BLUE up; with it GREEN is tried.
+    def at(gripper):
+        return OBS.model_copy(update={"state": np.array([0.1, 0.0, 0.2, gripper], np.float32)})
+
+    beam = ranked(DONE, PlanStep(subtask=RED), PlanStep(subtask=BLUE), PlanStep(subtask=GREEN))
+    table = {RED: 0.4, BLUE: 0.4, GREEN: 0.2}
+    grippers = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+    def run(remember):
+        planner = VLMPlanner(CandidatesBackend(*[beam] * 9), vocabulary=[RED, BLUE, GREEN],
+                             prompt={"gripper_index": -1}, replan={"keep_while_holding": True},
+                             affordance={"candidates": 4, "stale_after": 2, "done_below": 0.1,
+                                         "remember_given_up": remember})
+        planner.use_affordance(scorer(table))
+        return [planner.plan(at(g), "sort", []) for g in grippers]
+
+    assert [s.subtask for s in run(False)][:7] == [RED, RED, BLUE, BLUE, RED, RED, BLUE]
+    got = run(True)
+    # RED and BLUE given up in turn, then GREEN; once GREEN goes stale too, everything has been tried: RED
+    # (the first again), which now runs its course, through a grip (1.0)
+    assert [s.subtask for s in got] == [RED, RED, BLUE, BLUE, GREEN, GREEN, RED, RED, RED]
+    assert "not enough to end the episode" in got[4].reason
+
+
+def test_replace_done_keeps_a_refused_done_from_going_to_a_far_less_likely_subtask():
+    # `gather`: "done" is refused, the last blue block (the planner's next reply) scores 0.41 and a subtask the
+    # instruction never asks for, 14 nats less likely, 0.95
+    beam = [(reply_text(DONE), -0.1), (reply_text(PlanStep(subtask=BLUE)), -2.0),
+            (reply_text(PlanStep(subtask=GREEN)), -14.7)]
+
+    def plan(replace_done, table):
+        planner = VLMPlanner(CandidatesBackend(beam), vocabulary=[RED, BLUE, GREEN],
+                             affordance={"candidates": 4, "done_below": 0.1, "replace_nats": 3.0,
+                                         "replace_done": replace_done})
+        planner.use_affordance(scorer(table))
+        return planner.plan(OBS, "gather", [])
+
+    assert plan(False, {BLUE: 0.41, GREEN: 0.95}).subtask == GREEN
+    step = plan(True, {BLUE: 0.41, GREEN: 0.95})
+    assert step.subtask == BLUE and "0.41, not enough to end the episode" in step.reason
+    assert plan(True, {BLUE: 0.05, GREEN: 0.95}).subtask == GREEN  # nothing near the planner's best can start
+
+
 def test_a_stale_subtask_alone_in_the_beam_widens_to_the_vocabulary_or_is_kept():
     beam = ranked(PlanStep(subtask=RED))
     log_probs = {reply_text(PlanStep(subtask=RED)): -0.1, reply_text(PlanStep(subtask=BLUE)): -2.0}

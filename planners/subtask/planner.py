@@ -64,8 +64,9 @@ class VLMPlanner:
             raise ValueError(f"affordance.candidates: {type(backend).__name__} cannot return candidate replies")
         if self.affordance.retry_min is not None and self.affordance.candidates < 2:
             raise ValueError("affordance.retry_min: needs candidates >= 2 (the check is on with them)")
-        if self.affordance.stale_after and self.affordance.candidates < 2:
-            raise ValueError("affordance.stale_after: needs candidates >= 2 (replies to choose from instead)")
+        for name in ("stale_after", "stale_releases"):
+            if getattr(self.affordance, name) and self.affordance.candidates < 2:
+                raise ValueError(f"affordance.{name}: needs candidates >= 2 (replies to choose from instead)")
         if self.affordance.widen and not (callable(getattr(backend, "score", None)) and vocabulary):
             raise ValueError(f"affordance.widen: needs a subtask vocabulary and a backend that scores replies "
                              f"({type(backend).__name__})")
@@ -80,7 +81,7 @@ class VLMPlanner:
         self.replan = replan if isinstance(replan, ReplanPolicy) else ReplanPolicy.model_validate(dict(replan or {}))
         replan = self.replan
         grip_rules = (replan.keep_while_holding or replan.keep_while_approaching or self.affordance.stale_after
-                      or self.affordance.retry_min is not None)
+                      or self.affordance.stale_releases or self.affordance.retry_min is not None)
         if grip_rules and self.prompt.gripper_index is None:  # e.g. the tabletop config over a model without one
             log.warning("planner: replan.keep_while_holding / keep_while_approaching and affordance.stale_after / "
                         "retry_min are off: they read the gripper, and the prompt has no gripper_index")
@@ -89,6 +90,7 @@ class VLMPlanner:
         self._armed, self._approach_calls = False, 0  # came down from above since the last grip; calls held
         self._idle_calls = 0  # calls since the gripper last closed or the subtask began
         self._dropped: list[str] = []  # given up before any release: the runtime's history counts them done
+        self._given_up: set[str] = set()  # given up and not taken again since (AffordanceCheck.remember_given_up)
         self._proposal: tuple[str, int] | None = None  # an unconfirmed change of subtask, and its replies so far
         # Called as (obs, instruction, done, current, releases) whenever the model is asked: on-policy data
         # collection (`planners/subtask/on_policy.py`) records what it was asked in its own closed loop.
@@ -125,7 +127,10 @@ class VLMPlanner:
                 steps.append(step)
                 log_probs.append(log_prob)
         if stale:
-            log.info("planner: no grip in %d calls, %r is given up", self._idle_calls, self.current)
+            log.info("planner: %d calls without a grip, %d releases: %r is given up", self._idle_calls, self.releases,
+                     self.current)
+            if check.remember_given_up:
+                self._given_up.add(self.current)
             if not steps:  # the beam named only the stale subtask: look further, or keep it
                 found = self._widened(messages, image, obs, self.current, None, None)
                 return found or PlanStep(subtask=self.current)
@@ -134,25 +139,51 @@ class VLMPlanner:
         if check.beam_nats is not None:  # what the planner itself deems unlikely is not taken for a failed check
             keep = [i for i, lp in enumerate(log_probs) if lp >= max(log_probs) - check.beam_nats]
             steps, log_probs = [steps[i] for i in keep], [log_probs[i] for i in keep]
+        if self._given_up:  # tried last; they still hold "done" back as any candidate does
+            order = sorted(range(len(steps)), key=lambda i: self._was_given_up(steps[i]))
+            steps, log_probs = [steps[i] for i in order], [log_probs[i] for i in order]
         # The subtask under way needs no check, or (recheck) none until the gripper has let go since it began.
         may_be_finished = check.recheck and self.prompt.gripper_index is not None and self.releases > 0
         current = None if may_be_finished or stale else self.current
         product = check.rule == "product"
         step = choose(steps, current, obs, self._score, check.min_score, log_probs if product else None,
                       check.weight, check.done_score)
+        if check.replace_done and steps[0].done and not step.done and step.subtask != current:
+            step = self._in_place_of_done(step, steps, log_probs, obs, current)
         if step is not steps[0] and step.reason:  # how much less likely the reply taken is, for traces
-            gap = _log_prob_of(step, steps, log_probs) - max(log_probs)
+            gap = _log_prob_of(step, steps, log_probs) - max(
+                (lp for s, lp in zip(steps, log_probs, strict=True) if not self._was_given_up(s)), default=log_probs[0])
             if _too_unlikely(check, steps[0], step, gap):
                 why = f"affordance: turned down, and nothing within {check.replace_nats} nats of it passes"
                 step = steps[0].model_copy(update={"reason": why})
             else:
                 step = step.model_copy(update={"reason": f"{step.reason} (log p {gap:.1f} from the best)"})
-        if check.widen and unafforded(step, current, obs, self._score, check.min_score):
+        if check.widen and (unafforded(step, current, obs, self._score, check.min_score) or self._was_given_up(step)):
             reply = None
             if product:  # the reply found so far, with the beam's log-probability of it
                 reply = (step, _log_prob_of(step, steps, log_probs))
             step = self._widened(messages, image, obs, current, step, reply) or step
         return self._retried(step, obs, stale)
+
+    def _in_place_of_done(self, step: PlanStep, steps: list[PlanStep], log_probs: list[float], obs: Observation,
+                          current: str | None) -> PlanStep:
+        """With "done" refused: ``step``, or when it lies more than `replace_nats` below the likeliest new subtask,
+        the likeliest new subtask within `replace_nats` that the check scores `done_below` (the last block of a
+        colour, say, rather than another colour the check happens to pass)."""
+        check = self.affordance
+        new = [(s, lp) for s, lp in zip(steps, log_probs, strict=True) if not s.done and s.subtask != current]
+        if check.replace_nats is None or not new:
+            return step
+        best = max((lp for s, lp in new if not self._was_given_up(s)), default=new[0][1])
+        if _log_prob_of(step, steps, log_probs) >= best - check.replace_nats:
+            return step
+        near = [s for s, lp in new if lp >= best - check.replace_nats]
+        values = [score_one(self._score, obs, s.subtask) for s in near]
+        for s, value in zip(near, values, strict=True):
+            if value is not None and value >= check.done_score:
+                why = f"affordance: {value:.2f}, not enough to end the episode; {step.subtask!r} is far less likely"
+                return s.model_copy(update={"reason": why})
+        return step
 
     def _retried(self, step: PlanStep, obs: Observation, stale: bool) -> PlanStep:
         """``step``, or the subtask under way again when the gripper has let go since it began (at most
@@ -181,19 +212,24 @@ class VLMPlanner:
             kept = step and (step.subtask or "done")
             log.warning("planner: scoring the vocabulary failed, keeping %r: %s", kept, err)
             return None
-        # in place of "done" any subtask the executor might start will do (done_below)
-        in_place_of_done = step is not None and step.done
+        # in place of "done", or of a subtask given up, any subtask the executor might start will do (done_below)
+        in_place_of_done = step is not None and (step.done or self._was_given_up(step))
         threshold = check.done_score if in_place_of_done else check.min_score
         nats = check.widen_nats
         if step is not None and not in_place_of_done and check.replace_nats is not None:
             nats = min(nats, check.replace_nats)
         return widened(self._widen_texts, scores, current, obs, self._score, threshold, check.widen,
-                       nats, reply, check.weight)
+                       nats, reply, check.weight, exclude=self._given_up)
+
+    def _was_given_up(self, step: PlanStep) -> bool:
+        return not step.done and step.subtask in self._given_up
 
     def _stale(self) -> bool:
-        """Whether the subtask under way has gone `stale_after` calls without a grip (it is given up)."""
-        after = self.affordance.stale_after
-        return after is not None and self.current is not None and self._idle_calls >= after
+        """Whether the subtask under way has gone `stale_after` calls without a grip or let go `stale_releases`
+        times (it is given up)."""
+        after, releases = self.affordance.stale_after, self.affordance.stale_releases
+        return self.current is not None and ((after is not None and self._idle_calls >= after)
+                                             or (releases is not None and self.releases >= releases))
 
     def resume(self, current: str | None, releases: int = 0, state: np.ndarray | None = None) -> None:
         """Take up a runtime's situation: ``current`` under way, the gripper released ``releases`` times since
@@ -202,6 +238,7 @@ class VLMPlanner:
         self._closed = state is not None and self.prompt.gripper_index is not None and self._gripper_closed(state)
         self._armed, self._approach_calls = False, 0  # an approach is seen only as it comes down
         self._idle_calls = 0
+        self._given_up = set()
 
     def _confirmed(self, step: PlanStep) -> PlanStep:
         """``step``, or the current subtask while a change to ``step`` lacks the replies in a row that
@@ -292,6 +329,7 @@ class VLMPlanner:
             if step.subtask != self.current:  # a new subtask begins now
                 if stale and not self.releases:  # never let go of a block: not done, whatever the history says
                     self._dropped.append(self.current)
+                self._given_up.discard(step.subtask)  # taken again (nothing else was left): it runs its course
                 self.releases, self._idle_calls = 0, 0
             self.current = step.subtask
             return step
