@@ -366,25 +366,6 @@ def test_remember_given_up_tries_every_subtask_once_before_one_given_up_again():
     assert "not enough to end the episode" in got[4].reason
 
 
-def test_replace_done_keeps_a_refused_done_from_going_to_a_far_less_likely_subtask():
-    # `gather`: "done" is refused, the last blue block (the planner's next reply) scores 0.41 and a subtask the
-    # instruction never asks for, 14 nats less likely, 0.95
-    beam = [(reply_text(DONE), -0.1), (reply_text(PlanStep(subtask=BLUE)), -2.0),
-            (reply_text(PlanStep(subtask=GREEN)), -14.7)]
-
-    def plan(replace_done, table):
-        planner = VLMPlanner(CandidatesBackend(beam), vocabulary=[RED, BLUE, GREEN],
-                             affordance={"candidates": 4, "done_below": 0.1, "replace_nats": 3.0,
-                                         "replace_done": replace_done})
-        planner.use_affordance(scorer(table))
-        return planner.plan(OBS, "gather", [])
-
-    assert plan(False, {BLUE: 0.41, GREEN: 0.95}).subtask == GREEN
-    step = plan(True, {BLUE: 0.41, GREEN: 0.95})
-    assert step.subtask == BLUE and "0.41, not enough to end the episode" in step.reason
-    assert plan(True, {BLUE: 0.05, GREEN: 0.95}).subtask == GREEN  # nothing near the planner's best can start
-
-
 def test_a_stale_subtask_alone_in_the_beam_widens_to_the_vocabulary_or_is_kept():
     beam = ranked(PlanStep(subtask=RED))
     log_probs = {reply_text(PlanStep(subtask=RED)): -0.1, reply_text(PlanStep(subtask=BLUE)): -2.0}

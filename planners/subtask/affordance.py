@@ -48,13 +48,6 @@ class AffordanceCheck(BaseModel):
                                        "(log-probability; the beam's and the widened vocabulary's), else it stands; "
                                        "\"done\" still needs every subtask of the beam and of widen_nats below "
                                        "done_below (None: no limit but beam_nats and widen_nats)")
-    # Traced in `gather` (300 held-out seeds): a switch in place of a refused "done" to a subtask more than 3 nats
-    # below the planner's best reply came in 27 of 36 failed episodes and 16 of 264 solved ones (`stack`, 200
-    # seeds: 115 of 136 failed, 2 of 64 solved): "the purple block in the yellow bowl" for "all the
-    # yellow blocks in the purple bowl", the check passing it at 0.93 while the last yellow block scored 0.41.
-    replace_done: bool = Field(False, description="replace_nats holds for a reply of \"done\" too, measured from "
-                               "the planner's likeliest new subtask: with \"done\" refused, a subtask further below "
-                               "is taken only when none within replace_nats scores done_below")
     widen: int = Field(0, ge=0, description="new subtasks of the whole vocabulary checked when the beam holds "
                        "none the executor can start (0: the beam's alone)")
     widen_nats: float = Field(12.0, gt=0, description="how far below the likeliest reply a widened subtask may "

@@ -148,8 +148,6 @@ class VLMPlanner:
         product = check.rule == "product"
         step = choose(steps, current, obs, self._score, check.min_score, log_probs if product else None,
                       check.weight, check.done_score)
-        if check.replace_done and steps[0].done and not step.done and step.subtask != current:
-            step = self._in_place_of_done(step, steps, log_probs, obs, current)
         if step is not steps[0] and step.reason:  # how much less likely the reply taken is, for traces
             gap = _log_prob_of(step, steps, log_probs) - max(
                 (lp for s, lp in zip(steps, log_probs, strict=True) if not self._was_given_up(s)), default=log_probs[0])
@@ -164,26 +162,6 @@ class VLMPlanner:
                 reply = (step, _log_prob_of(step, steps, log_probs))
             step = self._widened(messages, image, obs, current, step, reply) or step
         return self._retried(step, obs, stale)
-
-    def _in_place_of_done(self, step: PlanStep, steps: list[PlanStep], log_probs: list[float], obs: Observation,
-                          current: str | None) -> PlanStep:
-        """With "done" refused: ``step``, or when it lies more than `replace_nats` below the likeliest new subtask,
-        the likeliest new subtask within `replace_nats` that the check scores `done_below` (the last block of a
-        colour, say, rather than another colour the check happens to pass)."""
-        check = self.affordance
-        new = [(s, lp) for s, lp in zip(steps, log_probs, strict=True) if not s.done and s.subtask != current]
-        if check.replace_nats is None or not new:
-            return step
-        best = max((lp for s, lp in new if not self._was_given_up(s)), default=new[0][1])
-        if _log_prob_of(step, steps, log_probs) >= best - check.replace_nats:
-            return step
-        near = [s for s, lp in new if lp >= best - check.replace_nats]
-        values = [score_one(self._score, obs, s.subtask) for s in near]
-        for s, value in zip(near, values, strict=True):
-            if value is not None and value >= check.done_score:
-                why = f"affordance: {value:.2f}, not enough to end the episode; {step.subtask!r} is far less likely"
-                return s.model_copy(update={"reason": why})
-        return step
 
     def _retried(self, step: PlanStep, obs: Observation, stale: bool) -> PlanStep:
         """``step``, or the subtask under way again when the gripper has let go since it began (at most
