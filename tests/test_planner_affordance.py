@@ -366,6 +366,18 @@ def test_remember_given_up_tries_every_subtask_once_before_one_given_up_again():
     assert "not enough to end the episode" in got[4].reason
 
 
+def test_a_subtask_given_up_that_the_check_now_passes_is_a_candidate_like_any_other():
+    open_gripper = OBS.model_copy(update={"state": np.array([0.1, 0.0, 0.2, 0.0], np.float32)})
+    beam = ranked(DONE, PlanStep(subtask=RED), PlanStep(subtask=BLUE), PlanStep(subtask=GREEN))
+    table = {RED: 0.4, BLUE: 0.4, GREEN: 0.2}
+    planner = VLMPlanner(CandidatesBackend(*[beam] * 6), vocabulary=[RED, BLUE, GREEN], prompt={"gripper_index": -1},
+                         affordance={"candidates": 4, "stale_after": 2, "done_below": 0.1, "remember_given_up": True})
+    planner.use_affordance(scorer(table))
+    assert [planner.plan(open_gripper, "sort", []).subtask for _ in range(5)] == [RED, RED, BLUE, BLUE, GREEN]
+    table[BLUE] = 0.9  # e.g. a block that hid it has moved
+    assert planner.plan(open_gripper, "sort", []).subtask == BLUE
+
+
 def test_a_stale_subtask_alone_in_the_beam_widens_to_the_vocabulary_or_is_kept():
     beam = ranked(PlanStep(subtask=RED))
     log_probs = {reply_text(PlanStep(subtask=RED)): -0.1, reply_text(PlanStep(subtask=BLUE)): -2.0}

@@ -139,8 +139,9 @@ class VLMPlanner:
         if check.beam_nats is not None:  # what the planner itself deems unlikely is not taken for a failed check
             keep = [i for i, lp in enumerate(log_probs) if lp >= max(log_probs) - check.beam_nats]
             steps, log_probs = [steps[i] for i in keep], [log_probs[i] for i in keep]
-        if self._given_up:  # tried last; they still hold "done" back as any candidate does
-            order = sorted(range(len(steps)), key=lambda i: self._was_given_up(steps[i]))
+        last = self._last_resorts(steps, obs)
+        if last:  # tried after every other; they still hold "done" back as any candidate does
+            order = sorted(range(len(steps)), key=lambda i: steps[i].subtask in last)
             steps, log_probs = [steps[i] for i in order], [log_probs[i] for i in order]
         # The subtask under way needs no check, or (recheck) none until the gripper has let go since it began.
         may_be_finished = check.recheck and self.prompt.gripper_index is not None and self.releases > 0
@@ -150,17 +151,17 @@ class VLMPlanner:
                       check.weight, check.done_score)
         if step is not steps[0] and step.reason:  # how much less likely the reply taken is, for traces
             gap = _log_prob_of(step, steps, log_probs) - max(
-                (lp for s, lp in zip(steps, log_probs, strict=True) if not self._was_given_up(s)), default=log_probs[0])
+                (lp for s, lp in zip(steps, log_probs, strict=True) if s.subtask not in last), default=log_probs[0])
             if _too_unlikely(check, steps[0], step, gap):
                 why = f"affordance: turned down, and nothing within {check.replace_nats} nats of it passes"
                 step = steps[0].model_copy(update={"reason": why})
             else:
                 step = step.model_copy(update={"reason": f"{step.reason} (log p {gap:.1f} from the best)"})
-        if check.widen and (unafforded(step, current, obs, self._score, check.min_score) or self._was_given_up(step)):
+        if check.widen and unafforded(step, current, obs, self._score, check.min_score):
             reply = None
             if product:  # the reply found so far, with the beam's log-probability of it
                 reply = (step, _log_prob_of(step, steps, log_probs))
-            step = self._widened(messages, image, obs, current, step, reply) or step
+            step = self._widened(messages, image, obs, current, step, reply, step.subtask in last) or step
         return self._retried(step, obs, stale)
 
     def _retried(self, step: PlanStep, obs: Observation, stale: bool) -> PlanStep:
@@ -178,9 +179,11 @@ class VLMPlanner:
         return PlanStep(subtask=self.current, reason=why)
 
     def _widened(self, messages: list[dict], image: np.ndarray, obs: Observation, current: str | None,
-                 step: PlanStep | None, reply: tuple[PlanStep, float] | None) -> PlanStep | None:
-        """The vocabulary's best subtask other than ``current`` that the executor can start, in place of
-        ``step`` (None: nothing found so far); None when the widened search finds none or fails."""
+                 step: PlanStep | None, reply: tuple[PlanStep, float] | None,
+                 last_resort: bool = False) -> PlanStep | None:
+        """The vocabulary's best subtask other than ``current`` (and those given up) that the executor can start,
+        in place of ``step`` (None: nothing found so far; ``last_resort``: one given up and still turned down);
+        None when the widened search finds none or fails."""
         check = self.affordance
         if not check.widen:
             return None
@@ -190,8 +193,8 @@ class VLMPlanner:
             kept = step and (step.subtask or "done")
             log.warning("planner: scoring the vocabulary failed, keeping %r: %s", kept, err)
             return None
-        # in place of "done", or of a subtask given up, any subtask the executor might start will do (done_below)
-        in_place_of_done = step is not None and (step.done or self._was_given_up(step))
+        # in place of "done", or of a last resort, any subtask the executor might start will do (done_below)
+        in_place_of_done = step is not None and (step.done or last_resort)
         threshold = check.done_score if in_place_of_done else check.min_score
         nats = check.widen_nats
         if step is not None and not in_place_of_done and check.replace_nats is not None:
@@ -199,8 +202,22 @@ class VLMPlanner:
         return widened(self._widen_texts, scores, current, obs, self._score, threshold, check.widen,
                        nats, reply, check.weight, exclude=self._given_up)
 
-    def _was_given_up(self, step: PlanStep) -> bool:
-        return not step.done and step.subtask in self._given_up
+    def _last_resorts(self, steps: list[PlanStep], obs: Observation) -> set[str]:
+        """The candidate subtasks given up before that the check still turns down (below ``min_score``): tried
+        after every other. One it now passes is a candidate like any other (the executor may have stalled on it
+        for a while, e.g. behind another block); a failing scorer leaves the order as it is."""
+        given_up = sorted({s.subtask for s in steps if not s.done and s.subtask in self._given_up})
+        if not given_up:
+            return set()
+        try:
+            values = np.asarray(self._score(obs, given_up), np.float64).reshape(-1)
+            if len(values) != len(given_up):
+                raise ValueError(f"expected {len(given_up)} scores, got {len(values)}")
+        except Exception as err:  # noqa: BLE001 - the check must not stop the robot
+            log.warning("planner: affordance check failed: %s", err)
+            return set()
+        min_score = self.affordance.min_score
+        return {text for text, value in zip(given_up, values.tolist(), strict=True) if not value >= min_score}
 
     def _stale(self) -> bool:
         """Whether the subtask under way has gone `stale_after` calls without a grip or let go `stale_releases`
