@@ -94,6 +94,24 @@ def test_the_executor_lets_go_of_the_wrong_block_and_picks_elsewhere_under_that_
         FlowExecutor(model, grasp_check=CHECK)
 
 
+def test_the_check_lets_go_of_nothing_held_and_says_so(tmp_path, caplog):
+    InHandOffset(replace(COLOURED, empty=True)).save_pretrained(tmp_path / "in_hand")
+    model = tiny_model(vision_stem="conv", keypoints=4, waypoint_loss=1.0, waypoint_head="heatmap",
+                       table_homography=TOP_DOWN, waypoint_target=True, action_dim=4)
+    executor = FlowExecutor(model, in_hand=str(tmp_path / "in_hand"), grasp_check=CHECK)
+    empty = WristReading(np.zeros(2, np.float32), colours={"red": 0.03, "blue": 0.02}, nothing=0.95)
+    assert wrong_block(empty, SUBTASK.text, 0.1)  # every colour unlikely
+    executor.in_hand.read = lambda image: empty
+    with caplog.at_level("INFO", logger="executors.flow.modeling_flow"):
+        let_go = executor.act(held_at(0.2, 0.1), SUBTASK)
+    assert let_go.note == "grasp check: the cup holds nothing (p=0.95) under 'pick up the red block': letting go"
+    assert (let_go.actions[:, 3] == 0).all() and "holds nothing" in caplog.text
+    executor.act(at(0.2, 0.0), SUBTASK)
+    assert len(executor._rejected) == 1 and executor._placed == []  # the spot is off; nothing was placed
+    with pytest.raises(ValueError, match="InHandConfig"):
+        replace(TINY, empty=True)  # nothing held is a colour class: it needs colours
+
+
 def test_the_check_may_read_the_colour_with_a_model_of_its_own(tmp_path):
     InHandOffset(TINY).save_pretrained(tmp_path / "offsets")  # steers by the offset, names no colour
     InHandOffset(COLOURED).save_pretrained(tmp_path / "colours")

@@ -11,7 +11,7 @@ from test_executor_model import SUBTASK, TOP_DOWN, observation, tiny_model
 from executors.flow import FlowExecutor
 from executors.flow.in_hand import InHandConfig, InHandOffset, WristReading, train_in_hand
 from hybrid.envs.tabletop.env import TabletopEnv
-from hybrid.envs.tabletop.in_hand import CLEAR, compose_view, wrist_views
+from hybrid.envs.tabletop.in_hand import CLEAR, NOTHING, compose_view, wrist_views
 from hybrid.envs.tabletop.scene import BLOCK_HALF
 from hybrid.envs.tabletop.tasks import COLOURS
 from hybrid.types import Observation
@@ -63,6 +63,29 @@ def test_a_view_poses_the_held_block_and_the_support_where_their_labels_say():
         wrist_views(2, support=1.5)
 
 
+def test_an_empty_view_has_nothing_under_the_cup_and_says_so():
+    env = TabletopEnv(task="sort", cameras=("wrist",), image_size=32)
+    try:
+        env.reset(seed=1)
+        scene, rng = env.scene, np.random.default_rng(1)
+        home = scene.data.qpos.copy()
+        for _ in range(6):
+            scene.data.qpos[:] = home
+            held, _, _, block = compose_view(scene, rng, support=0.5, empty=True)
+            cup, blocks = scene.effector, scene.data.xpos[scene.block_body[: scene.n_blocks()]]
+            assert not held.any() and not np.isclose(blocks[:, 2], cup[2] - BLOCK_HALF).any()  # nothing hangs
+            assert np.linalg.norm(blocks[block, :2] - cup[:2]) > CLEAR  # the block it would have held is aside
+    finally:
+        env.close()
+    views = wrist_views(40, seed=2, image_size=32, empty=0.3)
+    assert 0.1 < (~views.holds).mean() < 0.5 and (views.colour[~views.holds] == NOTHING).all()
+    assert not views.held[~views.holds].any()
+    plain = wrist_views(6, seed=3, image_size=32, max_offset=0.02)  # no empty views: the same views as before
+    assert views.holds.shape == (40,) and plain.holds.all()
+    with pytest.raises(ValueError, match="empty"):
+        wrist_views(2, empty=1.0)
+
+
 def test_the_estimator_round_trips_and_rejects_bad_images(tmp_path):
     torch.manual_seed(0)
     model = InHandOffset(TINY).eval()
@@ -98,6 +121,15 @@ def test_train_in_hand_writes_the_model_and_its_held_out_error(tmp_path):
     model = InHandOffset.from_pretrained(tmp_path / "colour")
     assert model.cfg.colours == ["red", "green", "blue", "yellow", "purple", "orange"]
     assert np.isclose(sum(model.read(np.zeros((32, 32, 3), np.uint8)).colours.values()), 1.0)
+    metrics = train_in_hand(str(tmp_path / "empty"), samples=24, val_samples=16, steps=3, batch_size=4,
+                            image_size=32, colour=True, empty=0.4)
+    assert {"nothing_recall", "nothing_when_held"} <= set(metrics)
+    model = InHandOffset.from_pretrained(tmp_path / "empty")
+    found = model.read(np.zeros((32, 32, 3), np.uint8))
+    assert model.cfg.empty and model.classes == 7 and 0.0 < found.nothing < 1.0
+    assert np.isclose(sum(found.colours.values()) + found.nothing, 1.0)
+    with pytest.raises(ValueError, match="colour"):
+        train_in_hand(str(tmp_path / "bad"), samples=8, steps=1, empty=0.2)
 
 
 def spy_on_place(model) -> list:

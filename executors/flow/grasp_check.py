@@ -9,7 +9,9 @@ lets go, rises clear of the block and the pick map keeps the spot where it falls
 look-alike lit up there; at the same block the policy would take it again at once). It reads once per grasp, just
 after the lift: carried on over a support or at transit height the view is misread more often. Hierarchical agent,
 200 held-out seeds: `sort` 0.715 -> 0.80, 17 episodes won and none lost (docs/experiments.md, "Sort: a grasp check
-off the wrist camera").
+off the wrist camera"). With a model that also knows an empty cup (`InHandConfig.empty`) the same rule lets go of
+nothing: the cup that rose with the suction on and no block would otherwise carry nothing to the place and count it
+as a placement, and the spot it tried (a block's edge, a block already in its bowl) stays off for that subtask.
 
 The embodiment's state starts with the effector's (x, y, z) and its actions with (dx, dy, dz) per step, as the
 tabletop's do.
@@ -50,8 +52,8 @@ def subtask_colour(text: str | None, colours: list[str] | dict) -> str | None:
 
 def wrong_block(reading: WristReading | None, text: str | None, min_prob: float) -> bool:
     """Whether the held block, as ``reading`` names its colour, is not the one subtask ``text`` moves: that colour
-    less likely than ``min_prob``. Unsure means no: without a colour head, or a subtask naming no colour the model
-    knows."""
+    less likely than ``min_prob`` (so is every colour where the cup holds nothing, `WristReading.nothing`). Unsure
+    means no: without a colour head, or a subtask naming no colour the model knows."""
     if reading is None or not reading.colours:
         return False
     colour = subtask_colour(text, reading.colours)

@@ -14,7 +14,9 @@ oracle `stack`), the wrist camera sees it from above the held block. With the tr
 the maps' place, the oracle agent stacked 0.69 of 100 held-out episodes against 0.27 (transit height on in both).
 
 With ``colours`` it also names the held block's colour: a grasp check (`executors/flow/grasp_check.py`) lets go of a
-block of another colour than the subtask asks for.
+block of another colour than the subtask asks for. With ``empty`` as well whether the cup holds nothing at all: the
+executor sometimes comes down beside a block (or on one already in its bowl) and rises with the suction on and nothing
+held, then carries nothing to the place (hierarchical `sort`, 40 held-out seeds: in all 5 of the first failures).
 
 A small CNN on the wrist image, trained on rendered views with known offsets (`hybrid.envs.tabletop.in_hand`):
 `hybrid train executor=in_hand out=DIR`.
@@ -50,10 +52,12 @@ class InHandConfig:
     convs_per_stage: int = 1  # 3x3 convolutions at each resolution (the first of them strided)
     support: bool = False  # also the support under the held block: its offset from the cup, and whether there is one
     colours: list[str] = field(default_factory=list)  # also the held block's colour, one of these names (none: not)
+    empty: bool = False  # with colours, one more class: the cup holds nothing
 
     def __post_init__(self):
         if (self.image_size < 2 ** len(self.widths) or not self.widths or min(self.widths) < 8 or self.hidden < 1
-                or self.convs_per_stage < 1 or len(set(self.colours)) != len(self.colours)):
+                or self.convs_per_stage < 1 or len(set(self.colours)) != len(self.colours)
+                or (self.empty and not self.colours)):
             raise ValueError(f"InHandConfig: invalid {asdict(self)}")
 
 
@@ -66,12 +70,14 @@ class WristReading:
     support: np.ndarray | None = None  # (2,) the support's top centre minus the cup's
     support_prob: float = 0.0  # how likely a support is under the held block at all
     colours: dict[str, float] = field(default_factory=dict)  # each colour name's probability (empty: no colour head)
+    nothing: float = 0.0  # the probability that the cup holds nothing (`InHandConfig.empty`; the colours' sum is 1 - it)
 
 
 class InHandOffset(nn.Module):
     """Wrist image ``(N, 3, H, W)`` uint8 -> ``(N, 2)``: the held block's centre minus the cup's, metres, in the
     state's x and y; with `InHandConfig.support` ``(N, 5)``: then the support's offset and its presence logit; with
-    `InHandConfig.colours` as many more: the held block's colour logits."""
+    `InHandConfig.colours` as many more: the held block's colour logits (and with `InHandConfig.empty` one more, the
+    last: nothing held)."""
 
     def __init__(self, cfg: InHandConfig):
         super().__init__()
@@ -86,16 +92,21 @@ class InHandOffset(nn.Module):
         # Flattened, not pooled: where the block shows in the image is the answer.
         self.features = nn.Sequential(*layers, nn.Flatten())
         self.head = nn.Sequential(nn.Linear(channels * size * size, cfg.hidden), nn.GELU(),
-                                  nn.Linear(cfg.hidden, self.offsets + int(cfg.support) + len(cfg.colours)))
+                                  nn.Linear(cfg.hidden, self.offsets + int(cfg.support) + self.classes))
 
     @property
     def offsets(self) -> int:
         """How many of the outputs are offsets (metres): the held block's xy, and the support's with one."""
         return 4 if self.cfg.support else 2
 
+    @property
+    def classes(self) -> int:
+        """How many colour logits there are: a colour's each, and with `InHandConfig.empty` nothing's (the last)."""
+        return len(self.cfg.colours) + int(self.cfg.empty) if self.cfg.colours else 0
+
     def colour_logits(self, outputs: torch.Tensor) -> torch.Tensor:
-        """The colour logits ``(..., len(colours))`` among `forward`'s ``outputs`` (the last of them)."""
-        return outputs[..., outputs.shape[-1] - len(self.cfg.colours) :]
+        """The colour logits ``(..., classes)`` among `forward`'s ``outputs`` (the last of them)."""
+        return outputs[..., outputs.shape[-1] - self.classes :]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         size = self.cfg.image_size
@@ -114,14 +125,15 @@ class InHandOffset(nn.Module):
         device = next(self.parameters()).device
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device)
         out = self(x)[0].float()
-        colours = {}
+        colours, nothing = {}, 0.0
         if self.cfg.colours:
             probs = torch.softmax(self.colour_logits(out), 0).cpu().numpy()
-            colours = {name: float(p) for name, p in zip(self.cfg.colours, probs, strict=True)}
+            colours = {name: float(p) for name, p in zip(self.cfg.colours, probs, strict=False)}
+            nothing = float(probs[-1]) if self.cfg.empty else 0.0
         out = out.cpu().numpy()
         if not self.cfg.support:
-            return WristReading(out[:2], colours=colours)
-        return WristReading(out[:2], out[2:4], float(1.0 / (1.0 + np.exp(-out[4]))), colours)
+            return WristReading(out[:2], colours=colours, nothing=nothing)
+        return WristReading(out[:2], out[2:4], float(1.0 / (1.0 + np.exp(-out[4]))), colours, nothing)
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
@@ -152,10 +164,11 @@ def view_metrics(model: InHandOffset, views) -> dict:
     behind it hides under the held block) and how often the presence is called right; with colours, how often the held
     block's is named right and how often its probability falls under 0.1 (where a grasp check would let it go)."""
     found = predict(model, views.images)
-    held = 100 * np.linalg.norm(found[:, :2] - views.held, axis=1)
+    holds = views.holds  # the offsets of views holding nothing mean nothing
+    held = 100 * np.linalg.norm(found[holds, :2] - views.held[holds], axis=1)
     metrics = {"val_error_cm_p50": round(float(np.median(held)), 3),
                "val_error_cm_p90": round(float(np.quantile(held, 0.9)), 3),
-               "val_offset_cm_p50": round(100 * float(np.median(np.linalg.norm(views.held, axis=1))), 3)}
+               "val_offset_cm_p50": round(100 * float(np.median(np.linalg.norm(views.held[holds], axis=1))), 3)}
     if model.cfg.support and views.present.any():
         present = views.present
         errors = 100 * np.linalg.norm(found[present, 2:4] - views.support[present], axis=1)
@@ -172,6 +185,10 @@ def view_metrics(model: InHandOffset, views) -> dict:
         true_prob = torch.softmax(logits, 1).gather(1, truth[:, None])[:, 0]
         metrics.update({"colour_accuracy": round(float((logits.argmax(1) == truth).float().mean()), 4),
                         "colour_true_prob_below_0.1": round(float((true_prob < 0.1).float().mean()), 4)})
+        if model.cfg.empty:  # nothing held: called so on empty views (recall), and on views holding a block
+            called = (logits.argmax(1) == len(model.cfg.colours)).numpy()  # the last class
+            metrics.update({"nothing_recall": round(float(called[~holds].mean()), 4) if (~holds).any() else None,
+                            "nothing_when_held": round(float(called[holds].mean()), 4)})
     return metrics
 
 
@@ -179,11 +196,13 @@ def train_in_hand(out: str, samples: int = 40000, val_samples: int = 2000, steps
                   lr: float = 2.0e-3, weight_decay: float = 1.0e-4, image_size: int = 96, camera: str = "wrist",
                   max_offset: float = 0.03, support: float = 0.0, support_radius: float = 0.05,
                   widths: list[int] | None = None, hidden: int = 128, convs_per_stage: int = 1, colour: bool = False,
-                  seed: int = 0, threads: int | None = None, log_every: int = 500, resume: bool = False) -> dict:
+                  empty: float = 0.0, seed: int = 0, threads: int | None = None, log_every: int = 500,
+                  resume: bool = False) -> dict:
     """Render ``samples`` labelled views of the tabletop (and ``val_samples`` more from other scenes), train an
     `InHandOffset` on them with a one-cycle schedule and write it to ``out`` with ``metrics.json``. ``support`` > 0:
     that share of the views has a support under the held block, and the model learns to find it too. ``colour``: it
-    learns to name the held block's colour too (one of the tabletop's `COLOURS`). ``widths``,
+    learns to name the held block's colour too (one of the tabletop's `COLOURS`); ``empty`` > 0 (with ``colour``): that
+    share of the views holds nothing, and the model learns to say so. ``widths``,
     ``hidden``, ``convs_per_stage``: the network (`InHandConfig`). ``resume``: a run whose model is written already
     is not repeated (its metrics are returned)."""
     from tqdm.auto import tqdm
@@ -191,6 +210,8 @@ def train_in_hand(out: str, samples: int = 40000, val_samples: int = 2000, steps
     from hybrid.envs.tabletop.in_hand import wrist_views
     from hybrid.envs.tabletop.tasks import COLOURS
 
+    if empty and not colour:
+        raise ValueError("train_in_hand: empty needs colour=true (nothing held is one more colour class)")
     if resume and (Path(out) / WEIGHTS_NAME).is_file() and (Path(out) / "metrics.json").is_file():
         return json.loads((Path(out) / "metrics.json").read_text())
     if threads:
@@ -198,16 +219,17 @@ def train_in_hand(out: str, samples: int = 40000, val_samples: int = 2000, steps
     torch.manual_seed(seed)
     start = time.perf_counter()
     render = {"image_size": image_size, "camera": camera, "max_offset": max_offset, "support": support,
-              "support_radius": support_radius}
+              "support_radius": support_radius, "empty": empty}
     views = wrist_views(samples, seed, progress=True, **render)
     val_views = wrist_views(val_samples, seed + 1, **render)
     shape = {"widths": [int(w) for w in widths]} if widths else {}
     model = InHandOffset(InHandConfig(camera=camera, image_size=image_size, hidden=hidden,
                                       convs_per_stage=convs_per_stage, support=support > 0,
-                                      colours=list(COLOURS) if colour else [], **shape))
+                                      colours=list(COLOURS) if colour else [], empty=empty > 0, **shape))
     x = torch.from_numpy(views.images).permute(0, 3, 1, 2)
     held, where = torch.from_numpy(views.held), torch.from_numpy(views.support)
     present, colours = torch.from_numpy(views.present).float(), torch.from_numpy(views.colour)
+    holds = torch.from_numpy(views.holds).float()
     optimizer = torch.optim.AdamW(model.parameters(), lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps)
     generator = torch.Generator().manual_seed(seed)
@@ -215,7 +237,8 @@ def train_in_hand(out: str, samples: int = 40000, val_samples: int = 2000, steps
     for step in (bar := tqdm(range(steps), desc="train in-hand offset")):
         idx = torch.randint(len(x), (batch_size,), generator=generator)
         found = model(x[idx])
-        loss = nn.functional.smooth_l1_loss(found[:, :2] * UNIT, held[idx] * UNIT)  # Huber in centimetres
+        per_view = nn.functional.smooth_l1_loss(found[:, :2] * UNIT, held[idx] * UNIT, reduction="none")  # Huber, cm
+        loss = (per_view.mean(1) * holds[idx]).sum() / holds[idx].sum().clamp(min=1)
         if model.cfg.support:
             mask = present[idx]
             per_view = nn.functional.smooth_l1_loss(found[:, 2:4] * UNIT, where[idx] * UNIT, reduction="none")

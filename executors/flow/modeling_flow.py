@@ -600,8 +600,11 @@ class FlowExecutor:
         if not wrong_block(held, _text(subtask), self.grasp_check.min_prob):
             return None
         seen = max(held.colours, key=held.colours.get)
-        why = (f"grasp check: the block held looks {seen} (p={held.colours[seen]:.2f}), not what {_text(subtask)!r} "
-               "moves: letting go")
+        if held.nothing > held.colours[seen]:  # came down beside the block, or on one it cannot lift: try elsewhere
+            why = f"grasp check: the cup holds nothing (p={held.nothing:.2f}) under {_text(subtask)!r}: letting go"
+        else:
+            why = (f"grasp check: the block held looks {seen} (p={held.colours[seen]:.2f}), not what "
+                   f"{_text(subtask)!r} moves: letting go")
         log.info(why)
         return why
 

@@ -15,7 +15,8 @@ bowl placement onto a block).
 
 Each view also names the held block's colour (`WristViews.colour`, an index into `COLOURS`): the executor's grasp
 check reads it to let go of a block of another colour than its subtask asks for (in `sort`, every hierarchical
-episode with such a grasp failed).
+episode with such a grasp failed). With ``empty`` > 0 that share of the views holds nothing (colour `NOTHING`): the
+cup that came down beside a block, or on one already in its bowl, and rose with the suction on and nothing under it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from hybrid.envs.tabletop.tasks import COLOURS
 PER_SCENE = 20  # views rendered in one laid-out scene before the next is drawn
 TOWER_SLIP = 0.008  # m: how far each block of a tower may sit off the one below it
 CLEAR = 0.07  # m: no other block within this distance of the cup's xy in a view (one support at a time)
+NOTHING = len(COLOURS)  # `WristViews.colour` of a view whose cup holds nothing
 
 
 @dataclass
@@ -40,13 +42,18 @@ class WristViews:
     """``images`` ``(N, H, W, 3)`` uint8; ``held`` ``(N, 2)``: the held block's centre minus the cup's (m);
     ``support`` ``(N, 2)``: the support's top block centre minus the cup's (zero where there is none);
     ``present`` ``(N,)`` bool: whether the view has a support under the held block; ``colour`` ``(N,)`` int: the held
-    block's colour, an index into `COLOURS`."""
+    block's colour, an index into `COLOURS`, or `NOTHING` where the cup holds none (its ``held`` is zero)."""
 
     images: np.ndarray
     held: np.ndarray
     support: np.ndarray
     present: np.ndarray
     colour: np.ndarray
+
+    @property
+    def holds(self) -> np.ndarray:
+        """``(N,)`` bool: whether the cup holds a block in each view."""
+        return self.colour != NOTHING
 
 
 def _disk(rng: np.random.Generator, radius: float) -> np.ndarray:
@@ -65,11 +72,17 @@ def _put(scene, block: int, xyz, yaw: float) -> None:
     scene.data.qpos[address + 3 : address + 7] = (np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2))
 
 
+def _aside(scene, block: int, cup_xy: np.ndarray) -> None:
+    """Put ``block`` far from ``cup_xy``, on the table's opposite side (out of the wrist camera's view)."""
+    _put(scene, block, (*(-np.sign(cup_xy) * (0.25, 0.38) + 0.02 * block), BLOCK_HALF), 0.0)
+
+
 def compose_view(scene, rng: np.random.Generator, max_offset: float = 0.03,
                  heights: tuple[float, float] = (0.07, 0.25), support: float = 0.0,
-                 support_radius: float = 0.05) -> tuple[np.ndarray, np.ndarray, bool, int]:
+                 support_radius: float = 0.05, empty: bool = False) -> tuple[np.ndarray, np.ndarray, bool, int]:
     """Pose the cup, a held block and (with probability ``support``) a support in ``scene`` as laid out; returns the
-    held block's offset from the cup, the support's (zero without one), whether there is one and the held block."""
+    held block's offset from the cup, the support's (zero without one), whether there is one and the held block.
+    ``empty``: the cup holds nothing (the block that would have been held is put aside, its offset zero)."""
     blocks = [int(b) for b in rng.permutation(scene.n_blocks())]
     held, rest = blocks[0], blocks[1:]
     held_offset, support_offset, present = _disk(rng, max_offset), np.zeros(2), False
@@ -94,24 +107,30 @@ def compose_view(scene, rng: np.random.Generator, max_offset: float = 0.03,
     for other in set(rest) - set(used):  # one thing under the cup at a time: the others go far aside
         address = scene.block_qpos[other]
         if np.linalg.norm(scene.data.qpos[address : address + 2] - cup_xy) < CLEAR:
-            _put(scene, other, (*(-np.sign(cup_xy) * (0.25, 0.38) + 0.02 * other), BLOCK_HALF), 0.0)
+            _aside(scene, other, cup_xy)
     low = max(heights[0], bottom + 2 * BLOCK_HALF + 0.002)
     cup = np.array([*cup_xy, rng.uniform(low, max(low, heights[1]))])
     scene.data.qpos[:3] = cup
-    _put(scene, held, (*(cup[:2] + held_offset), cup[2] - BLOCK_HALF), rng.uniform(0.0, 2 * np.pi))
+    if empty:
+        held_offset = np.zeros(2)
+        _aside(scene, held, cup_xy)
+    else:
+        _put(scene, held, (*(cup[:2] + held_offset), cup[2] - BLOCK_HALF), rng.uniform(0.0, 2 * np.pi))
     mujoco.mj_forward(scene.model, scene.data)
     return held_offset, support_offset, present, held
 
 
 def wrist_views(n: int, seed: int = 0, image_size: int = 96, camera: str = "wrist", max_offset: float = 0.03,
                 heights: tuple[float, float] = (0.07, 0.25), support: float = 0.0, support_radius: float = 0.05,
-                progress: bool = False) -> WristViews:
+                empty: float = 0.0, progress: bool = False) -> WristViews:
     """``n`` labelled views of ``camera`` with one block of a random tabletop scene held under the cup (its offset
     uniform over a disk of ``max_offset``); the cup anywhere over the table, its height in ``heights`` (metres; over a
-    support, at least 2 mm above it). A share ``support`` of the views puts a support within ``support_radius``."""
-    if n < 1 or max_offset <= 0 or not 0.0 <= support <= 1.0 or support_radius <= 0:
-        raise ValueError(f"wrist_views: expected n >= 1, max_offset > 0, 0 <= support <= 1, support_radius > 0, got "
-                         f"n={n}, max_offset={max_offset}, support={support}, support_radius={support_radius}")
+    support, at least 2 mm above it). A share ``support`` of the views puts a support within ``support_radius``, a
+    share ``empty`` holds nothing."""
+    if n < 1 or max_offset <= 0 or not 0.0 <= support <= 1.0 or support_radius <= 0 or not 0.0 <= empty < 1.0:
+        raise ValueError(f"wrist_views: expected n >= 1, max_offset > 0, 0 <= support <= 1, support_radius > 0, "
+                         f"0 <= empty < 1, got n={n}, max_offset={max_offset}, support={support}, "
+                         f"support_radius={support_radius}, empty={empty}")
     rng = np.random.default_rng(seed)
     env = TabletopEnv(task="all", cameras=(camera,), image_size=image_size)
     out = WristViews(np.zeros((n, image_size, image_size, 3), np.uint8), np.zeros((n, 2), np.float32),
@@ -123,9 +142,10 @@ def wrist_views(n: int, seed: int = 0, image_size: int = 96, camera: str = "wris
                 env.reset(seed=int(rng.integers(2**31)))
                 home = env.scene.data.qpos.copy()
             env.scene.data.qpos[:] = home  # every view starts from the scene as laid out
+            nothing = bool(empty) and rng.uniform() < empty  # no draw without empty views: the same views as before
             out.held[k], out.support[k], out.present[k], held = compose_view(env.scene, rng, max_offset, heights,
-                                                                             support, support_radius)
-            out.colour[k] = COLOURS.index(env.scene.spec.block_colours[held])
+                                                                             support, support_radius, nothing)
+            out.colour[k] = NOTHING if nothing else COLOURS.index(env.scene.spec.block_colours[held])
             out.images[k] = env.render_camera(camera)
     finally:
         env.close()
