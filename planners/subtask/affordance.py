@@ -64,14 +64,15 @@ class AffordanceCheck(BaseModel):
                                     "after which the subtask under way is no candidate any more and the best "
                                     "new one is taken (needs the prompt's gripper_index; None: never)")
     # Traced in `sort`: asked for "another purple block" when the only one is in the purple bowl, the executor
-    # lifts it out and puts it back, again and again; the grips keep stale_after from giving the subtask up.
+    # comes down by it, rises with the suction on and nothing held and lets go over the bowl, again and again; the
+    # grips keep stale_after from giving the subtask up.
     stale_releases: int | None = Field(None, ge=1, description="releases under the subtask under way after which "
                                        "it is given up as stale_after gives one up (needs the prompt's "
                                        "gripper_index; None: never)")
     # Traced in `sort`: with one block the check scores low (0.2) and the blocks placed higher (0.4), "done" is
     # refused for a placed block's subtask, given up after stale_after calls, and the planner's next likeliest
     # reply is the placed block given up just before: the episode runs out cycling between them (the executor
-    # lifts a placed block out of its bowl and puts it back, so a grip is no sign that the scene moved on).
+    # closes the suction on nothing by a placed block, so a grip is no sign that the scene moved on).
     remember_given_up: bool = Field(False, description="a subtask given up (stale_after) comes last among the "
                                     "candidates until it is taken again (still holding \"done\" back): each "
                                     "other subtask the check passes is tried first")
