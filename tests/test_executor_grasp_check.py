@@ -153,7 +153,12 @@ def test_the_shipped_colour_model_names_the_held_block_in_views_it_never_saw():
     model = InHandOffset.from_pretrained(directory)
     views = wrist_views(60, seed=424242, image_size=model.cfg.image_size, camera=model.cfg.camera, support=0.6)
     named = [max(r.colours, key=r.colours.get) for r in map(model.read, views.images)]
-    # on its 2000 held-out views: 0.94 named right, the true colour under 0.1 in 3.7% (the held block behind the cup)
+    # on 400 such views: 0.915 named right, the true colour under 0.1 in 7% (the held block behind the cup)
     assert np.mean([n == COLOURS[c] for n, c in zip(named, views.colour, strict=True)]) > 0.85
+    empty = wrist_views(30, seed=434343, image_size=model.cfg.image_size, camera=model.cfg.camera, support=0.6,
+                        empty=0.99)
+    readings = [model.read(image) for image in empty.images[~empty.holds]]
+    # an empty cup: "nothing" likeliest in 74% of 198 such views
+    assert np.mean([r.nothing > max(r.colours.values()) for r in readings]) > 0.5
     shipped = compose("run", ["executor=flow_tabletop"]).executor.grasp_check
     assert shipped.model == str(directory) and 0 < shipped.min_prob < 0.5
