@@ -16,7 +16,8 @@ the maps' place, the oracle agent stacked 0.69 of 100 held-out episodes against 
 With ``colours`` it also names the held block's colour: a grasp check (`executors/flow/grasp_check.py`) lets go of a
 block of another colour than the subtask asks for. With ``empty`` as well whether the cup holds nothing at all: the
 executor sometimes comes down beside a block (or on one already in its bowl) and rises with the suction on and nothing
-held, then carries nothing to the place (hierarchical `sort`, 40 held-out seeds: in all 5 of the first failures).
+held, then carries nothing to the place (hierarchical `sort`, 26 held-out seeds: 35 such lifts, 2-5 in each of the
+first 5 failures).
 
 A small CNN on the wrist image, trained on rendered views with known offsets (`hybrid.envs.tabletop.in_hand`):
 `hybrid train executor=in_hand out=DIR`.

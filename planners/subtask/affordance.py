@@ -73,9 +73,10 @@ class AffordanceCheck(BaseModel):
     # refused for a placed block's subtask, given up after stale_after calls, and the planner's next likeliest
     # reply is the placed block given up just before: the episode runs out cycling between them (the executor
     # closes the suction on nothing by a placed block, so a grip is no sign that the scene moved on).
-    remember_given_up: bool = Field(False, description="a subtask given up (stale_after) comes last among the "
-                                    "candidates until it is taken again (still holding \"done\" back): each "
-                                    "other subtask the check passes is tried first")
+    remember_given_up: bool = Field(False, description="a subtask given up (stale_after, stale_releases) comes "
+                                    "last among the candidates while the check turns it down (below min_score), "
+                                    "until it is taken again; it still holds \"done\" back, and the widened "
+                                    "search passes it over")
 
     # Traced on the tabletop's `stack` (hierarchical agent): after a placement that did not stay up the planner
     # most often carries on as if the tower stood; the executor's check still sees the block to be put there.

@@ -84,7 +84,8 @@ class VLMPlanner:
                       or self.affordance.stale_releases or self.affordance.retry_min is not None)
         if grip_rules and self.prompt.gripper_index is None:  # e.g. the tabletop config over a model without one
             log.warning("planner: replan.keep_while_holding / keep_while_approaching and affordance.stale_after / "
-                        "retry_min are off: they read the gripper, and the prompt has no gripper_index")
+                        "stale_releases / retry_min are off: they read the gripper, and the prompt has no "
+                        "gripper_index")
         self.current: str | None = None
         self.releases, self._closed = 0, False
         self._armed, self._approach_calls = False, 0  # came down from above since the last grip; calls held
