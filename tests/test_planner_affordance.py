@@ -325,7 +325,7 @@ def test_a_subtask_without_a_grip_for_stale_after_calls_is_given_up_for_the_best
 
 
 def test_a_subtask_let_go_of_stale_releases_times_is_given_up():
-    # the executor, asked for a block that is already in its bowl, lifts it out and puts it back again and again
+    # the executor, asked for a block already in its bowl, closes the suction on nothing by it and lets go, again and again
     def at(gripper):
         return OBS.model_copy(update={"state": np.array([0.1, 0.0, 0.2, gripper], np.float32)})
 
