@@ -19,6 +19,11 @@ RED, BLUE, GREEN = (f"put the {c} block in the {c} bowl" for c in ("red", "blue"
 DONE = PlanStep(done=True)
 
 
+def gripper_at(gripper: float):
+    """`OBS` with the tabletop's state (x, y, z, suction): the effector 20 cm up, the suction at ``gripper``."""
+    return OBS.model_copy(update={"state": np.array([0.1, 0.0, 0.2, gripper], np.float32)})
+
+
 def steps(*texts):
     return [DONE if t is None else PlanStep(subtask=t) for t in texts]
 
@@ -175,17 +180,14 @@ def test_widening_needs_a_vocabulary_and_a_backend_that_scores():
 
 
 def test_the_subtask_under_way_is_checked_too_once_the_gripper_has_let_go_since_it_began():
-    def at(gripper):
-        return OBS.model_copy(update={"state": np.array([0.1, 0.0, 0.2, gripper], np.float32)})
-
     keep_red = ranked(PlanStep(subtask=RED), PlanStep(subtask=BLUE))
     planner = VLMPlanner(CandidatesBackend(keep_red, keep_red, keep_red), vocabulary=[RED, BLUE],
                          prompt={"gripper_index": -1}, affordance={"candidates": 4, "recheck": True})
     planner.use_affordance(scorer({RED: 0.1, BLUE: 0.9}))
     planner.resume(RED, state=np.array([0.0, 0.0, 0.0, 1.0]))  # carrying the red block
-    assert planner.plan(at(1.0), "sort", []).subtask == RED  # under way: not checked
+    assert planner.plan(gripper_at(1.0), "sort", []).subtask == RED  # under way: not checked
     # let go: the red block may be placed, and the executor sees no red block left to pick
-    assert planner.plan(at(0.0), "sort", []).subtask == BLUE
+    assert planner.plan(gripper_at(0.0), "sort", []).subtask == BLUE
 
 
 def test_with_a_block_held_the_planners_reply_is_not_checked():
@@ -195,7 +197,7 @@ def test_with_a_block_held_the_planners_reply_is_not_checked():
     score = scorer({RED: 0.9, BLUE: 0.0})  # the blue block is in the cup, not on the table
     planner.use_affordance(score)
     planner.resume(None, state=np.array([0.0, 0.0, 0.0, 1.0]))
-    held = OBS.model_copy(update={"state": np.array([0.1, 0.0, 0.2, 1.0], np.float32)})
+    held = gripper_at(1.0)
     assert planner.plan(held, "sort", []).subtask == BLUE and score.asked == []
 
 
@@ -302,16 +304,13 @@ def test_a_planner_widens_for_a_doubtful_subtask_before_ending_the_episode():
 
 
 def test_a_subtask_without_a_grip_for_stale_after_calls_is_given_up_for_the_best_new_one():
-    def at(gripper):
-        return OBS.model_copy(update={"state": np.array([0.1, 0.0, 0.2, gripper], np.float32)})
-
     red_first = ranked(PlanStep(subtask=RED), PlanStep(subtask=BLUE))
     blue_first = ranked(PlanStep(subtask=BLUE), PlanStep(subtask=RED))
     planner = VLMPlanner(CandidatesBackend(*[red_first] * 6, *[blue_first] * 3), vocabulary=[RED, BLUE],
                          prompt={"gripper_index": -1}, affordance={"candidates": 4, "stale_after": 3})
     planner.use_affordance(scorer({RED: 0.9, BLUE: 0.9}))
     # a grip (1.0) restarts the count; three calls in a row without one give RED up, then BLUE
-    got = [planner.plan(at(g), "sort", []).subtask for g in (0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)]
+    got = [planner.plan(gripper_at(g), "sort", []).subtask for g in (0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)]
     assert got == [RED, RED, RED, RED, RED, BLUE, BLUE, BLUE, RED]
     # BLUE never let go of a block: the model is not told it is done, though the runtime's history says so;
     # RED let go of one and is told as done
@@ -326,14 +325,11 @@ def test_a_subtask_without_a_grip_for_stale_after_calls_is_given_up_for_the_best
 
 def test_a_subtask_let_go_of_stale_releases_times_is_given_up():
     # the executor, asked for a block already in its bowl, closes the suction on nothing by it and lets go, again and again
-    def at(gripper):
-        return OBS.model_copy(update={"state": np.array([0.1, 0.0, 0.2, gripper], np.float32)})
-
     red_first = ranked(PlanStep(subtask=RED), PlanStep(subtask=BLUE))
     planner = VLMPlanner(CandidatesBackend(*[red_first] * 5), vocabulary=[RED, BLUE], prompt={"gripper_index": -1},
                          affordance={"candidates": 4, "stale_releases": 2})
     planner.use_affordance(scorer({RED: 0.9, BLUE: 0.9}))
-    got = [planner.plan(at(g), "sort", []).subtask for g in (0.0, 1.0, 0.0, 1.0, 0.0)]
+    got = [planner.plan(gripper_at(g), "sort", []).subtask for g in (0.0, 1.0, 0.0, 1.0, 0.0)]
     assert got == [RED, RED, RED, RED, BLUE]
     with pytest.raises(ValueError, match="stale_releases"):
         VLMPlanner(CandidatesBackend(), vocabulary=[RED], prompt={"gripper_index": -1},
@@ -343,9 +339,6 @@ def test_a_subtask_let_go_of_stale_releases_times_is_given_up():
 def test_remember_given_up_tries_every_subtask_once_before_one_given_up_again():
     # `sort`: "done" is refused while a placed block scores 0.4; the block left scores 0.2 and is the planner's last
     # choice. Without the memory the planner goes back to RED as soon as it gives BLUE up; with it GREEN is tried.
-    def at(gripper):
-        return OBS.model_copy(update={"state": np.array([0.1, 0.0, 0.2, gripper], np.float32)})
-
     beam = ranked(DONE, PlanStep(subtask=RED), PlanStep(subtask=BLUE), PlanStep(subtask=GREEN))
     table = {RED: 0.4, BLUE: 0.4, GREEN: 0.2}
     grippers = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -356,7 +349,7 @@ def test_remember_given_up_tries_every_subtask_once_before_one_given_up_again():
                              affordance={"candidates": 4, "stale_after": 2, "done_below": 0.1,
                                          "remember_given_up": remember})
         planner.use_affordance(scorer(table))
-        return [planner.plan(at(g), "sort", []) for g in grippers]
+        return [planner.plan(gripper_at(g), "sort", []) for g in grippers]
 
     assert [s.subtask for s in run(False)][:7] == [RED, RED, BLUE, BLUE, RED, RED, BLUE]
     got = run(True)
@@ -367,7 +360,7 @@ def test_remember_given_up_tries_every_subtask_once_before_one_given_up_again():
 
 
 def test_a_subtask_given_up_that_the_check_now_passes_is_a_candidate_like_any_other():
-    open_gripper = OBS.model_copy(update={"state": np.array([0.1, 0.0, 0.2, 0.0], np.float32)})
+    open_gripper = gripper_at(0.0)
     beam = ranked(DONE, PlanStep(subtask=RED), PlanStep(subtask=BLUE), PlanStep(subtask=GREEN))
     table = {RED: 0.4, BLUE: 0.4, GREEN: 0.2}
     planner = VLMPlanner(CandidatesBackend(*[beam] * 6), vocabulary=[RED, BLUE, GREEN], prompt={"gripper_index": -1},
@@ -384,7 +377,7 @@ def test_a_stale_subtask_alone_in_the_beam_widens_to_the_vocabulary_or_is_kept()
     planner = VLMPlanner(ScoringBackend(log_probs, *[beam] * 4), vocabulary=[RED, BLUE],
                          prompt={"gripper_index": -1}, affordance={"candidates": 4, "stale_after": 1, "widen": 8})
     planner.use_affordance(scorer({RED: 0.9, BLUE: 0.8}))
-    open_gripper = OBS.model_copy(update={"state": np.array([0.1, 0.0, 0.2, 0.0], np.float32)})
+    open_gripper = gripper_at(0.0)
     assert planner.plan(open_gripper, "sort", []).subtask == RED
     step = planner.plan(open_gripper, "sort", [])
     assert step.subtask == BLUE and "widened" in step.reason
@@ -436,9 +429,6 @@ def test_replace_nats_lets_a_confident_planners_subtask_stand_and_still_guards_d
 
 
 def test_a_subtask_the_check_still_sees_to_do_after_a_release_is_tried_again_up_to_retry_limit():
-    def at(gripper):
-        return OBS.model_copy(update={"state": np.array([0.1, 0.0, 0.2, gripper], np.float32)})
-
     hold = {"keep_while_holding": True}
     blue_first = ranked(PlanStep(subtask=BLUE), PlanStep(subtask=RED))
     planner = VLMPlanner(CandidatesBackend(*[blue_first] * 8), vocabulary=[RED, BLUE], prompt={"gripper_index": -1},
@@ -446,21 +436,21 @@ def test_a_subtask_the_check_still_sees_to_do_after_a_release_is_tried_again_up_
     planner.use_affordance(scorer({RED: 0.9, BLUE: 0.9}))
     planner.resume(RED)
     # grip, let go: RED is tried again though the planner moves on; after the second release it moves on
-    got = [planner.plan(at(g), "stack", []) for g in (1.0, 0.0, 1.0, 0.0, 1.0, 0.0)]
+    got = [planner.plan(gripper_at(g), "stack", []) for g in (1.0, 0.0, 1.0, 0.0, 1.0, 0.0)]
     assert [s.subtask for s in got] == [RED, RED, RED, RED, RED, BLUE]
     assert "tried again" in got[1].reason and "after 1 release" in got[1].reason
     # a check below retry_min leaves the planner's reply
     planner.resume(RED)
     planner.use_affordance(scorer({RED: 0.5, BLUE: 0.9}))
-    assert [planner.plan(at(g), "stack", []).subtask for g in (1.0, 0.0)] == [RED, BLUE]
+    assert [planner.plan(gripper_at(g), "stack", []).subtask for g in (1.0, 0.0)] == [RED, BLUE]
     # before any release nothing is retried, and "done" after one is refused for the subtask too
     planner = VLMPlanner(CandidatesBackend(*[ranked(DONE)] * 3), vocabulary=[RED, BLUE],
                          prompt={"gripper_index": -1}, replan=hold, affordance={"candidates": 4, "retry_min": 0.7})
     planner.use_affordance(scorer({RED: 0.9, BLUE: 0.0}))
     planner.resume(RED)
-    assert planner.plan(at(0.0), "stack", []).done
+    assert planner.plan(gripper_at(0.0), "stack", []).done
     planner.resume(RED)
-    assert [planner.plan(at(g), "stack", []).done for g in (1.0, 0.0)] == [False, False]
+    assert [planner.plan(gripper_at(g), "stack", []).done for g in (1.0, 0.0)] == [False, False]
     with pytest.raises(ValueError, match="retry_min"):
         VLMPlanner(CandidatesBackend(), vocabulary=[RED], prompt={"gripper_index": -1},
                    affordance={"candidates": 1, "retry_min": 0.7})
@@ -470,7 +460,7 @@ def test_a_failing_check_after_a_release_leaves_the_planners_reply(caplog):
     def broken(obs, texts):
         raise RuntimeError("executor gone")
 
-    at = [OBS.model_copy(update={"state": np.array([0.1, 0.0, 0.2, g], np.float32)}) for g in (1.0, 0.0)]
+    at = [gripper_at(g) for g in (1.0, 0.0)]
     planner = VLMPlanner(CandidatesBackend(*[ranked(PlanStep(subtask=BLUE), PlanStep(subtask=RED))] * 2),
                          vocabulary=[RED, BLUE], prompt={"gripper_index": -1}, replan={"keep_while_holding": True},
                          affordance={"candidates": 4, "retry_min": 0.7})
