@@ -129,7 +129,8 @@ class InHandOffset(nn.Module):
         colours, nothing = {}, 0.0
         if self.cfg.colours:
             probs = torch.softmax(self.colour_logits(out), 0).cpu().numpy()
-            colours = {name: float(p) for name, p in zip(self.cfg.colours, probs, strict=False)}
+            named = probs[: len(self.cfg.colours)]  # and with `empty`, nothing's the last
+            colours = {name: float(p) for name, p in zip(self.cfg.colours, named, strict=True)}
             nothing = float(probs[-1]) if self.cfg.empty else 0.0
         out = out.cpu().numpy()
         if not self.cfg.support:
