@@ -163,6 +163,52 @@ def test_gripper_releases_since_the_current_subtask_began_are_counted_into_the_p
     assert (planner.current, planner.releases) == (None, 0)
 
 
+def test_the_release_camera_shows_the_last_release_until_the_next_subtask_begins():
+    replies = [VOCAB[0], VOCAB[0], VOCAB[0], VOCAB[1], VOCAB[1], VOCAB[1]]
+    backend = CannedBackend([json.dumps({"subtask": r, "done": False}) for r in replies])
+    planner = VLMPlanner(backend, prompt={"gripper_index": -1, "image_size": 20, "release_camera": "wrist"},
+                         vocabulary=VOCAB)
+    rng = np.random.default_rng(0)
+
+    def at(gripper):  # a new wrist picture every call
+        wrist = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+        return OBS.model_copy(update={"state": np.array([0.1, 0.0, 0.2, gripper], np.float32),
+                                      "images": {**OBS.images, "wrist": wrist}})
+
+    # open, closed (carrying), released (seen), still open, then the next subtask begins: black again.
+    calls = [at(g) for g in (0.0, 1.0, 0.0, 0.0, 0.0)]
+    for obs in calls:
+        planner.plan(obs, "put the red block in the blue bowl", [])
+    from PIL import Image
+
+    def small(img):
+        return np.asarray(Image.fromarray(img).resize((20, 20), Image.BILINEAR))
+
+    shown = [image[:, 20:] for _, image in backend.sent]
+    assert [image.shape for _, image in backend.sent] == [(20, 40, 3)] * 5
+    assert not shown[0].any() and not shown[1].any()  # no release yet: black
+    released = small(calls[2].images["wrist"])
+    assert np.array_equal(shown[2], released) and np.array_equal(shown[3], released)  # kept, not the live view
+    assert not shown[4].any()  # VOCAB[1] began at the 4th call: nothing released under it
+    planner.resume(VOCAB[1], releases=1, state=calls[0].state, release_view=calls[1].images["wrist"])
+    planner.plan(calls[0], "put the red block in the blue bowl", [])
+    assert np.array_equal(backend.sent[-1][1][:, 20:], small(calls[1].images["wrist"]))
+
+
+def test_a_release_camera_needs_the_gripper_and_a_missing_one_is_named():
+    from pydantic import ValidationError
+
+    from planners.subtask.prompting import PromptConfig
+
+    with pytest.raises(ValidationError, match="release_camera: needs gripper_index"):
+        PromptConfig(release_camera="wrist")
+    backend = CannedBackend([json.dumps({"subtask": VOCAB[0], "done": False})])
+    planner = VLMPlanner(backend, prompt={"gripper_index": -1, "release_camera": "top"}, vocabulary=VOCAB)
+    with pytest.raises(ValueError, match="no such camera"):
+        planner.plan(OBS.model_copy(update={"state": np.zeros(4, np.float32)}), "put the red block", [])
+    assert backend.sent == []  # the model was not asked
+
+
 def test_a_change_of_subtask_is_taken_only_after_the_replies_in_a_row_the_policy_asks_for():
     a, b = VOCAB
     replies = [a, b, a, b, b, b, {"done": True}, {"done": True}]

@@ -76,6 +76,17 @@ def test_examples_count_the_releases_since_their_current_subtask_began(gripping)
     assert gripping.example(12, "fresh").releases == 0  # no current subtask, nothing to count
 
 
+def test_examples_name_the_frame_of_their_last_release_and_the_view_shown_after_it(gripping):
+    from planners.subtask.examples import release_view_frame
+
+    behind = gripping.example(12, "behind")  # the first subtask's release at frame 6
+    assert behind.release_frame == 6 and release_view_frame(behind) == 8 and release_view_frame(behind, 0) == 6
+    assert gripping.example(12, "current").release_frame is None  # the second has not let go yet
+    assert gripping.example(12, "fresh").release_frame is None
+    end = gripping.example(18, "current")  # the last subtask's release at frame 17: shown no later than frame 18
+    assert end.release_frame == 17 and release_view_frame(end) == 18
+
+
 def test_a_plan_form_rewrites_every_plan(tmp_path):
     from planners.subtask.tabletop_language import canonical_subtask, history_ordinals
 

@@ -214,6 +214,41 @@ def test_fine_tuning_with_the_wrist_camera_beside_the_front_one_reads_both(train
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["next_examples"] > 0
 
 
+def test_fine_tuning_with_the_release_camera_shows_the_last_release_after_the_front_camera(
+        trained, tiny_data, tmp_path, capsys):
+    from dataclasses import replace
+
+    from transformers import AutoProcessor
+
+    from planners.subtask import evaluate
+    from planners.subtask.examples import Example
+    from planners.subtask.frames import decode_views
+    from planners.subtask.prompting import PromptConfig
+    from planners.subtask.train import example_image, train
+
+    out = tmp_path / "release"
+    settings = {"init": str(trained), "model": TINY, "gripper_index": 2, "release_camera": "wrist"}
+    for bad in ({"release_noise": 0.2}, {"on_policy": str(tiny_data.root), "on_policy_fraction": 0.5,
+                                         "ordinals": "history"}):
+        with pytest.raises(ValueError, match="release_camera: on-policy"):
+            train(str(tiny_data.root), str(tmp_path / "bad"), steps=1, **settings, **bad)
+    train(str(tiny_data.root), str(out), steps=2, batch_size=2, warmup_steps=1, threads=1, **settings)
+    prompt = PromptConfig.model_validate(json.loads((out / "planner.json").read_text())["prompt"])
+    assert (prompt.release_camera, prompt.gripper_index) == ("wrist", 2)
+    grid = AutoProcessor.from_pretrained(out).image_processor(
+        images=[np.zeros((56, 112, 3), np.uint8)], return_tensors="pt")["image_grid_thw"]
+    assert grid.tolist() == [[1, 4, 8]]  # the front camera, then the release view to its right
+    dataset = open_dataset(tiny_data.root)
+    front, wrist = (decode_views(dataset, [c], 56) for c in ("front", "wrist"))
+    ex = Example(frame=5, instruction=INSTRUCTION, done=[], current=PLAN[0], target=PlanStep(subtask=PLAN[0]),
+                 accepted=frozenset({PLAN[0]}), releases=1, release_frame=1)
+    image = example_image(ex, front, prompt, wrist, lag=3)
+    assert np.array_equal(image[:, :56], front[5]) and np.array_equal(image[:, 56:], wrist[4])
+    assert not example_image(replace(ex, releases=0, release_frame=None), front, prompt, wrist)[:, 56:].any()
+    assert evaluate.main(["--data", str(tiny_data.root), "--model", str(out), "--examples", "6", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["next_examples"] > 0
+
+
 def test_an_auxiliary_example_asks_what_is_left_and_is_trained_on_that_list(tiny_data, tmp_path):
     from planners.subtask.examples import Example
     from planners.subtask.prompting import PromptConfig

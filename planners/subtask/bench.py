@@ -37,6 +37,8 @@ def main(argv: list[str]) -> int:
     planner = instantiate(compose(f"planner/{args.config}", overrides).planner)
     prompt = getattr(planner, "prompt", None)
     shown = set(planner_cameras(prompt)) if prompt is not None else {"front"}
+    if prompt is not None and prompt.release_camera is not None:
+        shown.add(prompt.release_camera)
     if getattr(planner, "wants_affordance", False):
         executor = instantiate(compose(f"executor/{args.executor}").executor)
         planner.use_affordance(executor.affordance)

@@ -67,6 +67,11 @@ def main(argv: list[str]) -> int:
     dataset = open_dataset(args.data)
     states = numeric_column(dataset, FEATURES["state"])
     names, size = set(cameras(planner.prompt)), planner.prompt.image_size or 224
+    if planner.prompt.release_camera is not None:
+        if args.on_policy:
+            raise SystemExit("--on-policy: the recorded situations hold no release view, and this planner is shown "
+                             f"{planner.prompt.release_camera!r} at the last release")
+        names.add(planner.prompt.release_camera)
     if args.affordance:  # the executor's cameras at its size; the planner resizes its own as at run time
         executor = instantiate(compose("executor/flow_tabletop").executor)
         planner.use_affordance(executor.affordance)
@@ -163,9 +168,12 @@ def ask(planner, ex, frames: dict, states) -> tuple:
     """The planner's reply to example ``ex``, taken up as a runtime would be in it (None for a `PlannerFault`), and
     the milliseconds the plan call took."""
     from hybrid.types import Observation, Subtask
+    from planners.subtask.examples import release_view_frame
     from planners.subtask.reply import PlannerFault
 
-    planner.resume(ex.current, ex.releases, states[ex.frame])
+    camera = planner.prompt.release_camera
+    shown = None if camera is None else release_view_frame(ex)
+    planner.resume(ex.current, ex.releases, states[ex.frame], None if shown is None else frames[camera][shown])
     obs = Observation(images={c: f[ex.frame] for c, f in frames.items()}, state=states[ex.frame])
     history = [Subtask(text=s, index=k, status="done") for k, s in enumerate(ex.done)]
     t = time.perf_counter()

@@ -32,6 +32,9 @@ from hybrid.data import SubtaskIndex, last_releases, release_events
 from hybrid.types import PlanStep
 
 VARIANTS = ("current", "fresh", "behind")  # the runtime situations `hybrid eval planner` scores
+# Frames after a release at which the runtime's planner first sees the gripper open (it is asked every chunk of
+# 4 actions): training draws 0-3, evaluation shows 2.
+RELEASE_LAG = 2
 TRAIN_WEIGHTS = {"current": 0.4, "fresh": 0.2, "behind": 0.4}
 
 
@@ -45,6 +48,7 @@ class Example:
     accepted: frozenset[str]  # subtasks that count as right (order-free placements allow any remaining)
     releases: int = 0  # times the gripper let go since ``current`` began (0 without a current subtask)
     left: tuple[str, ...] | None = None  # asked instead which subtasks are left (an auxiliary target): these
+    release_frame: int | None = None  # the gripper's last release since ``current`` began (None: no release)
 
 
 class ExampleBuilder:
@@ -61,6 +65,7 @@ class ExampleBuilder:
         if gripper is not None:
             events = release_events(index, np.asarray(gripper).reshape(len(index)) >= closed_at)
         self.released = np.cumsum(events)
+        self.release_frames = np.flatnonzero(events)
         # (episode, subtask position) -> the frame from which that subtask counts as finished
         self.finish: dict[tuple[int, int], int] = {}
         for start, released in last_releases(index, events).items():
@@ -82,6 +87,13 @@ class ExampleBuilder:
         began = self.finish[int(self.index.episode[i]), current - 1] if current else int(self.index.episode_start[i])
         return int(self.released[i] - self.released[began])
 
+    def last_release(self, i: int, current: int) -> int | None:
+        """The frame of the gripper's last release after subtask ``current`` of frame ``i``'s plan began, up to
+        frame ``i`` (the releases `releases` counts), or None."""
+        if not self.releases(i, current):
+            return None
+        return int(self.release_frames[np.searchsorted(self.release_frames, i, side="right") - 1])
+
     def left(self, i: int) -> list[str]:
         """The subtasks of frame ``i``'s plan not finished yet, in the plan's order."""
         return self.plans[int(self.index.episode[i])][self.finished(i):]
@@ -98,7 +110,7 @@ class ExampleBuilder:
                 return Example(i, instr, [], None, PlanStep(done=True), frozenset())
             if variant == "current":
                 return Example(i, instr, plan[:n - 1], plan[n - 1], PlanStep(done=True), frozenset(),
-                               self.releases(i, n - 1))
+                               self.releases(i, n - 1), release_frame=self.last_release(i, n - 1))
             if variant == "fresh":
                 return Example(i, instr, plan, None, PlanStep(done=True), frozenset())
             return None
@@ -106,14 +118,16 @@ class ExampleBuilder:
         # Placing blocks in bowls can be done in any order (sorting), stacking cannot.
         order_free = all(" bowl" in s for s in plan[k:])
         if variant == "current":
-            return Example(i, instr, plan[:k], plan[k], target, frozenset({plan[k]}), self.releases(i, k))
+            return Example(i, instr, plan[:k], plan[k], target, frozenset({plan[k]}), self.releases(i, k),
+                           release_frame=self.last_release(i, k))
         accepted = frozenset(plan[k:]) if order_free else frozenset({plan[k]})
         if variant == "fresh":
             return Example(i, instr, plan[:k], None, target, accepted)
         if variant == "resume":
             return Example(i, instr, [], None, target, accepted)
         if variant == "behind" and k >= 1:
-            return Example(i, instr, plan[:k - 1], plan[k - 1], target, accepted, self.releases(i, k - 1))
+            return Example(i, instr, plan[:k - 1], plan[k - 1], target, accepted, self.releases(i, k - 1),
+                           release_frame=self.last_release(i, k - 1))
         return None
 
     def sample(self, rng: np.random.Generator, frames: np.ndarray, weights: dict[str, float] = TRAIN_WEIGHTS) -> Example:
@@ -124,3 +138,9 @@ class ExampleBuilder:
             ex = self.example(int(rng.choice(frames)), names[int(rng.choice(len(names), p=p / p.sum()))])
             if ex is not None:
                 return ex
+
+
+def release_view_frame(ex: Example, lag: int = RELEASE_LAG) -> int | None:
+    """The frame whose release-camera image ``ex`` shows (`PromptConfig.release_camera`): ``lag`` frames after its
+    last release, never after the example's own frame; None before any release."""
+    return None if ex.release_frame is None else min(ex.release_frame + lag, ex.frame)

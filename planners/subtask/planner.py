@@ -19,7 +19,7 @@ from planners.subtask.affordance import (
     unafforded,
     widened,
 )
-from planners.subtask.prompting import PromptConfig, build_messages, planner_image
+from planners.subtask.prompting import PromptConfig, build_messages, camera_image, planner_image
 from planners.subtask.replan import ReplanPolicy
 from planners.subtask.reply import BadReply, PlannerFault, make_vocabulary, parse_reply, reply_text
 
@@ -88,6 +88,7 @@ class VLMPlanner:
                         "gripper_index")
         self.current: str | None = None
         self.releases, self._closed = 0, False
+        self._release_view: np.ndarray | None = None  # prompt.release_camera at the last release under `current`
         self._armed, self._approach_calls = False, 0  # came down from above since the last grip; calls held
         self._idle_calls = 0  # calls since the gripper last closed or the subtask began
         self._dropped: list[str] = []  # given up before any release: the runtime's history counts them done
@@ -227,10 +228,13 @@ class VLMPlanner:
         return self.current is not None and ((after is not None and self._idle_calls >= after)
                                              or (releases is not None and self.releases >= releases))
 
-    def resume(self, current: str | None, releases: int = 0, state: np.ndarray | None = None) -> None:
+    def resume(self, current: str | None, releases: int = 0, state: np.ndarray | None = None,
+               release_view: np.ndarray | None = None) -> None:
         """Take up a runtime's situation: ``current`` under way, the gripper released ``releases`` times since
-        it began and now as in ``state`` (evaluation builds situations from recorded frames this way)."""
+        it began and now as in ``state``, the last release seen as ``release_view`` by `prompt.release_camera`
+        (evaluation builds situations from recorded frames this way)."""
         self.current, self.releases, self._proposal = current, int(releases), None
+        self._release_view = release_view if releases else None
         self._closed = state is not None and self.prompt.gripper_index is not None and self._gripper_closed(state)
         self._armed, self._approach_calls = False, 0  # an approach is seen only as it comes down
         self._idle_calls = 0
@@ -256,11 +260,16 @@ class VLMPlanner:
     def _gripper_closed(self, state: np.ndarray) -> bool:
         return _state_entry(state, self.prompt.gripper_index, "gripper_index") >= self.prompt.gripper_closed
 
-    def _track_gripper(self, state: np.ndarray) -> None:
+    def _track_gripper(self, obs: Observation) -> None:
         if self.prompt.gripper_index is None:
             return
+        state = obs.state
         closed = self._gripper_closed(state)
-        self.releases += self._closed and not closed
+        if self._closed and not closed:
+            self.releases += 1
+            if self.prompt.release_camera is not None:  # the first call to see the gripper open looks at the release
+                view = camera_image(obs, self.prompt.release_camera)  # (planner_image names a missing camera)
+                self._release_view = None if view is None else np.array(view)
         self._closed = closed
         self._idle_calls = 0 if closed else self._idle_calls + 1
         if self.replan.keep_while_approaching is None:
@@ -291,7 +300,7 @@ class VLMPlanner:
         return build_messages(self.prompt, instruction, done, current, state, releases)
 
     def plan(self, obs: Observation, instruction: str, history: list[Subtask]) -> PlanStep:
-        self._track_gripper(obs.state)
+        self._track_gripper(obs)
         if self.replan.keep_while_holding and self._closed and self.current is not None:
             return PlanStep(subtask=self.current, reason="holding a block: the subtask under way is kept")
         if self._approaching() and self.current is not None:
@@ -300,7 +309,7 @@ class VLMPlanner:
         if self.on_ask is not None:
             self.on_ask(obs, instruction, done, current, releases)
         messages = build_messages(self.prompt, instruction, done, current, obs.state, releases)
-        image = planner_image(obs, self.prompt)
+        image = planner_image(obs, self.prompt, self._release_view if releases else None)
         attempts: list[str] = []
         kind = "bad_reply"
         for attempt in range(self.max_attempts):
@@ -326,7 +335,7 @@ class VLMPlanner:
                 if stale and not self.releases:  # never let go of a block: not done, whatever the history says
                     self._dropped.append(self.current)
                 self._given_up.discard(step.subtask)  # taken again (nothing else was left): it runs its course
-                self.releases, self._idle_calls = 0, 0
+                self.releases, self._idle_calls, self._release_view = 0, 0, None
             self.current = step.subtask
             return step
         raise PlannerFault(kind, attempts)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hybrid.types import Observation, PlanStep
 
@@ -39,6 +39,18 @@ class PromptConfig(BaseModel):
                                       "and writes them into the user turn ('Released: N'), the evidence one "
                                       "frame lacks that a pick-and-place has ended")
     gripper_closed: float = Field(0.5, description="gripper commands at or above this count as closed")
+    # After a release the front camera sees the placement behind the arm, a few pixels wide; the wrist camera,
+    # at the moment the gripper lets go, looks down on it: a block in its bowl or on its tower, or beside it.
+    release_camera: str | None = Field(None, description="a camera whose image at the gripper's last release "
+                                       "since the current subtask began is tiled after the planner's cameras "
+                                       "(black before any release): the evidence of how the last placement "
+                                       "ended; needs gripper_index")
+
+    @model_validator(mode="after")
+    def _release_needs_gripper(self) -> PromptConfig:
+        if self.release_camera is not None and self.gripper_index is None:
+            raise ValueError("release_camera: needs gripper_index (releases are read off the gripper)")
+        return self
 
 
 def cameras(cfg: PromptConfig) -> list[str]:
@@ -69,18 +81,34 @@ def tile(views: list[np.ndarray], height: int | None = None) -> np.ndarray:
     return np.concatenate(scaled, axis=1)
 
 
-def planner_image(obs: Observation, cfg: PromptConfig) -> np.ndarray:
+def planner_image(obs: Observation, cfg: PromptConfig, release_view: np.ndarray | None = None) -> np.ndarray:
     """The one image the planner is shown: its camera resized to ``image_size``, or its cameras tiled at that
-    height."""
+    height; with ``cfg.release_camera``, ``release_view`` (that camera at the last release; None: none yet,
+    black) after them."""
     names = cameras(cfg)
-    if len(names) == 1:
+    if len(names) == 1 and cfg.release_camera is None:
         return resize(pick_image(obs, names[0]), cfg.image_size)
     views = [camera_image(obs, c) for c in names]
     missing = [c for c, view in zip(names, views) if view is None]
     if missing:
         raise ValueError(f"the planner looks at cameras {names}; the observation has no {missing} "
                          f"(it has {sorted(obs.images)})")
+    if cfg.release_camera is not None:
+        views.append(release_tile(obs, cfg.release_camera, release_view))
     return tile(views, cfg.image_size)
+
+
+def release_tile(obs: Observation, camera: str, release_view: np.ndarray | None) -> np.ndarray:
+    """The release camera's tile: its image at the last release, or black at the camera's size before one."""
+    now = camera_image(obs, camera)
+    if now is None:
+        raise ValueError(f"the planner shows camera {camera!r} at releases; the observation has no such camera "
+                         f"(it has {sorted(obs.images)})")
+    if release_view is None:
+        return np.zeros_like(now)
+    if release_view.ndim != 3 or release_view.shape[-1] != 3:
+        raise ValueError(f"release view: expected an (H, W, 3) image, got shape {release_view.shape}")
+    return release_view
 
 
 def resize(image: np.ndarray, size: int | None) -> np.ndarray:

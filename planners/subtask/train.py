@@ -19,7 +19,7 @@ import numpy as np
 from hybrid.data import FEATURES, SubtaskIndex, numeric_column, open_dataset
 from hybrid.data.augment import ColourSwap, PunctuationNoise, WordNoise, tabletop_colour_swap
 from hybrid.types import PlanStep
-from planners.subtask.examples import TRAIN_WEIGHTS, Example, ExampleBuilder
+from planners.subtask.examples import RELEASE_LAG, TRAIN_WEIGHTS, Example, ExampleBuilder, release_view_frame
 from planners.subtask.on_policy import examples as on_policy_examples
 from planners.subtask.prompting import PromptConfig, build_messages, cameras, user_text
 from planners.subtask.reply import reply_text
@@ -89,17 +89,32 @@ def swap_colours(ex: Example, image: np.ndarray, swap: ColourSwap, rng: np.rando
     return ex, swap.image(image, m)
 
 
+def example_image(ex: Example, frames: np.ndarray, prompt: PromptConfig, release_frames: np.ndarray | None = None,
+                  lag: int = RELEASE_LAG) -> np.ndarray:
+    """What example ``ex`` shows the planner: its frame's views, then with `PromptConfig.release_camera` that
+    camera's frame ``lag`` after the last release (`release_view_frame`; black before any), as at run time."""
+    if prompt.release_camera is None:
+        return frames[ex.frame]
+    shown = release_view_frame(ex, lag)
+    tile = np.zeros_like(release_frames[0]) if shown is None else release_frames[shown]
+    return np.concatenate([frames[ex.frame], tile], axis=1)
+
+
 def collate(processor, builder: ExampleBuilder, frames: np.ndarray, examples, prompt: PromptConfig,
-            augment=None, states: np.ndarray | None = None):
+            augment=None, states: np.ndarray | None = None, release_frames: np.ndarray | None = None,
+            rng: np.random.Generator | None = None):
     """Processor inputs for a batch with labels on the reply tokens only (right padding).
 
     ``augment``: ``(example, frame) -> (example, frame)`` applied to each; ``states``: the dataset's
-    ``observation.state`` per frame, for prompts that include it."""
+    ``observation.state`` per frame, for prompts that include it; ``release_frames``: the release camera's
+    frames, for prompts that show it (`PromptConfig.release_camera`), ``rng`` drawing how many frames after the
+    release it is seen (else `RELEASE_LAG`)."""
     from PIL import Image
 
     texts, reply_lens, images = [], [], []
     for ex in examples:
-        image = frames[ex.frame]
+        lag = RELEASE_LAG if rng is None else int(rng.integers(0, 2 * RELEASE_LAG))
+        image = example_image(ex, frames, prompt, release_frames, lag)
         if augment is not None:
             ex, image = augment(ex, image)
         state = None if states is None else states[ex.frame]
@@ -130,7 +145,7 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
           word_noise: float = 0.0, variants: dict[str, float] | None = None, gripper_index: int | None = None,
           release_noise: float = 0.0, ordinals: str = "scene", left_fraction: float = 0.0,
           on_policy: str | list[str] | None = None, on_policy_fraction: float = 0.0,
-          punctuation_noise: float = 0.0) -> Path:
+          punctuation_noise: float = 0.0, release_camera: str | None = None) -> Path:
     """``colour_swap``: probability that an example's colours are permuted (words and pixels, `augment.py`);
     ``word_noise``: probability that some of an instruction's words are replaced by unknown ones (`WordNoise`);
     ``punctuation_noise``: probability that an instruction's punctuation is noised (`PunctuationNoise`);
@@ -147,6 +162,8 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     ``left_fraction``: share of examples that ask for every subtask still left instead of the next one
     (`LEFT_QUESTION`, an auxiliary target the planner is never asked at run time);
     ``camera``: the camera the planner looks at, or a list of cameras tiled side by side (`PromptConfig.camera`);
+    ``release_camera``: a camera shown as it saw the gripper's last release, after them
+    (`PromptConfig.release_camera`; needs ``gripper_index``);
     ``on_policy``: datasets of situations from the planner's own rollouts (`hybrid record
     planner_rollouts.enabled=true`, `on_policy.py`), labelled in the history's naming; ``on_policy_fraction``:
     the share of examples drawn from them (DAgger's aggregation of the learner's states with the expert's)."""
@@ -163,8 +180,9 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     cfg = TabletopModelConfig.model_validate(dict(model or {}))
     camera = camera if isinstance(camera, str) else list(camera)  # a Hydra ListConfig is neither
     prompt = PromptConfig(system=None, schema_in_prompt=False, camera=camera, image_size=cfg.image_size,
-                          state_in_prompt=state_in_prompt, gripper_index=gripper_index)
+                          state_in_prompt=state_in_prompt, gripper_index=gripper_index, release_camera=release_camera)
     views = cameras(prompt)
+    tiles = len(views) + (release_camera is not None)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
 
@@ -177,6 +195,9 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     if not 0.0 <= on_policy_fraction <= 1.0 or (on_policy_fraction > 0) != bool(on_policy):
         raise ValueError(f"on_policy_fraction: expected a share in [0, 1], above 0 exactly when on_policy names "
                          f"datasets; got {on_policy_fraction!r} with on_policy={on_policy!r}")
+    if release_camera is not None and (on_policy or release_noise):
+        raise ValueError("release_camera: on-policy situations record no release view, and release_noise counts "
+                         "releases that have none; train with on_policy=null release_noise=0")
     if on_policy and ordinals != "history":
         raise ValueError("on_policy: its labels name same-coloured blocks from the history (ordinals=history)")
     naming = NAMINGS[ordinals]
@@ -190,6 +211,7 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     vocab = vocabulary(colours_in(seen), naming.ordinals) if canonical else seen
     vocab += [s for s in seen if s not in vocab]
     frames = decode_views(dataset, views, cfg.image_size)
+    release_frames = None if release_camera is None else decode_views(dataset, [release_camera], cfg.image_size)
     situations = []  # on-policy examples; their frames and states follow the recording's
     for root in on_policy:
         extra = open_dataset(root)
@@ -208,12 +230,12 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
         log.info("resuming from step %d in %s", start, out)
     elif init is not None:
         processor = AutoProcessor.from_pretrained(init)
-        set_image_size(processor, cfg.image_size, len(views))  # the prompt's size: the init's or a new one
+        set_image_size(processor, cfg.image_size, tiles)  # the prompt's size: the init's or a new one
         net = AutoModelForImageTextToText.from_pretrained(init)
         save(net, processor, out)
         log.info("fine-tuning %s", init)
     else:
-        net, processor = build(tokenizer_corpus(index, vocab, prompt, ask_left=left_fraction > 0), cfg, len(views))
+        net, processor = build(tokenizer_corpus(index, vocab, prompt, ask_left=left_fraction > 0), cfg, tiles)
         save(net, processor, out)
     (out / SETTINGS_FILE).write_text(json.dumps({"prompt": prompt.model_dump(), "vocabulary": vocab,
                                                  "ordinals": ordinals}, indent=1))
@@ -253,7 +275,7 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="planner", disable=not accelerator.is_main_process)
     for step in bar:
         batch = collate(processor, builder, frames, [draw() for _ in range(batch_size)], prompt, augment,
-                        states if state_in_prompt else None).to(accelerator.device)
+                        states if state_in_prompt else None, release_frames, rng).to(accelerator.device)
         loss = net(**batch).loss
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(net.parameters(), 1.0)
