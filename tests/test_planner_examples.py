@@ -85,6 +85,19 @@ def test_examples_name_the_frame_of_their_last_release_and_the_view_shown_after_
     assert gripping.example(12, "fresh").release_frame is None
     end = gripping.example(18, "current")  # the last subtask's release at frame 17: shown no later than frame 18
     assert end.release_frame == 17 and release_view_frame(end) == 18
+    assert gripping.placing == {6, 17}  # each subtask's last release placed its block
+
+
+def test_a_release_followed_by_another_under_the_same_subtask_missed(tmp_path):
+    import numpy as np
+
+    ds = make_tiny_dataset(tmp_path / "data", episodes=1, frames_per_subtask=10)
+    gripper = np.zeros(20)
+    gripper[1:3], gripper[4:6], gripper[12:17] = 1.0, 1.0, 1.0  # the first subtask lets go at 3 (a miss), then 6
+    builder = ExampleBuilder(SubtaskIndex.from_dataset(open_dataset(ds.root)), gripper=gripper)
+    assert builder.placing == {6, 17} and list(builder.release_frames) == [3, 6, 17]
+    missed = builder.example(5, "current")
+    assert (missed.releases, missed.release_frame, missed.target) == (1, 3, PlanStep(subtask=PLAN[0]))
 
 
 def test_a_plan_form_rewrites_every_plan(tmp_path):

@@ -224,7 +224,7 @@ def test_fine_tuning_with_the_release_camera_shows_the_last_release_after_the_fr
     from planners.subtask.examples import Example
     from planners.subtask.frames import decode_views
     from planners.subtask.prompting import PromptConfig
-    from planners.subtask.train import example_image, train
+    from planners.subtask.train import PLACED_QUESTION, collate, example_image, train
 
     out = tmp_path / "release"
     settings = {"init": str(trained), "model": TINY, "gripper_index": 2, "release_camera": "wrist"}
@@ -245,6 +245,14 @@ def test_fine_tuning_with_the_release_camera_shows_the_last_release_after_the_fr
     image = example_image(ex, front, prompt, wrist, lag=3)
     assert np.array_equal(image[:, :56], front[5]) and np.array_equal(image[:, 56:], wrist[4])
     assert not example_image(replace(ex, releases=0, release_frame=None), front, prompt, wrist)[:, 56:].any()
+    # The auxiliary question on that view: did the last release place its block?
+    with pytest.raises(ValueError, match="placed_fraction"):
+        train(str(tiny_data.root), str(tmp_path / "bad"), steps=1, model=TINY, placed_fraction=0.3)
+    processor = AutoProcessor.from_pretrained(out)
+    batch = collate(processor, None, front, [replace(ex, placed=False)], prompt, release_frames=wrist)
+    labels = batch["labels"][0]
+    assert processor.tokenizer.decode(labels[labels >= 0]) == '{"placed": false}<|im_end|>'
+    assert PLACED_QUESTION in processor.tokenizer.decode(batch["input_ids"][0])
     assert evaluate.main(["--data", str(tiny_data.root), "--model", str(out), "--examples", "6", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["next_examples"] > 0
 

@@ -49,6 +49,7 @@ class Example:
     releases: int = 0  # times the gripper let go since ``current`` began (0 without a current subtask)
     left: tuple[str, ...] | None = None  # asked instead which subtasks are left (an auxiliary target): these
     release_frame: int | None = None  # the gripper's last release since ``current`` began (None: no release)
+    placed: bool | None = None  # asked instead whether that release placed its block (an auxiliary target): this
 
 
 class ExampleBuilder:
@@ -68,11 +69,13 @@ class ExampleBuilder:
         self.release_frames = np.flatnonzero(events)
         # (episode, subtask position) -> the frame from which that subtask counts as finished
         self.finish: dict[tuple[int, int], int] = {}
+        self.placing: set[int] = set()  # releases that finished their subtask (the others missed)
         for start, released in last_releases(index, events).items():
             end = int(index.subtask_end[start])
             key = (int(index.episode[start]), int(index.subtask_index[start]))
             if released is not None:
                 self.finish[key] = released
+                self.placing.add(released)
             else:  # the time tail: at most the second half
                 self.finish[key] = int(np.floor(max(end - self.tail, (start + end) / 2))) + 1
 

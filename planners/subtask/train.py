@@ -48,6 +48,10 @@ def tokenizer_corpus(index: SubtaskIndex, vocab: list[str], prompt: PromptConfig
     return corpus
 
 
+# The auxiliary question (`placed_fraction`) on the release camera's view: its reply is {"placed": true|false}.
+PLACED_QUESTION = "Question: did the last release place its block?"
+
+
 def left_reply(left) -> str:
     return json.dumps({"left": list(left)})
 
@@ -121,8 +125,12 @@ def collate(processor, builder: ExampleBuilder, frames: np.ndarray, examples, pr
         messages = build_messages(prompt, ex.instruction, ex.done, ex.current, state, ex.releases)
         if ex.left is not None:
             messages[-1]["content"][-1]["text"] += "\n" + LEFT_QUESTION
+        if ex.placed is not None:
+            messages[-1]["content"][-1]["text"] += "\n" + PLACED_QUESTION
         chat = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        reply = (reply_text(ex.target) if ex.left is None else left_reply(ex.left)) + "<|im_end|>"
+        reply = left_reply(ex.left) if ex.left is not None else json.dumps({"placed": ex.placed}) \
+            if ex.placed is not None else reply_text(ex.target)
+        reply += "<|im_end|>"
         texts.append(chat + reply)
         reply_lens.append(len(processor.tokenizer(reply, add_special_tokens=False)["input_ids"]))
         images.append(Image.fromarray(image))
@@ -145,7 +153,7 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
           word_noise: float = 0.0, variants: dict[str, float] | None = None, gripper_index: int | None = None,
           release_noise: float = 0.0, ordinals: str = "scene", left_fraction: float = 0.0,
           on_policy: str | list[str] | None = None, on_policy_fraction: float = 0.0,
-          punctuation_noise: float = 0.0, release_camera: str | None = None) -> Path:
+          punctuation_noise: float = 0.0, release_camera: str | None = None, placed_fraction: float = 0.0) -> Path:
     """``colour_swap``: probability that an example's colours are permuted (words and pixels, `augment.py`);
     ``word_noise``: probability that some of an instruction's words are replaced by unknown ones (`WordNoise`);
     ``punctuation_noise``: probability that an instruction's punctuation is noised (`PunctuationNoise`);
@@ -163,7 +171,8 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     (`LEFT_QUESTION`, an auxiliary target the planner is never asked at run time);
     ``camera``: the camera the planner looks at, or a list of cameras tiled side by side (`PromptConfig.camera`);
     ``release_camera``: a camera shown as it saw the gripper's last release, after them
-    (`PromptConfig.release_camera`; needs ``gripper_index``);
+    (`PromptConfig.release_camera`; needs ``gripper_index``); ``placed_fraction``: share of examples that ask
+    instead whether the last release placed its block (`PLACED_QUESTION`, an auxiliary target on that view);
     ``on_policy``: datasets of situations from the planner's own rollouts (`hybrid record
     planner_rollouts.enabled=true`, `on_policy.py`), labelled in the history's naming; ``on_policy_fraction``:
     the share of examples drawn from them (DAgger's aggregation of the learner's states with the expert's)."""
@@ -195,6 +204,9 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     if not 0.0 <= on_policy_fraction <= 1.0 or (on_policy_fraction > 0) != bool(on_policy):
         raise ValueError(f"on_policy_fraction: expected a share in [0, 1], above 0 exactly when on_policy names "
                          f"datasets; got {on_policy_fraction!r} with on_policy={on_policy!r}")
+    if not 0.0 <= placed_fraction <= 1.0 or (placed_fraction > 0 and release_camera is None):
+        raise ValueError(f"placed_fraction: expected a share in [0, 1], above 0 only with release_camera; got "
+                         f"{placed_fraction!r}")
     if release_camera is not None and (on_policy or release_noise):
         raise ValueError("release_camera: on-policy situations record no release view, and release_noise counts "
                          "releases that have none; train with on_policy=null release_noise=0")
@@ -263,6 +275,11 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     def draw():
         if situations and rng.random() < on_policy_fraction:
             return situations[int(rng.integers(len(situations)))]
+        if placed_fraction > 0 and rng.random() < placed_fraction:
+            while True:  # a situation after a release: did it place its block, or miss?
+                ex = builder.sample(rng, all_frames, {"current": 0.5, "behind": 0.5})
+                if ex.release_frame is not None:
+                    return replace(ex, placed=ex.release_frame in builder.placing)
         if left_fraction > 0 and rng.random() < left_fraction:
             ex = builder.sample(rng, all_frames, LEFT_WEIGHTS)
             return replace(ex, left=tuple(builder.left(ex.frame)))
