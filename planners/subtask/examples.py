@@ -17,6 +17,10 @@ Each example also carries how many times the gripper let go since its current su
 switched to it when the previous one finished): a planner that tracks the gripper (`PromptConfig.gripper_index`)
 sees it in the prompt, as the evidence a single frame lacks that the pick-and-place under way has ended.
 
+Each example names the frame of that last release (`Example.release_frame`): a planner shown a camera as it saw
+the release (`PromptConfig.release_camera`) gets that camera's frame a few frames after it (`release_view_frame`).
+A release placed its block when it is its subtask's last (`ExampleBuilder.placing`); the others missed.
+
 An auxiliary example asks instead for every subtask still left (`ExampleBuilder.left`): in `sort` that is
 which blocks are still out of their bowls, read off the picture alone, a denser signal for the vision tower
 than the one next subtask.

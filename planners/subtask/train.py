@@ -56,6 +56,15 @@ def left_reply(left) -> str:
     return json.dumps({"left": list(left)})
 
 
+def target_text(ex: Example) -> str:
+    """The reply example ``ex`` is trained on: the next step, or the answer to its auxiliary question."""
+    if ex.left is not None:
+        return left_reply(ex.left)
+    if ex.placed is not None:
+        return json.dumps({"placed": ex.placed})
+    return reply_text(ex.target)
+
+
 def augmentation(rng: np.random.Generator, colour_swap: float, word_noise: float, release_noise: float = 0.0,
                  punctuation_noise: float = 0.0):
     """The training augmentation of an (example, frame): a colour permutation with probability ``colour_swap``,
@@ -128,9 +137,7 @@ def collate(processor, builder: ExampleBuilder, frames: np.ndarray, examples, pr
         if ex.placed is not None:
             messages[-1]["content"][-1]["text"] += "\n" + PLACED_QUESTION
         chat = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        reply = left_reply(ex.left) if ex.left is not None else json.dumps({"placed": ex.placed}) \
-            if ex.placed is not None else reply_text(ex.target)
-        reply += "<|im_end|>"
+        reply = target_text(ex) + "<|im_end|>"
         texts.append(chat + reply)
         reply_lens.append(len(processor.tokenizer(reply, add_special_tokens=False)["input_ids"]))
         images.append(Image.fromarray(image))
