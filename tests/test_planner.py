@@ -195,6 +195,53 @@ def test_the_release_camera_shows_the_last_release_until_the_next_subtask_begins
     assert np.array_equal(backend.sent[-1][1][:, 20:], small(calls[1].images["wrist"]))
 
 
+class ReadingBackend(CannedBackend):
+    """Canned replies; scores the two answers to the placed question as ``reading`` says (an exception: raised)."""
+
+    def __init__(self, replies, reading):
+        super().__init__(replies)
+        self.reading, self.asked = list(reading), []
+
+    def score(self, messages, image, replies):
+        from planners.subtask.prompting import PLACED_QUESTION, PLACED_REPLIES
+
+        assert list(replies) == list(PLACED_REPLIES) and messages[-1]["content"][1]["text"].endswith(PLACED_QUESTION)
+        self.asked.append(image)
+        answer = self.reading.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return np.array([0.0, -2.0] if answer else [-2.0, 0.0])
+
+
+def test_the_planner_reads_once_per_release_whether_it_placed_its_block_and_says_so_in_the_prompt(caplog):
+    replies = [json.dumps({"subtask": VOCAB[0], "done": False})] * 7
+    backend = ReadingBackend(replies, [False, RuntimeError("server down"), True])
+    prompt = {"gripper_index": -1, "image_size": 20, "release_camera": "wrist", "placed_in_prompt": True,
+              "schema_in_prompt": False}
+    planner = VLMPlanner(backend, prompt=prompt, vocabulary=VOCAB)
+
+    def at(gripper):
+        return OBS.model_copy(update={"state": np.array([0.1, 0.0, 0.2, gripper], np.float32)})
+
+    # open, carrying, released (read once: missed), still open, carrying again (the reading stands), released
+    # (the reading fails: the line is left out), still open (read again: placed)
+    for gripper in (0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0):
+        planner.plan(at(gripper), "put the red block in the blue bowl", [])
+    lines = [sent[-1]["content"][1]["text"].splitlines() for sent, _ in backend.sent]
+    assert [ln[-1] for ln in lines] == ["Released: 0", "Released: 0", "Placed: no", "Placed: no", "Placed: no",
+                                       "Released: 2", "Placed: yes"]
+    assert len(backend.asked) == 3 and "reading the release view failed" in caplog.text
+    assert backend.asked[0][:, 20:].any()  # asked about the release view
+    with pytest.raises(ValueError, match="placed_in_prompt: CannedBackend cannot score"):
+        VLMPlanner(CannedBackend([]), prompt=prompt, vocabulary=VOCAB)
+    from pydantic import ValidationError
+
+    from planners.subtask.prompting import PromptConfig
+
+    with pytest.raises(ValidationError, match="placed_in_prompt: needs release_camera"):
+        PromptConfig(gripper_index=-1, placed_in_prompt=True)
+
+
 def test_a_release_camera_needs_the_gripper_and_a_missing_one_is_named():
     from pydantic import ValidationError
 

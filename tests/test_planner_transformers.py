@@ -253,6 +253,20 @@ def test_fine_tuning_with_the_release_camera_shows_the_last_release_after_the_fr
     labels = batch["labels"][0]
     assert processor.tokenizer.decode(labels[labels >= 0]) == '{"placed": false}<|im_end|>'
     assert PLACED_QUESTION in processor.tokenizer.decode(batch["input_ids"][0])
+    # With placed_in_prompt the prompt says whether that release placed its block (the recording's truth, or with
+    # placed_noise the opposite); the auxiliary question is asked without it.
+    from types import SimpleNamespace
+
+    told = prompt.model_copy(update={"placed_in_prompt": True})
+    placing = SimpleNamespace(placing={1})
+
+    def prompt_of(example, **kw):
+        return processor.tokenizer.decode(collate(processor, placing, front, [example], told, release_frames=wrist,
+                                                  **kw)["input_ids"][0])
+
+    assert "Placed: yes" in prompt_of(ex)
+    assert "Placed: no" in prompt_of(ex, rng=np.random.default_rng(0), placed_noise=1.0)
+    assert "Placed:" not in prompt_of(replace(ex, placed=True))
     assert evaluate.main(["--data", str(tiny_data.root), "--model", str(out), "--examples", "6", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["next_examples"] > 0
 

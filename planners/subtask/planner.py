@@ -19,7 +19,14 @@ from planners.subtask.affordance import (
     unafforded,
     widened,
 )
-from planners.subtask.prompting import PromptConfig, build_messages, camera_image, planner_image
+from planners.subtask.prompting import (
+    PLACED_QUESTION,
+    PLACED_REPLIES,
+    PromptConfig,
+    build_messages,
+    camera_image,
+    planner_image,
+)
 from planners.subtask.replan import ReplanPolicy
 from planners.subtask.reply import BadReply, PlannerFault, make_vocabulary, parse_reply, reply_text
 
@@ -73,6 +80,8 @@ class VLMPlanner:
         self._score: AffordanceFn | None = None
         self.backend = backend
         self.prompt = prompt if isinstance(prompt, PromptConfig) else PromptConfig.model_validate(dict(prompt or {}))
+        if self.prompt.placed_in_prompt and not callable(getattr(backend, "score", None)):
+            raise ValueError(f"prompt.placed_in_prompt: {type(backend).__name__} cannot score the two answers")
         self.vocabulary = make_vocabulary(None if vocabulary is None else list(vocabulary))
         # What a widened check scores: every subtask once, as the reply the model gives (fixed with the vocabulary)
         self._widen_texts = sorted(set(self.vocabulary.values())) if self.affordance.widen else []
@@ -89,6 +98,7 @@ class VLMPlanner:
         self.current: str | None = None
         self.releases, self._closed = 0, False
         self._release_view: np.ndarray | None = None  # prompt.release_camera at the last release under `current`
+        self._placed: bool | None = None  # the model's reading of that view (prompt.placed_in_prompt), once read
         self._armed, self._approach_calls = False, 0  # came down from above since the last grip; calls held
         self._idle_calls = 0  # calls since the gripper last closed or the subtask began
         self._dropped: list[str] = []  # given up before any release: the runtime's history counts them done
@@ -166,6 +176,21 @@ class VLMPlanner:
             step = self._widened(messages, image, obs, current, step, reply, step.subtask in last) or step
         return self._retried(step, obs, stale)
 
+    def _read_placed(self, instruction: str, done: list[str], current: str | None, state: np.ndarray,
+                     releases: int, image: np.ndarray) -> bool | None:
+        """With `prompt.placed_in_prompt`, whether the last release placed its block, as the model reads the
+        release view (asked once per release); None when off or when the reading fails (the line is left out)."""
+        if not self.prompt.placed_in_prompt or self._placed is not None:
+            return self._placed
+        messages = build_messages(self.prompt, instruction, done, current, state, releases, question=PLACED_QUESTION)
+        try:
+            yes, no = np.asarray(self.backend.score(messages, image, list(PLACED_REPLIES)), np.float64).reshape(2)
+        except Exception as err:  # noqa: BLE001 - a failed reading must not stop the planner
+            log.warning("planner: reading the release view failed: %s", err)
+            return None
+        self._placed = bool(yes > no)
+        return self._placed
+
     def _retried(self, step: PlanStep, obs: Observation, stale: bool) -> PlanStep:
         """``step``, or the subtask under way again when the gripper has let go since it began (at most
         `retry_limit` times) and the check still scores it `retry_min`: the placement did not stay."""
@@ -235,6 +260,7 @@ class VLMPlanner:
         (evaluation builds situations from recorded frames this way)."""
         self.current, self.releases, self._proposal = current, int(releases), None
         self._release_view = release_view if releases else None
+        self._placed = None
         self._closed = state is not None and self.prompt.gripper_index is not None and self._gripper_closed(state)
         self._armed, self._approach_calls = False, 0  # an approach is seen only as it comes down
         self._idle_calls = 0
@@ -269,7 +295,7 @@ class VLMPlanner:
             self.releases += 1
             if self.prompt.release_camera is not None:  # the first call to see the gripper open looks at the release
                 view = camera_image(obs, self.prompt.release_camera)  # (planner_image names a missing camera)
-                self._release_view = None if view is None else np.array(view)
+                self._release_view, self._placed = None if view is None else np.array(view), None
         self._closed = closed
         self._idle_calls = 0 if closed else self._idle_calls + 1
         if self.replan.keep_while_approaching is None:
@@ -308,8 +334,9 @@ class VLMPlanner:
         done, current, releases = self.situation(history)
         if self.on_ask is not None:
             self.on_ask(obs, instruction, done, current, releases)
-        messages = build_messages(self.prompt, instruction, done, current, obs.state, releases)
         image = planner_image(obs, self.prompt, self._release_view if releases else None)
+        placed = self._read_placed(instruction, done, current, obs.state, releases, image) if releases else None
+        messages = build_messages(self.prompt, instruction, done, current, obs.state, releases, placed)
         attempts: list[str] = []
         kind = "bad_reply"
         for attempt in range(self.max_attempts):
@@ -335,7 +362,7 @@ class VLMPlanner:
                 if stale and not self.releases:  # never let go of a block: not done, whatever the history says
                     self._dropped.append(self.current)
                 self._given_up.discard(step.subtask)  # taken again (nothing else was left): it runs its course
-                self.releases, self._idle_calls, self._release_view = 0, 0, None
+                self.releases, self._idle_calls, self._release_view, self._placed = 0, 0, None, None
             self.current = step.subtask
             return step
         raise PlannerFault(kind, attempts)

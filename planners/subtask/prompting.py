@@ -46,10 +46,17 @@ class PromptConfig(BaseModel):
                                        "(black before any release): the evidence of how the last placement "
                                        "ended; needs gripper_index")
 
+    placed_in_prompt: bool = Field(False, description="write whether the last release placed its block into the "
+                                   "user turn ('Placed: yes|no' after 'Released: N'): the model's own answer to "
+                                   "PLACED_QUESTION on the release camera's view, asked once per release; needs "
+                                   "release_camera")
+
     @model_validator(mode="after")
     def _release_needs_gripper(self) -> PromptConfig:
         if self.release_camera is not None and self.gripper_index is None:
             raise ValueError("release_camera: needs gripper_index (releases are read off the gripper)")
+        if self.placed_in_prompt and self.release_camera is None:
+            raise ValueError("placed_in_prompt: needs release_camera (the view the answer is read from)")
         return self
 
 
@@ -122,13 +129,21 @@ def resize(image: np.ndarray, size: int | None) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize(new, Image.BILINEAR))
 
 
+# Asked of a planner about the release camera's view (`PromptConfig.placed_in_prompt`; trained as an auxiliary
+# question, `train.py` placed_fraction); its reply is {"placed": true|false}.
+PLACED_QUESTION = "Question: did the last release place its block?"
+PLACED_REPLIES = (json.dumps({"placed": True}), json.dumps({"placed": False}))
+
+
 def user_text(instruction: str, done: list[str], current: str | None, schema_in_prompt: bool,
-              state: np.ndarray | None = None, releases: int | None = None) -> str:
+              state: np.ndarray | None = None, releases: int | None = None, placed: bool | None = None) -> str:
     lines = [f"Instruction: {instruction.strip()}",
              f"Done: {'; '.join(done) if done else 'nothing'}",
              f"Current: {current or 'none'}"]
     if releases is not None:
         lines.append(f"Released: {releases}")
+    if placed is not None:
+        lines.append(f"Placed: {'yes' if placed else 'no'}")
     if state is not None:
         lines.append("State: " + " ".join(f"{v:.2f}" for v in np.asarray(state, np.float64).reshape(-1)))
     if schema_in_prompt:
@@ -137,11 +152,14 @@ def user_text(instruction: str, done: list[str], current: str | None, schema_in_
 
 
 def build_messages(cfg: PromptConfig, instruction: str, done: list[str], current: str | None,
-                   state: np.ndarray | None = None, releases: int = 0) -> list[dict]:
+                   state: np.ndarray | None = None, releases: int = 0, placed: bool | None = None,
+                   question: str | None = None) -> list[dict]:
     """OpenAI-style messages; the image is a `{"type": "image"}` placeholder the backend fills in.
 
     ``state``: the observation's proprioceptive state, written into the prompt when ``cfg.state_in_prompt``;
-    ``releases``: the gripper's releases since ``current`` began, written when ``cfg.gripper_index`` is set.
+    ``releases``: the gripper's releases since ``current`` began, written when ``cfg.gripper_index`` is set;
+    ``placed``: whether the last release placed its block (None: not written); ``question``: a last line asking
+    something else than the next step (an auxiliary question).
     """
     if cfg.state_in_prompt and state is None:
         raise ValueError("this planner's prompt includes the robot state (state_in_prompt), but none was given")
@@ -149,6 +167,8 @@ def build_messages(cfg: PromptConfig, instruction: str, done: list[str], current
     if cfg.system:
         messages.append({"role": "system", "content": [{"type": "text", "text": cfg.system}]})
     text = user_text(instruction, done, current, cfg.schema_in_prompt, state if cfg.state_in_prompt else None,
-                     None if cfg.gripper_index is None else int(releases))
+                     None if cfg.gripper_index is None else int(releases), placed)
+    if question is not None:
+        text += "\n" + question
     messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]})
     return messages

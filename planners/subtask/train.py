@@ -21,7 +21,7 @@ from hybrid.data.augment import ColourSwap, PunctuationNoise, WordNoise, tableto
 from hybrid.types import PlanStep
 from planners.subtask.examples import RELEASE_LAG, TRAIN_WEIGHTS, Example, ExampleBuilder, release_view_frame
 from planners.subtask.on_policy import examples as on_policy_examples
-from planners.subtask.prompting import PromptConfig, build_messages, cameras, user_text
+from planners.subtask.prompting import PLACED_QUESTION, PromptConfig, build_messages, cameras, user_text
 from planners.subtask.reply import reply_text
 from planners.subtask.tabletop_language import NAMINGS, canonical_subtask, colours_in, vocabulary
 from planners.subtask.tabletop_model import TabletopModelConfig, build, save, set_image_size
@@ -46,10 +46,6 @@ def tokenizer_corpus(index: SubtaskIndex, vocab: list[str], prompt: PromptConfig
     if ask_left:  # else the tokenizer stays the one planners were trained with before the question existed
         corpus += [left_reply(vocab[:3]), left_reply([]), LEFT_QUESTION]
     return corpus
-
-
-# The auxiliary question (`placed_fraction`) on the release camera's view: its reply is {"placed": true|false}.
-PLACED_QUESTION = "Question: did the last release place its block?"
 
 
 def left_reply(left) -> str:
@@ -115,13 +111,15 @@ def example_image(ex: Example, frames: np.ndarray, prompt: PromptConfig, release
 
 def collate(processor, builder: ExampleBuilder, frames: np.ndarray, examples, prompt: PromptConfig,
             augment=None, states: np.ndarray | None = None, release_frames: np.ndarray | None = None,
-            rng: np.random.Generator | None = None):
+            rng: np.random.Generator | None = None, placed_noise: float = 0.0):
     """Processor inputs for a batch with labels on the reply tokens only (right padding).
 
     ``augment``: ``(example, frame) -> (example, frame)`` applied to each; ``states``: the dataset's
     ``observation.state`` per frame, for prompts that include it; ``release_frames``: the release camera's
     frames, for prompts that show it (`PromptConfig.release_camera`), ``rng`` drawing how many frames after the
-    release it is seen (else `RELEASE_LAG`)."""
+    release it is seen (else `RELEASE_LAG`); with `PromptConfig.placed_in_prompt` the prompt says whether the
+    last release placed its block (the recording's truth, wrong with probability ``placed_noise``, as the
+    planner's own reading is at run time)."""
     from PIL import Image
 
     texts, reply_lens, images = [], [], []
@@ -131,11 +129,11 @@ def collate(processor, builder: ExampleBuilder, frames: np.ndarray, examples, pr
         if augment is not None:
             ex, image = augment(ex, image)
         state = None if states is None else states[ex.frame]
-        messages = build_messages(prompt, ex.instruction, ex.done, ex.current, state, ex.releases)
-        if ex.left is not None:
-            messages[-1]["content"][-1]["text"] += "\n" + LEFT_QUESTION
-        if ex.placed is not None:
-            messages[-1]["content"][-1]["text"] += "\n" + PLACED_QUESTION
+        placed = None  # asked, not told, in the auxiliary question
+        if prompt.placed_in_prompt and ex.release_frame is not None and ex.placed is None:
+            placed = (ex.release_frame in builder.placing) != bool(rng is not None and rng.random() < placed_noise)
+        question = LEFT_QUESTION if ex.left is not None else PLACED_QUESTION if ex.placed is not None else None
+        messages = build_messages(prompt, ex.instruction, ex.done, ex.current, state, ex.releases, placed, question)
         chat = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         reply = target_text(ex) + "<|im_end|>"
         texts.append(chat + reply)
@@ -160,7 +158,8 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
           word_noise: float = 0.0, variants: dict[str, float] | None = None, gripper_index: int | None = None,
           release_noise: float = 0.0, ordinals: str = "scene", left_fraction: float = 0.0,
           on_policy: str | list[str] | None = None, on_policy_fraction: float = 0.0,
-          punctuation_noise: float = 0.0, release_camera: str | None = None, placed_fraction: float = 0.0) -> Path:
+          punctuation_noise: float = 0.0, release_camera: str | None = None, placed_fraction: float = 0.0,
+          placed_in_prompt: bool = False, placed_noise: float = 0.1) -> Path:
     """``colour_swap``: probability that an example's colours are permuted (words and pixels, `augment.py`);
     ``word_noise``: probability that some of an instruction's words are replaced by unknown ones (`WordNoise`);
     ``punctuation_noise``: probability that an instruction's punctuation is noised (`PunctuationNoise`);
@@ -180,6 +179,7 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     ``release_camera``: a camera shown as it saw the gripper's last release, after them
     (`PromptConfig.release_camera`; needs ``gripper_index``); ``placed_fraction``: share of examples that ask
     instead whether the last release placed its block (`PLACED_QUESTION`, an auxiliary target on that view);
+    ``placed_in_prompt``: the prompt says so (`PromptConfig.placed_in_prompt`), wrong in ``placed_noise`` of them;
     ``on_policy``: datasets of situations from the planner's own rollouts (`hybrid record
     planner_rollouts.enabled=true`, `on_policy.py`), labelled in the history's naming; ``on_policy_fraction``:
     the share of examples drawn from them (DAgger's aggregation of the learner's states with the expert's)."""
@@ -196,7 +196,8 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     cfg = TabletopModelConfig.model_validate(dict(model or {}))
     camera = camera if isinstance(camera, str) else list(camera)  # a Hydra ListConfig is neither
     prompt = PromptConfig(system=None, schema_in_prompt=False, camera=camera, image_size=cfg.image_size,
-                          state_in_prompt=state_in_prompt, gripper_index=gripper_index, release_camera=release_camera)
+                          state_in_prompt=state_in_prompt, gripper_index=gripper_index, release_camera=release_camera,
+                          placed_in_prompt=placed_in_prompt)
     views = cameras(prompt)
     tiles = len(views) + (release_camera is not None)
     rng = np.random.default_rng(seed)
@@ -299,7 +300,7 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="planner", disable=not accelerator.is_main_process)
     for step in bar:
         batch = collate(processor, builder, frames, [draw() for _ in range(batch_size)], prompt, augment,
-                        states if state_in_prompt else None, release_frames, rng).to(accelerator.device)
+                        states if state_in_prompt else None, release_frames, rng, placed_noise).to(accelerator.device)
         loss = net(**batch).loss
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(net.parameters(), 1.0)
