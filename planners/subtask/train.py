@@ -124,7 +124,8 @@ def collate(processor, builder: ExampleBuilder, frames: np.ndarray, examples, pr
 
     texts, reply_lens, images = [], [], []
     for ex in examples:
-        lag = RELEASE_LAG if rng is None else int(rng.integers(0, 2 * RELEASE_LAG))
+        # drawn only for a release view: planners without one see the random stream they were trained with
+        lag = RELEASE_LAG if rng is None or prompt.release_camera is None else int(rng.integers(0, 2 * RELEASE_LAG))
         image = example_image(ex, frames, prompt, release_frames, lag)
         if augment is not None:
             ex, image = augment(ex, image)
