@@ -254,6 +254,11 @@ def test_a_release_camera_needs_the_gripper_and_a_missing_one_is_named():
     with pytest.raises(ValueError, match="no such camera"):
         planner.plan(OBS.model_copy(update={"state": np.zeros(4, np.float32)}), "put the red block", [])
     assert backend.sent == []  # the model was not asked
+    wrist = VLMPlanner(backend, prompt={"gripper_index": -1, "release_camera": "wrist"}, vocabulary=VOCAB)
+    wrist.resume(VOCAB[0], releases=1, release_view=np.zeros((40, 40), np.uint8))  # a grey image, not RGB
+    with pytest.raises(ValueError, match=r"release view: expected an \(H, W, 3\) image, got shape \(40, 40\)"):
+        wrist.plan(OBS.model_copy(update={"state": np.zeros(4, np.float32)}), "put the red block", [])
+    assert backend.sent == [] and wrist.current == VOCAB[0]  # not asked; the subtask under way is kept
 
 
 def test_a_change_of_subtask_is_taken_only_after_the_replies_in_a_row_the_policy_asks_for():

@@ -269,6 +269,8 @@ def test_fine_tuning_with_the_release_camera_shows_the_last_release_after_the_fr
     assert "Placed:" not in prompt_of(replace(ex, placed=True))
     assert evaluate.main(["--data", str(tiny_data.root), "--model", str(out), "--examples", "6", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["next_examples"] > 0
+    with pytest.raises(SystemExit, match="--on-policy: the recorded situations hold no release view"):
+        evaluate.main(["--data", str(tiny_data.root), "--model", str(out), "--on-policy", "--json"])
 
 
 def test_an_auxiliary_example_asks_what_is_left_and_is_trained_on_that_list(tiny_data, tmp_path):
