@@ -162,3 +162,18 @@ def test_the_shipped_colour_model_names_the_held_block_in_views_it_never_saw():
     assert np.mean([r.nothing > max(r.colours.values()) for r in readings]) > 0.5
     shipped = compose("run", ["executor=flow_tabletop"]).executor.grasp_check
     assert shipped.model == str(directory) and 0 < shipped.min_prob < 0.5
+
+
+def test_with_a_block_held_the_affordance_check_reads_its_colour(tmp_path):
+    # A runtime restarted mid-carry asks the planner with a block in the cup: the pick map cannot judge that block.
+    InHandOffset(COLOURED).save_pretrained(tmp_path / "in_hand")
+    model = tiny_model(vision_stem="conv", keypoints=4, waypoint_loss=1.0, waypoint_head="heatmap",
+                       table_homography=TOP_DOWN, waypoint_target=True, action_dim=4)
+    executor = FlowExecutor(model, in_hand=str(tmp_path / "in_hand"), grasp_check=CHECK)
+    executor.in_hand.read = lambda image: reading(0.8)
+    texts = [SUBTASK.text, "put the blue block in the red bowl", "pick up the green block"]
+    # the colour each subtask names first against the likeliest; one the model does not know cannot be judged
+    np.testing.assert_allclose(executor.affordance(held_at(0.1, 0.1), texts), [1.0, 0.25, 1.0])
+    executor.in_hand.read = lambda image: pytest.fail("the gripper is open: the pick map judges")
+    scores = executor.affordance(held_at(0.1, 0.1, gripper=0.0), texts)
+    assert scores.shape == (3,) and ((scores >= 0) & (scores <= 1)).all()

@@ -816,6 +816,12 @@ def test_the_affordance_check_reads_the_pick_map_as_act_would_under_each_subtask
     seen.clear()
     np.testing.assert_allclose(executor.affordance(obs, texts), before, rtol=1e-6)
     assert seen == []
+    # a new executor told where the episode let go (an evaluation's recorded situation) reads the map alike
+    executor.affordance_inhibition = True
+    resumed = FlowExecutor(model, place_inhibition=3.0, affordance={"contrast_at": 0.0, "reach_at": 0.0})
+    resumed.remember_releases([(SUBTASK.text, np.array([0.3, 0.2, 0.05, 0.0]))])
+    np.testing.assert_allclose(resumed.affordance(obs, texts), after, rtol=1e-6)
+    assert torch.isnan(seen[-1][0]).all() and seen[-1][1].tolist() == [[pytest.approx(0.3), pytest.approx(0.2)]]
 
 
 # A camera looking down at the table from the side: world (x, y, z, 1) -> (u s, v s, s).

@@ -201,6 +201,50 @@ def test_with_a_block_held_the_planners_reply_is_not_checked():
     assert planner.plan(held, "sort", []).subtask == BLUE and score.asked == []
 
 
+def test_with_while_holding_the_reply_is_checked_against_the_block_held():
+    planner = VLMPlanner(CandidatesBackend(ranked(PlanStep(subtask=BLUE), PlanStep(subtask=RED))),
+                         vocabulary=[RED, BLUE], prompt={"gripper_index": -1},
+                         affordance={"candidates": 4, "while_holding": True})
+    score = scorer({RED: 0.9, BLUE: 0.02})  # a scorer that judges the block in the cup: it reads red
+    planner.use_affordance(score)
+    planner.resume(None, state=np.array([0.0, 0.0, 0.0, 1.0]))
+    assert planner.plan(gripper_at(1.0), "sort", []).subtask == RED and score.asked == [[BLUE, RED]]
+
+
+class PlacedBackend(CandidatesBackend):
+    """Candidates as `CandidatesBackend`; reads every release as ``placed`` (the placed question's two answers)."""
+
+    def __init__(self, placed, *calls):
+        super().__init__(*calls)
+        self.placed = placed
+
+    def score(self, messages, image, replies):
+        return np.array([0.0, -2.0] if self.placed else [-2.0, 0.0])
+
+
+@pytest.mark.parametrize("placed", [True, False])
+def test_done_when_placed_takes_done_unchecked_once_the_planner_saw_the_last_block_land(placed, caplog):
+    views = fake_observation(cameras=("front", "wrist"), size=32)
+    released = views.model_copy(update={"state": np.array([0.1, 0.0, 0.2, 0.0], np.float32)})
+    prompt = {"gripper_index": -1, "image_size": 20, "release_camera": "wrist", "placed_in_prompt": True}
+    planner = VLMPlanner(PlacedBackend(placed, ranked(DONE, PlanStep(subtask=BLUE))), vocabulary=[RED, BLUE],
+                         prompt=prompt, affordance={"candidates": 4, "done_below": 0.1, "done_when_placed": True})
+    planner.use_affordance(scorer({BLUE: 0.8}))  # the head scores the blue block, placed before, as still to move
+    planner.resume(RED, state=np.array([0.0, 0.0, 0.0, 1.0]))  # carrying the red block, the last one
+    history = [Subtask(text=BLUE, index=0, status="done")]
+    step = planner.plan(released, "sort", history)
+    assert step.done == placed and (not placed or "placed its block" in step.reason)
+    # "done" second: as any switch once the block was seen placed (nothing scores min_score), else done_below
+    planner = VLMPlanner(PlacedBackend(placed, ranked(PlanStep(subtask=BLUE), DONE)), vocabulary=[RED, BLUE],
+                         prompt=prompt, affordance={"candidates": 4, "done_below": 0.1, "done_when_placed": True})
+    planner.use_affordance(scorer({BLUE: 0.3}))
+    planner.resume(RED, state=np.array([0.0, 0.0, 0.0, 1.0]))
+    assert planner.plan(released, "sort", history).done == placed
+    with caplog.at_level(logging.WARNING):
+        VLMPlanner(CandidatesBackend(), affordance={"candidates": 4, "done_when_placed": True})
+    assert "done_when_placed is off" in caplog.text
+
+
 class ScoringBackend(CandidatesBackend):
     """Candidates as `CandidatesBackend`; `score` gives each reply of the vocabulary a fixed log-probability."""
 

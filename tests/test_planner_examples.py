@@ -88,6 +88,12 @@ def test_examples_name_the_frame_of_their_last_release_and_the_view_shown_after_
     assert gripping.placing == {6, 17}  # each subtask's last release placed its block
 
 
+def test_each_release_so_far_is_named_with_the_subtask_under_way_then(gripping):
+    assert gripping.released_under(5) == []
+    assert gripping.released_under(6) == gripping.released_under(16) == [(PLAN[0], 6)]
+    assert gripping.released_under(19) == [(PLAN[0], 6), (PLAN[1], 17)]
+
+
 def test_a_release_followed_by_another_under_the_same_subtask_missed(tmp_path):
     import numpy as np
 

@@ -55,6 +55,11 @@ class AffordanceCheck(BaseModel):
     done_below: float | None = Field(None, ge=0, le=1, description="\"done\" ends the episode, so it is taken "
                                      "only while no new subtask checked scores this much; one that does (below "
                                      "min_score) is tried instead (None: min_score)")
+    # A runtime restarted mid-carry (and the evaluation's situations with a block held) asks with a block in the
+    # cup: misread, the planner names a colour the cup does not hold.
+    while_holding: bool = Field(False, description="check while the gripper holds too: the scorer must then judge "
+                                "the block in the cup (the tabletop executor's reads its colour with the grasp "
+                                "check's model); off: the model's own reply stands while the gripper holds")
     recheck: bool = Field(False, description="check the subtask under way too once the gripper has let go since "
                           "it began (it may be finished; needs the prompt's gripper_index)")
     # Traced in `gather` and `sort`: a third of the lost episodes end with the robot busy for 10+ s on one subtask
@@ -86,6 +91,13 @@ class AffordanceCheck(BaseModel):
                                     "gripper_index; None: the planner decides)")
     retry_limit: int = Field(2, ge=1, description="releases under one subtask after which retry_min no longer "
                              "keeps it")
+    # The executor's head scores the blocks already placed as still to move (traced on the expert's held-out
+    # recording: every "done" of the planner was held back), while a planner that reads the wrist camera's view of
+    # the last release (`PromptConfig.placed_in_prompt`) has seen the block land.
+    done_when_placed: bool = Field(False, description="when the planner's reading of the last release under the "
+                                   "subtask under way says the block was placed, take its likeliest reply \"done\" "
+                                   "unchecked, and \"done\" further down its replies as any switch (no checked "
+                                   "subtask scoring min_score, not done_below; needs the prompt's placed_in_prompt)")
 
     @property
     def done_score(self) -> float:

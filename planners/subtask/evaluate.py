@@ -72,10 +72,13 @@ def main(argv: list[str]) -> int:
             raise SystemExit("--on-policy: the recorded situations hold no release view, and this planner is shown "
                              f"{planner.prompt.release_camera!r} at the last release")
         names.add(planner.prompt.release_camera)
+    executor = None
     if args.affordance:  # the executor's cameras at its size; the planner resizes its own as at run time
         executor = instantiate(compose("executor/flow_tabletop").executor)
         planner.use_affordance(executor.affordance)
         names, size = names | set(executor.cfg.cameras), executor.cfg.image_size
+        if executor.colour_reader is not None:  # it judges a held block (AffordanceCheck.while_holding)
+            names.add(executor.colour_reader.cfg.camera)
     frames = {c: decode_frames(dataset, camera_key(c), size) for c in sorted(names)}
     errors: list[dict] = []  # every wrong reply, for --errors
     if args.on_policy:
@@ -110,6 +113,8 @@ def main(argv: list[str]) -> int:
         ex = builder.example(frame, variant)
         if ex is None or (not scoring_done and ex.target.done):
             continue
+        if executor is not None:  # where the episode let go so far, as the runtime's executor remembers
+            executor.remember_releases([(text, states[r]) for text, r in builder.released_under(frame)])
         step, ms = ask(planner, ex, frames, states)
         faults += step is None
         latencies.append(ms)

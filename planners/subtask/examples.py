@@ -101,6 +101,14 @@ class ExampleBuilder:
             return None
         return int(self.release_frames[np.searchsorted(self.release_frames, i, side="right") - 1])
 
+    def released_under(self, i: int) -> list[tuple[str, int]]:
+        """Each release of frame ``i``'s episode up to frame ``i``: the subtask under way then (in the plan's words)
+        and the release's frame, what an executor remembers of where it let go (`FlowExecutor.remember_releases`)."""
+        plan = self.plans[int(self.index.episode[i])]
+        lo = np.searchsorted(self.release_frames, int(self.index.episode_start[i]), side="left")
+        hi = np.searchsorted(self.release_frames, i, side="right")
+        return [(plan[int(self.index.subtask_index[r])], int(r)) for r in self.release_frames[lo:hi]]
+
     def left(self, i: int) -> list[str]:
         """The subtasks of frame ``i``'s plan not finished yet, in the plan's order."""
         return self.plans[int(self.index.episode[i])][self.finished(i):]

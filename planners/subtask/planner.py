@@ -95,6 +95,9 @@ class VLMPlanner:
             log.warning("planner: replan.keep_while_holding / keep_while_approaching and affordance.stale_after / "
                         "stale_releases / retry_min are off: they read the gripper, and the prompt has no "
                         "gripper_index")
+        if self.affordance.done_when_placed and not self.prompt.placed_in_prompt:
+            log.warning("planner: affordance.done_when_placed is off: the prompt reads no release view "
+                        "(placed_in_prompt)")
         self.current: str | None = None
         self.releases, self._closed = 0, False
         self._release_view: np.ndarray | None = None  # prompt.release_camera at the last release under `current`
@@ -123,8 +126,10 @@ class VLMPlanner:
     def _reply(self, messages: list[dict], image: np.ndarray, obs: Observation) -> PlanStep:
         """One reply: the backend's, or with an affordance check the best candidate the executor can start."""
         # The executor's check asks whether a subtask can start with the gripper open (its head is trained on such
-        # frames): with a block in the cup, e.g. a runtime restarted mid-carry, the model's own reply stands.
-        if not self.wants_affordance or self._score is None or self._closed:
+        # frames): with a block in the cup, e.g. a runtime restarted mid-carry, the model's own reply stands unless
+        # the scorer judges a held block (`AffordanceCheck.while_holding`).
+        if (not self.wants_affordance or self._score is None
+                or (self._closed and not self.affordance.while_holding)):
             return parse_reply(self.backend.complete(messages, image), self.vocabulary)
         check = self.affordance
         stale = self._stale()
@@ -148,6 +153,11 @@ class VLMPlanner:
                 return found or PlanStep(subtask=self.current)
         if not steps:
             raise bad[0] if bad else BadReply("empty", "no candidate reply")
+        if self._closed and any(not s.done for s in steps):  # a block in the cup: a subtask is under way
+            keep = [i for i, s in enumerate(steps) if not s.done]
+            steps, log_probs = [steps[i] for i in keep], [log_probs[i] for i in keep]
+        if check.done_when_placed and steps[0].done and self._placed:
+            return steps[0].model_copy(update={"reason": "done: the last release placed its block (release view)"})
         if check.beam_nats is not None:  # what the planner itself deems unlikely is not taken for a failed check
             keep = [i for i, lp in enumerate(log_probs) if lp >= max(log_probs) - check.beam_nats]
             steps, log_probs = [steps[i] for i in keep], [log_probs[i] for i in keep]
@@ -160,11 +170,13 @@ class VLMPlanner:
         current = None if may_be_finished or stale else self.current
         product = check.rule == "product"
         step = choose(steps, current, obs, self._score, check.min_score, log_probs if product else None,
-                      check.weight, check.done_score)
+                      check.weight, self._done_score())
         if step is not steps[0] and step.reason:  # how much less likely the reply taken is, for traces
             gap = _log_prob_of(step, steps, log_probs) - max(
                 (lp for s, lp in zip(steps, log_probs, strict=True) if s.subtask not in last), default=log_probs[0])
-            if _too_unlikely(check, steps[0], step, gap):
+            # (not while holding: a reading of the block in the cup outweighs the planner, replace_nats guards
+            # the pick map's check of blocks on the table)
+            if not self._closed and _too_unlikely(check, steps[0], step, gap):
                 why = f"affordance: turned down, and nothing within {check.replace_nats} nats of it passes"
                 step = steps[0].model_copy(update={"reason": why})
             else:
@@ -222,12 +234,18 @@ class VLMPlanner:
             return None
         # in place of "done", or of a last resort, any subtask the executor might start will do (done_below)
         in_place_of_done = step is not None and (step.done or last_resort)
-        threshold = check.done_score if in_place_of_done else check.min_score
+        threshold = self._done_score() if in_place_of_done else check.min_score
         nats = check.widen_nats
-        if step is not None and not in_place_of_done and check.replace_nats is not None:
+        if step is not None and not in_place_of_done and check.replace_nats is not None and not self._closed:
             nats = min(nats, check.replace_nats)
         return widened(self._widen_texts, scores, current, obs, self._score, threshold, check.widen,
                        nats, reply, check.weight, exclude=self._given_up)
+
+    def _done_score(self) -> float:
+        """The score no checked subtask may reach for "done" to be taken: `AffordanceCheck.done_score`, or with
+        `done_when_placed` and the last release read as placed, `min_score` (as for any switch)."""
+        placed = self.affordance.done_when_placed and self._placed
+        return self.affordance.min_score if placed else self.affordance.done_score
 
     def _last_resorts(self, steps: list[PlanStep], obs: Observation) -> set[str]:
         """The candidate subtasks given up before that the check still turns down (below ``min_score``): tried
