@@ -53,6 +53,38 @@ def test_stacking_goes_in_the_plans_order_and_mismatched_flags_are_an_error():
         label(tower, [True], [], None)
 
 
+def test_the_subtask_under_way_is_done_once_more_of_its_kind_are_placed_than_the_history_counts():
+    from planners.subtask.on_policy import current_done
+
+    assert not current_done(GATHER, [False] * 3, [], RED)
+    assert current_done(GATHER, [True, False, False], [], RED)
+    assert not current_done(GATHER, [True, False, False], [RED], RED2)  # the red block placed is the history's
+    assert current_done(GATHER, [True, True, False], [RED], RED2)
+    assert not current_done(GATHER, [True] * 3, [], "put the orange block in the blue bowl")  # not in the plan
+    assert not current_done(GATHER, [True] * 3, [], None)
+
+
+def test_a_release_view_planners_situations_keep_the_view_and_whether_the_subtask_is_done():
+    from types import SimpleNamespace
+
+    from hybrid.envs.tabletop.planner_rollouts import SituationRecorder
+    from planners.subtask.on_policy import CURRENT_DONE, RELEASE_VIEW
+
+    flags = [False] * 3
+    env = SimpleNamespace(scene=SimpleNamespace(subtask_success=lambda: list(flags)), height=16, width=16)
+    shown = [None]
+    recorder = SituationRecorder(None, env, release_view=lambda: shown[0])
+    recorder.on_episode_start("gather", {"subtasks": GATHER})
+    obs = fake_observation(size=16)
+    recorder.on_ask(obs, "gather", [], RED, 0)  # no release yet: a black view
+    flags[0], shown[0] = True, np.full((16, 16, 3), 7, np.uint8)
+    recorder.on_ask(obs, "gather", [], RED, 1)  # let go, the red block in its bowl
+    first, second = recorder.frames
+    assert not first[RELEASE_VIEW].any() and first[RELEASE_VIEW].shape == (16, 16, 3)
+    assert (second[RELEASE_VIEW] == 7).all()
+    assert first[CURRENT_DONE].tolist() == [0] and second[CURRENT_DONE].tolist() == [1]
+
+
 class Replies:
     def __init__(self, text):
         self.text, self.calls = text, 0

@@ -228,9 +228,10 @@ def test_fine_tuning_with_the_release_camera_shows_the_last_release_after_the_fr
 
     out = tmp_path / "release"
     settings = {"init": str(trained), "model": TINY, "gripper_index": 2, "release_camera": "wrist"}
-    for bad in ({"release_noise": 0.2}, {"on_policy": str(tiny_data.root), "on_policy_fraction": 0.5,
-                                         "ordinals": "history"}):
-        with pytest.raises(ValueError, match="release_camera: on-policy"):
+    for bad, why in (({"release_noise": 0.2}, "release_noise"),
+                     ({"on_policy": str(tiny_data.root), "on_policy_fraction": 0.5, "ordinals": "history"},
+                      "records no release view")):
+        with pytest.raises(ValueError, match=why):
             train(str(tiny_data.root), str(tmp_path / "bad"), steps=1, **settings, **bad)
     train(str(tiny_data.root), str(out), steps=2, batch_size=2, warmup_steps=1, threads=1, **settings)
     prompt = PromptConfig.model_validate(json.loads((out / "planner.json").read_text())["prompt"])
@@ -267,6 +268,7 @@ def test_fine_tuning_with_the_release_camera_shows_the_last_release_after_the_fr
     assert "Placed: yes" in prompt_of(ex)
     assert "Placed: no" in prompt_of(ex, rng=np.random.default_rng(0), placed_noise=1.0)
     assert "Placed:" not in prompt_of(replace(ex, placed=True))
+    assert "Placed: no" in prompt_of(replace(ex, release_placed=False))  # an on-policy situation's own truth
     assert evaluate.main(["--data", str(tiny_data.root), "--model", str(out), "--examples", "6", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["next_examples"] > 0
     with pytest.raises(SystemExit, match="--on-policy: the recorded situations hold no release view"):
@@ -400,3 +402,40 @@ def test_fine_tuning_mixes_in_the_planners_own_situations(trained, tiny_data, tm
     wrong = [json.loads(line) for line in errors.read_text().splitlines()]
     assert len(wrong) == round(3 * (1 - result["on_policy_accuracy"]))
     assert all(w["label"] == "move_on" and w["target"] == green and w["current"] == red for w in wrong)
+
+
+def on_policy_situations(root, size: int = 56):
+    """A planner's own situations as a release-view planner's rollouts write them: two questions, the second
+    after a release that placed its block (its view kept)."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from planners.subtask.on_policy import features, situation_frame
+
+    cameras = {"front": (size, size, 3), "wrist": (size, size, 3)}
+    ds = LeRobotDataset.create("local/onpol", fps=10, root=root, use_videos=False,
+                               features=features(cameras, 4, video=False, release_view=(size, size, 3)))
+    obs = Observation(images={c: np.zeros(shape, np.uint8) for c, shape in cameras.items()},
+                      state=np.zeros(4, np.float32))
+    view = np.full((size, size, 3), 200, np.uint8)
+    for releases, target, finished in ((0, PLAN[0], False), (1, PLAN[1], True)):
+        ds.add_frame(situation_frame(obs, INSTRUCTION, [], PLAN[0], releases, PlanStep(subtask=target),
+                                     frozenset({target}), view if releases else np.zeros_like(view), finished))
+    ds.save_episode()
+    ds.finalize()
+    return ds
+
+
+def test_a_release_view_planner_learns_from_its_own_situations_with_the_views_it_was_shown(
+        trained, tiny_data, tmp_path):
+    from hybrid.data import open_dataset
+    from planners.subtask.on_policy import examples
+    from planners.subtask.train import train
+
+    onpol = on_policy_situations(tmp_path / "onpol")
+    got = examples(open_dataset(onpol.root), offset=100)
+    assert [(ex.release_frame, ex.release_placed) for ex in got] == [(None, None), (101, True)]
+    out = tmp_path / "dagger"
+    train(str(tiny_data.root), str(out), steps=2, batch_size=2, warmup_steps=1, threads=1, init=str(trained),
+          model=TINY, gripper_index=2, release_camera="wrist", placed_in_prompt=True, ordinals="history",
+          on_policy=str(onpol.root), on_policy_fraction=0.5, placed_fraction=0.5)
+    assert json.loads((out / "planner.json").read_text())["prompt"]["placed_in_prompt"]

@@ -54,6 +54,7 @@ class Example:
     left: tuple[str, ...] | None = None  # asked instead which subtasks are left (an auxiliary target): these
     release_frame: int | None = None  # the gripper's last release since ``current`` began (None: no release)
     placed: bool | None = None  # asked instead whether that release placed its block (an auxiliary target): this
+    release_placed: bool | None = None  # whether it did, where the recording's releases do not tell (on-policy)
 
 
 class ExampleBuilder:

@@ -32,6 +32,10 @@ COLUMNS = {
     "target": "planner.target",  # the reply the simulator calls right ("" for "done")
     "accepted": "planner.accepted",  # JSON list: every reply that counts as right
 }
+# With a planner shown a release view (`PromptConfig.release_camera`): that view as the model was shown it
+# (black before any release under the subtask under way), and whether the subtask under way is done in the sim.
+RELEASE_VIEW = "observation.images.release_view"
+CURRENT_DONE = "planner.current_done"
 _PLACE = re.compile(r"put (?:the other|the last|another|the|a) ([a-z]+) block in the ([a-z]+) bowl")
 
 
@@ -79,10 +83,25 @@ def label(plan: list[str], finished: list[bool], done: list[str], current: str |
     return PlanStep(subtask=target), frozenset(accepted)
 
 
+def current_done(plan: list[str], finished: list[bool], done: list[str], current: str | None) -> bool:
+    """Whether the subtask under way is done in the sim: more blocks of its kind placed than the history counts
+    (one the plan does not hold never is)."""
+    if current is None:
+        return False
+    key = _key(canonical_subtask(current))
+    placed = sum(ok for s, ok in zip(plan, finished) if _key(canonical_subtask(s)) == key)
+    return placed > sum(_key(s) == key for s in done)
+
+
 def situation_frame(obs, instruction: str, done: list[str], current: str | None, releases: int,
-                    target: PlanStep, accepted: frozenset[str]) -> dict:
-    """One LeRobot frame of an on-policy dataset (`COLUMNS`)."""
+                    target: PlanStep, accepted: frozenset[str], release_view: np.ndarray | None = None,
+                    finished: bool = False) -> dict:
+    """One LeRobot frame of an on-policy dataset (`COLUMNS`; with ``release_view``, `RELEASE_VIEW` and
+    `CURRENT_DONE`, ``finished``: `current_done`)."""
     frame = {f"observation.images.{cam}": img for cam, img in obs.images.items()}
+    if release_view is not None:
+        frame[RELEASE_VIEW] = release_view
+        frame[CURRENT_DONE] = np.array([finished], np.int64)
     frame["observation.state"] = np.asarray(obs.state, np.float32)
     frame[COLUMNS["done"]] = json.dumps(list(done))
     frame[COLUMNS["current"]] = current or ""
@@ -93,11 +112,17 @@ def situation_frame(obs, instruction: str, done: list[str], current: str | None,
     return frame
 
 
-def features(images: dict[str, tuple[int, int, int]], state_dim: int, video: bool = True) -> dict:
-    """The LeRobot feature spec of an on-policy dataset: ``images`` maps each camera to its (H, W, 3)."""
-    spec = {f"observation.images.{cam}": {"dtype": "video" if video else "image", "shape": tuple(shape),
-                                          "names": ["height", "width", "channels"]}
-            for cam, shape in images.items()}
+def features(images: dict[str, tuple[int, int, int]], state_dim: int, video: bool = True,
+             release_view: tuple[int, int, int] | None = None) -> dict:
+    """The LeRobot feature spec of an on-policy dataset: ``images`` maps each camera to its (H, W, 3); with
+    ``release_view`` (its shape) the planner's release view too (`RELEASE_VIEW`)."""
+    keys = {f"observation.images.{cam}": shape for cam, shape in images.items()}
+    if release_view is not None:
+        keys[RELEASE_VIEW] = release_view
+    spec = {key: {"dtype": "video" if video else "image", "shape": tuple(shape),
+                  "names": ["height", "width", "channels"]} for key, shape in keys.items()}
+    if release_view is not None:
+        spec[CURRENT_DONE] = {"dtype": "int64", "shape": (1,), "names": None}
     spec["observation.state"] = {"dtype": "float32", "shape": (state_dim,), "names": None}
     for name in ("done", "current", "target", "accepted"):
         spec[COLUMNS[name]] = {"dtype": "string", "shape": (1,), "names": None}
@@ -113,7 +138,9 @@ def examples(dataset, offset: int = 0) -> list[Example]:
     if missing:
         raise ValueError(f"{dataset.root}: no {', '.join(missing)}: not a recording of a planner's own situations "
                          f"(`hybrid record planner_rollouts.enabled=true`)")
-    table = dataset.hf_dataset.with_format(None).select_columns(["index", "task_index", *columns])[:]
+    viewed = RELEASE_VIEW in dataset.features
+    table = dataset.hf_dataset.with_format(None).select_columns(
+        ["index", "task_index", *columns, *([CURRENT_DONE] if viewed else [])])[:]
     tasks = dataset.meta.tasks
     task_text = {int(i): str(t) for t, i in zip(tasks.index, tasks["task_index"])}
     out = []
@@ -121,6 +148,7 @@ def examples(dataset, offset: int = 0) -> list[Example]:
         target = str(table[COLUMNS["target"]][row])
         releases = np.asarray(table[COLUMNS["releases"]][row]).reshape(-1)[0]
         current = str(table[COLUMNS["current"]][row]) or None
+        released = bool(current and releases)
         out.append(Example(
             frame=offset + int(i),
             instruction=task_text[int(table["task_index"][row])],
@@ -129,5 +157,9 @@ def examples(dataset, offset: int = 0) -> list[Example]:
             target=PlanStep(subtask=target) if target else PlanStep(done=True),
             accepted=frozenset(json.loads(table[COLUMNS["accepted"]][row])),
             releases=int(releases) if current else 0,
+            # the release view is this frame's own (`RELEASE_VIEW`); it placed its block when the sim says the
+            # subtask under way is done (`CURRENT_DONE`)
+            release_frame=offset + int(i) if viewed and released else None,
+            release_placed=bool(np.asarray(table[CURRENT_DONE][row]).reshape(-1)[0]) if viewed and released else None,
         ))
     return out

@@ -116,6 +116,12 @@ class VLMPlanner:
         self._dropped = []
 
     @property
+    def release_view(self) -> np.ndarray | None:
+        """What `prompt.release_camera` saw at the last release under the subtask under way (None: none yet, or no
+        release camera): the view the model is shown beside the cameras, as on-policy recordings keep it."""
+        return self._release_view if self.releases else None
+
+    @property
     def wants_affordance(self) -> bool:
         return self.affordance.candidates > 1
 

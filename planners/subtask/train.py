@@ -20,6 +20,7 @@ from hybrid.data import FEATURES, SubtaskIndex, numeric_column, open_dataset
 from hybrid.data.augment import ColourSwap, PunctuationNoise, WordNoise, tabletop_colour_swap
 from hybrid.types import PlanStep
 from planners.subtask.examples import RELEASE_LAG, TRAIN_WEIGHTS, Example, ExampleBuilder, release_view_frame
+from planners.subtask.on_policy import RELEASE_VIEW
 from planners.subtask.on_policy import examples as on_policy_examples
 from planners.subtask.prompting import PLACED_QUESTION, PromptConfig, build_messages, cameras, user_text
 from planners.subtask.reply import reply_text
@@ -132,7 +133,8 @@ def collate(processor, builder: ExampleBuilder, frames: np.ndarray, examples, pr
         state = None if states is None else states[ex.frame]
         placed = None  # asked, not told, in the auxiliary question
         if prompt.placed_in_prompt and ex.release_frame is not None and ex.placed is None:
-            placed = (ex.release_frame in builder.placing) != bool(rng is not None and rng.random() < placed_noise)
+            truth = ex.release_frame in builder.placing if ex.release_placed is None else ex.release_placed
+            placed = truth != bool(rng is not None and rng.random() < placed_noise)
         question = LEFT_QUESTION if ex.left is not None else PLACED_QUESTION if ex.placed is not None else None
         messages = build_messages(prompt, ex.instruction, ex.done, ex.current, state, ex.releases, placed, question)
         chat = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -182,14 +184,16 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     instead whether the last release placed its block (`PLACED_QUESTION`, an auxiliary target on that view);
     ``placed_in_prompt``: the prompt says so (`PromptConfig.placed_in_prompt`), wrong in ``placed_noise`` of them;
     ``on_policy``: datasets of situations from the planner's own rollouts (`hybrid record
-    planner_rollouts.enabled=true`, `on_policy.py`), labelled in the history's naming; ``on_policy_fraction``:
-    the share of examples drawn from them (DAgger's aggregation of the learner's states with the expert's)."""
+    planner_rollouts.enabled=true`, `on_policy.py`), labelled in the history's naming; with ``release_camera``
+    rolled out by a release-view planner (each situation keeps the view it was shown and whether the sim called
+    the subtask under way done); ``on_policy_fraction``: the share of examples drawn from them (DAgger's
+    aggregation of the learner's states with the expert's), and of ``placed_fraction``'s questions."""
     import torch
     from accelerate import Accelerator
     from tqdm import tqdm
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from planners.subtask.frames import decode_views
+    from planners.subtask.frames import decode_frames, decode_views
 
     if threads:
         torch.set_num_threads(int(threads))
@@ -216,9 +220,9 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     if not 0.0 <= placed_fraction <= 1.0 or (placed_fraction > 0 and release_camera is None):
         raise ValueError(f"placed_fraction: expected a share in [0, 1], above 0 only with release_camera; got "
                          f"{placed_fraction!r}")
-    if release_camera is not None and (on_policy or release_noise):
-        raise ValueError("release_camera: on-policy situations record no release view, and release_noise counts "
-                         "releases that have none; train with on_policy=null release_noise=0")
+    if release_camera is not None and release_noise:
+        raise ValueError("release_camera: release_noise counts releases that have no view; train with "
+                         "release_noise=0")
     if on_policy and ordinals != "history":
         raise ValueError("on_policy: its labels name same-coloured blocks from the history (ordinals=history)")
     naming = NAMINGS[ordinals]
@@ -236,6 +240,11 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     situations = []  # on-policy examples; their frames and states follow the recording's
     for root in on_policy:
         extra = open_dataset(root)
+        if release_camera is not None:  # each situation's view as its planner was shown it
+            if RELEASE_VIEW not in extra.features:
+                raise ValueError(f"release_camera: {root} records no release view (rolled out by a planner without "
+                                 f"one); record with a release-view planner")
+            release_frames = np.concatenate([release_frames, decode_frames(extra, RELEASE_VIEW, cfg.image_size)])
         situations += on_policy_examples(extra, offset=len(frames))
         frames = np.concatenate([frames, decode_views(extra, views, cfg.image_size)])
         states = np.concatenate([states, numeric_column(extra, FEATURES["state"])])
@@ -281,10 +290,15 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     done_frames = np.flatnonzero([builder.is_done_frame(i) for i in all_frames])
     augment = augmentation(rng, colour_swap, word_noise, release_noise, punctuation_noise)
 
+    released = [ex for ex in situations if ex.release_placed is not None]  # on-policy, after a release
+
     def draw():
         if situations and rng.random() < on_policy_fraction:
             return situations[int(rng.integers(len(situations)))]
         if placed_fraction > 0 and rng.random() < placed_fraction:
+            if released and rng.random() < on_policy_fraction:  # the planner's own releases too (DAgger)
+                ex = released[int(rng.integers(len(released)))]
+                return replace(ex, placed=ex.release_placed)
             while True:  # a situation after a release: did it place its block, or miss?
                 ex = builder.sample(rng, all_frames, {"current": 0.5, "behind": 0.5})
                 if ex.release_frame is not None:

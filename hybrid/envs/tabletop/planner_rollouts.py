@@ -17,17 +17,22 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from hybrid.envs.tabletop.env import TabletopEnv
-from planners.subtask.on_policy import features, label, situation_frame
+from planners.subtask.on_policy import current_done, features, label, situation_frame
 from planners.subtask.reply import PlannerFault
 
 
 class SituationRecorder:
     """A runtime subscriber that also taps the planner: one frame per question the model is asked."""
 
-    def __init__(self, dataset, env: TabletopEnv, ask_again: Callable | None = None):
-        """``ask_again(obs, instruction, subtasks)``: the planner's ``plan``, called on a success's last step."""
-        self.dataset, self.env, self.ask_again = dataset, env, ask_again
+    def __init__(self, dataset, env: TabletopEnv, ask_again: Callable | None = None,
+                 release_view: Callable[[], np.ndarray | None] | None = None):
+        """``ask_again(obs, instruction, subtasks)``: the planner's ``plan``, called on a success's last step.
+        ``release_view()``: the view of the last release the planner shows its model now (None: none yet, written
+        black), for a planner with a release camera."""
+        self.dataset, self.env, self.ask_again, self.release_view = dataset, env, ask_again, release_view
         self.plan: list[str] = []
         self.last = None  # the last step's record: what the planner is asked again on a success
         self.frames: list[dict[str, Any]] = []
@@ -38,9 +43,15 @@ class SituationRecorder:
         self.plan, self.frames = list(info["subtasks"]), []
 
     def on_ask(self, obs, instruction: str, done: list[str], current: str | None, releases: int) -> None:
-        target, accepted = label(self.plan, self.env.scene.subtask_success(), done, current)
+        finished = self.env.scene.subtask_success()
+        target, accepted = label(self.plan, finished, done, current)
         self.kinds["done" if target.done else "keep" if target.subtask == current else "move on"] += 1
-        self.frames.append(situation_frame(obs, instruction, done, current, releases, target, accepted))
+        viewed = {}  # a release-view planner's view, and whether the subtask under way is done
+        if self.release_view is not None:
+            view = self.release_view()
+            viewed = {"release_view": np.zeros((self.env.height, self.env.width, 3), np.uint8) if view is None
+                      else view, "finished": current_done(self.plan, finished, done, current)}
+        self.frames.append(situation_frame(obs, instruction, done, current, releases, target, accepted, **viewed))
 
     def on_step(self, record) -> None:
         self.last = record
@@ -81,13 +92,16 @@ def record_planner_rollouts(out, env: TabletopEnv, agent, loop, rollouts: int, s
     if not hasattr(agent.planner, "on_ask"):
         raise TypeError(f"planner_rollouts: {type(agent.planner).__name__} has no on_ask hook (a VLMPlanner has)")
     av.logging.set_libav_level(av.logging.ERROR)
+    shape = (env.height, env.width, 3)
+    viewed = getattr(getattr(agent.planner, "prompt", None), "release_camera", None) is not None
     dataset = LeRobotDataset.create(
         repo_id, fps=round(env.control_hz), root=out, robot_type=ROBOT_TYPE, use_videos=video, vcodec=vcodec,
-        features=features({cam: (env.height, env.width, 3) for cam in env.cameras}, 4, video),
+        features=features({cam: shape for cam in env.cameras}, 4, video, shape if viewed else None),
         streaming_encoding=video, encoder_queue_maxsize=ENCODER_QUEUE,
     )
     adapter = EnvAdapter(env, EnvAdapterConfig(images_key="pixels", state_key="agent_pos"))
-    recorder = SituationRecorder(dataset, env, agent.planner.plan)
+    planner = agent.planner
+    recorder = SituationRecorder(dataset, env, planner.plan, (lambda: planner.release_view) if viewed else None)
     agent.planner.on_ask = recorder.on_ask
     solved, next_seed = 0, seed
     try:
