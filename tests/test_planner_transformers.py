@@ -437,5 +437,8 @@ def test_a_release_view_planner_learns_from_its_own_situations_with_the_views_it
     out = tmp_path / "dagger"
     train(str(tiny_data.root), str(out), steps=2, batch_size=2, warmup_steps=1, threads=1, init=str(trained),
           model=TINY, gripper_index=2, release_camera="wrist", placed_in_prompt=True, ordinals="history",
-          on_policy=str(onpol.root), on_policy_fraction=0.5, placed_fraction=0.5)
+          on_policy=str(onpol.root), on_policy_fraction=0.5)
     assert json.loads((out / "planner.json").read_text())["prompt"]["placed_in_prompt"]
+    with pytest.raises(ValueError, match="placed_fraction: the recording never lets go"):  # nothing to ask about
+        train(str(tiny_data.root), str(tmp_path / "bad"), steps=1, init=str(trained), model=TINY, gripper_index=2,
+              release_camera="wrist", placed_fraction=0.3)

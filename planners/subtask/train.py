@@ -232,6 +232,9 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     states = numeric_column(dataset, FEATURES["state"])
     gripper = None if gripper_index is None else states[:, gripper_index]
     builder = ExampleBuilder(index, to_canonical, done_tail_s, gripper, prompt.gripper_closed, naming.rewrite)
+    if placed_fraction > 0 and not len(builder.release_frames):
+        raise ValueError(f"placed_fraction: the recording never lets go (gripper_index {gripper_index}): no release "
+                         f"to ask about")
     seen = sorted({s for plan in builder.plans.values() for s in plan})
     vocab = vocabulary(colours_in(seen), naming.ordinals) if canonical else seen
     vocab += [s for s in seen if s not in vocab]
