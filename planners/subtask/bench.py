@@ -45,7 +45,7 @@ def main(argv: list[str]) -> int:
         shown |= set(executor.cfg.cameras)
     obs = fake_observation(cameras=tuple(sorted(shown)), size=args.size, seed=0)
     grip = getattr(prompt, "gripper_index", None)
-    if grip is not None:  # asked with the gripper open, as the agent asks (a held block skips the executor's check)
+    if grip is not None:  # asked with the gripper open, as the agent asks (it keeps a held block's subtask unasked)
         state = obs.state.copy()
         state[grip] = 0.0
         obs = obs.model_copy(update={"state": state})
