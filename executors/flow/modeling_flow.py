@@ -745,7 +745,7 @@ class FlowExecutor:
         if reading is None:
             return None
         # Relative: on the held-out recordings the true colour is the likeliest in 96% of held frames, above 0.5
-        # in 90% (the probability is shared with look-alikes and an empty cup).
+        # in 91-93% (the probability is shared with look-alikes and an empty cup).
         best = max(max(reading.colours.values()), 1e-6)
         colours = [subtask_colour(text, reading.colours) for text in subtasks]
         return np.array([1.0 if c is None else reading.colours[c] / best for c in colours], np.float64)
