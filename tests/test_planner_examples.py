@@ -86,6 +86,7 @@ def test_examples_name_the_frame_of_their_last_release_and_the_view_shown_after_
     end = gripping.example(18, "current")  # the last subtask's release at frame 17: shown no later than frame 18
     assert end.release_frame == 17 and release_view_frame(end) == 18
     assert gripping.placing == {6, 17}  # each subtask's last release placed its block
+    assert behind.release_placed and end.release_placed and gripping.example(12, "current").release_placed is None
 
 
 def test_each_release_so_far_is_named_with_the_subtask_under_way_then(gripping):
@@ -104,6 +105,7 @@ def test_a_release_followed_by_another_under_the_same_subtask_missed(tmp_path):
     assert builder.placing == {6, 17} and list(builder.release_frames) == [3, 6, 17]
     missed = builder.example(5, "current")
     assert (missed.releases, missed.release_frame, missed.target) == (1, 3, PlanStep(subtask=PLAN[0]))
+    assert missed.release_placed is False
 
 
 def test_a_plan_form_rewrites_every_plan(tmp_path):

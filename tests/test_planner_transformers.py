@@ -242,7 +242,7 @@ def test_fine_tuning_with_the_release_camera_shows_the_last_release_after_the_fr
     dataset = open_dataset(tiny_data.root)
     front, wrist = (decode_views(dataset, [c], 56) for c in ("front", "wrist"))
     ex = Example(frame=5, instruction=INSTRUCTION, done=[], current=PLAN[0], target=PlanStep(subtask=PLAN[0]),
-                 accepted=frozenset({PLAN[0]}), releases=1, release_frame=1)
+                 accepted=frozenset({PLAN[0]}), releases=1, release_frame=1, release_placed=True)
     image = example_image(ex, front, prompt, wrist, lag=3)
     assert np.array_equal(image[:, :56], front[5]) and np.array_equal(image[:, 56:], wrist[4])
     assert not example_image(replace(ex, releases=0, release_frame=None), front, prompt, wrist)[:, 56:].any()
@@ -254,21 +254,18 @@ def test_fine_tuning_with_the_release_camera_shows_the_last_release_after_the_fr
     labels = batch["labels"][0]
     assert processor.tokenizer.decode(labels[labels >= 0]) == '{"placed": false}<|im_end|>'
     assert PLACED_QUESTION in processor.tokenizer.decode(batch["input_ids"][0])
-    # With placed_in_prompt the prompt says whether that release placed its block (the recording's truth, or with
+    # With placed_in_prompt the prompt says whether that release placed its block (the example's truth, or with
     # placed_noise the opposite); the auxiliary question is asked without it.
-    from types import SimpleNamespace
-
     told = prompt.model_copy(update={"placed_in_prompt": True})
-    placing = SimpleNamespace(placing={1})
 
     def prompt_of(example, **kw):
-        return processor.tokenizer.decode(collate(processor, placing, front, [example], told, release_frames=wrist,
+        return processor.tokenizer.decode(collate(processor, None, front, [example], told, release_frames=wrist,
                                                   **kw)["input_ids"][0])
 
     assert "Placed: yes" in prompt_of(ex)
     assert "Placed: no" in prompt_of(ex, rng=np.random.default_rng(0), placed_noise=1.0)
     assert "Placed:" not in prompt_of(replace(ex, placed=True))
-    assert "Placed: no" in prompt_of(replace(ex, release_placed=False))  # an on-policy situation's own truth
+    assert "Placed: no" in prompt_of(replace(ex, release_placed=False))
     assert evaluate.main(["--data", str(tiny_data.root), "--model", str(out), "--examples", "6", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["next_examples"] > 0
     with pytest.raises(SystemExit, match="--on-policy: the recorded situations hold no release view"):

@@ -54,7 +54,7 @@ class Example:
     left: tuple[str, ...] | None = None  # asked instead which subtasks are left (an auxiliary target): these
     release_frame: int | None = None  # the gripper's last release since ``current`` began (None: no release)
     placed: bool | None = None  # asked instead whether that release placed its block (an auxiliary target): this
-    release_placed: bool | None = None  # whether it did, where the recording's releases do not tell (on-policy)
+    release_placed: bool | None = None  # whether that release placed its block (`placing`; on-policy: the sim's)
 
 
 class ExampleBuilder:
@@ -121,12 +121,17 @@ class ExampleBuilder:
         """The example of frame ``i`` in ``variant`` (None where the variant does not apply)."""
         plan = self.plans[int(self.index.episode[i])]
         k, n, instr = self.finished(i), len(plan), self.index.instruction[i]
+
+        def release(current: int) -> dict:  # the last release under subtask ``current``, and whether it placed
+            frame = self.last_release(i, current)
+            return {"release_frame": frame, "release_placed": None if frame is None else frame in self.placing}
+
         if k == n:
             if variant == "resume":
                 return Example(i, instr, [], None, PlanStep(done=True), frozenset())
             if variant == "current":
                 return Example(i, instr, plan[:n - 1], plan[n - 1], PlanStep(done=True), frozenset(),
-                               self.releases(i, n - 1), release_frame=self.last_release(i, n - 1))
+                               self.releases(i, n - 1), **release(n - 1))
             if variant == "fresh":
                 return Example(i, instr, plan, None, PlanStep(done=True), frozenset())
             return None
@@ -135,7 +140,7 @@ class ExampleBuilder:
         order_free = all(" bowl" in s for s in plan[k:])
         if variant == "current":
             return Example(i, instr, plan[:k], plan[k], target, frozenset({plan[k]}), self.releases(i, k),
-                           release_frame=self.last_release(i, k))
+                           **release(k))
         accepted = frozenset(plan[k:]) if order_free else frozenset({plan[k]})
         if variant == "fresh":
             return Example(i, instr, plan[:k], None, target, accepted)
@@ -143,7 +148,7 @@ class ExampleBuilder:
             return Example(i, instr, [], None, target, accepted)
         if variant == "behind" and k >= 1:
             return Example(i, instr, plan[:k - 1], plan[k - 1], target, accepted, self.releases(i, k - 1),
-                           release_frame=self.last_release(i, k - 1))
+                           **release(k - 1))
         return None
 
     def sample(self, rng: np.random.Generator, frames: np.ndarray, weights: dict[str, float] = TRAIN_WEIGHTS) -> Example:

@@ -132,9 +132,8 @@ def collate(processor, builder: ExampleBuilder, frames: np.ndarray, examples, pr
             ex, image = augment(ex, image)
         state = None if states is None else states[ex.frame]
         placed = None  # asked, not told, in the auxiliary question
-        if prompt.placed_in_prompt and ex.release_frame is not None and ex.placed is None:
-            truth = ex.release_frame in builder.placing if ex.release_placed is None else ex.release_placed
-            placed = truth != bool(rng is not None and rng.random() < placed_noise)
+        if prompt.placed_in_prompt and ex.release_placed is not None and ex.placed is None:
+            placed = ex.release_placed != bool(rng is not None and rng.random() < placed_noise)
         question = LEFT_QUESTION if ex.left is not None else PLACED_QUESTION if ex.placed is not None else None
         messages = build_messages(prompt, ex.instruction, ex.done, ex.current, state, ex.releases, placed, question)
         chat = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -305,7 +304,7 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
             while True:  # a situation after a release: did it place its block, or miss?
                 ex = builder.sample(rng, all_frames, {"current": 0.5, "behind": 0.5})
                 if ex.release_frame is not None:
-                    return replace(ex, placed=ex.release_frame in builder.placing)
+                    return replace(ex, placed=ex.release_placed)
         if left_fraction > 0 and rng.random() < left_fraction:
             ex = builder.sample(rng, all_frames, LEFT_WEIGHTS)
             return replace(ex, left=tuple(builder.left(ex.frame)))
