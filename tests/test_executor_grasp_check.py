@@ -174,6 +174,10 @@ def test_with_a_block_held_the_affordance_check_reads_its_colour(tmp_path):
     texts = [SUBTASK.text, "put the blue block in the red bowl", "pick up the green block"]
     # the colour each subtask names first against the likeliest; one the model does not know cannot be judged
     np.testing.assert_allclose(executor.affordance(held_at(0.1, 0.1), texts), [1.0, 0.25, 1.0])
+    held = held_at(0.1, 0.1)
+    without = held.model_copy(update={"images": {c: v for c, v in held.images.items() if c != "wrist"}})
+    with pytest.raises(ValueError, match=r"missing camera\(s\) \['wrist'\]"):  # named; the planner keeps its reply
+        executor.affordance(without, texts)
     executor.in_hand.read = lambda image: pytest.fail("the gripper is open: the pick map judges")
     scores = executor.affordance(held_at(0.1, 0.1, gripper=0.0), texts)
     assert scores.shape == (3,) and ((scores >= 0) & (scores <= 1)).all()
