@@ -64,9 +64,10 @@ def test_the_executor_lets_go_of_the_wrong_block_and_picks_elsewhere_under_that_
     assert executor.colour_reader is executor.in_hand  # the in-hand model names colours itself
     rejects, avoids, inhibit = [], [], model.waypoint_head.inhibit
 
-    def spy(logits, size, avoid, penalty):
-        (rejects if penalty == 10.0 else avoids).append(None if avoid is None else avoid[0].tolist())
-        return inhibit(logits, size, avoid, penalty)
+    def spy(logits, size, avoid, penalty, which=0):
+        if which == 0:  # the pick map's (the place map's is the place check's)
+            (rejects if penalty == 10.0 else avoids).append(None if avoid is None else avoid[0].tolist())
+        return inhibit(logits, size, avoid, penalty, which)
 
     model.waypoint_head.inhibit = spy
     executor.act(held_at(0.1, 0.04), SUBTASK)  # just grasped, the cup still low: not read yet

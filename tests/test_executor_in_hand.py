@@ -40,25 +40,26 @@ def test_a_view_poses_the_held_block_and_the_support_where_their_labels_say():
         home = scene.data.qpos.copy()
         for _ in range(8):
             scene.data.qpos[:] = home
-            held, support, present, block = compose_view(scene, rng, support=1.0)
+            held, support, present, block, top_block = compose_view(scene, rng, support=1.0)
             cup = scene.effector
             blocks = scene.data.xpos[scene.block_body[: scene.n_blocks()]]
             hanging = np.isclose(blocks[:, 2], cup[2] - BLOCK_HALF)
             assert np.flatnonzero(hanging).tolist() == [block]  # the block it names is the one under the cup
             assert present and np.allclose(blocks[hanging, :2] - cup[:2], held, atol=1e-6)
             top = np.flatnonzero(np.isclose(blocks[:, :2], cup[:2] + support, atol=1e-6).all(axis=1))
-            assert len(top) == 1 and np.linalg.norm(support) <= 0.05
+            assert top.tolist() == [top_block] and np.linalg.norm(support) <= 0.05  # the top block it names
             assert cup[2] - 2 * BLOCK_HALF > blocks[top[0], 2] + BLOCK_HALF  # the held block clears the support
             others = np.linalg.norm(blocks[:, :2] - cup[:2], axis=1) < CLEAR
             # under the cup only the held block and the tower (its lower blocks within a few mm of the top's xy)
             assert all(hanging[i] or blocks[i, 2] < blocks[top[0], 2] + 1e-6 for i in np.flatnonzero(others))
             scene.data.qpos[:] = home
-            held, support, present, _ = compose_view(scene, rng, support=0.0)
-            assert not present and not support.any()
+            held, support, present, _, top_block = compose_view(scene, rng, support=0.0)
+            assert not present and not support.any() and top_block is None
     finally:
         env.close()
     views = wrist_views(30, seed=5, image_size=32, support=0.5)
     assert 0.2 < views.present.mean() < 0.8 and not views.support[~views.present].any()
+    assert (views.support_colour[~views.present] == NOTHING).all() and (views.support_colour[views.present] < NOTHING).all()
     with pytest.raises(ValueError, match="support"):
         wrist_views(2, support=1.5)
 
@@ -71,7 +72,7 @@ def test_an_empty_view_has_nothing_under_the_cup_and_says_so():
         home = scene.data.qpos.copy()
         for _ in range(6):
             scene.data.qpos[:] = home
-            held, _, _, block = compose_view(scene, rng, support=0.5, empty=True)
+            held, _, _, block, _ = compose_view(scene, rng, support=0.5, empty=True)
             cup, blocks = scene.effector, scene.data.xpos[scene.block_body[: scene.n_blocks()]]
             assert not held.any() and not np.isclose(blocks[:, 2], cup[2] - BLOCK_HALF).any()  # nothing hangs
             assert np.linalg.norm(blocks[block, :2] - cup[:2]) > CLEAR  # the block it would have held is aside
@@ -130,6 +131,16 @@ def test_train_in_hand_writes_the_model_and_its_held_out_error(tmp_path):
     assert np.isclose(sum(found.colours.values()) + found.nothing, 1.0)
     with pytest.raises(ValueError, match="colour"):
         train_in_hand(str(tmp_path / "bad"), samples=8, steps=1, empty=0.2)
+    metrics = train_in_hand(str(tmp_path / "place"), samples=24, val_samples=16, steps=3, batch_size=4,
+                            image_size=32, colour=True, support=0.5, support_colour=True)
+    assert {"support_colour_accuracy", "support_colour_true_below_0.1", "no_support_colour_above_0.1"} <= set(metrics)
+    model = InHandOffset.from_pretrained(tmp_path / "place")
+    found = model.read(np.zeros((32, 32, 3), np.uint8))
+    assert model.cfg.support_colours and model.support_classes == 7 and set(found.support_colours) == set(COLOURS)
+    assert np.isclose(sum(found.support_colours.values()) + found.no_support, 1.0)
+    assert np.isclose(sum(found.colours.values()), 1.0)  # the held block's colours are read where they were
+    with pytest.raises(ValueError, match="support_colour"):
+        train_in_hand(str(tmp_path / "bad"), samples=8, steps=1, colour=True, support_colour=True)
 
 
 def spy_on_place(model) -> list:

@@ -54,11 +54,14 @@ class InHandConfig:
     support: bool = False  # also the support under the held block: its offset from the cup, and whether there is one
     colours: list[str] = field(default_factory=list)  # also the held block's colour, one of these names (none: not)
     empty: bool = False  # with colours, one more class: the cup holds nothing
+    # with colours and support, the support's (top block's) colour too, or none under the held block (one more class)
+    support_colours: bool = False
 
     def __post_init__(self):
         if (self.image_size < 2 ** len(self.widths) or not self.widths or min(self.widths) < 8 or self.hidden < 1
                 or self.convs_per_stage < 1 or len(set(self.colours)) != len(self.colours)
-                or (self.empty and not self.colours)):
+                or (self.empty and not self.colours)
+                or (self.support_colours and not (self.colours and self.support))):
             raise ValueError(f"InHandConfig: invalid {asdict(self)}")
 
 
@@ -72,13 +75,16 @@ class WristReading:
     support_prob: float = 0.0  # how likely a support is under the held block at all
     colours: dict[str, float] = field(default_factory=dict)  # each colour name's probability (empty: no colour head)
     nothing: float = 0.0  # the probability that the cup holds nothing (`InHandConfig.empty`; the colours' sum is 1 - it)
+    # the support's colour probabilities (`InHandConfig.support_colours`; empty: no such head), and that of none
+    support_colours: dict[str, float] = field(default_factory=dict)
+    no_support: float = 0.0
 
 
 class InHandOffset(nn.Module):
     """Wrist image ``(N, 3, H, W)`` uint8 -> ``(N, 2)``: the held block's centre minus the cup's, metres, in the
     state's x and y; with `InHandConfig.support` ``(N, 5)``: then the support's offset and its presence logit; with
-    `InHandConfig.colours` as many more: the held block's colour logits (and with `InHandConfig.empty` one more, the
-    last: nothing held)."""
+    `InHandConfig.colours` as many more: the held block's colour logits (and with `InHandConfig.empty` one more: nothing
+    held); with `InHandConfig.support_colours` one per colour and one more, the last: the support's, or none."""
 
     def __init__(self, cfg: InHandConfig):
         super().__init__()
@@ -93,7 +99,8 @@ class InHandOffset(nn.Module):
         # Flattened, not pooled: where the block shows in the image is the answer.
         self.features = nn.Sequential(*layers, nn.Flatten())
         self.head = nn.Sequential(nn.Linear(channels * size * size, cfg.hidden), nn.GELU(),
-                                  nn.Linear(cfg.hidden, self.offsets + int(cfg.support) + self.classes))
+                                  nn.Linear(cfg.hidden, self.offsets + int(cfg.support) + self.classes
+                                            + self.support_classes))
 
     @property
     def offsets(self) -> int:
@@ -105,9 +112,19 @@ class InHandOffset(nn.Module):
         """How many colour logits there are: a colour's each, and with `InHandConfig.empty` nothing's (the last)."""
         return len(self.cfg.colours) + int(self.cfg.empty) if self.cfg.colours else 0
 
+    @property
+    def support_classes(self) -> int:
+        """How many support colour logits there are: a colour's each and none's (the last); 0 without the head."""
+        return len(self.cfg.colours) + 1 if self.cfg.support_colours else 0
+
     def colour_logits(self, outputs: torch.Tensor) -> torch.Tensor:
-        """The colour logits ``(..., classes)`` among `forward`'s ``outputs`` (the last of them)."""
-        return outputs[..., outputs.shape[-1] - self.classes :]
+        """The held block's colour logits ``(..., classes)`` among `forward`'s ``outputs``."""
+        start = self.offsets + int(self.cfg.support)
+        return outputs[..., start : start + self.classes]
+
+    def support_colour_logits(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The support's colour logits ``(..., support_classes)`` among `forward`'s ``outputs`` (the last of them)."""
+        return outputs[..., outputs.shape[-1] - self.support_classes :]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         size = self.cfg.image_size
@@ -126,16 +143,21 @@ class InHandOffset(nn.Module):
         device = next(self.parameters()).device
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device)
         out = self(x)[0].float()
-        colours, nothing = {}, 0.0
+        colours, nothing, supports, no_support = {}, 0.0, {}, 0.0
         if self.cfg.colours:
             probs = torch.softmax(self.colour_logits(out), 0).cpu().numpy()
             named = probs[: len(self.cfg.colours)]  # and with `empty`, nothing's the last
             colours = {name: float(p) for name, p in zip(self.cfg.colours, named, strict=True)}
             nothing = float(probs[-1]) if self.cfg.empty else 0.0
+        if self.cfg.support_colours:
+            probs = torch.softmax(self.support_colour_logits(out), 0).cpu().numpy()
+            supports = {name: float(p) for name, p in zip(self.cfg.colours, probs[:-1], strict=True)}
+            no_support = float(probs[-1])
         out = out.cpu().numpy()
         if not self.cfg.support:
             return WristReading(out[:2], colours=colours, nothing=nothing)
-        return WristReading(out[:2], out[2:4], float(1.0 / (1.0 + np.exp(-out[4]))), colours, nothing)
+        return WristReading(out[:2], out[2:4], float(1.0 / (1.0 + np.exp(-out[4]))), colours, nothing, supports,
+                            no_support)
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
@@ -191,20 +213,36 @@ def view_metrics(model: InHandOffset, views) -> dict:
             called = (logits.argmax(1) == len(model.cfg.colours)).numpy()  # the last class
             metrics.update({"nothing_recall": round(float(called[~holds].mean()), 4) if (~holds).any() else None,
                             "nothing_when_held": round(float(called[holds].mean()), 4)})
+    if model.cfg.support_colours:
+        metrics.update(support_colour_metrics(model, found, views))
     return metrics
+
+
+def support_colour_metrics(model: InHandOffset, found: np.ndarray, views) -> dict:
+    """How the support's colour is read on `WristViews`: named right (a colour or none), and where a place check
+    letting go of a support less likely than 0.1 to have the colour asked for would go wrong: the true support's
+    colour under 0.1, and on views with no support, some colour 0.1 or more (the least that passes such a check)."""
+    probs = torch.softmax(model.support_colour_logits(torch.from_numpy(found)), 1)
+    truth = torch.from_numpy(views.support_colour)
+    present = torch.from_numpy(views.present)
+    true_prob = probs.gather(1, truth[:, None])[:, 0]
+    return {"support_colour_accuracy": round(float((probs.argmax(1) == truth).float().mean()), 4),
+            "support_colour_true_below_0.1": round(float((true_prob[present] < 0.1).float().mean()), 4),
+            "no_support_colour_above_0.1": round(float((probs[~present, :-1].max(1).values >= 0.1).float().mean()), 4)}
 
 
 def train_in_hand(out: str, samples: int = 40000, val_samples: int = 2000, steps: int = 3000, batch_size: int = 64,
                   lr: float = 2.0e-3, weight_decay: float = 1.0e-4, image_size: int = 96, camera: str = "wrist",
                   max_offset: float = 0.03, support: float = 0.0, support_radius: float = 0.05,
                   widths: list[int] | None = None, hidden: int = 128, convs_per_stage: int = 1, colour: bool = False,
-                  empty: float = 0.0, seed: int = 0, threads: int | None = None, log_every: int = 500,
+                  empty: float = 0.0, support_colour: bool = False, seed: int = 0, threads: int | None = None, log_every: int = 500,
                   resume: bool = False) -> dict:
     """Render ``samples`` labelled views of the tabletop (and ``val_samples`` more from other scenes), train an
     `InHandOffset` on them with a one-cycle schedule and write it to ``out`` with ``metrics.json``. ``support`` > 0:
     that share of the views has a support under the held block, and the model learns to find it too. ``colour``: it
     learns to name the held block's colour too (one of the tabletop's `COLOURS`); ``empty`` > 0 (with ``colour``): that
-    share of the views holds nothing, and the model learns to say so. ``widths``,
+    share of the views holds nothing, and the model learns to say so. ``support_colour`` (with ``colour`` and
+    ``support``): it names the support's colour too, or that there is none (a place check reads it). ``widths``,
     ``hidden``, ``convs_per_stage``: the network (`InHandConfig`). ``resume``: a run whose model is written already
     is not repeated (its metrics are returned)."""
     from tqdm.auto import tqdm
@@ -214,6 +252,8 @@ def train_in_hand(out: str, samples: int = 40000, val_samples: int = 2000, steps
 
     if empty and not colour:
         raise ValueError("train_in_hand: empty needs colour=true (nothing held is one more colour class)")
+    if support_colour and not (colour and support > 0):
+        raise ValueError("train_in_hand: support_colour needs colour=true and support > 0")
     if resume and (Path(out) / WEIGHTS_NAME).is_file() and (Path(out) / "metrics.json").is_file():
         return json.loads((Path(out) / "metrics.json").read_text())
     if threads:
@@ -227,11 +267,12 @@ def train_in_hand(out: str, samples: int = 40000, val_samples: int = 2000, steps
     shape = {"widths": [int(w) for w in widths]} if widths else {}
     model = InHandOffset(InHandConfig(camera=camera, image_size=image_size, hidden=hidden,
                                       convs_per_stage=convs_per_stage, support=support > 0,
-                                      colours=list(COLOURS) if colour else [], empty=empty > 0, **shape))
+                                      colours=list(COLOURS) if colour else [], empty=empty > 0,
+                                      support_colours=support_colour, **shape))
     x = torch.from_numpy(views.images).permute(0, 3, 1, 2)
     held, where = torch.from_numpy(views.held), torch.from_numpy(views.support)
     present, colours = torch.from_numpy(views.present).float(), torch.from_numpy(views.colour)
-    holds = torch.from_numpy(views.holds).float()
+    holds, support_colours = torch.from_numpy(views.holds).float(), torch.from_numpy(views.support_colour)
     optimizer = torch.optim.AdamW(model.parameters(), lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps)
     generator = torch.Generator().manual_seed(seed)
@@ -248,6 +289,8 @@ def train_in_hand(out: str, samples: int = 40000, val_samples: int = 2000, steps
             loss = loss + nn.functional.binary_cross_entropy_with_logits(found[:, 4], mask)
         if model.cfg.colours:
             loss = loss + nn.functional.cross_entropy(model.colour_logits(found), colours[idx])
+        if model.cfg.support_colours:  # none is the last class, as `NOTHING` is the last index
+            loss = loss + nn.functional.cross_entropy(model.support_colour_logits(found), support_colours[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

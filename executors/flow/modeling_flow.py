@@ -25,9 +25,10 @@ from executors.flow.configuration_flow import FlowConfig
 from executors.flow.encoders import MLP, Block, build_text, build_vision, vision_tokens
 from executors.flow.grasp_check import GraspCheckConfig, let_go_and_rise, subtask_colour, wrong_block
 from executors.flow.in_hand import InHandOffset, WristReading
+from executors.flow.place_check import PlaceCheckConfig, support_colour, wrong_place
 from executors.flow.processor_flow import Normalizer, load_tokenizer, observation_batch
 from executors.flow.transit import TransitConfig, hold_transit_height
-from executors.flow.waypoint_heads import HeatmapWaypointHead
+from executors.flow.waypoint_heads import PRIOR_RADIUS, HeatmapWaypointHead
 from executors.flow.waypoints import GRIPPER_ON
 from hybrid.attention import attention
 from hybrid.types import ActionChunk, Observation, Subgoal, Subtask
@@ -210,11 +211,13 @@ class FlowModel(nn.Module):
         what earlier subtasks placed (``batch["pick_avoid"]``, `FlowConfig.place_inhibition`); the place where
         ``batch["place_lock"]`` holds one (`FlowConfig.place_lock_distance`), moved by ``batch["place_shift"]`` (the
         held block's offset from the cup, negated: `FlowExecutor`'s ``in_hand``). Where a grasp check let go of the
-        wrong block (``batch["pick_reject"]`` ``(B, K, 2)``), the pick map is `REJECTED_PENALTY` logits lower."""
+        wrong block (``batch["pick_reject"]`` ``(B, K, 2)``), the pick map is `REJECTED_PENALTY` logits lower, and the
+        place map where a place check found the wrong support (``batch["place_reject"]``)."""
         logits, size, heights = heatmap
         if self.training:
             return self.waypoint_head.peak(logits, size, heights=heights).flatten(1)
         logits = self.waypoint_head.inhibit(logits, size, batch.get("pick_reject"), REJECTED_PENALTY)
+        logits = self.waypoint_head.inhibit(logits, size, batch.get("place_reject"), REJECTED_PENALTY, which=1)
         peaks = self.waypoint_head.peak(logits, size, batch.get("pick_prior"), self.cfg.pick_persistence,
                                         batch.get("pick_avoid"), self.cfg.place_inhibition, heights,
                                         batch.get("place_prior"), self.cfg.place_persistence)
@@ -447,7 +450,8 @@ class FlowExecutor:
                  place_lock_distance: float | None = None, affordance_inhibition: bool = True,
                  transit: dict | None = None, in_hand: str | Path | None = None, support_snap: float = 0.04,
                  align: dict | None = None, offset_over_support_only: bool = True,
-                 place_persistence: float | None = None, grasp_check: dict | None = None):
+                 place_persistence: float | None = None, grasp_check: dict | None = None,
+                 place_check: dict | None = None, place_on_released: bool = False):
         """``affordance``: `AffordanceConfig` fields, how `affordance` turns the waypoint maps into scores.
         ``pick_persistence``, ``place_inhibition``, ``place_lock_distance``, ``place_persistence``: override the
         checkpoint's `FlowConfig` fields of those names (run-time settings). ``affordance_inhibition``: `affordance`
@@ -463,7 +467,12 @@ class FlowExecutor:
         without it, and the hierarchical agent's `sort` lost with it everywhere); False: whenever the gripper holds.
         ``grasp_check``: `GraspCheckConfig` fields (`executors/flow/grasp_check.py`): holding a block that an in-hand
         model with colours (its ``model``, or ``in_hand``'s) names another colour than the subtask's, let go, rise and
-        keep that spot off the pick map for the subtask (None: off)."""
+        keep that spot off the pick map for the subtask (None: off). ``place_check``: `PlaceCheckConfig` fields
+        (`executors/flow/place_check.py`): coming over the place of a block-on-block subtask, a model with support
+        colours (its ``model``, or the grasp check's) reading another colour or nothing under the held block keeps that
+        spot off the place map for the subtask (None: off). ``place_on_released``: a subtask that stacks on a block
+        this executor let go of earlier in the episode steers to where it let it go (the cup's xy plus the held
+        block's offset read then), not to the place its maps find; the colours are those of the in-hand models."""
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         self.affordance_cfg = AffordanceConfig.model_validate(dict(affordance or {}))
         if not math.isfinite(noise_scale) or noise_scale < 0:
@@ -485,9 +494,23 @@ class FlowExecutor:
             if self.colour_reader is None or not self.colour_reader.cfg.colours:
                 raise ValueError("grasp_check reads the held block's colour: it needs an in-hand model with colours "
                                  "(its model, or in_hand; hybrid train executor=in_hand colour=true)")
-        self._steers = any(x is not None for x in (self.in_hand, self.transit, self.grasp_check))
+        self.place_check = None if place_check is None else PlaceCheckConfig.model_validate(dict(place_check))
+        self.support_reader = None  # the in-hand model the place check reads the support's colour with
+        if self.place_check is not None:
+            self.support_reader = (self.colour_reader if self.place_check.model is None
+                                   else InHandOffset.from_pretrained(self.place_check.model, device))
+            if self.support_reader is None or not self.support_reader.cfg.support_colours:
+                raise ValueError("place_check reads the support's colour: it needs an in-hand model with support "
+                                 "colours (its model, or the grasp check's; hybrid train executor=in_hand colour=true "
+                                 "support=0.6 support_colour=true)")
+        self.place_on_released = bool(place_on_released)
+        if self.place_on_released and not self._colours:
+            raise ValueError("place_on_released names blocks by colour: it needs an in-hand model with colours "
+                             "(in_hand, or the grasp check's)")
+        self._steers = (any(x is not None for x in (self.in_hand, self.transit, self.grasp_check, self.place_check))
+                        or self.place_on_released)
         if self._steers and not model.cfg.waypoint_target:
-            raise ValueError("in_hand, transit and grasp_check move the pick or place the executor steers to: the "
+            raise ValueError("in_hand, transit and the checks move the pick or place the executor steers to: the "
                              "checkpoint has no steering target (FlowConfig.waypoint_target)")
         self.device = torch.device(device)
         self.model = model.to(self.device, dtype).eval()
@@ -514,11 +537,13 @@ class FlowExecutor:
                         transit: dict | None = None, in_hand: str | None = None,
                         support_snap: float = 0.04, align: dict | None = None,
                         offset_over_support_only: bool = True,
-                        place_persistence: float | None = None, grasp_check: dict | None = None) -> FlowExecutor:
+                        place_persistence: float | None = None, grasp_check: dict | None = None,
+                        place_check: dict | None = None, place_on_released: bool = False) -> FlowExecutor:
         model = FlowModel.from_pretrained(path)
         return cls(model, load_tokenizer(model.cfg, path), device, flow_steps, dtype, seed, cuda_graph, noise_scale,
                    affordance, pick_persistence, place_inhibition, place_lock_distance, affordance_inhibition, transit,
-                   in_hand, support_snap, align, offset_over_support_only, place_persistence, grasp_check)
+                   in_hand, support_snap, align, offset_over_support_only, place_persistence, grasp_check,
+                   place_check, place_on_released)
 
     def save_pretrained(self, directory: str | Path) -> None:
         self.model.save_pretrained(directory)
@@ -538,6 +563,11 @@ class FlowExecutor:
         self._rejected: list[tuple[str | None, torch.Tensor]] = []  # (subtask, effector xy (2,)) at each grasp let go
         self._letting_go = False  # a grasp check let go: that release placed nothing
         self._grasp_checked = False  # whether the block held now was checked already
+        self._wrong_places: list[tuple[str | None, torch.Tensor]] = []  # (subtask, place xy (2,)) a place check gave up
+        self._place_checked = False  # whether the place steered to now was checked already
+        self._released: dict[str, torch.Tensor] = {}  # colour -> where this episode let go of that block, xy (1, 2)
+        self._held_offset: torch.Tensor | None = None  # the held block's offset from the cup (1, 2), last read
+        self._on_released = False  # whether this chunk steers to a block let go of before (`place_on_released`)
 
     def remember_releases(self, releases: list[tuple[str | None, np.ndarray]]) -> None:
         """Take up a runtime's memory of this episode's releases, (the subtask under way, the effector's xy) each,
@@ -559,7 +589,8 @@ class FlowExecutor:
         released = self._held and not held
         if released and not self._letting_go:  # seen at the first chunk after it: the effector has risen, not moved
             self._placed.append((self._subtask, state[0, :2].float()))
-            self._stacked = self._stacked or bool(self._supports)
+            self._stacked = self._stacked or bool(self._supports) or self._on_released
+            self._remember_release(state)
         if released or text != self._subtask:
             self._letting_go = False
         if self._pick is not None and (self._pick[0] != text or released):
@@ -567,6 +598,28 @@ class FlowExecutor:
         self._held, self._subtask = held, text
         prior = self._pick[1] if self._pick is not None else self._nowhere()
         return prior, self._points([xy for done, xy in self._placed if done != text])
+
+    @property
+    def _colours(self) -> list[str]:
+        """The block colours the in-hand models know (none without a colour head)."""
+        readers = (self.colour_reader, self.in_hand)
+        return next((list(r.cfg.colours) for r in readers if r is not None and r.cfg.colours), [])
+
+    def _remember_release(self, state: torch.Tensor) -> None:
+        """Where the block of the subtask just finished was let go of, by its colour: the effector's xy (it has risen,
+        not moved) plus the held block's offset read last (`place_on_released`). Only blocks let go of on a block: a
+        tower's next level goes there."""
+        colour = subtask_colour(self._subtask, self._colours)
+        if self.place_on_released and colour and support_colour(self._subtask, self._colours):
+            offset = self._held_offset if self._held_offset is not None else torch.zeros(1, 2, device=self.device)
+            self._released[colour] = state[:, :2].float() + offset
+        self._held_offset = None
+
+    def _released_support(self, subtask: Subtask | None) -> torch.Tensor | None:
+        """``(1, 2)``: where this episode let go of the block ``subtask`` stacks on, if it did (`place_on_released`)."""
+        if not self.place_on_released or not self._held:
+            return None
+        return self._released.get(support_colour(_text(subtask), self._colours) or "")
 
     def _points(self, points: list[torch.Tensor]) -> torch.Tensor:
         """``(1, K, 2)`` of ``points`` (K >= 0)."""
@@ -577,7 +630,7 @@ class FlowExecutor:
         `FlowConfig.place_lock_distance` of the place seen from further away; NaN otherwise. Near it, the held block
         hides where it goes from the front camera, and the place map's estimate drifts."""
         if self._place is None or not self._held or self._place[0] != _text(subtask):
-            self._place, self._supports = None, []
+            self._place, self._supports, self._place_checked = None, [], False
         elif torch.linalg.norm(state[:, :2].float() - self._place[1]) < self.cfg.place_lock_distance:
             return self._place[1]
         return self._nowhere()
@@ -614,6 +667,24 @@ class FlowExecutor:
         log.info(why)
         return why
 
+    def _check_place(self, obs: Observation, state: torch.Tensor, subtask: Subtask | None) -> str | None:
+        """Why the place steered to is not the block the subtask stacks on (None: keep it): the place check, once
+        per place, at the first chunk the cup holds within `PlaceCheckConfig.radius` of it. A place given up is kept
+        off the place map for the subtask and forgotten, with the supports seen under it."""
+        if self.place_check is None or self._place is None or self._place_checked or not self._held:
+            return None
+        if support_colour(_text(subtask), self.support_reader.cfg.colours) is None:
+            return None  # not a block on a block
+        if float(torch.linalg.norm(state[:, :2].float() - self._place[1])) > self.place_check.radius:
+            return None
+        self._place_checked = True
+        why = wrong_place(self._wrist(obs, state, self.support_reader), _text(subtask), self.place_check)
+        if why is not None:
+            log.info(why)
+            self._wrong_places.append((_text(subtask), self._place[1][0]))
+            self._place, self._supports = None, []
+        return why
+
     def _support_place(self, state: torch.Tensor, subtask: Subtask | None, reading: WristReading) -> torch.Tensor:
         """``(1, 2)``: the support seen under the held block, where it lies within `support_snap` of the place found
         from afar for this subtask, averaged over the chunks of this placement that saw it (each view, from another
@@ -629,6 +700,8 @@ class FlowExecutor:
         """Keep the place steered to as the one to lock on, if it was seen from beyond the lock's distance."""
         far = torch.linalg.norm(state[:, :2].float() - place) >= self.cfg.place_lock_distance
         if self._held and (self.cfg.place_lock_distance > 0 or self.cfg.place_persistence > 0) and bool(far):
+            if self._place is None or float(torch.linalg.norm(self._place[1] - place)) > PRIOR_RADIUS:
+                self._place_checked = False  # another place: the place check reads it afresh
             self._place = (_text(subtask), place)
 
     # Real-time chunking: the async runtime passes the actions already committed as ``prefix``.
@@ -640,20 +713,30 @@ class FlowExecutor:
         cfg = self.cfg
         batch = observation_batch(cfg, self.tokenizer, obs, subtask, subgoal)
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        context, place, snapped, rejected = None, None, False, None
+        context, place, snapped, rejected, misplaced = None, None, False, None, None
         remembers = (cfg.pick_persistence > 0 or cfg.place_inhibition > 0 or cfg.place_lock_distance > 0
                      or cfg.place_persistence > 0 or self._steers)
         if remembers and cfg.waypoint_target:
             batch["pick_prior"], batch["pick_avoid"] = self._pick_memory(batch["state"], subtask)
             batch["pick_reject"] = self._points([xy for done, xy in self._rejected if done == _text(subtask)])
             batch["place_lock"] = self._place_lock(batch["state"], subtask)
+            misplaced = self._check_place(obs, batch["state"], subtask)
+            if misplaced is not None:
+                batch["place_lock"] = self._nowhere()
+            batch["place_reject"] = self._points([xy for done, xy in self._wrong_places if done == _text(subtask)])
             batch["place_prior"] = self._place[1] if self._place is not None else self._nowhere()
             reading, shift = self._wrist(obs, batch["state"], self.in_hand), None
+            released = self._released_support(subtask)
+            self._on_released = released is not None
+            if released is not None:  # the tower's top is the block let go of last: steer there all along the carry
+                batch["place_lock"], snapped = released, True
             if reading is not None:
-                support = self._support_place(batch["state"], subtask, reading)
-                snapped = bool(torch.isfinite(support).all())
-                if snapped:
-                    batch["place_lock"] = support
+                self._held_offset = torch.as_tensor(reading.held, dtype=torch.float32, device=self.device)[None]
+                if released is None:
+                    support = self._support_place(batch["state"], subtask, reading)
+                    snapped = bool(torch.isfinite(support).all())
+                    if snapped:
+                        batch["place_lock"] = support
                 if snapped or not self.offset_over_support_only:
                     shift = -torch.as_tensor(reading.held, dtype=torch.float32, device=self.device)[None]
                     batch["place_shift"] = shift
@@ -689,7 +772,7 @@ class FlowExecutor:
             actions = align_over_place(actions, position, place, self.align, committed, cfg.gripper_index)
         used_subgoal = subgoal is not None and cfg.use_subgoal
         return ActionChunk(actions=actions, dt=cfg.dt, start_time=obs.timestamp,
-                           subtask=_text(subtask),
+                           subtask=_text(subtask), note=misplaced,
                            subgoal_created_at=subgoal.created_at if used_subgoal else None)
 
     @torch.inference_mode()

@@ -149,13 +149,14 @@ class HeatmapWaypointHead(nn.Module):
         return apply_homography(self.image_to_table, point[:, :2] / point[:, 2:])
 
     def inhibit(self, logits: torch.Tensor, size: tuple[int, int], avoid: torch.Tensor | None,
-                penalty: float) -> torch.Tensor:
-        """``logits`` ``(N, 2, h*w)`` with ``penalty`` fewer on the pick map's cells within `PRIOR_RADIUS` of
-        ``avoid`` ``(N, K, 2)`` (NaN: none)."""
+                penalty: float, which: int = 0) -> torch.Tensor:
+        """``logits`` ``(N, 2, h*w)`` with ``penalty`` fewer on map ``which``'s cells (0: the pick map, 1: the place
+        map) within `PRIOR_RADIUS` of ``avoid`` ``(N, K, 2)`` (NaN: none)."""
         if avoid is None or penalty <= 0 or not avoid.shape[1]:
             return logits
-        pick = logits[:, 0] - penalty * self._near(size, avoid.float()).to(logits.dtype)
-        return torch.stack([pick, logits[:, 1]], dim=1)
+        maps = list(logits.unbind(1))
+        maps[which] = maps[which] - penalty * self._near(size, avoid.float()).to(logits.dtype)
+        return torch.stack(maps, dim=1)
 
     def _near(self, size: tuple[int, int], points: torch.Tensor) -> torch.Tensor:
         """``(N, h*w)`` float: whether each cell centre is within `PRIOR_RADIUS` of any of ``points`` ``(N, K, 2)``

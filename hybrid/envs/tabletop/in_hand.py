@@ -42,13 +42,15 @@ class WristViews:
     """``images`` ``(N, H, W, 3)`` uint8; ``held`` ``(N, 2)``: the held block's centre minus the cup's (m);
     ``support`` ``(N, 2)``: the support's top block centre minus the cup's (zero where there is none);
     ``present`` ``(N,)`` bool: whether the view has a support under the held block; ``colour`` ``(N,)`` int: the held
-    block's colour, an index into `COLOURS`, or `NOTHING` where the cup holds none (its ``held`` is zero)."""
+    block's colour, an index into `COLOURS`, or `NOTHING` where the cup holds none (its ``held`` is zero);
+    ``support_colour`` ``(N,)`` int: the support's top block's colour, or `NOTHING` where there is no support."""
 
     images: np.ndarray
     held: np.ndarray
     support: np.ndarray
     present: np.ndarray
     colour: np.ndarray
+    support_colour: np.ndarray
 
     @property
     def holds(self) -> np.ndarray:
@@ -79,14 +81,16 @@ def _aside(scene, block: int, cup_xy: np.ndarray) -> None:
 
 def compose_view(scene, rng: np.random.Generator, max_offset: float = 0.03,
                  heights: tuple[float, float] = (0.07, 0.25), support: float = 0.0,
-                 support_radius: float = 0.05, empty: bool = False) -> tuple[np.ndarray, np.ndarray, bool, int]:
+                 support_radius: float = 0.05,
+                 empty: bool = False) -> tuple[np.ndarray, np.ndarray, bool, int, int | None]:
     """Pose the cup, a held block and (with probability ``support``) a support in ``scene`` as laid out; returns the
-    held block's offset from the cup, the support's (zero without one), whether there is one and the held block.
-    ``empty``: the cup holds nothing (the block that would have been held is put aside, its offset zero)."""
+    held block's offset from the cup, the support's (zero without one), whether there is one, the held block and the
+    support's top block (None without one). ``empty``: the cup holds nothing (the block that would have been held is
+    put aside, its offset zero)."""
     blocks = [int(b) for b in rng.permutation(scene.n_blocks())]
     held, rest = blocks[0], blocks[1:]
     held_offset, support_offset, present = _disk(rng, max_offset), np.zeros(2), False
-    bottom, used = 0.0, []  # the height the held block must stay above; blocks posed under the cup
+    bottom, used, top = 0.0, [], None  # the height the held block must stay above; blocks posed under the cup
     if rng.uniform() < support and rest:
         levels = int(rng.integers(1, min(3, len(rest)) + 1))
         cup_xy = _over_table(rng)
@@ -95,7 +99,7 @@ def compose_view(scene, rng: np.random.Generator, max_offset: float = 0.03,
         for level, block in reversed(list(enumerate(rest[:levels]))):  # the top first, then down the tower
             _put(scene, block, (*xy, BLOCK_HALF * (2 * level + 1)), rng.uniform(0.0, 2 * np.pi))
             xy = xy + rng.uniform(-TOWER_SLIP, TOWER_SLIP, 2)
-        bottom, used = 2 * BLOCK_HALF * levels, rest[:levels]
+        bottom, used, top = 2 * BLOCK_HALF * levels, rest[:levels], rest[levels - 1]
     elif rng.uniform() < 0.5:  # over a bowl, with a block lying in it half of the time
         bowl = scene.bowl_pos(int(rng.integers(len(scene.bowl_body))))[:2]
         cup_xy = bowl + _disk(rng, BOWL_INNER * 0.6)
@@ -117,7 +121,7 @@ def compose_view(scene, rng: np.random.Generator, max_offset: float = 0.03,
     else:
         _put(scene, held, (*(cup[:2] + held_offset), cup[2] - BLOCK_HALF), rng.uniform(0.0, 2 * np.pi))
     mujoco.mj_forward(scene.model, scene.data)
-    return held_offset, support_offset, present, held
+    return held_offset, support_offset, present, held, top
 
 
 def wrist_views(n: int, seed: int = 0, image_size: int = 96, camera: str = "wrist", max_offset: float = 0.03,
@@ -134,7 +138,7 @@ def wrist_views(n: int, seed: int = 0, image_size: int = 96, camera: str = "wris
     rng = np.random.default_rng(seed)
     env = TabletopEnv(task="all", cameras=(camera,), image_size=image_size)
     out = WristViews(np.zeros((n, image_size, image_size, 3), np.uint8), np.zeros((n, 2), np.float32),
-                     np.zeros((n, 2), np.float32), np.zeros(n, bool), np.zeros(n, np.int64))
+                     np.zeros((n, 2), np.float32), np.zeros(n, bool), np.zeros(n, np.int64), np.zeros(n, np.int64))
     try:
         home = None
         for k in tqdm(range(n), desc="wrist views", disable=not progress):
@@ -143,9 +147,11 @@ def wrist_views(n: int, seed: int = 0, image_size: int = 96, camera: str = "wris
                 home = env.scene.data.qpos.copy()
             env.scene.data.qpos[:] = home  # every view starts from the scene as laid out
             nothing = bool(empty) and rng.uniform() < empty  # no draw without empty views: the same views as before
-            out.held[k], out.support[k], out.present[k], held = compose_view(env.scene, rng, max_offset, heights,
-                                                                             support, support_radius, nothing)
-            out.colour[k] = NOTHING if nothing else COLOURS.index(env.scene.spec.block_colours[held])
+            out.held[k], out.support[k], out.present[k], held, top = compose_view(env.scene, rng, max_offset, heights,
+                                                                                  support, support_radius, nothing)
+            colours = env.scene.spec.block_colours
+            out.colour[k] = NOTHING if nothing else COLOURS.index(colours[held])
+            out.support_colour[k] = NOTHING if top is None else COLOURS.index(colours[top])
             out.images[k] = env.render_camera(camera)
     finally:
         env.close()
