@@ -59,7 +59,8 @@ def test_a_view_poses_the_held_block_and_the_support_where_their_labels_say():
         env.close()
     views = wrist_views(30, seed=5, image_size=32, support=0.5)
     assert 0.2 < views.present.mean() < 0.8 and not views.support[~views.present].any()
-    assert (views.support_colour[~views.present] == NOTHING).all() and (views.support_colour[views.present] < NOTHING).all()
+    colours = views.support_colour  # the top block's colour, or NOTHING
+    assert (colours[~views.present] == NOTHING).all() and (colours[views.present] < NOTHING).all()
     with pytest.raises(ValueError, match="support"):
         wrist_views(2, support=1.5)
 

@@ -235,8 +235,8 @@ def train_in_hand(out: str, samples: int = 40000, val_samples: int = 2000, steps
                   lr: float = 2.0e-3, weight_decay: float = 1.0e-4, image_size: int = 96, camera: str = "wrist",
                   max_offset: float = 0.03, support: float = 0.0, support_radius: float = 0.05,
                   widths: list[int] | None = None, hidden: int = 128, convs_per_stage: int = 1, colour: bool = False,
-                  empty: float = 0.0, support_colour: bool = False, seed: int = 0, threads: int | None = None, log_every: int = 500,
-                  resume: bool = False) -> dict:
+                  empty: float = 0.0, support_colour: bool = False, seed: int = 0, threads: int | None = None,
+                  log_every: int = 500, resume: bool = False) -> dict:
     """Render ``samples`` labelled views of the tabletop (and ``val_samples`` more from other scenes), train an
     `InHandOffset` on them with a one-cycle schedule and write it to ``out`` with ``metrics.json``. ``support`` > 0:
     that share of the views has a support under the held block, and the model learns to find it too. ``colour``: it
