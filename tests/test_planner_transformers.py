@@ -113,7 +113,7 @@ def test_training_resumes_from_its_checkpoint(trained, tiny_data):
 
 
 @pytest.mark.slow
-def test_eval_and_bench_print_their_json(trained, tiny_data, capsys, tmp_path):
+def test_eval_and_bench_print_their_json(trained, tiny_data, capsys, tmp_path, monkeypatch):
     from planners.subtask import bench, evaluate
 
     errors = tmp_path / "errors.jsonl"
@@ -131,6 +131,12 @@ def test_eval_and_bench_print_their_json(trained, tiny_data, capsys, tmp_path):
     assert set(by_situation) == {"current", "fresh", "behind"} and all(0 <= a <= 1 for a in by_situation.values())
     assert set(result["next_subtask_accuracy_by_family"]) <= {"pick_place", "gather", "stack", "sort", "other"}
     assert 0.0 <= result["next_subtask_accuracy_as_planned"] <= result["next_subtask_accuracy"]
+    # a planner that always says "done": every unfinished episode's question is a premature "done"
+    monkeypatch.setattr(evaluate, "ask", lambda *args: (PlanStep(done=True), 1.0))
+    assert evaluate.main(["--data", str(tiny_data.root), "--model", str(trained), "--examples", "9", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["premature_done"] == 1.0 and result["done_recall"] == 1.0 and result["next_subtask_accuracy"] == 0.0
+    assert result["premature_done_after_release"] in (0.0, 1.0)  # 0.0 where no question followed a release
     assert bench.main(["--config", "tabletop", "--model", str(trained), "--calls", "3", "--warmup", "1",
                        "--size", "32", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

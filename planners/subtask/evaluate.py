@@ -102,6 +102,10 @@ def main(argv: list[str]) -> int:
     as_planned = 0  # hits that are the recorded plan's own next subtask (where any remaining placement counts)
     by_family: dict[str, list[int]] = {}  # the same per task family (tabletop instructions; else "other")
     tp = fp = fn = 0
+    # "done" said while the episode is not finished, per situation, and over the questions asked after a release
+    # under the subtask under way (where the loop asks, and a premature "done" ends the episode)
+    premature = {v: [0, 0] for v in VARIANTS}
+    premature_after_release = [0, 0]
     latencies = []
     for j in range(args.examples):
         # Alternate next-subtask examples (any frame) and done-detection examples (last-subtask frames).
@@ -128,6 +132,9 @@ def main(argv: list[str]) -> int:
         else:
             hit = step is not None and not step.done and canon(step.subtask) in ex.accepted
             as_planned += hit and canon(step.subtask) == ex.target.subtask
+            for counts in [premature[variant]] + ([premature_after_release] if ex.releases else []):
+                counts[0] += said_done
+                counts[1] += 1
             for counts in (by_variant[variant], by_family.setdefault(family_of(ex.instruction) or "other", [0, 0])):
                 counts[0] += hit
                 counts[1] += 1
@@ -145,6 +152,9 @@ def main(argv: list[str]) -> int:
         "done_accuracy": round(done_hits / max(done_n, 1), 4),
         "done_precision": round(tp / max(tp + fp, 1), 4),
         "done_recall": round(tp / max(tp + fn, 1), 4),
+        "premature_done": round(sum(d for d, _ in premature.values()) / max(next_n, 1), 4),
+        "premature_done_by_situation": {v: round(d / max(n, 1), 4) for v, (d, n) in premature.items()},
+        "premature_done_after_release": round(premature_after_release[0] / max(premature_after_release[1], 1), 4),
         "next_examples": next_n, "done_examples": done_n, "faults": faults,
         "episodes": len(index.plans), "latency_ms_p50": round(float(np.median(latencies)), 2) if latencies else None,
         "model": str(args.model), "data": str(args.data), "affordance": bool(args.affordance),
