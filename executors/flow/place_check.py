@@ -10,7 +10,9 @@ under the held block as the cup comes over the place; an in-hand model with supp
 the first chunk the cup is within ``radius`` of it, a subtask that puts a block on a block ("put the purple block
 on the yellow block": two colours, no bowl) whose support reads less likely than ``min_prob`` to be that colour, or
 nothing under the held block more likely than ``none_prob``, gives the place up: the place map keeps that spot off
-for the rest of the subtask and finds the next one, as the grasp check does for picks.
+for the rest of the subtask and finds the next one, as the grasp check does for picks. Off in the tabletop config:
+the model trained here names the support's colour right in 0.69 of held-out views (the held block hides it) and in
+the loop gave right places up (oracle `stack` 0.49 -> 0.26; docs/experiments.md).
 
 The embodiment's state starts with the effector's (x, y, z), as the tabletop's does.
 """
