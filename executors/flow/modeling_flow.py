@@ -567,7 +567,6 @@ class FlowExecutor:
         self._place_checked = False  # whether the place steered to now was checked already
         self._released: dict[str, torch.Tensor] = {}  # colour -> where this episode let go of that block, xy (1, 2)
         self._held_offset: torch.Tensor | None = None  # the held block's offset from the cup (1, 2), last read
-        self._on_released = False  # whether this chunk steers to a block let go of before (`place_on_released`)
 
     def remember_releases(self, releases: list[tuple[str | None, np.ndarray]]) -> None:
         """Take up a runtime's memory of this episode's releases, (the subtask under way, the effector's xy) each,
@@ -589,7 +588,8 @@ class FlowExecutor:
         released = self._held and not held
         if released and not self._letting_go:  # seen at the first chunk after it: the effector has risen, not moved
             self._placed.append((self._subtask, state[0, :2].float()))
-            self._stacked = self._stacked or bool(self._supports) or self._on_released
+            on_released = self._released_support(self._subtask) is not None  # steered to a block let go of before
+            self._stacked = self._stacked or bool(self._supports) or on_released
             self._remember_release(state)
         if released or text != self._subtask:
             self._letting_go = False
@@ -615,11 +615,12 @@ class FlowExecutor:
             self._released[colour] = state[:, :2].float() + offset
         self._held_offset = None
 
-    def _released_support(self, subtask: Subtask | None) -> torch.Tensor | None:
-        """``(1, 2)``: where this episode let go of the block ``subtask`` stacks on, if it did (`place_on_released`)."""
-        if not self.place_on_released or not self._held:
+    def _released_support(self, text: str | None) -> torch.Tensor | None:
+        """``(1, 2)``: where this episode let go of the block subtask ``text`` stacks on, if it did
+        (`place_on_released`)."""
+        if not self.place_on_released:
             return None
-        return self._released.get(support_colour(_text(subtask), self._colours) or "")
+        return self._released.get(support_colour(text, self._colours) or "")
 
     def _points(self, points: list[torch.Tensor]) -> torch.Tensor:
         """``(1, K, 2)`` of ``points`` (K >= 0)."""
@@ -726,8 +727,7 @@ class FlowExecutor:
             batch["place_reject"] = self._points([xy for done, xy in self._wrong_places if done == _text(subtask)])
             batch["place_prior"] = self._place[1] if self._place is not None else self._nowhere()
             reading, shift = self._wrist(obs, batch["state"], self.in_hand), None
-            released = self._released_support(subtask)
-            self._on_released = released is not None
+            released = self._released_support(_text(subtask)) if self._held else None
             if released is not None:  # the tower's top is the block let go of last: steer there all along the carry
                 batch["place_lock"], snapped = released, True
             if reading is not None:
@@ -738,7 +738,7 @@ class FlowExecutor:
                     if snapped:
                         batch["place_lock"] = support
                 if snapped or not self.offset_over_support_only:
-                    shift = -torch.as_tensor(reading.held, dtype=torch.float32, device=self.device)[None]
+                    shift = -self._held_offset
                     batch["place_shift"] = shift
             *context, waypoints = self.model.encode_steering(batch)
             self._pick = (_text(subtask), waypoints[:, 0])
