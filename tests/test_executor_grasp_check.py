@@ -10,8 +10,9 @@ from test_executor_in_hand import TINY
 from test_executor_model import SUBTASK, TOP_DOWN, at, tiny_model
 
 from executors.flow import FlowExecutor
-from executors.flow.grasp_check import GraspCheckConfig, let_go_and_rise, subtask_colour, wrong_block
+from executors.flow.grasp_check import GraspCheckConfig, let_go_and_rise, wrong_block
 from executors.flow.in_hand import InHandOffset, WristReading
+from executors.flow.subtask_colours import subtask_colour
 from hybrid.types import Observation, Subtask
 
 CHECK = {"min_prob": 0.1, "min_height": 0.07, "rise": 0.08, "step": 0.02}

@@ -11,7 +11,8 @@ from test_executor_model import TOP_DOWN, at, tiny_model
 
 from executors.flow import FlowExecutor
 from executors.flow.in_hand import InHandOffset, WristReading
-from executors.flow.place_check import PlaceCheckConfig, support_colour, wrong_place
+from executors.flow.place_check import PlaceCheckConfig, wrong_place
+from executors.flow.subtask_colours import support_colour
 from hybrid.types import Subtask
 
 CHECK = {"min_prob": 0.1, "none_prob": 0.8, "radius": 0.04}

@@ -19,12 +19,11 @@ tabletop's do.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from executors.flow.in_hand import WristReading
+from executors.flow.subtask_colours import subtask_colour
 
 
 class GraspCheckConfig(BaseModel):
@@ -40,14 +39,6 @@ class GraspCheckConfig(BaseModel):
     step: float = Field(gt=0)  # m per step: the most it rises in one step (the action bound)
     # An in-hand model directory with colours to read the held block's with; None: the executor's in_hand model.
     model: str | None = None
-
-
-def subtask_colour(text: str | None, colours: list[str] | dict) -> str | None:
-    """The first of ``colours`` the subtask names (the block it moves), or None where it names none."""
-    for word in re.findall(r"[a-z]+", (text or "").lower()):
-        if word in colours:
-            return word
-    return None
 
 
 def wrong_block(reading: WristReading | None, text: str | None, min_prob: float) -> bool:

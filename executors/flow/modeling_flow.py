@@ -23,10 +23,18 @@ from executors.flow.affordance import AffordanceConfig, AffordanceHead, affordan
 from executors.flow.align import AlignConfig, align_over_place
 from executors.flow.configuration_flow import FlowConfig
 from executors.flow.encoders import MLP, Block, build_text, build_vision, vision_tokens
-from executors.flow.grasp_check import GraspCheckConfig, let_go_and_rise, subtask_colour, wrong_block
+from executors.flow.grasp_check import GraspCheckConfig, let_go_and_rise, wrong_block
+from executors.flow.guarded_place import (
+    GuardedPlaceConfig,
+    descend_holding,
+    first_release,
+    let_go,
+    rise_holding,
+)
 from executors.flow.in_hand import InHandOffset, WristReading
-from executors.flow.place_check import PlaceCheckConfig, support_colour, wrong_place
+from executors.flow.place_check import PlaceCheckConfig, wrong_place
 from executors.flow.processor_flow import Normalizer, load_tokenizer, observation_batch
+from executors.flow.subtask_colours import subtask_colour, support_colour
 from executors.flow.transit import TransitConfig, hold_transit_height
 from executors.flow.waypoint_heads import PRIOR_RADIUS, HeatmapWaypointHead
 from executors.flow.waypoints import GRIPPER_ON
@@ -451,7 +459,8 @@ class FlowExecutor:
                  transit: dict | None = None, in_hand: str | Path | None = None, support_snap: float = 0.04,
                  align: dict | None = None, offset_over_support_only: bool = True,
                  place_persistence: float | None = None, grasp_check: dict | None = None,
-                 place_check: dict | None = None, place_on_released: bool = False):
+                 place_check: dict | None = None, place_on_released: bool = False,
+                 guarded_place: dict | None = None):
         """``affordance``: `AffordanceConfig` fields, how `affordance` turns the waypoint maps into scores.
         ``pick_persistence``, ``place_inhibition``, ``place_lock_distance``, ``place_persistence``: override the
         checkpoint's `FlowConfig` fields of those names (run-time settings). ``affordance_inhibition``: `affordance`
@@ -472,7 +481,10 @@ class FlowExecutor:
         colours (its ``model``, or the grasp check's) reading another colour or nothing under the held block keeps that
         spot off the place map for the subtask (None: off). ``place_on_released``: a subtask that stacks on a block
         this executor let go of earlier in the episode steers to where it let it go (the cup's xy plus the held
-        block's offset read then), not to the place its maps find; the colours are those of the in-hand models."""
+        block's offset read then), not to the place its maps find; the colours are those of the in-hand models.
+        ``guarded_place``: `GuardedPlaceConfig` fields (`executors/flow/guarded_place.py`): under a block-on-block
+        subtask the release waits until the held block rests on something, coming straight down; resting lower than
+        a block's height, the place is given up and the cup rises still holding (None: off)."""
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         self.affordance_cfg = AffordanceConfig.model_validate(dict(affordance or {}))
         if not math.isfinite(noise_scale) or noise_scale < 0:
@@ -507,7 +519,12 @@ class FlowExecutor:
         if self.place_on_released and not self._colours:
             raise ValueError("place_on_released names blocks by colour: it needs an in-hand model with colours "
                              "(in_hand, or the grasp check's)")
-        self._steers = (any(x is not None for x in (self.in_hand, self.transit, self.grasp_check, self.place_check))
+        self.guarded_place = None if guarded_place is None else GuardedPlaceConfig.model_validate(dict(guarded_place))
+        if self.guarded_place is not None and not self._colours:
+            raise ValueError("guarded_place tells a block-on-block subtask by its colours: it needs an in-hand model "
+                             "with colours (in_hand, or the grasp check's)")
+        self._steers = (any(x is not None for x in (self.in_hand, self.transit, self.grasp_check, self.place_check,
+                                                    self.guarded_place))
                         or self.place_on_released)
         if self._steers and not model.cfg.waypoint_target:
             raise ValueError("in_hand, transit and the checks move the pick or place the executor steers to: the "
@@ -538,12 +555,13 @@ class FlowExecutor:
                         support_snap: float = 0.04, align: dict | None = None,
                         offset_over_support_only: bool = True,
                         place_persistence: float | None = None, grasp_check: dict | None = None,
-                        place_check: dict | None = None, place_on_released: bool = False) -> FlowExecutor:
+                        place_check: dict | None = None, place_on_released: bool = False,
+                        guarded_place: dict | None = None) -> FlowExecutor:
         model = FlowModel.from_pretrained(path)
         return cls(model, load_tokenizer(model.cfg, path), device, flow_steps, dtype, seed, cuda_graph, noise_scale,
                    affordance, pick_persistence, place_inhibition, place_lock_distance, affordance_inhibition, transit,
                    in_hand, support_snap, align, offset_over_support_only, place_persistence, grasp_check,
-                   place_check, place_on_released)
+                   place_check, place_on_released, guarded_place)
 
     def save_pretrained(self, directory: str | Path) -> None:
         self.model.save_pretrained(directory)
@@ -567,6 +585,9 @@ class FlowExecutor:
         self._place_checked = False  # whether the place steered to now was checked already
         self._released: dict[str, torch.Tensor] = {}  # colour -> where this episode let go of that block, xy (1, 2)
         self._held_offset: torch.Tensor | None = None  # the held block's offset from the cup (1, 2), last read
+        # (subtask, effector z) at the chunk before, where a guarded place came down instead of letting go
+        self._guard: tuple[str | None, float] | None = None
+        self._places_given_up: dict[str | None, int] = {}  # subtask -> places the guarded place gave up under it
 
     def remember_releases(self, releases: list[tuple[str | None, np.ndarray]]) -> None:
         """Take up a runtime's memory of this episode's releases, (the subtask under way, the effector's xy) each,
@@ -686,6 +707,39 @@ class FlowExecutor:
             self._place, self._supports = None, []
         return why
 
+    def _guard_place(self, actions: np.ndarray, state: torch.Tensor, subtask: Subtask | None,
+                     committed: int) -> tuple[np.ndarray, str | None]:
+        """``actions`` with a block-on-block subtask's release held back until the held block rests on something
+        (`guarded_place`), and why the place was given up (None: it was not). Once a chunk would let go, the
+        descent runs chunk after chunk until the block rests: held back, the learned chunks come back up and down
+        over the place instead of letting go there."""
+        cfg, text, grip = self.guarded_place, _text(subtask), self.cfg.gripper_index
+        guard, self._guard = self._guard, None
+        if not self._held or support_colour(text, self._colours) is None:
+            return actions, None
+        came_from = guard[1] if guard is not None and guard[0] == text else None  # z at the chunk before, coming down
+        release, z = first_release(actions, committed, grip), float(state[0, 2])
+        if came_from is None and (release is None or release >= committed + cfg.horizon):
+            return actions, None  # no release before the next chunk: a later one is planned again
+        if z < cfg.floor and self._places_given_up.get(text, 0) < cfg.retries:
+            self._give_up_place(state, text)
+            why = f"guarded place: the held block rests on no block ({100 * z:.1f} cm up) under {text!r}: another place"
+            log.info(why)
+            return rise_holding(actions, cfg, committed, grip), why
+        if came_from is not None and abs(came_from - z) < cfg.stall:  # it rests on a support: let go, pressing no more
+            return let_go(actions, cfg, came_from - z, committed, grip), None
+        self._guard = (text, z)
+        return descend_holding(actions, committed, cfg.step, grip), None
+
+    def _give_up_place(self, state: torch.Tensor, text: str | None) -> None:
+        """Keep where the held block came down off the place map for subtask ``text``, and forget the place steered
+        to there (a tower memory that sent it there included: the block let go of there is gone)."""
+        offset = self._held_offset if self._held_offset is not None else torch.zeros(1, 2, device=self.device)
+        self._wrong_places.append((text, (state[:, :2].float() + offset)[0]))
+        self._places_given_up[text] = self._places_given_up.get(text, 0) + 1
+        self._place, self._supports = None, []
+        self._released.pop(support_colour(text, self._colours) or "", None)
+
     def _support_place(self, state: torch.Tensor, subtask: Subtask | None, reading: WristReading) -> torch.Tensor:
         """``(1, 2)``: the support seen under the held block, where it lies within `support_snap` of the place found
         from afar for this subtask, averaged over the chunks of this placement that saw it (each view, from another
@@ -768,6 +822,11 @@ class FlowExecutor:
         if self.transit is not None and place is not None and (self._stacked or not self.transit.towers_only):
             actions = hold_transit_height(actions, position, place, self._held, self.transit, committed,
                                           cfg.gripper_index)
+        if self.guarded_place is not None and remembers and cfg.waypoint_target:
+            actions, given_up = self._guard_place(actions, batch["state"], subtask, committed)
+            if given_up is not None:  # rise, still holding: the next chunk steers to another place
+                return ActionChunk(actions=actions, dt=cfg.dt, start_time=obs.timestamp, subtask=_text(subtask),
+                                   note=given_up)
         if self.align is not None and snapped:
             actions = align_over_place(actions, position, place, self.align, committed, cfg.gripper_index)
         used_subgoal = subgoal is not None and cfg.use_subgoal

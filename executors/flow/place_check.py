@@ -19,11 +19,10 @@ The embodiment's state starts with the effector's (x, y, z), as the tabletop's d
 
 from __future__ import annotations
 
-import re
-
 from pydantic import BaseModel, ConfigDict, Field
 
 from executors.flow.in_hand import WristReading
+from executors.flow.subtask_colours import support_colour
 
 
 class PlaceCheckConfig(BaseModel):
@@ -36,17 +35,6 @@ class PlaceCheckConfig(BaseModel):
     radius: float = Field(gt=0)  # m: the check reads once the cup is this close (xy) to the place it steers to
     # An in-hand model directory with support colours; None: the grasp check's colour model.
     model: str | None = None
-
-
-def support_colour(text: str | None, colours: list[str] | dict) -> str | None:
-    """The colour of the block subtask ``text`` puts its block on: the second of ``colours`` it names, where it
-    names two and no bowl ("put the purple block on the yellow block"); None otherwise (a bowl placement, or a
-    subtask this rule cannot read)."""
-    words = re.findall(r"[a-z]+", (text or "").lower())
-    named = [w for w in words if w in colours]
-    if len(named) < 2 or "bowl" in words:
-        return None
-    return named[1]
 
 
 def wrong_place(reading: WristReading | None, text: str | None, cfg: PlaceCheckConfig) -> str | None:

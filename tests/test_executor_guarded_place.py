@@ -1,0 +1,115 @@
+"""The guarded place: a block-on-block release waits until the held block rests on something, and a block resting on
+no block gives the place up."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from test_executor_in_hand import TINY, spy_on_place
+from test_executor_model import TOP_DOWN, observation, tiny_model
+
+from executors.flow import FlowExecutor
+from executors.flow.guarded_place import (
+    GuardedPlaceConfig,
+    descend_holding,
+    first_release,
+    let_go,
+    rise_holding,
+)
+from executors.flow.in_hand import InHandOffset, WristReading
+from hybrid.types import Observation, Subtask
+
+GUARD = {"step": 0.01, "stall": 0.004, "floor": 0.06, "rise": 0.05, "rise_step": 0.02, "retries": 1}
+STACK = Subtask(text="put the red block on the blue block", index=0)
+
+
+def at(x: float, z: float, gripper: float = 1.0) -> Observation:
+    return Observation(images=observation().images, state=np.array([x, 0.2, z, gripper], np.float32))
+
+
+def releasing(n: int, at_step: int = 1) -> np.ndarray:
+    """A chunk of ``n`` (dx, dy, dz, suction) steps coming down 5 mm a step and letting go at ``at_step``."""
+    chunk = np.tile(np.array([0.0, 0.0, -0.005, 1.0], np.float32), (n, 1))
+    chunk[at_step:, 3] = 0.0
+    return chunk
+
+
+def test_the_chunk_edits():
+    chunk = releasing(6, at_step=2)
+    assert first_release(chunk) == 2 and first_release(chunk, committed=3) == 3
+    assert first_release(releasing(6, at_step=6)) is None
+    down = descend_holding(chunk, 2, 0.01)
+    assert np.array_equal(down[:2], chunk[:2]) and (down[2:, 3] == 1.0).all()
+    assert np.allclose(down[2:, :3], [0.0, 0.0, -0.01])
+    up = rise_holding(chunk, GuardedPlaceConfig(**GUARD), committed=1)
+    assert np.array_equal(up[:1], chunk[:1]) and (up[1:, 3] == 1.0).all() and np.allclose(up[1:, :2], 0.0)
+    assert np.isclose(up[1:, 2].sum(), 0.05) and up[1:, 2].max() <= 0.02
+    let = let_go(chunk, GuardedPlaceConfig(**GUARD), came_down=0.01, committed=1)
+    assert np.array_equal(let[:1], chunk[:1])
+    assert np.allclose(let[1], [0.0, 0.0, 0.03, 1.0])  # 4 steps of 1 cm commanded, 1 cm of it moved: taken back
+    assert (let[2:, 3] == 0.0).all() and np.allclose(let[2:, :2], 0.0) and np.isclose(let[2:, 2].sum(), 0.05)
+
+
+@pytest.fixture
+def guarded(tmp_path):
+    """A tiny executor with the guarded place, whose every chunk lets go at its second step, and the place xy each
+    chunk steers to."""
+    InHandOffset(replace(TINY, colours=["red", "blue", "green"])).save_pretrained(tmp_path / "in_hand")
+    model = tiny_model(vision_stem="conv", keypoints=4, waypoint_loss=1.0, waypoint_head="heatmap",
+                       table_homography=TOP_DOWN, waypoint_target=True, action_dim=4, place_lock_distance=0.04)
+    executor = FlowExecutor(model, in_hand=str(tmp_path / "in_hand"), place_on_released=True, guarded_place=GUARD)
+    executor.in_hand.read = lambda image: WristReading(np.array([0.01, 0.0], np.float32))  # held 1 cm +x of the cup
+    model.sample_actions = lambda batch, *a, **k: torch.from_numpy(releasing(model.cfg.chunk))[None]
+    return executor, spy_on_place(model)
+
+
+def test_a_stack_release_waits_until_the_held_block_rests_on_something(guarded):
+    executor, _ = guarded
+    chunk = executor.act(at(0.3, 0.12), STACK)  # 4 cm above where it would rest: come down instead
+    assert (chunk.actions[:, 3] == 1.0).all() and np.allclose(chunk.actions[:, 2], -0.01) and chunk.note is None
+    model, chunks = executor.model, executor.model.sample_actions
+    model.sample_actions = lambda batch, *a, **k: torch.from_numpy(releasing(model.cfg.chunk, at_step=99))[None]
+    chunk = executor.act(at(0.3, 0.09), STACK)  # it came down 3 cm: not resting yet
+    assert (chunk.actions[:, 3] == 1.0).all() and np.allclose(chunk.actions[:, 2], -0.01)  # on down, held back or not
+    model.sample_actions = chunks
+    chunk = executor.act(at(0.3, 0.088), STACK)  # 2 mm: the block rests on the one below
+    assert np.allclose(chunk.actions[0], [0.0, 0.0, 0.038, 1.0])  # what the last 4 steps pressed on, taken back
+    assert (chunk.actions[1:, 3] == 0.0).all() and chunk.note is None  # then let go of, rising straight up
+    bowl = Subtask(text="put the red block in the blue bowl", index=1)
+    assert executor.act(at(0.3, 0.12), bowl).actions[1, 3] == 0.0  # a bowl: let go as learned
+
+
+def test_a_block_resting_on_no_block_gives_the_place_up(guarded, caplog):
+    executor, _ = guarded
+    executor.act(at(0.3, 0.12), STACK)
+    with caplog.at_level("INFO", logger="executors.flow.modeling_flow"):
+        chunk = executor.act(at(0.3, 0.041), STACK)  # down on the table: nothing of a block's height under it
+    assert chunk.note.startswith("guarded place: the held block rests on no block (4.1 cm up)")
+    assert "rests on no block" in caplog.text
+    assert (chunk.actions[:, 3] == 1.0).all() and np.isclose(chunk.actions[:, 2].sum(), 0.05)  # rises, holding
+    assert np.allclose(executor._wrong_places[0][1].cpu(), [0.31, 0.2])  # where the block came down: off the map
+    executor.act(at(0.3, 0.09), STACK)  # one retry per subtask: the next time on the table it is let go of there
+    assert executor.act(at(0.3, 0.041), STACK).note is None  # still coming down
+    assert executor.act(at(0.3, 0.04), STACK).actions[1, 3] == 0.0  # resting: let go of
+
+
+def test_a_tower_memory_that_sent_the_block_nowhere_is_forgotten(guarded):
+    executor, steered = guarded
+    for z, gripper in ((0.12, 1.0), (0.088, 1.0), (0.088, 0.0)):  # red let go of on blue, resting
+        executor.act(at(0.49, z, gripper), STACK)
+    green_on_red = Subtask(text="put the green block on the red block", index=1)
+    executor.act(at(0.0, 0.12), green_on_red)
+    assert steered[-1] == [0.49, 0.2]  # the tower memory: where red was let go of, less the offset held now
+    executor.act(at(0.49, 0.041), green_on_red)  # red is not there any more: the block came down on the table
+    executor.act(at(0.49, 0.09), green_on_red)
+    assert steered[-1] != [0.49, 0.2] and "red" not in executor._released
+
+
+def test_the_guarded_place_needs_colours_to_tell_a_stack():
+    model = tiny_model(vision_stem="conv", keypoints=4, waypoint_loss=1.0, waypoint_head="heatmap",
+                       table_homography=TOP_DOWN, waypoint_target=True, action_dim=4)
+    with pytest.raises(ValueError, match="colours"):
+        FlowExecutor(model, guarded_place=GUARD)
+    with pytest.raises(ValueError, match="retries"):
+        GuardedPlaceConfig(**{**GUARD, "retries": -1})
