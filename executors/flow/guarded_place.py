@@ -10,12 +10,17 @@ load stops, then open. Here the cup's position servo stops when the held block m
 
 - a chunk that would let go before the next chunk is asked for (within ``horizon`` steps), under a subtask that puts
   a block on a block, keeps the suction on and comes straight down ``step`` per step instead;
+- the learned chunks that follow are replaced the same way, whether they would let go or not (held back, they come
+  back up and down over the place);
 - at the next chunk, the effector having come down less than ``stall`` since (it rests on something), it lets go
-  there: one step takes back what the descent pressed on, then the cup rises straight up ``rise`` with the suction
-  off;
-- with the effector below ``floor`` (the held block is on the table or in a bowl: nothing of a block's height is under
-  it) the place is given up: the cup rises ``rise`` still holding, and the executor keeps that spot off its place map
-  for the subtask (as the place check does), up to ``retries`` times per subtask.
+  there: one step takes back what the descent pressed on (let go of with the servo's command below the cup, the cup
+  drives on into the block and its retreat drags the tower along), then the cup rises straight up ``rise`` with the
+  suction off;
+- with the effector below ``floor`` (the held block rests on the table, in a bowl or tilted on its rim: nothing of a
+  block's height is under it) the place is given up: the cup rises ``rise`` still holding, and the executor keeps that
+  spot off its place map for the subtask (as the place check does), up to ``retries`` times per subtask.
+
+Oracle agent, 150 held-out `stack` seeds: 0.70 -> 0.853, releases on target 0.66 -> 0.86 (docs/experiments.md).
 
 The embodiment's state starts with the effector's (x, y, z) and its actions with (dx, dy, dz) per step, as the
 tabletop's do.
