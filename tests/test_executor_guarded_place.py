@@ -113,22 +113,3 @@ def test_the_guarded_place_needs_colours_to_tell_a_stack():
         FlowExecutor(model, guarded_place=GUARD)
     with pytest.raises(ValueError, match="retries"):
         GuardedPlaceConfig(**{**GUARD, "retries": -1})
-
-
-def test_after_letting_go_on_a_block_the_cup_waits_for_the_planner(tmp_path):
-    InHandOffset(replace(TINY, colours=["red", "blue", "green"])).save_pretrained(tmp_path / "in_hand")
-    model = tiny_model(vision_stem="conv", keypoints=4, waypoint_loss=1.0, waypoint_head="heatmap",
-                       table_homography=TOP_DOWN, waypoint_target=True, action_dim=4)
-    executor = FlowExecutor(model, in_hand=str(tmp_path / "in_hand"), guarded_place={**GUARD, "wait": 2})
-    executor.in_hand.read = lambda image: WristReading(np.array([0.0, 0.0], np.float32))
-    learned = releasing(model.cfg.chunk)
-    model.sample_actions = lambda batch, *a, **k: torch.from_numpy(learned)[None]
-    executor.act(at(0.3, 0.1), STACK)  # comes down instead of letting go
-    assert (executor.act(at(0.3, 0.1), STACK).actions[1:, 3] == 0.0).all()  # rests: lets go
-    for _ in range(2):  # the gripper open, the same subtask: still, twice
-        assert np.array_equal(executor.act(at(0.3, 0.18, 0.0), STACK).actions, np.zeros_like(learned))
-    assert np.array_equal(executor.act(at(0.3, 0.18, 0.0), STACK).actions, learned)  # then as learned
-    executor.act(at(0.3, 0.1), STACK)
-    executor.act(at(0.3, 0.1), STACK)  # let go again
-    next_one = Subtask(text="put the green block on the red block", index=1)
-    assert np.array_equal(executor.act(at(0.3, 0.18, 0.0), next_one).actions, learned)  # the planner moved on

@@ -16,8 +16,6 @@ load stops, then open. Here the cup's position servo stops when the held block m
   there: one step takes back what the descent pressed on (let go of with the servo's command below the cup, the cup
   drives on into the block and its retreat drags the tower along), then the cup rises straight up ``rise`` with the
   suction off;
-- then it holds still, the suction off, for up to ``wait`` chunks while the subtask stays the same (the planner sees
-  the tower and moves on; the learned chunks would take the block under the cup again);
 - with the effector below ``floor`` (the held block rests on the table, in a bowl or tilted on its rim: nothing of a
   block's height is under it) the place is given up: the cup rises ``rise`` still holding, and the executor keeps that
   spot off its place map for the subtask (as the place check does), up to ``retries`` times per subtask.
@@ -50,9 +48,6 @@ class GuardedPlaceConfig(BaseModel):
     # Steps of a chunk that run before the next chunk is asked for (after the first ``committed``): a release
     # planned later is planned again before it runs, so it is left alone.
     horizon: int = Field(4, ge=1)
-    # Chunks the cup then holds still, the suction off, while the subtask stays the same: the learned chunks take the
-    # block they see under the cup again, before the planner has moved on.
-    wait: int = Field(0, ge=0)
 
 
 def first_release(actions: np.ndarray, committed: int = 0, gripper_index: int = -1) -> int | None:
@@ -82,13 +77,6 @@ def let_go(actions: np.ndarray, cfg: GuardedPlaceConfig, came_down: float, commi
     out[committed + 1:] = out[committed:-1]
     out[committed] = 0.0
     out[committed, 2], out[committed, gripper_index] = max(0.0, cfg.horizon * cfg.step - came_down), 1.0
-    return out
-
-
-def hold_still(actions: np.ndarray, committed: int = 0, gripper_index: int = -1) -> np.ndarray:
-    """``actions`` ``(H, A)`` replaced, after the first ``committed``, by no motion with the suction off."""
-    out = np.array(actions, dtype=np.float32, copy=True)
-    out[committed:] = 0.0
     return out
 
 

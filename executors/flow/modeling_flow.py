@@ -28,7 +28,6 @@ from executors.flow.guarded_place import (
     GuardedPlaceConfig,
     descend_holding,
     first_release,
-    hold_still,
     let_go,
     rise_holding,
 )
@@ -588,7 +587,6 @@ class FlowExecutor:
         self._held_offset: torch.Tensor | None = None  # the held block's offset from the cup (1, 2), last read
         # (subtask, effector z) at the chunk before, where a guarded place came down instead of letting go
         self._guard: tuple[str | None, float] | None = None
-        self._rested: tuple[str | None, int] | None = None  # (subtask, chunks left to wait) after a guarded let-go
         self._places_given_up: dict[str | None, int] = {}  # subtask -> places the guarded place gave up under it
 
     def remember_releases(self, releases: list[tuple[str | None, np.ndarray]]) -> None:
@@ -717,10 +715,6 @@ class FlowExecutor:
         over the place instead of letting go there."""
         cfg, text, grip = self.guarded_place, _text(subtask), self.cfg.gripper_index
         guard, self._guard = self._guard, None
-        rested, self._rested = self._rested, None
-        if rested is not None and rested[0] == text and rested[1] > 0 and not self._held:
-            self._rested = (text, rested[1] - 1)  # let go of on a block: wait for the planner to move on
-            return hold_still(actions, committed, grip), None
         if not self._held or support_colour(text, self._colours) is None:
             return actions, None
         came_from = guard[1] if guard is not None and guard[0] == text else None  # z at the chunk before, coming down
@@ -733,7 +727,6 @@ class FlowExecutor:
             log.info(why)
             return rise_holding(actions, cfg, committed, grip), why
         if came_from is not None and abs(came_from - z) < cfg.stall:  # it rests on a support: let go, pressing no more
-            self._rested = (text, cfg.wait)
             return let_go(actions, cfg, came_from - z, committed, grip), None
         self._guard = (text, z)
         return descend_holding(actions, committed, cfg.step, grip), None
