@@ -113,3 +113,14 @@ def test_the_guarded_place_needs_colours_to_tell_a_stack():
         FlowExecutor(model, guarded_place=GUARD)
     with pytest.raises(ValueError, match="retries"):
         GuardedPlaceConfig(**{**GUARD, "retries": -1})
+
+
+def test_a_block_let_go_of_resting_on_a_block_tells_the_planners_check_its_subtask_is_finished(guarded):
+    executor, _ = guarded
+    other = "put the green block on the red block"
+    executor.act(at(0.3, 0.12), STACK)
+    executor.act(at(0.3, 0.12), STACK)  # rests: let go
+    finished, still = executor.affordance(at(0.3, 0.2, 0.0), [STACK.text, other])
+    assert finished == 0.0 and still > 0.0  # the planner's recheck will not keep it
+    executor.act(at(0.3, 0.2, 0.0), Subtask(text=other, index=1))  # the planner moved on: forgotten
+    assert executor.affordance(at(0.3, 0.2, 0.0), [STACK.text])[0] > 0.0

@@ -587,6 +587,7 @@ class FlowExecutor:
         self._held_offset: torch.Tensor | None = None  # the held block's offset from the cup (1, 2), last read
         # (subtask, effector z) at the chunk before, where a guarded place came down instead of letting go
         self._guard: tuple[str | None, float] | None = None
+        self._rested: str | None = None  # the subtask under way, if its block was let go of resting on a block
         self._places_given_up: dict[str | None, int] = {}  # subtask -> places the guarded place gave up under it
 
     def remember_releases(self, releases: list[tuple[str | None, np.ndarray]]) -> None:
@@ -715,6 +716,8 @@ class FlowExecutor:
         over the place instead of letting go there."""
         cfg, text, grip = self.guarded_place, _text(subtask), self.cfg.gripper_index
         guard, self._guard = self._guard, None
+        if self._held or text != self._rested:
+            self._rested = None
         if not self._held or support_colour(text, self._colours) is None:
             return actions, None
         came_from = guard[1] if guard is not None and guard[0] == text else None  # z at the chunk before, coming down
@@ -727,6 +730,7 @@ class FlowExecutor:
             log.info(why)
             return rise_holding(actions, cfg, committed, grip), why
         if came_from is not None and abs(came_from - z) < cfg.stall:  # it rests on a support: let go, pressing no more
+            self._rested = text
             return let_go(actions, cfg, came_from - z, committed, grip), None
         self._guard = (text, z)
         return descend_holding(actions, committed, cfg.step, grip), None
@@ -862,6 +866,13 @@ class FlowExecutor:
         held = self._held_scores(obs, batch["state"], subtasks)
         if held is not None:
             return held
+        scores = self._front_scores(batch, subtasks)
+        if self._rested is not None:  # the guarded place felt its block come to rest on a block: finished
+            scores[[text == self._rested for text in subtasks]] = 0.0
+        return scores
+
+    def _front_scores(self, batch: dict[str, torch.Tensor], subtasks: list[str]) -> np.ndarray:
+        """`affordance` off the front camera: the learned head, or the waypoint maps' contrast and reach."""
         k = len(subtasks)
         batch = {name: value.expand(k, *value.shape[1:]) for name, value in batch.items()}
         batch["text_ids"] = self.tokenizer(list(subtasks))
