@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from executors.flow.in_hand import WristReading
 from executors.flow.subtask_colours import subtask_colour
+from executors.flow.transit import climb_straight_up
 
 
 class GraspCheckConfig(BaseModel):
@@ -55,10 +56,4 @@ def let_go_and_rise(actions: np.ndarray, cfg: GraspCheckConfig, committed: int =
                     gripper_index: int = -1) -> np.ndarray:
     """``actions`` ``(H, A)`` replaced, after the first ``committed`` (real-time chunking's prefix, already on their
     way), by a release that rises straight up by ``cfg.rise`` and then holds still."""
-    out = np.array(actions, dtype=np.float32, copy=True)
-    rest = out[committed:]
-    rest[:] = 0.0  # no sideways motion, suction off
-    climb = np.minimum(cfg.step, np.maximum(0.0, cfg.rise - cfg.step * np.arange(len(rest))))
-    rest[:, 2] = climb
-    rest[:, gripper_index] = 0.0
-    return out
+    return climb_straight_up(actions, cfg.rise, cfg.step, 0.0, committed, gripper_index)

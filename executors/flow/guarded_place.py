@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from executors.flow.transit import climb_straight_up
 from executors.flow.waypoints import GRIPPER_ON
 
 
@@ -73,7 +74,7 @@ def let_go(actions: np.ndarray, cfg: GuardedPlaceConfig, came_down: float, commi
     then a release rising straight up by ``cfg.rise``. Let go of with the command still below the cup, the servo
     drives the cup on down onto the block, and a retreat sideways drags the tower along; and the learned chunks,
     held back from letting go, come back up and down over the place instead of letting go there."""
-    out = _climb(actions, cfg, committed, gripper_index, suction=0.0)
+    out = climb_straight_up(actions, cfg.rise, cfg.rise_step, 0.0, committed, gripper_index)
     out[committed + 1:] = out[committed:-1]
     out[committed] = 0.0
     out[committed, 2], out[committed, gripper_index] = max(0.0, cfg.horizon * cfg.step - came_down), 1.0
@@ -84,14 +85,4 @@ def rise_holding(actions: np.ndarray, cfg: GuardedPlaceConfig, committed: int = 
                  gripper_index: int = -1) -> np.ndarray:
     """``actions`` ``(H, A)`` replaced, after the first ``committed``, by a climb straight up by ``cfg.rise`` with the
     suction on, then holding still."""
-    return _climb(actions, cfg, committed, gripper_index, suction=1.0)
-
-
-def _climb(actions: np.ndarray, cfg: GuardedPlaceConfig, committed: int, gripper_index: int,
-           suction: float) -> np.ndarray:
-    out = np.array(actions, dtype=np.float32, copy=True)
-    rest = out[committed:]
-    rest[:] = 0.0
-    rest[:, 2] = np.minimum(cfg.rise_step, np.maximum(0.0, cfg.rise - cfg.rise_step * np.arange(len(rest))))
-    rest[:, gripper_index] = suction
-    return out
+    return climb_straight_up(actions, cfg.rise, cfg.rise_step, 1.0, committed, gripper_index)

@@ -633,9 +633,14 @@ class FlowExecutor:
         tower's next level goes there."""
         colour = subtask_colour(self._subtask, self._colours)
         if self.place_on_released and colour and support_colour(self._subtask, self._colours):
-            offset = self._held_offset if self._held_offset is not None else torch.zeros(1, 2, device=self.device)
-            self._released[colour] = state[:, :2].float() + offset
+            self._released[colour] = self._held_block_xy(state)
         self._held_offset = None
+
+    def _held_block_xy(self, state: torch.Tensor) -> torch.Tensor:
+        """``(1, 2)``: where the held block is, the effector's xy plus its offset read last off the wrist camera."""
+        if self._held_offset is None:
+            return state[:, :2].float()
+        return state[:, :2].float() + self._held_offset
 
     def _released_support(self, text: str | None) -> torch.Tensor | None:
         """``(1, 2)``: where this episode let go of the block subtask ``text`` stacks on, if it did
@@ -738,8 +743,7 @@ class FlowExecutor:
     def _give_up_place(self, state: torch.Tensor, text: str | None) -> None:
         """Keep where the held block came down off the place map for subtask ``text``, and forget the place steered
         to there (a tower memory that sent it there included: the block let go of there is gone)."""
-        offset = self._held_offset if self._held_offset is not None else torch.zeros(1, 2, device=self.device)
-        self._wrong_places.append((text, (state[:, :2].float() + offset)[0]))
+        self._wrong_places.append((text, self._held_block_xy(state)[0]))
         self._places_given_up[text] = self._places_given_up.get(text, 0) + 1
         self._place, self._supports = None, []
         self._released.pop(support_colour(text, self._colours) or "", None)

@@ -65,3 +65,16 @@ def held_steps(actions: np.ndarray, position: np.ndarray, gripper_index: int = -
             return
         yield k, a, p
         p += a[:3]
+
+
+def climb_straight_up(actions: np.ndarray, rise: float, step: float, suction: float, committed: int = 0,
+                      gripper_index: int = -1) -> np.ndarray:
+    """``actions`` ``(H, A)`` replaced, after the first ``committed`` (real-time chunking's prefix, already on their
+    way), by a climb straight up by ``rise`` at ``step`` per step with the suction command ``suction``, then holding
+    still."""
+    out = np.array(actions, dtype=np.float32, copy=True)
+    rest = out[committed:]
+    rest[:] = 0.0  # no sideways motion
+    rest[:, 2] = np.minimum(step, np.maximum(0.0, rise - step * np.arange(len(rest))))
+    rest[:, gripper_index] = suction
+    return out
