@@ -514,3 +514,19 @@ def test_a_failing_check_after_a_release_leaves_the_planners_reply(caplog):
         got = [planner.plan(obs, "stack", []).subtask for obs in at]
     assert got == [RED, BLUE]  # held through the grip, then the planner's own reply: nothing retried on no evidence
     assert "affordance check failed: executor gone" in caplog.text
+
+
+@pytest.mark.parametrize("red, gives_way, expected", [(0.0, True, BLUE), (0.0, False, RED), (0.2, True, RED)])
+def test_a_finished_subtask_gives_way_to_the_likeliest_reply_that_may_still_start(red, gives_way, expected):
+    keep_red = ranked(PlanStep(subtask=RED), PlanStep(subtask=BLUE), PlanStep(subtask=GREEN))
+    planner = VLMPlanner(CandidatesBackend(keep_red, keep_red), vocabulary=[RED, BLUE, GREEN],
+                         prompt={"gripper_index": -1}, replan={"keep_while_holding": True},
+                         affordance={"candidates": 4, "recheck": True, "done_below": 0.1,
+                                     "finished_gives_way": gives_way})
+    planner.use_affordance(scorer({RED: red, BLUE: 0.3, GREEN: 0.05}))  # none passes min_score 0.5
+    planner.resume(RED)
+    assert planner.plan(gripper_at(1.0), "stack", []).subtask == RED  # carrying: not asked
+    got = planner.plan(gripper_at(0.0), "stack", [])  # let go: the executor finds RED finished when it scores 0
+    assert got.subtask == expected
+    if expected == BLUE:
+        assert "looks finished (0.00); 0.30 for" in got.reason

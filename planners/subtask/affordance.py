@@ -83,6 +83,13 @@ class AffordanceCheck(BaseModel):
                                     "until it is taken again; it still holds \"done\" back, and the widened "
                                     "search passes it over")
 
+    # Traced on the tabletop's `stack` (hierarchical agent): after a block was let go of resting on its support the
+    # executor scores that subtask 0, but the right next one scored 0.1-0.5 and the planner kept the finished one;
+    # its chunks then took the block off the tower again (6-9 of 100 episodes).
+    finished_gives_way: bool = Field(False, description="once the gripper has let go since the subtask under way "
+                                     "began, a reply that keeps it while the check scores it below done_below (its "
+                                     "block placed) gives way to the likeliest new subtask among the replies that "
+                                     "scores done_below (needs recheck)")
     # Traced on the tabletop's `stack` (hierarchical agent): after a placement that did not stay up the planner
     # most often carries on as if the tower stood; the executor's check still sees the block to be put there.
     retry_min: float | None = Field(None, ge=0, le=1, description="once the gripper has let go since the subtask "

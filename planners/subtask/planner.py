@@ -187,12 +187,37 @@ class VLMPlanner:
                 step = steps[0].model_copy(update={"reason": why})
             else:
                 step = step.model_copy(update={"reason": f"{step.reason} (log p {gap:.1f} from the best)"})
+        if check.finished_gives_way and may_be_finished and not step.done and step.subtask == self.current:
+            step = self._past_finished(steps, obs) or step
         if check.widen and unafforded(step, current, obs, self._score, check.min_score):
             reply = None
             if product:  # the reply found so far, with the beam's log-probability of it
                 reply = (step, _log_prob_of(step, steps, log_probs))
             step = self._widened(messages, image, obs, current, step, reply, step.subtask in last) or step
         return self._retried(step, obs, stale)
+
+    def _past_finished(self, steps: list[PlanStep], obs: Observation) -> PlanStep | None:
+        """The likeliest new subtask among ``steps`` that the check scores `done_score`, when it scores the subtask
+        under way below that (the executor finds nothing left of it: its block let go of resting where it goes)
+        (`AffordanceCheck.finished_gives_way`); None otherwise, or when the check fails."""
+        others = [s.subtask for s in steps if not s.done and s.subtask != self.current]
+        if not others:
+            return None
+        try:
+            values = np.asarray(self._score(obs, [self.current, *others]), np.float64).reshape(-1)
+            if len(values) != len(others) + 1 or not np.isfinite(values).all():
+                raise ValueError(f"expected {len(others) + 1} finite scores, got {values.tolist()}")
+        except Exception as err:  # noqa: BLE001 - the check must not stop the robot
+            log.warning("planner: affordance check failed: %s", err)
+            return None
+        threshold = self._done_score()
+        if values[0] >= threshold:
+            return None
+        for text, value in zip(others, values[1:].tolist(), strict=True):
+            if value >= threshold:
+                why = f"affordance: {self.current!r} looks finished ({values[0]:.2f}); {value:.2f} for {text!r}"
+                return PlanStep(subtask=text, reason=why)
+        return None
 
     def _read_placed(self, instruction: str, done: list[str], current: str | None, state: np.ndarray,
                      releases: int, image: np.ndarray) -> bool | None:
