@@ -45,9 +45,9 @@ def test_the_chunk_edits():
     up = rise_holding(chunk, GuardedPlaceConfig(**GUARD), committed=1)
     assert np.array_equal(up[:1], chunk[:1]) and (up[1:, 3] == 1.0).all() and np.allclose(up[1:, :2], 0.0)
     assert np.isclose(up[1:, 2].sum(), 0.05) and up[1:, 2].max() <= 0.02
-    let = let_go(chunk, GuardedPlaceConfig(**GUARD), came_down=0.01, committed=1)
+    let = let_go(chunk, GuardedPlaceConfig(**GUARD), pressed=0.03, committed=1)
     assert np.array_equal(let[:1], chunk[:1])
-    assert np.allclose(let[1], [0.0, 0.0, 0.03, 1.0])  # 4 steps of 1 cm commanded, 1 cm of it moved: taken back
+    assert np.allclose(let[1], [0.0, 0.0, 0.03, 1.0])  # what the descent pressed below where the cup stopped: taken back
     assert (let[2:, 3] == 0.0).all() and np.allclose(let[2:, :2], 0.0) and np.isclose(let[2:, 2].sum(), 0.05)
 
 
@@ -124,3 +124,24 @@ def test_a_block_let_go_of_resting_on_a_block_tells_the_planners_check_its_subta
     assert finished == 0.0 and still > 0.0  # the planner's recheck will not keep it
     executor.act(at(0.3, 0.2, 0.0), Subtask(text=other, index=1))  # the planner moved on: forgotten
     assert executor.affordance(at(0.3, 0.2, 0.0), [STACK.text])[0] > 0.0
+
+
+def test_a_learned_descent_that_stalls_lets_go_where_it_rests(guarded):
+    executor, _ = guarded
+    model, chunks = executor.model, executor.model.sample_actions
+    pressing = releasing(model.cfg.chunk, at_step=10)
+    pressing[:, 2] = -0.012  # 1.2 cm a step down, letting go beyond the next chunk
+    model.sample_actions = lambda batch, *a, **k: torch.from_numpy(pressing)[None]
+    chunk = executor.act(at(0.3, 0.16), STACK)  # as learned: the release is planned again at the next chunk
+    assert np.array_equal(chunk.actions, pressing)
+    chunk = executor.act(at(0.3, 0.159), STACK)  # it did not come down: resting on a tower higher than expected
+    assert np.allclose(chunk.actions[0], [0.0, 0.0, 0.047, 1.0])  # 4.8 cm commanded, 1 mm of it moved: taken back
+    assert (chunk.actions[1:, 3] == 0.0).all()  # let go of, rising
+    executor.reset()
+    executor.act(at(0.3, 0.16), STACK)
+    assert executor.act(at(0.3, 0.12), STACK).actions[0, 3] == 1.0  # it came down 4 cm: nothing to do
+    still = np.tile(np.array([0.0, 0.0, 0.0, 1.0], np.float32), (model.cfg.chunk, 1))
+    model.sample_actions = lambda batch, *a, **k: torch.from_numpy(still)[None]
+    executor.act(at(0.3, 0.12), STACK)  # holding still, as learned: no descent to watch
+    assert np.array_equal(executor.act(at(0.3, 0.12), STACK).actions, still)
+    model.sample_actions = chunks

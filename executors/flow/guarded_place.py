@@ -12,6 +12,9 @@ load stops, then open. Here the cup's position servo stops when the held block m
   a block on a block, keeps the suction on and comes straight down ``step`` per step instead;
 - the learned chunks that follow are replaced the same way, whether they would let go or not (held back, they come
   back up and down over the place);
+- a learned chunk that comes down ``horizon`` x ``step`` or more over those steps, letting go later, is watched the
+  same way: the chunks expect the place lower than it is (a tower a level higher than they believe) and, the cup
+  resting on it, would press down for ever without letting go;
 - at the next chunk, the effector having come down less than ``stall`` since (it rests on something), it lets go
   there: one step takes back what the descent pressed on (let go of with the servo's command below the cup, the cup
   drives on into the block and its retreat drags the tower along), then the cup rises straight up ``rise`` with the
@@ -67,17 +70,17 @@ def descend_holding(actions: np.ndarray, start: int, step: float, gripper_index:
     return out
 
 
-def let_go(actions: np.ndarray, cfg: GuardedPlaceConfig, came_down: float, committed: int = 0,
+def let_go(actions: np.ndarray, cfg: GuardedPlaceConfig, pressed: float, committed: int = 0,
            gripper_index: int = -1) -> np.ndarray:
     """``actions`` ``(H, A)`` replaced, after the first ``committed``, by one step that takes back what the descent of
-    the chunk before pressed on (``cfg.horizon`` steps of ``cfg.step`` commanded, ``came_down`` metres of them moved),
-    then a release rising straight up by ``cfg.rise``. Let go of with the command still below the cup, the servo
+    the chunk before pressed on (``pressed``: how far its commands went below where the cup stopped), then a release
+    rising straight up by ``cfg.rise``. Let go of with the command still below the cup, the servo
     drives the cup on down onto the block, and a retreat sideways drags the tower along; and the learned chunks,
     held back from letting go, come back up and down over the place instead of letting go there."""
     out = climb_straight_up(actions, cfg.rise, cfg.rise_step, 0.0, committed, gripper_index)
     out[committed + 1:] = out[committed:-1]
     out[committed] = 0.0
-    out[committed, 2], out[committed, gripper_index] = max(0.0, cfg.horizon * cfg.step - came_down), 1.0
+    out[committed, 2], out[committed, gripper_index] = max(0.0, pressed), 1.0
     return out
 
 

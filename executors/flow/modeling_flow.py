@@ -585,8 +585,9 @@ class FlowExecutor:
         self._place_checked = False  # whether the place steered to now was checked already
         self._released: dict[str, torch.Tensor] = {}  # colour -> where this episode let go of that block, xy (1, 2)
         self._held_offset: torch.Tensor | None = None  # the held block's offset from the cup (1, 2), last read
-        # (subtask, effector z) at the chunk before, where a guarded place came down instead of letting go
-        self._guard: tuple[str | None, float] | None = None
+        # (subtask, effector z, how far below it the command went, whether the guard made the descent) at the chunk
+        # before, where the held block came down under a block-on-block subtask
+        self._guard: tuple[str | None, float, float, bool] | None = None
         self._rested: str | None = None  # the subtask under way, if its block was let go of resting on a block
         self._places_given_up: dict[str | None, int] = {}  # subtask -> places the guarded place gave up under it
 
@@ -725,20 +726,33 @@ class FlowExecutor:
             self._rested = None
         if not self._held or support_colour(text, self._colours) is None:
             return actions, None
-        came_from = guard[1] if guard is not None and guard[0] == text else None  # z at the chunk before, coming down
+        # (text, z, how far below the cup the command went, guarded) at the chunk before, coming down
+        came = guard if guard is not None and guard[0] == text else None
         release, z = first_release(actions, committed, grip), float(state[0, 2])
-        if came_from is None and (release is None or release >= committed + cfg.horizon):
-            return actions, None  # no release before the next chunk: a later one is planned again
-        if z < cfg.floor and self._places_given_up.get(text, 0) < cfg.retries:
-            self._give_up_place(state, text)
-            why = f"guarded place: the held block rests on no block ({100 * z:.1f} cm up) under {text!r}: another place"
-            log.info(why)
-            return rise_holding(actions, cfg, committed, grip), why
-        if came_from is not None and abs(came_from - z) < cfg.stall:  # it rests on a support: let go, pressing no more
+        if came is not None and abs(came[1] - z) < cfg.stall:  # pressed down and did not move: it rests on something
+            if z < cfg.floor and self._places_given_up.get(text, 0) < cfg.retries:
+                return self._rise_from(actions, state, text, z, committed)
             self._rested = text
-            return let_go(actions, cfg, came_from - z, committed, grip), None
-        self._guard = (text, z)
+            return let_go(actions, cfg, came[2] - (came[1] - z), committed, grip), None
+        if (came is None or not came[3]) and (release is None or release >= committed + cfg.horizon):
+            # no release before the next chunk (a later one is planned again); a learned descent that stalls lets
+            # go all the same (it rests on a tower higher than the chunks expect, and they would press on for ever)
+            down = -float(np.asarray(actions)[committed:committed + cfg.horizon, 2].sum())
+            if down >= cfg.horizon * cfg.step:
+                self._guard = (text, z, down, False)
+            return actions, None
+        if z < cfg.floor and self._places_given_up.get(text, 0) < cfg.retries:
+            return self._rise_from(actions, state, text, z, committed)
+        self._guard = (text, z, cfg.horizon * cfg.step, True)
         return descend_holding(actions, committed, cfg.step, grip), None
+
+    def _rise_from(self, actions: np.ndarray, state: torch.Tensor, text: str | None, z: float,
+                   committed: int) -> tuple[np.ndarray, str]:
+        """Give the place up (`_give_up_place`): the chunk rises still holding, and why."""
+        self._give_up_place(state, text)
+        why = f"guarded place: the held block rests on no block ({100 * z:.1f} cm up) under {text!r}: another place"
+        log.info(why)
+        return rise_holding(actions, self.guarded_place, committed, self.cfg.gripper_index), why
 
     def _give_up_place(self, state: torch.Tensor, text: str | None) -> None:
         """Keep where the held block came down off the place map for subtask ``text``, and forget the place steered
