@@ -546,22 +546,11 @@ class FlowExecutor:
         self.reset()
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str = "cpu", flow_steps: int | None = None,
-                        dtype: str = "float32", seed: int = 0, cuda_graph: bool = False,
-                        noise_scale: float = 1.0, affordance: dict | None = None,
-                        pick_persistence: float | None = None, place_inhibition: float | None = None,
-                        place_lock_distance: float | None = None, affordance_inhibition: bool = True,
-                        transit: dict | None = None, in_hand: str | None = None,
-                        support_snap: float = 0.04, align: dict | None = None,
-                        offset_over_support_only: bool = True,
-                        place_persistence: float | None = None, grasp_check: dict | None = None,
-                        place_check: dict | None = None, place_on_released: bool = False,
-                        guarded_place: dict | None = None) -> FlowExecutor:
+    def from_pretrained(cls, path: str | Path, device: str = "cpu", **settings) -> FlowExecutor:
+        """The executor saved in ``path`` (`save_pretrained`), with the run-time ``settings`` of `__init__` by name
+        (flow_steps, dtype, seed, the pick and place rules...): a checkpoint holds the weights, a config the rules."""
         model = FlowModel.from_pretrained(path)
-        return cls(model, load_tokenizer(model.cfg, path), device, flow_steps, dtype, seed, cuda_graph, noise_scale,
-                   affordance, pick_persistence, place_inhibition, place_lock_distance, affordance_inhibition, transit,
-                   in_hand, support_snap, align, offset_over_support_only, place_persistence, grasp_check,
-                   place_check, place_on_released, guarded_place)
+        return cls(model, load_tokenizer(model.cfg, path), device, **settings)
 
     def save_pretrained(self, directory: str | Path) -> None:
         self.model.save_pretrained(directory)
