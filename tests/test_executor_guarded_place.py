@@ -145,3 +145,24 @@ def test_a_learned_descent_that_stalls_lets_go_where_it_rests(guarded):
     executor.act(at(0.3, 0.12), STACK)  # holding still, as learned: no descent to watch
     assert np.array_equal(executor.act(at(0.3, 0.12), STACK).actions, still)
     model.sample_actions = chunks
+
+
+def test_a_learned_descent_is_watched_only_when_every_step_before_the_next_chunk_comes_down(guarded):
+    executor, _ = guarded
+    pressing = releasing(executor.model.cfg.chunk, at_step=10)
+    pressing[:, 2] = -0.012
+
+    def sample(batch, steps, noise, prefix=None, context=None):  # real-time chunking: the prefix comes back as given
+        out = pressing.copy()
+        if prefix is not None:
+            out[: prefix.shape[1]] = prefix[0].numpy()
+        return torch.from_numpy(out)[None]
+
+    executor.model.sample_actions = sample
+    holding = np.array([[0.0, 0.0, 0.0, 1.0]], np.float32)  # a committed prefix holding still
+    executor.act(at(0.3, 0.16), STACK, prefix=holding)
+    chunk = executor.act(at(0.3, 0.16), STACK, prefix=holding)  # only the prefix may have run: no rest read from it
+    assert executor._rested is None and np.allclose(chunk.actions[1:], pressing[1:])
+    executor.act(at(0.3, 0.16), STACK, prefix=pressing[:1])  # the prefix comes down too
+    chunk = executor.act(at(0.3, 0.16), STACK, prefix=pressing[:1])  # and the cup did not: it rests
+    assert executor._rested == STACK.text and (chunk.actions[2:, 3] == 0.0).all()

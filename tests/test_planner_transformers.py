@@ -256,7 +256,7 @@ def test_fine_tuning_with_the_release_camera_shows_the_last_release_after_the_fr
     with pytest.raises(ValueError, match="placed_fraction"):
         train(str(tiny_data.root), str(tmp_path / "bad"), steps=1, model=TINY, placed_fraction=0.3)
     processor = AutoProcessor.from_pretrained(out)
-    batch = collate(processor, None, front, [replace(ex, placed=False)], prompt, release_frames=wrist)
+    batch = collate(processor, front, [replace(ex, placed=False)], prompt, release_frames=wrist)
     labels = batch["labels"][0]
     assert processor.tokenizer.decode(labels[labels >= 0]) == '{"placed": false}<|im_end|>'
     assert PLACED_QUESTION in processor.tokenizer.decode(batch["input_ids"][0])
@@ -265,7 +265,7 @@ def test_fine_tuning_with_the_release_camera_shows_the_last_release_after_the_fr
     told = prompt.model_copy(update={"placed_in_prompt": True})
 
     def prompt_of(example, **kw):
-        return processor.tokenizer.decode(collate(processor, None, front, [example], told, release_frames=wrist,
+        return processor.tokenizer.decode(collate(processor, front, [example], told, release_frames=wrist,
                                                   **kw)["input_ids"][0])
 
     assert "Placed: yes" in prompt_of(ex)
@@ -289,7 +289,7 @@ def test_an_auxiliary_example_asks_what_is_left_and_is_trained_on_that_list(tiny
     prompt = PromptConfig(system=None, schema_in_prompt=False, image_size=56)
     next_step = Example(0, INSTRUCTION, [], None, PlanStep(subtask=PLAN[0]), frozenset({PLAN[0]}))
     aux = Example(0, INSTRUCTION, [], None, PlanStep(subtask=PLAN[0]), frozenset({PLAN[0]}), left=tuple(PLAN))
-    batch = collate(processor, None, frames, [next_step, aux], prompt)
+    batch = collate(processor, frames, [next_step, aux], prompt)
     texts = processor.batch_decode(batch["input_ids"], skip_special_tokens=False)
     assert LEFT_QUESTION not in texts[0] and LEFT_QUESTION in texts[1]
     labels = [processor.decode(row[row >= 0]) for row in batch["labels"]]
@@ -381,8 +381,8 @@ def test_fine_tuning_mixes_in_the_planners_own_situations(trained, tiny_data, tm
 
     seen = []
     collate = trainer.collate
-    monkeypatch.setattr(trainer, "collate", lambda proc, b, frames, exs, *a: seen.extend(exs) or collate(
-        proc, b, frames, exs, *a))
+    monkeypatch.setattr(trainer, "collate", lambda proc, frames, exs, *a: seen.extend(exs) or collate(
+        proc, frames, exs, *a))
     no_data, scene_naming = {"on_policy_fraction": 0.5}, {"on_policy": str(tmp_path / "onpol"), "ordinals": "scene",
                                                           "on_policy_fraction": 0.5}
     for bad in (no_data, scene_naming):

@@ -725,9 +725,12 @@ class FlowExecutor:
             return let_go(actions, cfg, came[2] - (came[1] - z), committed, grip), None
         if (came is None or not came[3]) and (release is None or release >= committed + cfg.horizon):
             # no release before the next chunk (a later one is planned again); a learned descent that stalls lets
-            # go all the same (it rests on a tower higher than the chunks expect, and they would press on for ever)
-            down = -float(np.asarray(actions)[committed:committed + cfg.horizon, 2].sum())
-            if down >= cfg.horizon * cfg.step:
+            # go all the same (it rests on a tower higher than the chunks expect, and they would press on for ever).
+            # Every step up to then comes down, the committed prefix's too: whichever of them run before the next
+            # chunk (an asynchronous runtime's count varies), a cup that did not move rests on something.
+            dz = np.asarray(actions)[: committed + cfg.horizon, 2]
+            down = -float(dz[committed:].sum())
+            if (dz < 0).all() and down >= cfg.horizon * cfg.step:
                 self._guard = (text, z, down, False)
             return actions, None
         if z < cfg.floor and self._places_given_up.get(text, 0) < cfg.retries:

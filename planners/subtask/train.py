@@ -110,7 +110,7 @@ def example_image(ex: Example, frames: np.ndarray, prompt: PromptConfig, release
     return np.concatenate([frames[ex.frame], tile], axis=1)
 
 
-def collate(processor, builder: ExampleBuilder, frames: np.ndarray, examples, prompt: PromptConfig,
+def collate(processor, frames: np.ndarray, examples, prompt: PromptConfig,
             augment=None, states: np.ndarray | None = None, release_frames: np.ndarray | None = None,
             rng: np.random.Generator | None = None, placed_noise: float = 0.0):
     """Processor inputs for a batch with labels on the reply tokens only (right padding).
@@ -316,7 +316,7 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     t0, losses, step = time.monotonic(), [], start
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="planner", disable=not accelerator.is_main_process)
     for step in bar:
-        batch = collate(processor, builder, frames, [draw() for _ in range(batch_size)], prompt, augment,
+        batch = collate(processor, frames, [draw() for _ in range(batch_size)], prompt, augment,
                         states if state_in_prompt else None, release_frames, rng, placed_noise).to(accelerator.device)
         loss = net(**batch).loss
         accelerator.backward(loss)
