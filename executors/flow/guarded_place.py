@@ -13,8 +13,8 @@ load stops, then open. Here the cup's position servo stops when the held block m
 - the learned chunks that follow are replaced the same way, whether they would let go or not (held back, they come
   back up and down over the place);
 - a learned chunk that comes down ``horizon`` x ``step`` or more over those steps, each of them (and of the committed
-  prefix) coming down, letting go later, is watched the same way: the chunks expect the place lower than it is (a tower a level higher than they believe) and, the cup
-  resting on it, would press down for ever without letting go;
+  prefix) coming down, letting go later, is watched the same way: the chunks expect the place lower than it is (a
+  tower a level higher than they believe) and, the cup resting on it, would press down for ever without letting go;
 - at the next chunk, the effector having come down less than ``stall`` since (it rests on something), it lets go
   there: one step takes back what the descent pressed on (let go of with the servo's command below the cup, the cup
   drives on into the block and its retreat drags the tower along), then the cup rises straight up ``rise`` with the

@@ -718,12 +718,8 @@ class FlowExecutor:
         # (text, z, how far below the cup the command went, guarded) at the chunk before, coming down
         came = guard if guard is not None and guard[0] == text else None
         release, z = first_release(actions, committed, grip), float(state[0, 2])
-        if came is not None and abs(came[1] - z) < cfg.stall:  # pressed down and did not move: it rests on something
-            if z < cfg.floor and self._places_given_up.get(text, 0) < cfg.retries:
-                return self._rise_from(actions, state, text, z, committed)
-            self._rested = text
-            return let_go(actions, cfg, came[2] - (came[1] - z), committed, grip), None
-        if (came is None or not came[3]) and (release is None or release >= committed + cfg.horizon):
+        resting = came is not None and abs(came[1] - z) < cfg.stall  # pressed down and did not move
+        if not resting and (came is None or not came[3]) and (release is None or release >= committed + cfg.horizon):
             # no release before the next chunk (a later one is planned again); a learned descent that stalls lets
             # go all the same (it rests on a tower higher than the chunks expect, and they would press on for ever).
             # Every step up to then comes down, the committed prefix's too: whichever of them run before the next
@@ -733,8 +729,11 @@ class FlowExecutor:
             if (dz < 0).all() and down >= cfg.horizon * cfg.step:
                 self._guard = (text, z, down, False)
             return actions, None
-        if z < cfg.floor and self._places_given_up.get(text, 0) < cfg.retries:
+        if z < cfg.floor and self._places_given_up.get(text, 0) < cfg.retries:  # coming down or resting on no block
             return self._rise_from(actions, state, text, z, committed)
+        if resting:  # on a block (or out of retries): let go, pressing no more
+            self._rested = text
+            return let_go(actions, cfg, came[2] - (came[1] - z), committed, grip), None
         self._guard = (text, z, cfg.horizon * cfg.step, True)
         return descend_holding(actions, committed, cfg.step, grip), None
 
