@@ -530,3 +530,19 @@ def test_a_finished_subtask_gives_way_to_the_likeliest_reply_that_may_still_star
     assert got.subtask == expected
     if expected == BLUE:
         assert "looks finished (0.00); 0.30 for" in got.reason
+
+
+def test_a_failing_check_leaves_a_kept_subtask_under_finished_gives_way(caplog):
+    def broken(obs, texts):
+        raise RuntimeError("executor gone")
+
+    keep_red = ranked(PlanStep(subtask=RED), PlanStep(subtask=BLUE))
+    planner = VLMPlanner(CandidatesBackend(keep_red, keep_red), vocabulary=[RED, BLUE], prompt={"gripper_index": -1},
+                         replan={"keep_while_holding": True},
+                         affordance={"candidates": 4, "recheck": True, "finished_gives_way": True})
+    planner.use_affordance(broken)
+    planner.resume(RED)
+    with caplog.at_level(logging.WARNING):
+        got = [planner.plan(gripper_at(g), "stack", []).subtask for g in (1.0, 0.0)]
+    assert got == [RED, RED]  # no evidence that it finished: the planner's own reply stands
+    assert "affordance check failed" in caplog.text
