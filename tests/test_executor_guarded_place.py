@@ -15,6 +15,7 @@ from executors.flow.guarded_place import (
     descend_holding,
     first_release,
     let_go,
+    probe_down,
     rise_holding,
 )
 from executors.flow.in_hand import InHandOffset, WristReading
@@ -49,6 +50,11 @@ def test_the_chunk_edits():
     assert np.array_equal(let[:1], chunk[:1])
     assert np.allclose(let[1], [0.0, 0.0, 0.03, 1.0])  # what the descent pressed below where the cup stopped: taken back
     assert (let[2:, 3] == 0.0).all() and np.allclose(let[2:, :2], 0.0) and np.isclose(let[2:, 2].sum(), 0.05)
+    short = let_go(chunk, GuardedPlaceConfig(**GUARD), pressed=0.0, rise=0.03)
+    assert np.isclose(short[1:, 2].sum(), 0.03)
+    feel = probe_down(chunk, z=0.12, bottom=0.085, step=0.01, committed=1)
+    assert np.array_equal(feel[:1], chunk[:1]) and (feel[1:, 3] == 0.0).all() and np.allclose(feel[1:, :2], 0.0)
+    assert np.isclose(feel[1:, 2].sum(), -0.035) and feel[1:, 2].min() >= -0.01  # down to the bottom, then still
 
 
 @pytest.fixture
@@ -166,3 +172,89 @@ def test_a_learned_descent_is_watched_only_when_every_step_before_the_next_chunk
     executor.act(at(0.3, 0.16), STACK, prefix=pressing[:1])  # the prefix comes down too
     chunk = executor.act(at(0.3, 0.16), STACK, prefix=pressing[:1])  # and the cup did not: it rests
     assert executor._rested == STACK.text and (chunk.actions[2:, 3] == 0.0).all()
+
+
+PROBE = {**GUARD, "probe": 0.03, "probe_depth": 0.01, "probe_step": 0.01}
+
+
+def let_go_resting(executor) -> None:
+    """Come down over the place and rest there at 8.8 cm: the guarded place lets go."""
+    executor.act(at(0.3, 0.12), STACK)
+    executor.act(at(0.3, 0.088), STACK)
+    chunk = executor.act(at(0.3, 0.088), STACK)
+    assert (chunk.actions[1:, 3] == 0.0).all() and np.isclose(chunk.actions[1:, 2].sum(), 0.03)  # rises `probe` only
+
+
+@pytest.fixture
+def probing(guarded):
+    executor, steered = guarded
+    executor.guarded_place = GuardedPlaceConfig(**PROBE)
+    return executor, steered
+
+
+def test_a_block_that_stays_where_it_rested_is_felt_there_and_its_subtask_finished(probing):
+    executor, _ = probing
+    let_go_resting(executor)
+    assert executor.affordance(at(0.3, 0.118, 0.0), [STACK.text])[0] == 1.0  # not felt yet: still under way
+    chunk = executor.act(at(0.3, 0.118, 0.0), STACK)  # let go of, risen: come back down to 1 cm below the block's top
+    assert (chunk.actions[:, 3] == 0.0).all() and np.isclose(chunk.actions[:, 2].sum(), -0.04)
+    chunk = executor.act(at(0.3, 0.0885, 0.0), STACK)  # the block's top holds the cup up
+    assert executor._rested == STACK.text and np.isclose(chunk.actions[:, 2].sum(), 0.05)  # finished: rise
+    assert executor.affordance(at(0.3, 0.14, 0.0), [STACK.text])[0] == 0.0
+
+
+def test_a_block_that_fell_off_is_felt_gone_and_its_subtask_left_to_do(probing, caplog):
+    executor, _ = probing
+    let_go_resting(executor)
+    executor.act(at(0.3, 0.118, 0.0), STACK)
+    assert "red" in executor._released  # the tower's memory of where red went
+    with caplog.at_level("INFO", logger="executors.flow.modeling_flow"):
+        chunk = executor.act(at(0.3, 0.079, 0.0), STACK)  # nothing stopped the cup where the block's top was
+    assert "is not where it rested" in caplog.text and np.isclose(chunk.actions[:, 2].sum(), 0.05)
+    assert chunk.note.endswith("is not where it rested (the cup -0.9 cm from there): not placed")
+    assert executor._rested is None and executor._missed == STACK.text and "red" not in executor._released
+    assert executor.affordance(at(0.3, 0.13, 0.0), [STACK.text])[0] == 1.0  # still to do: the planner may retry
+    executor.act(at(0.3, 0.04), STACK)  # gripped again: the next placement is judged afresh
+    assert executor._missed is None
+
+
+def test_a_cup_held_up_above_where_the_block_rested_calls_it_a_miss(probing):
+    executor, _ = probing
+    let_go_resting(executor)
+    for z in (0.118, 0.1, 0.1, 0.1):  # something tilted holds the cup 1.2 cm above the block's top, 3 chunks
+        chunk = executor.act(at(0.3, z, 0.0), STACK)
+    assert executor._missed == STACK.text and np.isclose(chunk.actions[:, 2].sum(), 0.05)
+
+
+def test_the_probe_waits_for_a_committed_descent(probing):
+    executor, _ = probing
+    let_go_resting(executor)
+    down = np.array([[0.0, 0.0, -0.01, 0.0]], np.float32)
+    chunk = executor.act(at(0.3, 0.118, 0.0), STACK, prefix=down)  # the prefix still comes down: no verdict yet
+    assert executor._probe is not None and np.allclose(chunk.actions[1:], 0.0)
+
+
+def test_a_subtask_let_go_of_on_no_block_after_its_retries_is_left_to_do(guarded):
+    executor, _ = guarded
+    executor.act(at(0.3, 0.12), STACK)
+    executor.act(at(0.3, 0.041), STACK)  # the one retry given up
+    executor.act(at(0.3, 0.09), STACK)
+    executor.act(at(0.3, 0.041), STACK)
+    executor.act(at(0.3, 0.04), STACK)  # let go of on the table
+    assert executor._rested is None and executor._missed == STACK.text
+    assert executor.affordance(at(0.3, 0.2, 0.0), [STACK.text])[0] == 1.0
+
+
+def test_a_placement_after_one_that_fell_off_steers_away_from_the_side_it_fell(probing):
+    executor, steered = probing
+    executor.guarded_place = GuardedPlaceConfig(**{**PROBE, "nudge": 0.01})
+    let_go_resting(executor)  # let go of with the block held 1 cm +x of the cup: at x = 0.31
+    executor.act(at(0.3, 0.118, 0.0), STACK)
+    executor.act(at(0.3, 0.079, 0.0), STACK)  # felt gone
+    executor.act(at(0.34, 0.04, 0.0), STACK)
+    executor.act(at(0.34, 0.04), STACK)  # picked up again 3 cm +x of where it was let go of: it fell off that side
+    assert torch.allclose(executor._nudges[STACK.text].cpu(), torch.tensor([[-0.01, 0.0]]))
+    nudged = steered[-1]
+    executor._nudges.clear()
+    executor.act(at(0.34, 0.04), STACK)  # the same view without it
+    assert np.allclose(np.subtract(nudged, steered[-1]), [-0.01, 0.0], atol=1e-3)

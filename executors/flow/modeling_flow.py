@@ -29,13 +29,14 @@ from executors.flow.guarded_place import (
     descend_holding,
     first_release,
     let_go,
+    probe_down,
     rise_holding,
 )
 from executors.flow.in_hand import InHandOffset, WristReading
 from executors.flow.place_check import PlaceCheckConfig, wrong_place
 from executors.flow.processor_flow import Normalizer, load_tokenizer, observation_batch
 from executors.flow.subtask_colours import subtask_colour, support_colour
-from executors.flow.transit import TransitConfig, hold_transit_height
+from executors.flow.transit import TransitConfig, climb_straight_up, hold_transit_height
 from executors.flow.waypoint_heads import PRIOR_RADIUS, HeatmapWaypointHead
 from executors.flow.waypoints import GRIPPER_ON
 from hybrid.attention import attention
@@ -578,6 +579,12 @@ class FlowExecutor:
         # before, where the held block came down under a block-on-block subtask
         self._guard: tuple[str | None, float, float, bool] | None = None
         self._rested: str | None = None  # the subtask under way, if its block was let go of resting on a block
+        self._missed: str | None = None  # the subtask under way, if its block, let go of, is not on its support
+        # (subtask, effector z where the block let go of rested, probe chunks so far, the held block's xy there) while
+        # the cup feels whether that block stayed (`GuardedPlaceConfig.probe`)
+        self._probe: tuple[str | None, float, int, torch.Tensor] | None = None
+        self._fell: dict[str | None, torch.Tensor] = {}  # subtask -> where its block was let go of, felt gone (1, 2)
+        self._nudges: dict[str | None, torch.Tensor] = {}  # subtask -> how far its placements steer off the place
         self._places_given_up: dict[str | None, int] = {}  # subtask -> places the guarded place gave up under it
 
     def remember_releases(self, releases: list[tuple[str | None, np.ndarray]]) -> None:
@@ -598,6 +605,8 @@ class FlowExecutor:
         held = float(state[0, self.cfg.gripper_index]) >= GRIPPER_ON
         text = _text(subtask)
         released = self._held and not held
+        if held and not self._held and text in self._fell:  # picked up again where it fell: steer off that side
+            self._nudge_from(text, self._fell.pop(text), state[:, :2].float())
         if released and not self._letting_go:  # seen at the first chunk after it: the effector has risen, not moved
             self._placed.append((self._subtask, state[0, :2].float()))
             on_released = self._released_support(self._subtask) is not None  # steered to a block let go of before
@@ -610,6 +619,17 @@ class FlowExecutor:
         self._held, self._subtask = held, text
         prior = self._pick[1] if self._pick is not None else self._nowhere()
         return prior, self._points([xy for done, xy in self._placed if done != text])
+
+    def _nudge_from(self, text: str | None, let_go_at: torch.Tensor, picked_at: torch.Tensor) -> None:
+        """Steer subtask ``text``'s next placements `GuardedPlaceConfig.nudge` further away from where its block,
+        felt gone after it was let go of at ``let_go_at``, was picked up again (``picked_at``, both ``(1, 2)``): it
+        fell off on the side the place was missed to. A block found far off (another one taken) says nothing."""
+        gap = picked_at - let_go_at
+        distance = float(torch.linalg.norm(gap))
+        if self.guarded_place is None or not self.guarded_place.nudge or not 0.01 <= distance <= 0.1:
+            return
+        nudge = -self.guarded_place.nudge * gap / distance
+        self._nudges[text] = self._nudges[text] + nudge if text in self._nudges else nudge
 
     @property
     def _colours(self) -> list[str]:
@@ -713,6 +733,11 @@ class FlowExecutor:
         guard, self._guard = self._guard, None
         if self._held or text != self._rested:
             self._rested = None
+        if self._held or text != self._missed:
+            self._missed = None
+        if self._probe is not None and not self._held and self._probe[0] == text:
+            return self._probe_place(actions, state, committed)
+        self._probe = None
         if not self._held or support_colour(text, self._colours) is None:
             return actions, None
         # (text, z, how far below the cup the command went, guarded) at the chunk before, coming down
@@ -732,10 +757,45 @@ class FlowExecutor:
         if z < cfg.floor and self._places_given_up.get(text, 0) < cfg.retries:  # coming down or resting on no block
             return self._rise_from(actions, state, text, z, committed)
         if resting:  # on a block (or out of retries): let go, pressing no more
-            self._rested = text
-            return let_go(actions, cfg, came[2] - (came[1] - z), committed, grip), None
+            pressed = came[2] - (came[1] - z)
+            if z < cfg.floor:  # out of retries: let go on no block, a miss the planner is to see
+                self._missed = text
+            elif cfg.probe is not None:  # feel whether it stays before calling the subtask finished
+                self._probe = (text, z, 0, self._held_block_xy(state))
+                return let_go(actions, cfg, pressed, committed, grip, rise=cfg.probe), None
+            else:
+                self._rested = text
+            return let_go(actions, cfg, pressed, committed, grip), None
         self._guard = (text, z, cfg.horizon * cfg.step, True)
         return descend_holding(actions, committed, cfg.step, grip), None
+
+    def _probe_place(self, actions: np.ndarray, state: torch.Tensor,
+                     committed: int) -> tuple[np.ndarray, str | None]:
+        """The probe after letting go on a block (`GuardedPlaceConfig.probe`): the cup comes straight down to
+        ``probe_depth`` below where the block rested; stopped at the block's top (within half of that below it and
+        ``stall`` above it), the block stayed (`_rested`: its subtask is finished); past it, or held up elsewhere for
+        ``probe_chunks`` chunks, it did not (`_missed`: the block fell off or lies tilted, and the tower's memory of it
+        is dropped). The verdict's chunk rises ``rise``; a miss says why."""
+        cfg, grip = self.guarded_place, self.cfg.gripper_index
+        text, rest, chunks, xy = self._probe
+        z = float(state[0, 2])
+        if committed and np.abs(np.asarray(actions)[:committed, 2]).sum() > 0:  # still on its way: judge after
+            out = np.array(actions, dtype=np.float32, copy=True)
+            out[committed:] = 0.0
+            return out, None
+        why = None
+        if chunks and z < rest - cfg.probe_depth / 2 or chunks >= cfg.probe_chunks:
+            self._missed, self._probe, self._fell[text] = text, None, xy
+            self._released.pop(subtask_colour(text, self._colours) or "", None)
+            why = (f"guarded place: the block let go of under {text!r} is not where it rested (the cup "
+                   f"{100 * (z - rest):+.1f} cm from there): not placed")
+            log.info(why)
+        elif chunks and z <= rest + cfg.stall:  # the block's top holds the cup where it rested
+            self._rested, self._probe = text, None
+        else:
+            self._probe = (text, rest, chunks + 1, xy)
+            return probe_down(actions, z, rest - cfg.probe_depth, cfg.probe_step, committed, grip), None
+        return climb_straight_up(actions, cfg.rise, cfg.rise_step, 0.0, committed, grip), why
 
     def _rise_from(self, actions: np.ndarray, state: torch.Tensor, text: str | None, z: float,
                    committed: int) -> tuple[np.ndarray, str]:
@@ -806,7 +866,10 @@ class FlowExecutor:
                         batch["place_lock"] = support
                 if snapped or not self.offset_over_support_only:
                     shift = -self._held_offset
-                    batch["place_shift"] = shift
+            if self._held and _text(subtask) in self._nudges:  # a placement under it fell off that side before
+                shift = self._nudges[_text(subtask)] + (0 if shift is None else shift)
+            if shift is not None:
+                batch["place_shift"] = shift
             *context, waypoints = self.model.encode_steering(batch)
             self._pick = (_text(subtask), waypoints[:, 0])
             # the lock keeps the place itself; the cup's target moves with the offset of the moment
@@ -878,6 +941,9 @@ class FlowExecutor:
         scores = self._front_scores(batch, subtasks)
         if self._rested is not None:  # the guarded place felt its block come to rest on a block: finished
             scores[[text == self._rested for text in subtasks]] = 0.0
+        unplaced = self._missed if self._probe is None else self._probe[0]
+        if unplaced is not None:  # let go of on no block, fallen off, or not yet felt to stay: still to do
+            scores[[text == unplaced for text in subtasks]] = 1.0
         return scores
 
     def _front_scores(self, batch: dict[str, torch.Tensor], subtasks: list[str]) -> np.ndarray:
