@@ -244,17 +244,3 @@ def test_a_subtask_let_go_of_on_no_block_after_its_retries_is_left_to_do(guarded
     assert executor._rested is None and executor._missed == STACK.text
     assert executor.affordance(at(0.3, 0.2, 0.0), [STACK.text])[0] == 1.0
 
-
-def test_a_placement_after_one_that_fell_off_steers_away_from_the_side_it_fell(probing):
-    executor, steered = probing
-    executor.guarded_place = GuardedPlaceConfig(**{**PROBE, "nudge": 0.01})
-    let_go_resting(executor)  # let go of with the block held 1 cm +x of the cup: at x = 0.31
-    executor.act(at(0.3, 0.118, 0.0), STACK)
-    executor.act(at(0.3, 0.079, 0.0), STACK)  # felt gone
-    executor.act(at(0.34, 0.04, 0.0), STACK)
-    executor.act(at(0.34, 0.04), STACK)  # picked up again 3 cm +x of where it was let go of: it fell off that side
-    assert torch.allclose(executor._nudges[STACK.text].cpu(), torch.tensor([[-0.01, 0.0]]))
-    nudged = steered[-1]
-    executor._nudges.clear()
-    executor.act(at(0.34, 0.04), STACK)  # the same view without it
-    assert np.allclose(np.subtract(nudged, steered[-1]), [-0.01, 0.0], atol=1e-3)

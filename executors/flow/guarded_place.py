@@ -66,9 +66,6 @@ class GuardedPlaceConfig(BaseModel):
     probe_depth: float = Field(0.01, gt=0)
     probe_step: float = Field(0.01, gt=0)
     probe_chunks: int = Field(3, ge=2)  # chunks of the probe after which a cup held up elsewhere calls it a miss
-    # m: once a probe felt the block gone, the subtask's next placements steer this much further away from where the
-    # block was picked up again than from where it was let go of: it tips off on the side it was held out over.
-    nudge: float = Field(0.0, ge=0)
 
 
 def first_release(actions: np.ndarray, committed: int = 0, gripper_index: int = -1) -> int | None:

@@ -580,11 +580,9 @@ class FlowExecutor:
         self._guard: tuple[str | None, float, float, bool] | None = None
         self._rested: str | None = None  # the subtask under way, if its block was let go of resting on a block
         self._missed: str | None = None  # the subtask under way, if its block, let go of, is not on its support
-        # (subtask, effector z where the block let go of rested, probe chunks so far, the held block's xy there) while
-        # the cup feels whether that block stayed (`GuardedPlaceConfig.probe`)
-        self._probe: tuple[str | None, float, int, torch.Tensor] | None = None
-        self._fell: dict[str | None, torch.Tensor] = {}  # subtask -> where its block was let go of, felt gone (1, 2)
-        self._nudges: dict[str | None, torch.Tensor] = {}  # subtask -> how far its placements steer off the place
+        # (subtask, effector z where the block let go of rested, probe chunks so far) while the cup feels whether
+        # that block stayed (`GuardedPlaceConfig.probe`)
+        self._probe: tuple[str | None, float, int] | None = None
         self._places_given_up: dict[str | None, int] = {}  # subtask -> places the guarded place gave up under it
 
     def remember_releases(self, releases: list[tuple[str | None, np.ndarray]]) -> None:
@@ -605,8 +603,6 @@ class FlowExecutor:
         held = float(state[0, self.cfg.gripper_index]) >= GRIPPER_ON
         text = _text(subtask)
         released = self._held and not held
-        if held and not self._held and text in self._fell:  # picked up again where it fell: steer off that side
-            self._nudge_from(text, self._fell.pop(text), state[:, :2].float())
         if released and not self._letting_go:  # seen at the first chunk after it: the effector has risen, not moved
             self._placed.append((self._subtask, state[0, :2].float()))
             on_released = self._released_support(self._subtask) is not None  # steered to a block let go of before
@@ -619,17 +615,6 @@ class FlowExecutor:
         self._held, self._subtask = held, text
         prior = self._pick[1] if self._pick is not None else self._nowhere()
         return prior, self._points([xy for done, xy in self._placed if done != text])
-
-    def _nudge_from(self, text: str | None, let_go_at: torch.Tensor, picked_at: torch.Tensor) -> None:
-        """Steer subtask ``text``'s next placements `GuardedPlaceConfig.nudge` further away from where its block,
-        felt gone after it was let go of at ``let_go_at``, was picked up again (``picked_at``, both ``(1, 2)``): it
-        fell off on the side the place was missed to. A block found far off (another one taken) says nothing."""
-        gap = picked_at - let_go_at
-        distance = float(torch.linalg.norm(gap))
-        if self.guarded_place is None or not self.guarded_place.nudge or not 0.01 <= distance <= 0.1:
-            return
-        nudge = -self.guarded_place.nudge * gap / distance
-        self._nudges[text] = self._nudges[text] + nudge if text in self._nudges else nudge
 
     @property
     def _colours(self) -> list[str]:
@@ -761,7 +746,7 @@ class FlowExecutor:
             if z < cfg.floor:  # out of retries: let go on no block, a miss the planner is to see
                 self._missed = text
             elif cfg.probe is not None:  # feel whether it stays before calling the subtask finished
-                self._probe = (text, z, 0, self._held_block_xy(state))
+                self._probe = (text, z, 0)
                 return let_go(actions, cfg, pressed, committed, grip, rise=cfg.probe), None
             else:
                 self._rested = text
@@ -777,7 +762,7 @@ class FlowExecutor:
         ``probe_chunks`` chunks, it did not (`_missed`: the block fell off or lies tilted, and the tower's memory of it
         is dropped). The verdict's chunk rises ``rise``; a miss says why."""
         cfg, grip = self.guarded_place, self.cfg.gripper_index
-        text, rest, chunks, xy = self._probe
+        text, rest, chunks = self._probe
         z = float(state[0, 2])
         if committed and np.abs(np.asarray(actions)[:committed, 2]).sum() > 0:  # still on its way: judge after
             out = np.array(actions, dtype=np.float32, copy=True)
@@ -785,7 +770,7 @@ class FlowExecutor:
             return out, None
         why = None
         if chunks and z < rest - cfg.probe_depth / 2 or chunks >= cfg.probe_chunks:
-            self._missed, self._probe, self._fell[text] = text, None, xy
+            self._missed, self._probe = text, None
             self._released.pop(subtask_colour(text, self._colours) or "", None)
             why = (f"guarded place: the block let go of under {text!r} is not where it rested (the cup "
                    f"{100 * (z - rest):+.1f} cm from there): not placed")
@@ -793,7 +778,7 @@ class FlowExecutor:
         elif chunks and z <= rest + cfg.stall:  # the block's top holds the cup where it rested
             self._rested, self._probe = text, None
         else:
-            self._probe = (text, rest, chunks + 1, xy)
+            self._probe = (text, rest, chunks + 1)
             return probe_down(actions, z, rest - cfg.probe_depth, cfg.probe_step, committed, grip), None
         return climb_straight_up(actions, cfg.rise, cfg.rise_step, 0.0, committed, grip), why
 
@@ -866,10 +851,7 @@ class FlowExecutor:
                         batch["place_lock"] = support
                 if snapped or not self.offset_over_support_only:
                     shift = -self._held_offset
-            if self._held and _text(subtask) in self._nudges:  # a placement under it fell off that side before
-                shift = self._nudges[_text(subtask)] + (0 if shift is None else shift)
-            if shift is not None:
-                batch["place_shift"] = shift
+                    batch["place_shift"] = shift
             *context, waypoints = self.model.encode_steering(batch)
             self._pick = (_text(subtask), waypoints[:, 0])
             # the lock keeps the place itself; the cup's target moves with the offset of the moment
