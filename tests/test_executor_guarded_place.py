@@ -226,6 +226,15 @@ def test_a_cup_held_up_above_where_the_block_rested_calls_it_a_miss(probing):
     assert executor._missed == STACK.text and np.isclose(chunk.actions[:, 2].sum(), 0.05)
 
 
+def test_the_probe_climbs_clear_before_it_comes_down(probing):
+    executor, _ = probing
+    let_go_resting(executor)
+    chunk = executor.act(at(0.3, 0.09, 0.0), STACK)  # asked again 2 mm up: the let-go's climb was cut short
+    assert (chunk.actions[:, 3] == 0.0).all() and np.isclose(chunk.actions[:, 2].sum(), 0.028)
+    chunk = executor.act(at(0.3, 0.118, 0.0), STACK)  # clear of it now: come back down
+    assert np.isclose(chunk.actions[:, 2].sum(), -0.04) and executor._probe[2] == 1
+
+
 def test_the_probe_waits_for_a_committed_descent(probing):
     executor, _ = probing
     let_go_resting(executor)

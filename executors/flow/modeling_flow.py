@@ -760,7 +760,8 @@ class FlowExecutor:
         ``probe_depth`` below where the block rested; stopped at the block's top (within half of that below it and
         ``stall`` above it), the block stayed (`_rested`: its subtask is finished); past it, or held up elsewhere for
         ``probe_chunks`` chunks, it did not (`_missed`: the block fell off or lies tilted, and the tower's memory of it
-        is dropped). The verdict's chunk rises ``rise``; a miss says why."""
+        is dropped). The verdict's chunk rises ``rise``; a miss says why. A cup not yet risen half of ``probe`` (the
+        runtime asked again before the let-go's climb ran) climbs on first: a block tipping off needs the room."""
         cfg, grip = self.guarded_place, self.cfg.gripper_index
         text, rest, chunks = self._probe
         z = float(state[0, 2])
@@ -769,6 +770,8 @@ class FlowExecutor:
             out[committed:] = 0.0
             return out, None
         why = None
+        if not chunks and z < rest + cfg.probe / 2:  # not risen clear yet (a runtime that asked again at once)
+            return climb_straight_up(actions, rest + cfg.probe - z, cfg.rise_step, 0.0, committed, grip), None
         if chunks and z < rest - cfg.probe_depth / 2 or chunks >= cfg.probe_chunks:
             self._missed, self._probe = text, None
             self._released.pop(subtask_colour(text, self._colours) or "", None)
