@@ -252,4 +252,3 @@ def test_a_subtask_let_go_of_on_no_block_after_its_retries_is_left_to_do(guarded
     executor.act(at(0.3, 0.04), STACK)  # let go of on the table
     assert executor._rested is None and executor._missed == STACK.text
     assert executor.affordance(at(0.3, 0.2, 0.0), [STACK.text])[0] == 1.0
-

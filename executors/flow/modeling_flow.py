@@ -769,9 +769,9 @@ class FlowExecutor:
             out = np.array(actions, dtype=np.float32, copy=True)
             out[committed:] = 0.0
             return out, None
-        why = None
         if not chunks and z < rest + cfg.probe / 2:  # not risen clear yet (a runtime that asked again at once)
             return climb_straight_up(actions, rest + cfg.probe - z, cfg.rise_step, 0.0, committed, grip), None
+        why = None
         if chunks and z < rest - cfg.probe_depth / 2 or chunks >= cfg.probe_chunks:
             self._missed, self._probe = text, None
             self._released.pop(subtask_colour(text, self._colours) or "", None)
