@@ -252,3 +252,12 @@ def test_a_subtask_let_go_of_on_no_block_after_its_retries_is_left_to_do(guarded
     executor.act(at(0.3, 0.04), STACK)  # let go of on the table
     assert executor._rested is None and executor._missed == STACK.text
     assert executor.affordance(at(0.3, 0.2, 0.0), [STACK.text])[0] == 1.0
+
+
+def test_only_what_the_executor_felt_scores_1(probing):
+    executor, _ = probing
+    executor._front_scores = lambda batch, subtasks: np.ones(len(subtasks))  # a head saturated at 1
+    other = "put the green block on the red block"
+    assert executor.affordance(at(0.3, 0.2, 0.0), [STACK.text, other]).tolist() == [0.999, 0.999]
+    let_go_resting(executor)  # a probe under way: still to do, as the executor knows
+    assert executor.affordance(at(0.3, 0.118, 0.0), [STACK.text, other]).tolist() == [1.0, 0.999]

@@ -47,6 +47,10 @@ WEIGHTS_NAME = "model.safetensors"
 # Logits off the pick map where a grasp check let go of the wrong block: more than its peaks stand apart, so the
 # look-alike there is not taken again under that subtask.
 REJECTED_PENALTY = 10.0
+# The most `affordance` gives what it reads off the cameras: a score of 1 means the executor felt it (a block it let go
+# of not where it rested, a probe under way), which the planner's `retry_min: 1.0` trusts; the learned head's float32
+# sigmoid rounds to exactly 1 past a logit of about 17, and the held block's reading scores its likeliest colour 1.
+READ_MAX = 0.999
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -922,8 +926,8 @@ class FlowExecutor:
         batch = observation_batch(self.cfg, self.tokenizer, obs, Subtask(text=subtasks[0], index=0), None)
         held = self._held_scores(obs, batch["state"], subtasks)
         if held is not None:
-            return held
-        scores = self._front_scores(batch, subtasks)
+            return np.minimum(held, READ_MAX)
+        scores = np.minimum(self._front_scores(batch, subtasks), READ_MAX)
         if self._rested is not None:  # the guarded place felt its block come to rest on a block: finished
             scores[[text == self._rested for text in subtasks]] = 0.0
         unplaced = self._missed if self._probe is None else self._probe[0]
