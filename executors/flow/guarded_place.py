@@ -110,8 +110,6 @@ def probe_down(actions: np.ndarray, z: float, bottom: float, step: float, commit
     """``actions`` ``(H, A)`` replaced, after the first ``committed``, by a straight descent with the suction off from
     ``z`` (the effector's height now) to ``bottom`` at ``step`` per step, then holding still: a block under the cup
     stops it above ``bottom``."""
-    out = np.array(actions, dtype=np.float32, copy=True)
-    rest = out[committed:]
-    rest[:] = 0.0
-    rest[:, 2] = -np.minimum(step, np.maximum(0.0, (z - bottom) - step * np.arange(len(rest))))
+    out = climb_straight_up(actions, z - bottom, step, 0.0, committed, gripper_index)
+    out[committed:, 2] *= -1.0  # the climb's profile, downwards
     return out
