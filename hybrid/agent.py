@@ -105,6 +105,9 @@ class HybridAgent:
             if not supported:
                 log.warning("planner: affordance check asked for, but %s cannot score subtasks; plain decoding",
                             type(executor).__name__)
+        if callable(getattr(planner, "use_unplaced_releases", None)):  # e.g. a grasp check's let-go placed nothing
+            counts = isinstance(getattr(executor, "unplaced_releases", None), int)
+            planner.use_unplaced_releases((lambda: executor.unplaced_releases) if counts else None)
         self._call = {
             "planner": TierCaller("planner", PlanStep, self.config.planner_timeout_s),
             "world_model": TierCaller("world_model", Subgoal, self.config.world_model_timeout_s),

@@ -110,6 +110,9 @@ def test_the_check_lets_go_of_nothing_held_and_says_so(tmp_path, caplog):
     assert (let_go.actions[:, 3] == 0).all() and "holds nothing" in caplog.text
     executor.act(at(0.2, 0.0), SUBTASK)
     assert len(executor._rejected) == 1 and executor._placed == []  # the spot is off; nothing was placed
+    assert executor.unplaced_releases == 1  # what the planner reads: that release ended no pick-and-place
+    executor.reset()
+    assert executor.unplaced_releases == 0
     with pytest.raises(ValueError, match="InHandConfig"):
         replace(TINY, empty=True)  # nothing held is a colour class: it needs colours
 

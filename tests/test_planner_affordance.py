@@ -380,6 +380,72 @@ def test_a_subtask_let_go_of_stale_releases_times_is_given_up():
                    affordance={"candidates": 1, "stale_releases": 3})
 
 
+@pytest.mark.parametrize("skip", [True, False])
+def test_a_release_the_executor_reports_as_placing_nothing_is_not_one(skip):
+    # the grasp check let go of a wrong block right after the lift: no pick-and-place ended, so the model is told
+    # none (it had moved on to a tower's next level); it still counts towards stale_releases
+    let_go = {"count": 0}
+    planner = VLMPlanner(CandidatesBackend(*[ranked(PlanStep(subtask=RED), PlanStep(subtask=BLUE))] * 9),
+                         vocabulary=[RED, BLUE], prompt={"gripper_index": -1},
+                         replan={"keep_while_holding": True, "skip_unplaced_releases": skip},
+                         affordance={"candidates": 4, "stale_releases": 2})
+    planner.use_affordance(scorer({RED: 0.9, BLUE: 0.9}))
+    planner.use_unplaced_releases(lambda: let_go["count"])
+    assert planner.plan(gripper_at(0.0), "stack", []).subtask == RED
+    planner.plan(gripper_at(1.0), "stack", [])
+    let_go["count"] = 1  # commanded while the cup still holds
+    planner.plan(gripper_at(1.0), "stack", [])
+    assert planner.plan(gripper_at(0.0), "stack", []).subtask == RED
+    assert planner.releases == (0 if skip else 1)
+    assert f"Released: {planner.releases}" in planner.messages("stack", [])[1]["content"][1]["text"]
+    planner.plan(gripper_at(1.0), "stack", [])
+    # a placement's release counts, and with the let-go before it the subtask has let go twice: given up
+    assert planner.plan(gripper_at(0.0), "stack", []).subtask == BLUE
+
+
+def test_a_let_go_between_two_calls_is_not_taken_for_the_next_release():
+    # the grip and the let-go both fell between two plan calls: the count rose while the gripper looked open
+    let_go = {"count": 0}
+    planner = VLMPlanner(CandidatesBackend(*[ranked(PlanStep(subtask=RED))] * 4), vocabulary=[RED, BLUE],
+                         prompt={"gripper_index": -1}, replan={"skip_unplaced_releases": True},
+                         affordance={"candidates": 4})
+    planner.use_affordance(scorer({RED: 0.9, BLUE: 0.9}))
+    planner.use_unplaced_releases(lambda: let_go["count"])
+    planner.plan(gripper_at(0.0), "stack", [])
+    let_go["count"] = 1
+    planner.plan(gripper_at(0.0), "stack", [])
+    planner.plan(gripper_at(1.0), "stack", [])
+    planner.plan(gripper_at(0.0), "stack", [])
+    assert planner.releases == 1
+
+
+def test_a_failing_count_of_unplaced_releases_counts_every_release(caplog):
+    def broken():
+        raise RuntimeError("executor gone")
+
+    planner = VLMPlanner(CandidatesBackend(*[ranked(PlanStep(subtask=RED))] * 2), vocabulary=[RED],
+                         prompt={"gripper_index": -1}, replan={"skip_unplaced_releases": True},
+                         affordance={"candidates": 4})
+    planner.use_affordance(scorer({RED: 0.9}))
+    planner.use_unplaced_releases(broken)
+    with caplog.at_level(logging.WARNING):
+        for g in (1.0, 0.0):
+            planner.plan(gripper_at(g), "stack", [])
+    assert planner.releases == 1 and "unplaced releases failed: executor gone" in caplog.text
+
+
+def test_the_agent_hands_the_executors_count_of_unplaced_releases_over():
+    class Counting(MockExecutor):
+        unplaced_releases = 2
+
+    planner = VLMPlanner(CandidatesBackend(), vocabulary=[RED], prompt={"gripper_index": -1},
+                         affordance={"candidates": 4})
+    HybridAgent(planner, MockWorldModel(), Counting())
+    assert planner._unplaced() == 2
+    HybridAgent(planner, MockWorldModel(), MockExecutor())  # none to read: every release counts
+    assert planner._unplaced is None
+
+
 def test_remember_given_up_tries_every_subtask_once_before_one_given_up_again():
     # `sort`: "done" is refused while a placed block scores 0.4; the block left scores 0.2 and is the planner's last
     # choice. Without the memory the planner goes back to RED as soon as it gives BLUE up; with it GREEN is tried.

@@ -910,6 +910,13 @@ class FlowExecutor:
         return self.model.normalizer.unwaypoints(predicted.float())[0].cpu().numpy()
 
     @property
+    def unplaced_releases(self) -> int:
+        """This episode's releases that placed nothing: the grasp check let go of the wrong block, or of nothing,
+        right after the lift (counted as the let-go is commanded, before the gripper opens). The planner does not
+        take them for the end of a pick-and-place (`ReplanPolicy.skip_unplaced_releases`)."""
+        return len(self._rejected)
+
+    @property
     def supports_affordance(self) -> bool:
         """Whether `affordance` can score subtasks: it reads the heatmap waypoint head's maps."""
         return self.cfg.waypoint_loss > 0 and self.cfg.waypoint_head == "heatmap"

@@ -78,6 +78,10 @@ class VLMPlanner:
             raise ValueError(f"affordance.widen: needs a subtask vocabulary and a backend that scores replies "
                              f"({type(backend).__name__})")
         self._score: AffordanceFn | None = None
+        # The executor's count of this episode's releases that placed nothing (`use_unplaced_releases`), the count
+        # last seen, and such releases under the subtask under way
+        self._unplaced: Callable[[], int] | None = None
+        self._unplaced_seen = self._unplaced_under = 0
         self.backend = backend
         self.prompt = prompt if isinstance(prompt, PromptConfig) else PromptConfig.model_validate(dict(prompt or {}))
         if self.prompt.placed_in_prompt and not callable(getattr(backend, "score", None)):
@@ -114,6 +118,7 @@ class VLMPlanner:
     def reset(self) -> None:
         self.resume(None)
         self._dropped = []
+        self._unplaced_seen = 0
 
     @property
     def release_view(self) -> np.ndarray | None:
@@ -128,6 +133,26 @@ class VLMPlanner:
     def use_affordance(self, score: AffordanceFn | None) -> None:
         """Check new subtasks with ``score`` (e.g. the executor's `affordance`); None turns the check off."""
         self._score = score
+
+    def use_unplaced_releases(self, count: Callable[[], int] | None) -> None:
+        """Read with ``count`` (e.g. the executor's `unplaced_releases`) how many of this episode's releases placed
+        nothing, so that they do not count as releases (`ReplanPolicy.skip_unplaced_releases`); None: every
+        release counts."""
+        self._unplaced = count
+        self._unplaced_seen = 0
+
+    def _unplaced_since(self) -> int:
+        """Releases the executor reports as placing nothing since the last call that saw the gripper open (0
+        without a count, or when reading it fails)."""
+        if self._unplaced is None or not self.replan.skip_unplaced_releases:
+            return 0
+        try:
+            count = int(self._unplaced())
+        except Exception as err:  # noqa: BLE001 - a failed reading must not stop the planner
+            log.warning("planner: reading the executor's unplaced releases failed: %s", err)
+            return 0
+        new, self._unplaced_seen = max(count - self._unplaced_seen, 0), max(count, self._unplaced_seen)
+        return new
 
     def _reply(self, messages: list[dict], image: np.ndarray, obs: Observation) -> PlanStep:
         """One reply: the backend's, or with an affordance check the best candidate the executor can start."""
@@ -300,7 +325,8 @@ class VLMPlanner:
         times (it is given up)."""
         after, releases = self.affordance.stale_after, self.affordance.stale_releases
         return self.current is not None and ((after is not None and self._idle_calls >= after)
-                                             or (releases is not None and self.releases >= releases))
+                                             or (releases is not None
+                                                 and self.releases + self._unplaced_under >= releases))
 
     def resume(self, current: str | None, releases: int = 0, state: np.ndarray | None = None,
                release_view: np.ndarray | None = None) -> None:
@@ -312,7 +338,7 @@ class VLMPlanner:
         self._placed = None
         self._closed = state is not None and self.prompt.gripper_index is not None and self._gripper_closed(state)
         self._armed, self._approach_calls = False, 0  # an approach is seen only as it comes down
-        self._idle_calls = 0
+        self._idle_calls = self._unplaced_under = 0
         self._given_up = set()
 
     def _confirmed(self, step: PlanStep) -> PlanStep:
@@ -340,7 +366,12 @@ class VLMPlanner:
             return
         state = obs.state
         closed = self._gripper_closed(state)
-        if self._closed and not closed:
+        # read while the gripper is open: a let-go the executor reports before the gripper opens is this release's
+        unplaced = 0 if closed else self._unplaced_since()
+        self._unplaced_under += unplaced
+        if self._closed and not closed and unplaced:
+            log.info("planner: the executor reports that the release placed nothing: %r goes on", self.current)
+        elif self._closed and not closed:
             self.releases += 1
             if self.prompt.release_camera is not None:  # the first call to see the gripper open looks at the release
                 view = camera_image(obs, self.prompt.release_camera)  # (planner_image names a missing camera)
@@ -412,6 +443,7 @@ class VLMPlanner:
                     self._dropped.append(self.current)
                 self._given_up.discard(step.subtask)  # taken again (nothing else was left): it runs its course
                 self.releases, self._idle_calls, self._release_view, self._placed = 0, 0, None, None
+                self._unplaced_under = 0
             self.current = step.subtask
             return step
         raise PlannerFault(kind, attempts)
