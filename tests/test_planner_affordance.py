@@ -403,6 +403,21 @@ def test_a_release_the_executor_reports_as_placing_nothing_is_not_one(skip):
     assert planner.plan(gripper_at(0.0), "stack", []).subtask == BLUE
 
 
+def test_after_a_let_go_that_placed_nothing_the_check_judges_the_subtask_again():
+    # asked for a block that is not there, the cup closed on nothing and let go: the check may turn the subtask down
+    let_go = {"count": 0}
+    red_first = ranked(PlanStep(subtask=RED), PlanStep(subtask=BLUE))
+    planner = VLMPlanner(CandidatesBackend(*[red_first] * 3), vocabulary=[RED, BLUE], prompt={"gripper_index": -1},
+                         replan={"skip_unplaced_releases": True}, affordance={"candidates": 4, "recheck": True})
+    planner.use_affordance(scorer({RED: 0.2, BLUE: 0.9}))
+    planner.use_unplaced_releases(lambda: let_go["count"])
+    planner.resume(RED)
+    assert planner.plan(gripper_at(1.0), "sort", []).subtask == RED  # under way: not checked
+    let_go["count"] = 1
+    step = planner.plan(gripper_at(0.0), "sort", [])
+    assert step.subtask == BLUE and planner.releases == 0
+
+
 def test_a_let_go_between_two_calls_is_not_taken_for_the_next_release():
     # the grip and the let-go both fell between two plan calls: the count rose while the gripper looked open
     let_go = {"count": 0}

@@ -197,7 +197,9 @@ class VLMPlanner:
             order = sorted(range(len(steps)), key=lambda i: steps[i].subtask in last)
             steps, log_probs = [steps[i] for i in order], [log_probs[i] for i in order]
         # The subtask under way needs no check, or (recheck) none until the gripper has let go since it began.
-        may_be_finished = check.recheck and self.prompt.gripper_index is not None and self.releases > 0
+        # (a let-go that placed nothing too: asked for a block that is not there, the cup closed on nothing)
+        may_be_finished = (check.recheck and self.prompt.gripper_index is not None
+                           and (self.releases > 0 or self._unplaced_under > 0))
         current = None if may_be_finished or stale else self.current
         product = check.rule == "product"
         step = choose(steps, current, obs, self._score, check.min_score, log_probs if product else None,
@@ -324,9 +326,9 @@ class VLMPlanner:
         """Whether the subtask under way has gone `stale_after` calls without a grip or let go `stale_releases`
         times (it is given up)."""
         after, releases = self.affordance.stale_after, self.affordance.stale_releases
+        let_go = self.releases + self._unplaced_under
         return self.current is not None and ((after is not None and self._idle_calls >= after)
-                                             or (releases is not None
-                                                 and self.releases + self._unplaced_under >= releases))
+                                             or (releases is not None and let_go >= releases))
 
     def resume(self, current: str | None, releases: int = 0, state: np.ndarray | None = None,
                release_view: np.ndarray | None = None) -> None:

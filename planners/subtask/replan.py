@@ -47,8 +47,8 @@ class ReplanPolicy(BaseModel):
     # level of a tower still unbuilt (traced in `stack`: 28 such switches, every one in a failed episode).
     skip_unplaced_releases: bool = Field(
         False, description="a release the executor reports as placing nothing (`VLMPlanner.use_unplaced_releases`) "
-        "is not counted as one: not told to the model, not a reason to check or retry the subtask (it still counts "
-        "towards the planner's stale_releases)")
+        "is not counted as one: not told to the model, nor a placement to retry (the check still judges the subtask "
+        "after it, and it counts towards stale_releases)")
     approach_max_calls: int = Field(4, ge=1, description="calls in a row one approach may keep the subtask "
                                     "(a robot hovering low must not hold the plan for ever)")
 
