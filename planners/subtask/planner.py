@@ -197,9 +197,7 @@ class VLMPlanner:
             order = sorted(range(len(steps)), key=lambda i: steps[i].subtask in last)
             steps, log_probs = [steps[i] for i in order], [log_probs[i] for i in order]
         # The subtask under way needs no check, or (recheck) none until the gripper has let go since it began.
-        # (a let-go that placed nothing too: asked for a block that is not there, the cup closed on nothing)
-        may_be_finished = (check.recheck and self.prompt.gripper_index is not None
-                           and (self.releases > 0 or self._unplaced_under > 0))
+        may_be_finished = check.recheck and self.prompt.gripper_index is not None and self.releases > 0
         current = None if may_be_finished or stale else self.current
         product = check.rule == "product"
         step = choose(steps, current, obs, self._score, check.min_score, log_probs if product else None,
@@ -370,10 +368,17 @@ class VLMPlanner:
         closed = self._gripper_closed(state)
         # read while the gripper is open: a let-go the executor reports before the gripper opens is this release's
         unplaced = 0 if closed else self._unplaced_since()
-        self._unplaced_under += unplaced
-        if self._closed and not closed and unplaced:
+        released = self._closed and not closed
+        if released and unplaced and not self.releases and self._still_startable(obs):
+            # before the subtask's block was let go of, a let-go that placed nothing ended nothing while the executor
+            # still finds that block; after it, or with none found (a subtask naming a block that is not there), the
+            # let-go is a sign the subtask is over, and the model is told
             log.info("planner: the executor reports that the release placed nothing: %r goes on", self.current)
-        elif self._closed and not closed:
+            self._unplaced_under += unplaced
+            released = False
+        else:
+            self._unplaced_under += max(unplaced - released, 0)
+        if released:
             self.releases += 1
             if self.prompt.release_camera is not None:  # the first call to see the gripper open looks at the release
                 view = camera_image(obs, self.prompt.release_camera)  # (planner_image names a missing camera)
@@ -388,6 +393,14 @@ class VLMPlanner:
         self._armed = not closed and (high or self._armed)
         approaching = self._armed and not high
         self._approach_calls = self._approach_calls + 1 if approaching else 0
+
+    def _still_startable(self, obs: Observation) -> bool:
+        """Whether the check scores the subtask under way `min_score` or more (True without a check to ask; False
+        when it fails)."""
+        if self._score is None or self.current is None:
+            return True
+        value = score_one(self._score, obs, self.current)
+        return value is not None and value >= self.affordance.min_score
 
     def _approaching(self) -> bool:
         """A descent onto a block is under way and has not yet held the subtask ``approach_max_calls`` times."""
