@@ -403,46 +403,6 @@ def test_a_release_the_executor_reports_as_placing_nothing_is_not_one(skip):
     assert planner.plan(gripper_at(0.0), "stack", []).subtask == BLUE
 
 
-def test_a_let_go_that_placed_nothing_after_the_subtasks_release_counts():
-    # `sort`: the block placed, the planner kept its subtask, and the executor came back for a block that is not
-    # there: that let-go is a sign the subtask is done, and the model is told it
-    let_go = {"count": 0}
-    planner = VLMPlanner(CandidatesBackend(*[ranked(PlanStep(subtask=RED))] * 4), vocabulary=[RED, BLUE],
-                         prompt={"gripper_index": -1}, replan={"skip_unplaced_releases": True},
-                         affordance={"candidates": 4})
-    planner.use_affordance(scorer({RED: 0.9, BLUE: 0.9}))
-    planner.use_unplaced_releases(lambda: let_go["count"])
-    planner.resume(RED)
-    for gripper in (1.0, 0.0, 1.0):
-        planner.plan(gripper_at(gripper), "sort", [])
-    let_go["count"] = 1
-    planner.plan(gripper_at(0.0), "sort", [])
-    assert planner.releases == 2
-
-
-@pytest.mark.parametrize("red", [0.2, "broken"])
-def test_a_let_go_that_placed_nothing_counts_when_the_check_turns_the_subtask_down(red):
-    # asked for a block that is not there (`sort`: "another green block" with the only one placed), the executor
-    # took another and let go: the model is told, as a sign the subtask is over (or when the check cannot tell)
-    let_go = {"count": 0}
-    planner = VLMPlanner(CandidatesBackend(*[ranked(PlanStep(subtask=RED))] * 3), vocabulary=[RED, BLUE],
-                         prompt={"gripper_index": -1}, replan={"skip_unplaced_releases": True},
-                         affordance={"candidates": 4})
-
-    def score(obs, texts):
-        if red == "broken":
-            raise RuntimeError("executor gone")
-        return np.array([{RED: red, BLUE: 0.9}[t] for t in texts])
-
-    planner.use_affordance(score)
-    planner.use_unplaced_releases(lambda: let_go["count"])
-    planner.resume(RED)
-    planner.plan(gripper_at(1.0), "sort", [])
-    let_go["count"] = 1
-    assert planner.plan(gripper_at(0.0), "sort", []).subtask == RED
-    assert planner.releases == 1 and "Released: 1" in planner.messages("sort", [])[1]["content"][1]["text"]
-
-
 def test_a_let_go_between_two_calls_is_not_taken_for_the_next_release():
     # the grip and the let-go both fell between two plan calls: the count rose while the gripper looked open
     let_go = {"count": 0}

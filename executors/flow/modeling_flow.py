@@ -911,10 +911,13 @@ class FlowExecutor:
 
     @property
     def unplaced_releases(self) -> int:
-        """This episode's releases that placed nothing: the grasp check let go of the wrong block, or of nothing,
-        right after the lift (counted as the let-go is commanded, before the gripper opens). The planner does not
-        take them for the end of a pick-and-place (`ReplanPolicy.skip_unplaced_releases`)."""
-        return len(self._rejected)
+        """This episode's releases that placed nothing under a subtask that stacks a block on a block: the grasp
+        check let go of the wrong block, or of nothing, right after the lift (counted as the let-go is commanded,
+        before the gripper opens). The planner does not take them for the end of a pick-and-place
+        (`ReplanPolicy.skip_unplaced_releases`). A tower's levels name blocks the scene holds, so such a let-go is a
+        look-alike picked; under a bowl subtask it may be all there is to say that the block named is not there (a
+        planner's "another green block" with none left), and there the planner goes on counting it as a release."""
+        return sum(support_colour(text, self._colours) is not None for text, _ in self._rejected)
 
     @property
     def supports_affordance(self) -> bool:

@@ -324,9 +324,9 @@ class VLMPlanner:
         """Whether the subtask under way has gone `stale_after` calls without a grip or let go `stale_releases`
         times (it is given up)."""
         after, releases = self.affordance.stale_after, self.affordance.stale_releases
-        let_go = self.releases + self._unplaced_under
         return self.current is not None and ((after is not None and self._idle_calls >= after)
-                                             or (releases is not None and let_go >= releases))
+                                             or (releases is not None
+                                                 and self.releases + self._unplaced_under >= releases))
 
     def resume(self, current: str | None, releases: int = 0, state: np.ndarray | None = None,
                release_view: np.ndarray | None = None) -> None:
@@ -368,17 +368,10 @@ class VLMPlanner:
         closed = self._gripper_closed(state)
         # read while the gripper is open: a let-go the executor reports before the gripper opens is this release's
         unplaced = 0 if closed else self._unplaced_since()
-        released = self._closed and not closed
-        if released and unplaced and not self.releases and self._still_startable(obs):
-            # before the subtask's block was let go of, a let-go that placed nothing ended nothing while the executor
-            # still finds that block; after it, or with none found (a subtask naming a block that is not there), the
-            # let-go is a sign the subtask is over, and the model is told
+        self._unplaced_under += unplaced
+        if self._closed and not closed and unplaced:
             log.info("planner: the executor reports that the release placed nothing: %r goes on", self.current)
-            self._unplaced_under += unplaced
-            released = False
-        else:
-            self._unplaced_under += max(unplaced - released, 0)
-        if released:
+        elif self._closed and not closed:
             self.releases += 1
             if self.prompt.release_camera is not None:  # the first call to see the gripper open looks at the release
                 view = camera_image(obs, self.prompt.release_camera)  # (planner_image names a missing camera)
@@ -393,14 +386,6 @@ class VLMPlanner:
         self._armed = not closed and (high or self._armed)
         approaching = self._armed and not high
         self._approach_calls = self._approach_calls + 1 if approaching else 0
-
-    def _still_startable(self, obs: Observation) -> bool:
-        """Whether the check scores the subtask under way `min_score` or more (True without a check to ask; False
-        when it fails)."""
-        if self._score is None or self.current is None:
-            return True
-        value = score_one(self._score, obs, self.current)
-        return value is not None and value >= self.affordance.min_score
 
     def _approaching(self) -> bool:
         """A descent onto a block is under way and has not yet held the subtask ``approach_max_calls`` times."""

@@ -44,14 +44,13 @@ class ReplanPolicy(BaseModel):
     height_index: int | None = Field(None, description="the state entry of the effector's height")
     # An executor's grasp check lets go of a wrong block (or of nothing) right after the lift: a release that placed
     # nothing. Counted, it told the model that the pick-and-place had ended, and the model moved on to the next
-    # level of a tower still unbuilt (traced in `stack`: 28 such switches, every one in a failed episode). After the
-    # subtask's own release, or where the check no longer finds the subtask's block, it still counts: the executor
-    # came back for a block that is not there (`sort`: a subtask naming one that was never there, or placed).
+    # level of a tower still unbuilt (traced in `stack`: 28 such switches, every one in a failed episode). Which
+    # let-gos placed nothing is the executor's to say: the tabletop's reports those under a tower's levels only
+    # (under a bowl subtask the let-go can be the sign that the block named is not there, and counting it helps).
     skip_unplaced_releases: bool = Field(
         False, description="a release the executor reports as placing nothing (`VLMPlanner.use_unplaced_releases`) "
-        "before the subtask under way has let go of its block, while the affordance check still scores the subtask "
-        "min_score, is not counted as one: not told to the model, nor a placement to retry (it still counts towards "
-        "stale_releases)")
+        "is not counted as one: not told to the model, not a reason to check or retry the subtask (it still counts "
+        "towards the planner's stale_releases)")
     approach_max_calls: int = Field(4, ge=1, description="calls in a row one approach may keep the subtask "
                                     "(a robot hovering low must not hold the plan for ever)")
 
