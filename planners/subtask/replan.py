@@ -42,6 +42,8 @@ class ReplanPolicy(BaseModel):
         "and the effector has come down below this height (state entry height_index) from above since the "
         "gripper last closed (needs the prompt's gripper_index); None: off")
     height_index: int | None = Field(None, description="the state entry of the effector's height")
+    approach_max_calls: int = Field(4, ge=1, description="calls in a row one approach may keep the subtask "
+                                    "(a robot hovering low must not hold the plan for ever)")
     # An executor's grasp check lets go of a wrong block (or of nothing) right after the lift: a release that placed
     # nothing. Counted, it told the model that the pick-and-place had ended, and the model moved on to the next
     # level of a tower still unbuilt (traced in `stack`: 28 such switches, every one in a failed episode). Which
@@ -51,8 +53,6 @@ class ReplanPolicy(BaseModel):
         False, description="a release the executor reports as placing nothing (`VLMPlanner.use_unplaced_releases`) "
         "is not counted as one: not told to the model, not a reason to check or retry the subtask (it still counts "
         "towards the planner's stale_releases)")
-    approach_max_calls: int = Field(4, ge=1, description="calls in a row one approach may keep the subtask "
-                                    "(a robot hovering low must not hold the plan for ever)")
 
     @model_validator(mode="after")
     def _approach_needs_height(self) -> ReplanPolicy:
