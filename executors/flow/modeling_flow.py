@@ -929,7 +929,8 @@ class FlowExecutor:
         """How likely each of ``subtasks`` can be started from ``obs``, in [0, 1] (`executors/flow/affordance.py`):
         the planner's SayCan-style check before it switches to a new subtask. One batch for all of them. With a
         block held and the grasp check's colour model, how likely the held block is the one each moves. What is read
-        off the cameras stays at or below `READ_MAX`; 0 and 1 are what the guarded place felt (finished, still to do)."""
+        off the cameras stays at or below `READ_MAX`; 0 and 1 are what the guarded place felt (finished, still to
+        do)."""
         if not self.supports_affordance:
             raise ValueError("affordance: this executor has no heatmap waypoint head (FlowConfig.waypoint_head)")
         if not subtasks:

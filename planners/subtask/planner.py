@@ -369,9 +369,10 @@ class VLMPlanner:
         # read while the gripper is open: a let-go the executor reports before the gripper opens is this release's
         unplaced = 0 if closed else self._unplaced_since()
         self._unplaced_under += unplaced
-        if self._closed and not closed and unplaced:
+        released = self._closed and not closed
+        if released and unplaced:
             log.info("planner: the executor reports that the release placed nothing: %r goes on", self.current)
-        elif self._closed and not closed:
+        elif released:
             self.releases += 1
             if self.prompt.release_camera is not None:  # the first call to see the gripper open looks at the release
                 view = camera_image(obs, self.prompt.release_camera)  # (planner_image names a missing camera)
