@@ -612,3 +612,72 @@ def test_a_failing_check_leaves_a_kept_subtask_under_finished_gives_way(caplog):
         got = [planner.plan(gripper_at(g), "stack", []).subtask for g in (1.0, 0.0)]
     assert got == [RED, RED]  # no evidence that it finished: the planner's own reply stands
     assert "affordance check failed" in caplog.text
+
+
+def beam(*replies):
+    """Candidate replies with the given log-probabilities: (PlanStep or None for "done", log p) pairs."""
+    return [(reply_text(DONE if r is None else PlanStep(subtask=r)), lp) for r, lp in replies]
+
+
+@pytest.mark.parametrize("others, red, done", [(-4.0, 0.05, True), (-2.0, 0.05, False), (-4.0, 0.3, False)])
+def test_done_nats_ends_the_episode_after_a_release_when_done_leads_every_new_subtask(others, red, done):
+    # As traced after the last placement: the subtask under way first, "done" next, every new subtask far below;
+    # the check scores them 0.6-0.8 (it would hold "done" back) and the subtask under way finished (below 0.1).
+    after = beam((RED, -0.5), (None, -1.0), (BLUE, others), (GREEN, others - 1))
+    planner = VLMPlanner(CandidatesBackend(after, after), vocabulary=[RED, BLUE, GREEN], prompt={"gripper_index": -1},
+                         replan={"keep_while_holding": True},
+                         affordance={"candidates": 4, "recheck": True, "done_below": 0.1, "finished_gives_way": True,
+                                     "retry_min": 1.0, "done_nats": 2.5})
+    planner.use_affordance(scorer({RED: red, BLUE: 0.6, GREEN: 0.8}))
+    planner.resume(RED, state=np.array([0.0, 0.0, 0.0, 1.0]))  # carrying the last block
+    step = planner.plan(gripper_at(0.0), "sort", [])
+    assert step.done == done
+    if done:
+        assert "looks finished (0.05), every new subtask 3.0 nats below" in step.reason
+
+
+def test_done_nats_waits_for_a_release_and_a_subtask_under_way_found_finished():
+    ending = beam((None, -0.2), (BLUE, -6.0))
+    rules = {"candidates": 4, "done_below": 0.1, "retry_min": 1.0, "done_nats": 2.0}
+    planner = VLMPlanner(CandidatesBackend(ending, ending), vocabulary=[RED, BLUE], prompt={"gripper_index": -1},
+                         affordance=rules)
+    planner.use_affordance(scorer({RED: 1.0, BLUE: 0.5}))
+    planner.resume(RED)
+    assert not planner.plan(gripper_at(0.0), "sort", []).done  # no release under RED yet: checked as any reply
+    planner.resume(RED, releases=1)  # released, but the executor felt the block fall off (1.0): tried again
+    step = planner.plan(gripper_at(0.0), "sort", [])
+    assert step.subtask == RED and "tried again" in step.reason
+
+
+def test_done_waits_for_done_confirmations_replies_in_a_row_and_the_evaluation_asks_them():
+    from planners.subtask.evaluate import ask
+    from planners.subtask.examples import Example
+
+    ending = beam((None, -0.2), (BLUE, -6.0))
+    rules = {"candidates": 4, "done_below": 0.1, "done_nats": 2.0}
+    planner = VLMPlanner(CandidatesBackend(*[ending] * 6), vocabulary=[RED, BLUE], prompt={"gripper_index": -1},
+                         replan={"done_confirmations": 3}, affordance=rules)
+    planner.use_affordance(scorer({RED: 0.0, BLUE: 0.5}))
+    planner.resume(RED, releases=1)
+    got = [planner.plan(gripper_at(0.0), "sort", []) for _ in range(3)]
+    assert [s.done for s in got] == [False, False, True] and "(2/3)" in got[1].reason
+    assert planner.pending is False
+    # `hybrid eval planner` asks an example again while a change waits, as the runtime's next calls would
+    ex = Example(0, "sort", [], RED, DONE, frozenset(), releases=1)
+    step, ms = ask(planner, ex, {"front": OBS.images["front"][None]}, gripper_at(0.0).state[None])
+    assert step.done and ms > 0 and planner.backend.calls == []
+
+
+@pytest.mark.parametrize("red_when_taken, done", [(0.9, True), (0.3, False)])
+def test_done_nats_needs_the_subtask_under_way_to_have_passed_the_check_when_it_was_taken(red_when_taken, done):
+    first, after = beam((RED, -0.1)), beam((RED, -0.5), (None, -1.0), (BLUE, -5.0))
+    planner = VLMPlanner(CandidatesBackend(first, after), vocabulary=[RED, BLUE], prompt={"gripper_index": -1},
+                         replan={"keep_while_holding": True}, affordance={"candidates": 4, "done_nats": 2.0,
+                                                                          "done_below": 0.1})
+    table = {RED: red_when_taken, BLUE: 0.3}
+    planner.use_affordance(scorer(table))
+    assert planner.plan(gripper_at(0.0), "sort", []).subtask == RED  # taken (in doubt at 0.3: nothing else)
+    planner.plan(gripper_at(1.0), "sort", [])  # grip: kept unasked
+    table[RED] = 0.05  # let go: the check finds RED finished
+    step = planner.plan(gripper_at(0.0), "sort", [])
+    assert step.done == done  # in doubt: the planner keeps RED (no recheck) instead of ending the episode

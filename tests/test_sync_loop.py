@@ -175,6 +175,60 @@ def test_env_success_ends_episode():
     assert result.status == "success" and result.success and result.steps == 3
 
 
+class SolvedFrom(RecordingPointEnv):
+    """Solved (and terminated, as envs end a solved episode) from step ``start`` on, until step ``until``."""
+
+    def __init__(self, start: int = 3, until: int = 10**6):
+        super().__init__()
+        self.start, self.until = start, until
+
+    def _info(self):
+        return {**super()._info(), "success": self.start <= self.steps < self.until}
+
+
+def test_after_done_the_robot_holds_still_while_the_scene_settles_before_it_is_judged():
+    # "done" after one chunk of 4 steps; the block let go of comes to rest (success) at step 6
+    result, env = run(agent(planner=MockPlanner(["go"], calls_per_subtask=1)), env=SolvedFrom(start=6), max_steps=50,
+                      settle_steps=3)
+    assert result.status == "done" and result.success and (result.done_step, result.steps) == (4, 7)
+    assert [a.tolist() for a in env.sent[4:]] == [[0.0, 0.0]] * 3  # the env's hold action
+    result, _ = run(agent(planner=MockPlanner(["go"], calls_per_subtask=1)), env=SolvedFrom(start=6), max_steps=50)
+    assert result.status == "done" and not result.success and result.steps == 4  # judged at once
+
+
+def test_after_success_the_episode_goes_on_until_the_agent_says_done():
+    # the mock says "done" after 3 calls of one 4-action chunk each: 12 steps, well past step 3
+    result, env = run(agent(planner=MockPlanner(["go"], calls_per_subtask=3)), env=SolvedFrom(), max_steps=50,
+                      after_success_steps=40)
+    assert result.status == "done" and result.success and result.success_step == 3
+    assert result.steps == len(env.sent) == 12
+
+
+def test_after_success_an_agent_that_never_says_done_runs_out_its_window():
+    result, env = run(agent(planner=MockPlanner(["go"], calls_per_subtask=1000)), env=SolvedFrom(), max_steps=50,
+                      after_success_steps=5)
+    assert len(env.sent) == 8
+    assert result.status == "budget" and result.success and (result.success_step, result.steps) == (3, 8)
+
+
+def test_after_success_a_scene_the_agent_unsolved_is_no_success():
+    result, _ = run(agent(planner=MockPlanner(["go"], calls_per_subtask=3)), env=SolvedFrom(until=6), max_steps=50,
+                    after_success_steps=40)
+    assert result.status == "done" and not result.success and result.success_step == 3
+
+
+def test_eval_summary_of_stopping():
+    from hybrid.eval.closed_loop import stopping
+    from hybrid.runtime.subscriber import EpisodeResult
+
+    base = {"steps": 30, "instruction": "i", "subtasks_completed": 1, "subtasks": ["a"]}
+    results = [EpisodeResult(status="done", success=True, success_step=20, done_step=30, **base),  # 10 steps after
+               EpisodeResult(status="budget", success=True, success_step=25, **base),  # never said done
+               EpisodeResult(status="budget", success=False, success_step=12, **base),  # moved a placed block
+               EpisodeResult(status="done", success=False, **base)]  # "done" too early
+    assert stopping(results) == {"solved": 0.75, "stopped": 0.25, "stop_steps_p50": 10.0, "undone": 1}
+
+
 def test_non_finite_action_that_bypassed_validation_never_reaches_the_env():
     from hybrid.types import ActionChunk
 

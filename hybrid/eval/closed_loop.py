@@ -52,6 +52,9 @@ def evaluate(cfg) -> dict:
     tiers = _TierCache()
     loop = SyncLoopConfig(**OmegaConf.to_container(cfg.loop))
     adapter_cfg = EnvAdapterConfig(**OmegaConf.to_container(cfg.adapter))
+    # the env must not truncate an episode before the loop's window after success has run out
+    env_steps = {"max_steps": max(int(cfg.env.max_steps), loop.max_steps + loop.after_success_steps)} \
+        if loop.after_success_steps and "max_steps" in cfg.env else {}
     report: dict = {"episodes": cfg.episodes, "split": cfg.split, "agents": {}}
     trace = EpisodeTrace(cfg.trace) if cfg.get("trace") else None
     for name, spec in cfg.agents.items():
@@ -62,7 +65,7 @@ def evaluate(cfg) -> dict:
         per_family: dict[str, dict] = {}
         latency: dict[str, list[float]] = defaultdict(list)
         for family in families:
-            env = EnvAdapter(instantiate(cfg.env, task=family, split=cfg.split), adapter_cfg)
+            env = EnvAdapter(instantiate(cfg.env, task=family, split=cfg.split, **env_steps), adapter_cfg)
             oracles = [t for t in (agent.planner, agent.world_model) if hasattr(t, "bind")]
             subscribers = [_BindOracle(oracles, env.env)] if oracles else []
             # Envs that can judge more than success (the tabletop: how far placements missed, whether the
@@ -89,6 +92,7 @@ def evaluate(cfg) -> dict:
                 # how episodes ended: success, done (the planner said so too early), budget (out of steps), fault
                 "ended": dict(Counter(r.status for r in results)),
                 **{key: value for probe in probes for key, value in probe.summary().items()},
+                **(stopping(results) if loop.after_success_steps else {}),
             }
             for r in results:
                 for tier, stats in r.latency_ms.items():
@@ -99,6 +103,19 @@ def evaluate(cfg) -> dict:
     if trace is not None:
         trace.close()
     return report
+
+
+def stopping(results: list) -> dict:
+    """How the agent ended episodes that went on after success (`SyncLoopConfig.after_success_steps`): solved (the
+    env reported success at some step), stopped (it said "done" and the scene was solved: what a robot without a
+    simulator needs), steps from success to its "done" (median; below 0 where it said so as the last block came
+    to rest), and solved scenes it left unsolved at the end (it moved a placed block)."""
+    solved = [r for r in results if r.success_step is not None]
+    stopped = [r for r in solved if r.status == "done" and r.success]
+    return {"solved": round(len(solved) / max(len(results), 1), 4),
+            "stopped": round(len(stopped) / max(len(results), 1), 4),
+            "stop_steps_p50": float(np.median([r.done_step - r.success_step for r in stopped])) if stopped else None,
+            "undone": int(sum(not r.success for r in solved))}
 
 
 class _BindOracle:

@@ -68,6 +68,7 @@ class EpisodeTrace:
 
     def on_episode_end(self, result) -> None:
         self._write("end", status=result.status, success=result.success, steps=result.steps,
+                    success_step=result.success_step, done_step=result.done_step,
                     subtask_success=result.info.get("subtask_success"), planned=result.subtasks, **self._state())
 
     def close(self) -> None:

@@ -21,6 +21,10 @@ class EpisodeResult(BaseModel):
     faults: list[TierFault] = Field(default_factory=list)
     latency_ms: dict[str, dict[str, float]] = Field(default_factory=dict)  # tier -> {p50, p95, mean, n}
     info: dict[str, Any] = Field(default_factory=dict)
+    # the step at which the env first reported success (None: never, or not tracked); with the sync loop's
+    # after_success_steps the episode went on from there, and ``success`` is the env's at the end
+    success_step: int | None = None
+    done_step: int | None = None  # the step at which the agent said "done" (None: it never did)
 
     def achieved(self) -> tuple[int, int]:
         """(subtasks done, subtasks): from the env's own judgement (``info["subtask_success"]``) when it gives

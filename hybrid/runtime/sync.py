@@ -33,6 +33,15 @@ class SyncLoopConfig(BaseModel):
                                    "(the stall signal of the planner's replan policy)")
     max_consecutive_faults: int = Field(3, gt=0, description="end the episode after this many faults in a row")
     instruction: str | None = Field(None, description="overrides the env's info['instruction']")
+    settle_steps: int = Field(0, ge=0, description="steps the robot holds still (the env's hold action) once the "
+                              "agent says \"done\", before the episode is judged: a block just let go of comes to "
+                              "rest")
+    # A robot has no simulator to say the task is solved: the agent must say "done" itself, and leave the scene
+    # as it is until it does.
+    after_success_steps: int = Field(0, ge=0, description="steps the episode goes on once the env reports "
+                                     "success, for the agent to say \"done\" (0: it ends at success); the "
+                                     "result's success is then the env's at the end, and success_step when "
+                                     "it was first reached")
 
 
 def run_episode(agent: HybridAgent, env: EnvAdapter, config: SyncLoopConfig | None = None,
@@ -49,6 +58,7 @@ def run_episode(agent: HybridAgent, env: EnvAdapter, config: SyncLoopConfig | No
         sub.on_episode_start(instruction, dict(info))
 
     steps, chunks, streak, status = 0, 0, 0, "budget"
+    budget, success_step, done_step = cfg.max_steps, None, None
     clock, stalled_s, stall = 0.0, 0.0, StallClock(cfg.stall_tolerance)  # env time: the chunks' dt per step
     terminated = truncated = False
     step_faults: list[TierFault] = []
@@ -68,7 +78,7 @@ def run_episode(agent: HybridAgent, env: EnvAdapter, config: SyncLoopConfig | No
 
     try:
         obs = env.observation(raw, instruction)
-        while steps < cfg.max_steps:
+        while steps < budget:
             lat: dict[str, float] = {}
             if agent.stack.current is None or (chunks % cfg.replan_every == 0 and agent.plan_due(clock, stalled_s)):
                 res = agent.plan(obs, now=clock)
@@ -76,8 +86,17 @@ def run_episode(agent: HybridAgent, env: EnvAdapter, config: SyncLoopConfig | No
                 if res.fault:
                     fault(res.fault)
             if agent.stack.finished:
-                status = "done"
+                status, done_step = "done", steps
                 publish(obs, None, lat)
+                for _ in range(cfg.settle_steps):  # the robot holds still while what it let go of comes to rest
+                    hold = env.hold_action()
+                    raw, _, terminated, truncated, info = env.env.step(hold)
+                    steps += 1
+                    success_step = steps if info.get("success") and success_step is None else success_step
+                    obs = env.observation(raw, instruction)
+                    publish(obs, hold, {})
+                    if truncated:
+                        break
                 break
             if agent.stack.current is None:  # no subtask yet: nothing to act on, hold
                 streak += 1
@@ -120,9 +139,15 @@ def run_episode(agent: HybridAgent, env: EnvAdapter, config: SyncLoopConfig | No
                 stalled_s = stall.update(obs.state, clock)
                 publish(obs, safe, lat)
                 lat = {}
-                if info.get("success"):
-                    status = "success"
-                if terminated or truncated or status == "success" or steps >= cfg.max_steps:
+                if info.get("success") and success_step is None:
+                    success_step = steps
+                    if cfg.after_success_steps:  # the agent's "done" ends the episode, or this many steps
+                        budget = steps + cfg.after_success_steps
+                    else:
+                        status = "success"
+                if cfg.after_success_steps and info.get("success"):
+                    terminated = False  # ended by success, which the agent must now tell by itself
+                if terminated or truncated or status == "success" or steps >= budget:
                     break
             if status == "success" or terminated or truncated:
                 status = status if status == "success" else "terminated"
@@ -141,7 +166,7 @@ def run_episode(agent: HybridAgent, env: EnvAdapter, config: SyncLoopConfig | No
             status=status, success=bool(info.get("success", False)), steps=steps, instruction=instruction,
             subtasks_completed=sum(s.status == "done" for s in agent.stack.subtasks),
             subtasks=[s.text for s in agent.stack.subtasks], faults=faults, latency_ms=latency.summary(),
-            info=_jsonable(info),
+            info=_jsonable(info), success_step=success_step, done_step=done_step,
         )
         for sub in subscribers:
             sub.on_episode_end(result)

@@ -106,6 +106,19 @@ class AffordanceCheck(BaseModel):
                                    "unchecked, and \"done\" further down its replies as any switch (no checked "
                                    "subtask scoring min_score, not done_below; needs the prompt's placed_in_prompt)")
 
+    # Traced in the loop with episodes going on after success (`hybrid eval loop.after_success_steps=60`): after the
+    # last placement the planner's replies were the subtask under way, then "done", every new subtask 3-6 nats below,
+    # but the check held "done" back (it scored subtasks no scene allows 0.1-0.8) and the agent took on new
+    # subtasks; in `stack` it took finished towers apart. The check must find the subtask under way finished, and
+    # must have passed it when it was taken: in `sort` the planner had said "done" with a block left, after a
+    # subtask naming a block that was not there.
+    done_nats: float | None = Field(None, gt=0, description="once the gripper has let go under the subtask under "
+                                    "way, which the check passed (min_score) when it was taken and now scores below "
+                                    "done_below (its block placed), "
+                                    "\"done\" is taken when it is the planner's likeliest reply besides that subtask "
+                                    "and every new subtask among its replies is at least this much less likely "
+                                    "(log-probability), however the check scores them; None: \"done\" is checked as "
+                                    "any reply")
     @property
     def done_score(self) -> float:
         """The score no checked subtask may reach for "done" to be taken."""

@@ -179,9 +179,12 @@ def error_row(ex, step) -> dict:
             "accepted": sorted(ex.accepted), "reply": None if step is None else "<done>" if step.done else step.subtask}
 
 
+MAX_CONFIRMATIONS = 10  # plan calls per example at most, while a change waits for confirmation
+
+
 def ask(planner, ex, frames: dict, states) -> tuple:
     """The planner's reply to example ``ex``, taken up as a runtime would be in it (None for a `PlannerFault`), and
-    the milliseconds the plan call took."""
+    the milliseconds its first plan call took."""
     from hybrid.types import Observation, Subtask
     from planners.subtask.examples import release_view_frame
     from planners.subtask.reply import PlannerFault
@@ -191,12 +194,18 @@ def ask(planner, ex, frames: dict, states) -> tuple:
     planner.resume(ex.current, ex.releases, states[ex.frame], None if shown is None else frames[camera][shown])
     obs = Observation(images={c: f[ex.frame] for c, f in frames.items()}, state=states[ex.frame])
     history = [Subtask(text=s, index=k, status="done") for k, s in enumerate(ex.done)]
-    t = time.perf_counter()
+    t, ms = time.perf_counter(), None
     try:
-        step = planner.plan(obs, ex.instruction, history)
+        # a change that waits for more replies in a row (`ReplanPolicy`) is asked again, as the runtime's next calls
+        # would ask it while the scene stays as in this frame
+        for _ in range(MAX_CONFIRMATIONS):
+            step = planner.plan(obs, ex.instruction, history)
+            ms = (time.perf_counter() - t) * 1e3 if ms is None else ms
+            if not getattr(planner, "pending", False):
+                break
     except PlannerFault:
         step = None
-    return step, (time.perf_counter() - t) * 1e3
+    return step, (time.perf_counter() - t) * 1e3 if ms is None else ms
 
 
 def score_situations(planner, dataset, frames: dict, states, canon, limit: int, errors: list | None = None) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -110,6 +111,10 @@ class VLMPlanner:
         self._idle_calls = 0  # calls since the gripper last closed or the subtask began
         self._dropped: list[str] = []  # given up before any release: the runtime's history counts them done
         self._given_up: set[str] = set()  # given up and not taken again since (AffordanceCheck.remember_given_up)
+        # The subtask under way was taken while the check scored it below min_score (or could not score it): its
+        # release is no sign that anything was placed (traced in `sort`: a block named that was not there, "done"
+        # after it with a block of another colour left). Read by `AffordanceCheck.done_nats`.
+        self._doubted = False
         self._proposal: tuple[str, int] | None = None  # an unconfirmed change of subtask, and its replies so far
         # Called as (obs, instruction, done, current, releases) whenever the model is asked: on-policy data
         # collection (`planners/subtask/on_policy.py`) records what it was asked in its own closed loop.
@@ -125,6 +130,12 @@ class VLMPlanner:
         """What `prompt.release_camera` saw at the last release under the subtask under way (None: none yet, or no
         release camera): the view the model is shown beside the cameras, as on-policy recordings keep it."""
         return self._release_view if self.releases else None
+
+    @property
+    def pending(self) -> bool:
+        """Whether a change of subtask (or "done") waits for more replies in a row (`ReplanPolicy`): the runtime's next
+        calls decide it."""
+        return self._proposal is not None
 
     @property
     def wants_affordance(self) -> bool:
@@ -189,6 +200,9 @@ class VLMPlanner:
             steps, log_probs = [steps[i] for i in keep], [log_probs[i] for i in keep]
         if check.done_when_placed and steps[0].done and self._placed:
             return steps[0].model_copy(update={"reason": "done: the last release placed its block (release view)"})
+        done = self._done_after_release(steps, log_probs, obs)
+        if done is not None:
+            return self._retried(done, obs, stale)
         if check.beam_nats is not None:  # what the planner itself deems unlikely is not taken for a failed check
             keep = [i for i, lp in enumerate(log_probs) if lp >= max(log_probs) - check.beam_nats]
             steps, log_probs = [steps[i] for i in keep], [log_probs[i] for i in keep]
@@ -220,6 +234,33 @@ class VLMPlanner:
                 reply = (step, _log_prob_of(step, steps, log_probs))
             step = self._widened(messages, image, obs, current, step, reply, step.subtask in last) or step
         return self._retried(step, obs, stale)
+
+    def _done_after_release(self, steps: list[PlanStep], log_probs: list[float], obs: Observation) -> PlanStep | None:
+        """"done" when, after a release under the subtask under way that the check scores finished (below
+        `done_score`) and passed (`min_score`) when it was taken, "done" is the likeliest of ``steps`` but that subtask
+        and every new subtask lies `AffordanceCheck.done_nats` below it; None otherwise (or with the rule off)."""
+        if (self.affordance.done_nats is None or self.releases == 0 or self._closed or self.current is None
+                or self._doubted):
+            return None
+        others = [(s, lp) for s, lp in zip(steps, log_probs, strict=True) if s.done or s.subtask != self.current]
+        if not others or not others[0][0].done:
+            return None
+        gap = others[0][1] - max((lp for _, lp in others[1:]), default=-math.inf)
+        if gap < self.affordance.done_nats:
+            return None
+        value = score_one(self._score, obs, self.current)  # a failing check: no evidence, "done" is checked as ever
+        if value is None or not value < self._done_score():
+            return None
+        why = f"done: {self.current!r} looks finished ({value:.2f}), every new subtask {gap:.1f} nats below \"done\""
+        return others[0][0].model_copy(update={"reason": why})
+
+    def _taken_in_doubt(self, step: PlanStep, obs: Observation) -> bool:
+        """Whether the check scores ``step``, a subtask being taken, below `min_score` or fails to score it (asked
+        only for `AffordanceCheck.done_nats`)."""
+        if self.affordance.done_nats is None or self._score is None or step.done:
+            return False
+        value = score_one(self._score, obs, step.subtask)
+        return value is None or not value >= self.affordance.min_score
 
     def _past_finished(self, steps: list[PlanStep], obs: Observation) -> PlanStep | None:
         """The likeliest new subtask among ``steps`` that the check scores `done_score`, when it scores the subtask
@@ -340,6 +381,7 @@ class VLMPlanner:
         self._armed, self._approach_calls = False, 0  # an approach is seen only as it comes down
         self._idle_calls = self._unplaced_under = 0
         self._given_up = set()
+        self._doubted = False
 
     def _confirmed(self, step: PlanStep) -> PlanStep:
         """``step``, or the current subtask while a change to ``step`` lacks the replies in a row that
@@ -349,6 +391,8 @@ class VLMPlanner:
             return step
         released = self.prompt.gripper_index is None or self.releases > 0
         needed = self.replan.switch_confirmations if released else self.replan.switch_confirmations_before_release
+        if step.done and self.replan.done_confirmations is not None:
+            needed = self.replan.done_confirmations
         change = "<done>" if step.done else step.subtask
         count = self._proposal[1] + 1 if self._proposal and self._proposal[0] == change else 1
         if count < needed:
@@ -445,6 +489,7 @@ class VLMPlanner:
                 self._given_up.discard(step.subtask)  # taken again (nothing else was left): it runs its course
                 self.releases, self._idle_calls, self._release_view, self._placed = 0, 0, None, None
                 self._unplaced_under = 0
+                self._doubted = self._taken_in_doubt(step, obs)
             self.current = step.subtask
             return step
         raise PlannerFault(kind, attempts)

@@ -28,6 +28,11 @@ class ReplanPolicy(BaseModel):
     switch_confirmations: int = Field(1, ge=1, description="consecutive replies naming a change before it is taken")
     switch_confirmations_before_release: int = Field(
         1, ge=1, description="the same while the gripper has not let go since the current subtask began")
+    # "done" ends the episode, and the planner may say it as it lets go of the last block, before the cup has risen
+    # and the block come to rest (traced in `sort`: a block pinned under the cup on the one below never came to rest
+    # in its bowl).
+    done_confirmations: int | None = Field(None, ge=1, description="consecutive replies saying \"done\" before it is "
+                                           "taken (None: as any change)")
     # A pick-and-place finishes when its block is let go of: while the gripper holds one, a change of subtask
     # can only make the executor carry it somewhere else (to another bowl, as traced in `sort`).
     keep_while_holding: bool = Field(
