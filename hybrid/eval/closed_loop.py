@@ -52,8 +52,9 @@ def evaluate(cfg) -> dict:
     tiers = _TierCache()
     loop = SyncLoopConfig(**OmegaConf.to_container(cfg.loop))
     adapter_cfg = EnvAdapterConfig(**OmegaConf.to_container(cfg.adapter))
-    # the env must not truncate an episode before the loop's window after success has run out
-    env_steps = {"max_steps": max(int(cfg.env.max_steps), loop.max_steps + loop.after_success_steps)} \
+    # the env must not truncate an episode before the loop's window after success has run out (success at the
+    # loop's last step opens a window to one step past the budget)
+    env_steps = {"max_steps": max(int(cfg.env.max_steps), loop.max_steps + loop.after_success_steps + 1)} \
         if loop.after_success_steps and "max_steps" in cfg.env else {}
     report: dict = {"episodes": cfg.episodes, "split": cfg.split, "agents": {}}
     trace = EpisodeTrace(cfg.trace) if cfg.get("trace") else None
