@@ -95,7 +95,7 @@ def run_episode(agent: HybridAgent, env: EnvAdapter, config: SyncLoopConfig | No
                     success_step = steps if info.get("success") and success_step is None else success_step
                     obs = env.observation(raw, instruction)
                     publish(obs, hold, {})
-                    if truncated:
+                    if terminated or truncated:  # a gymnasium env is not stepped past its episode's end
                         break
                 break
             if agent.stack.current is None:  # no subtask yet: nothing to act on, hold

@@ -119,6 +119,7 @@ class AffordanceCheck(BaseModel):
                                     "and every new subtask among its replies is at least this much less likely "
                                     "(log-probability), however the check scores them; None: \"done\" is checked as "
                                     "any reply")
+
     @property
     def done_score(self) -> float:
         """The score no checked subtask may reach for "done" to be taken."""
