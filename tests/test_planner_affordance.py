@@ -681,3 +681,18 @@ def test_done_nats_needs_the_subtask_under_way_to_have_passed_the_check_when_it_
     table[RED] = 0.05  # let go: the check finds RED finished
     step = planner.plan(gripper_at(0.0), "sort", [])
     assert step.done == done  # in doubt: the planner keeps RED (no recheck) instead of ending the episode
+
+
+def test_done_nats_takes_no_done_on_a_failing_check(caplog):
+    def broken(obs, texts):
+        raise RuntimeError("executor gone")
+
+    after = beam((RED, -0.5), (None, -1.0), (BLUE, -6.0))
+    planner = VLMPlanner(CandidatesBackend(after, after), vocabulary=[RED, BLUE], prompt={"gripper_index": -1},
+                         affordance={"candidates": 4, "done_below": 0.1, "done_nats": 2.0})
+    planner.use_affordance(broken)
+    planner.resume(RED, releases=1)
+    with caplog.at_level(logging.WARNING):
+        step = planner.plan(gripper_at(0.0), "sort", [])
+    assert not step.done and step.subtask == RED  # no evidence that RED finished: the planner's own reply stands
+    assert "affordance check failed: executor gone" in caplog.text
