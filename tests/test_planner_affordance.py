@@ -696,3 +696,15 @@ def test_done_nats_takes_no_done_on_a_failing_check(caplog):
         step = planner.plan(gripper_at(0.0), "sort", [])
     assert not step.done and step.subtask == RED  # no evidence that RED finished: the planner's own reply stands
     assert "affordance check failed: executor gone" in caplog.text
+
+
+
+@pytest.mark.parametrize("red, on_felt, done", [(0.0, True, True), (0.001, True, False), (0.001, False, True)])
+def test_done_on_felt_takes_done_only_after_what_the_executor_felt(red, on_felt, done):
+    # a tower's level felt resting scores 0; a bowl subtask read finished (where its block was let go of) 0.001
+    after = beam((RED, -0.5), (None, -1.0), (BLUE, -5.0))
+    planner = VLMPlanner(CandidatesBackend(after, after), vocabulary=[RED, BLUE], prompt={"gripper_index": -1},
+                         affordance={"candidates": 4, "done_below": 0.1, "done_nats": 2.0, "done_on_felt": on_felt})
+    planner.use_affordance(scorer({RED: red, BLUE: 0.3}))
+    planner.resume(RED, releases=1)
+    assert planner.plan(gripper_at(0.0), "sort", []).done == done

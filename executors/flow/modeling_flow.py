@@ -35,7 +35,7 @@ from executors.flow.guarded_place import (
 from executors.flow.in_hand import InHandOffset, WristReading
 from executors.flow.place_check import PlaceCheckConfig, wrong_place
 from executors.flow.processor_flow import Normalizer, load_tokenizer, observation_batch
-from executors.flow.subtask_colours import subtask_colour, support_colour
+from executors.flow.subtask_colours import in_bowl, subtask_colour, support_colour
 from executors.flow.transit import TransitConfig, climb_straight_up, hold_transit_height
 from executors.flow.waypoint_heads import PRIOR_RADIUS, HeatmapWaypointHead
 from executors.flow.waypoints import GRIPPER_ON
@@ -51,6 +51,9 @@ REJECTED_PENALTY = 10.0
 # of not where it rested, a probe under way), which the planner's `retry_min: 1.0` trusts; the learned head's float32
 # sigmoid rounds to exactly 1 past a logit of about 17, and the held block's reading scores its likeliest colour 1.
 READ_MAX = 0.999
+# ... and the least: 0 means it felt the subtask finished (a block let go of resting on its support), which a planner's
+# `done_on_felt` trusts; a bowl subtask whose block it let go of where it aimed is read finished (`bowl_release_radius`).
+READ_MIN = 0.001
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -465,7 +468,7 @@ class FlowExecutor:
                  align: dict | None = None, offset_over_support_only: bool = True,
                  place_persistence: float | None = None, grasp_check: dict | None = None,
                  place_check: dict | None = None, place_on_released: bool = False,
-                 guarded_place: dict | None = None):
+                 guarded_place: dict | None = None, bowl_release_radius: float | None = None):
         """``affordance``: `AffordanceConfig` fields, how `affordance` turns the waypoint maps into scores.
         ``pick_persistence``, ``place_inhibition``, ``place_lock_distance``, ``place_persistence``: override the
         checkpoint's `FlowConfig` fields of those names (run-time settings). ``affordance_inhibition``: `affordance`
@@ -489,7 +492,10 @@ class FlowExecutor:
         block's offset read then), not to the place its maps find; the colours are those of the in-hand models.
         ``guarded_place``: `GuardedPlaceConfig` fields (`executors/flow/guarded_place.py`): under a block-on-block
         subtask the release waits until the held block rests on something, coming straight down; resting lower than
-        a block's height, the place is given up and the cup rises still holding (None: off)."""
+        a block's height, the place is given up and the cup rises still holding (None: off). ``bowl_release_radius``
+        (m): a subtask that puts a block in a bowl, whose block this episode let go of (not a grasp check's let-go)
+        within this distance (xy) of the place it steered to from afar, scores `READ_MIN` in `affordance`: read
+        finished (None: off)."""
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         self.affordance_cfg = AffordanceConfig.model_validate(dict(affordance or {}))
         if not math.isfinite(noise_scale) or noise_scale < 0:
@@ -528,6 +534,9 @@ class FlowExecutor:
         if self.guarded_place is not None and not self._colours:
             raise ValueError("guarded_place tells a block-on-block subtask by its colours: it needs an in-hand model "
                              "with colours (in_hand, or the grasp check's)")
+        if bowl_release_radius is not None and not (math.isfinite(bowl_release_radius) and bowl_release_radius > 0):
+            raise ValueError(f"bowl_release_radius: expected a distance in metres > 0, got {bowl_release_radius!r}")
+        self.bowl_release_radius = bowl_release_radius
         self._steers = (any(x is not None for x in (self.in_hand, self.transit, self.grasp_check, self.place_check,
                                                     self.guarded_place))
                         or self.place_on_released)
@@ -569,6 +578,8 @@ class FlowExecutor:
         self._held = False  # whether the gripper held at the chunk before
         self._subtask: str | None = None  # the subtask of the chunk before
         self._placed: list[tuple[str | None, torch.Tensor]] = []  # (subtask, effector xy (2,)) at each release
+        # (subtask, effector xy (2,), place xy steered to from afar (2,)) at each release under a bowl subtask
+        self._bowl_releases: list[tuple[str, torch.Tensor, torch.Tensor]] = []
         self._place: tuple[str | None, torch.Tensor] | None = None  # (subtask, place xy (1, 2)) seen from afar, held
         self._supports: list[torch.Tensor] = []  # the support's xy (1, 2) as each chunk of this placement saw it
         self._stacked = False  # whether a block was let go of on a support this episode (a tower may stand)
@@ -589,11 +600,23 @@ class FlowExecutor:
         self._probe: tuple[str | None, float, int] | None = None
         self._places_given_up: dict[str | None, int] = {}  # subtask -> places the guarded place gave up under it
 
-    def remember_releases(self, releases: list[tuple[str | None, np.ndarray]]) -> None:
+    def remember_releases(self, releases: list[tuple[str | None, np.ndarray]],
+                          aims: list[np.ndarray | None] | None = None) -> None:
         """Take up a runtime's memory of this episode's releases, (the subtask under way, the effector's xy) each,
-        which `act` and `affordance` keep their picks off (evaluation builds situations from recorded frames)."""
-        self._placed = [(text, torch.as_tensor(np.asarray(xy, np.float32).reshape(-1)[:2], device=self.device))
-                        for text, xy in releases]
+        which `act` and `affordance` keep their picks off, and for each the place steered to from afar (``aims``,
+        None where unknown; `aimed_place`) (evaluation builds situations from recorded frames)."""
+        def xy(value) -> torch.Tensor:
+            return torch.as_tensor(np.asarray(value, np.float32).reshape(-1)[:2], device=self.device)
+
+        self._placed = [(text, xy(at)) for text, at in releases]
+        aims = aims if aims is not None else [None] * len(releases)
+        self._bowl_releases = [(text, xy(at), xy(aim)) for (text, at), aim in zip(releases, aims, strict=True)
+                               if aim is not None and in_bowl(text)]
+
+    def aimed_place(self, obs: Observation, subtask: str) -> np.ndarray:
+        """``(2,)``: the place the maps find for ``subtask`` in ``obs``, as `act` steers to it from afar (the place
+        a release under a bowl subtask is judged against, `bowl_release_radius`)."""
+        return np.asarray(self.waypoints(obs, Subtask(text=subtask, index=0))[2:4], np.float64)
 
     def _nowhere(self) -> torch.Tensor:
         """``(1, 2)`` NaN: no point (what `HeatmapWaypointHead.peak` and `FlowModel._peaks` read as none)."""
@@ -609,6 +632,8 @@ class FlowExecutor:
         released = self._held and not held
         if released and not self._letting_go:  # seen at the first chunk after it: the effector has risen, not moved
             self._placed.append((self._subtask, state[0, :2].float()))
+            if in_bowl(self._subtask) and self._place is not None and self._place[0] == self._subtask:
+                self._bowl_releases.append((self._subtask, state[0, :2].float(), self._place[1][0].float()))
             on_released = self._released_support(self._subtask) is not None  # steered to a block let go of before
             self._stacked = self._stacked or bool(self._supports) or on_released
             self._remember_release(state)
@@ -929,23 +954,38 @@ class FlowExecutor:
         """How likely each of ``subtasks`` can be started from ``obs``, in [0, 1] (`executors/flow/affordance.py`):
         the planner's SayCan-style check before it switches to a new subtask. One batch for all of them. With a
         block held and the grasp check's colour model, how likely the held block is the one each moves. What is read
-        off the cameras stays at or below `READ_MAX`; 0 and 1 are what the guarded place felt (finished, still to
+        off the cameras, or from where it let go of a block, stays within [`READ_MIN`, `READ_MAX`]; 0 and 1 are what the guarded place felt (finished, still to
         do)."""
         if not self.supports_affordance:
             raise ValueError("affordance: this executor has no heatmap waypoint head (FlowConfig.waypoint_head)")
         if not subtasks:
             return np.zeros(0)
         batch = observation_batch(self.cfg, self.tokenizer, obs, Subtask(text=subtasks[0], index=0), None)
+        released = self._released_in_bowl(subtasks)
         held = self._held_scores(obs, batch["state"], subtasks)
         if held is not None:
-            return np.minimum(held, READ_MAX)
-        scores = np.minimum(self._front_scores(batch, subtasks), READ_MAX)
+            return np.where(released, READ_MIN, np.clip(held, READ_MIN, READ_MAX))
+        scores = np.where(released, READ_MIN, np.clip(self._front_scores(batch, subtasks), READ_MIN, READ_MAX))
         if self._rested is not None:  # the guarded place felt its block come to rest on a block: finished
             scores[[text == self._rested for text in subtasks]] = 0.0
         unplaced = self._missed if self._probe is None else self._probe[0]
         if unplaced is not None:  # let go of on no block, fallen off, or not yet felt to stay: still to do
             scores[[text == unplaced for text in subtasks]] = 1.0
         return scores
+
+    def _released_in_bowl(self, subtasks: list[str]) -> np.ndarray:
+        """``bool (k,)``: which of ``subtasks`` put a block in a bowl and had it let go of this episode (not by a grasp
+        check) within `bowl_release_radius` of the place steered to from afar. The learned head reads a block just
+        let go of in its bowl as still to move in up to half of the expert's last frames (0.14-0.85); where the cup
+        let go of it is what the executor knows. A block let go of over a bowl's floor stays in it; the expert's
+        missed placements land 3-5 cm past the rim, 11-13 cm from the bowl's centre."""
+        finished = np.zeros(len(subtasks), bool)
+        if self.bowl_release_radius is None:
+            return finished
+        for text, at, aimed in self._bowl_releases:
+            if float(torch.linalg.norm(at - aimed)) < self.bowl_release_radius:
+                finished |= np.array([t == text for t in subtasks], bool)
+        return finished
 
     def _front_scores(self, batch: dict[str, torch.Tensor], subtasks: list[str]) -> np.ndarray:
         """`affordance` off the front camera: the learned head, or the waypoint maps' contrast and reach."""

@@ -26,3 +26,8 @@ def support_colour(text: str | None, colours: list[str] | dict) -> str | None:
     if len(named) < 2 or "bowl" in words:
         return None
     return named[1]
+
+
+def in_bowl(text: str | None) -> bool:
+    """Whether subtask ``text`` puts its block in a bowl."""
+    return "bowl" in _named(text, [])[0]

@@ -40,6 +40,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--exact", action="store_true", help="compare subtask text exactly, not canonically")
     p.add_argument("--affordance", action="store_true",
                    help="check candidate replies against the tabletop executor's affordance, as the agent does")
+    p.add_argument("--executor-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --affordance, a Hydra override of configs/executor/flow_tabletop.yaml (repeatable), "
+                        "e.g. executor.bowl_release_radius=0.08")
     p.add_argument("--on-policy", action="store_true",
                    help="--data holds situations from an agent's own rollouts (`hybrid record "
                         "planner_rollouts.enabled=true`): score the planner's reply to each against the sim's label")
@@ -74,7 +77,7 @@ def main(argv: list[str]) -> int:
         names.add(planner.prompt.release_camera)
     executor = None
     if args.affordance:  # the executor's cameras at its size; the planner resizes its own as at run time
-        executor = instantiate(compose("executor/flow_tabletop").executor)
+        executor = instantiate(compose("executor/flow_tabletop", args.executor_override).executor)
         planner.use_affordance(executor.affordance)
         names, size = names | set(executor.cfg.cameras), executor.cfg.image_size
         if executor.colour_reader is not None:  # it judges a held block (AffordanceCheck.while_holding)
@@ -107,6 +110,7 @@ def main(argv: list[str]) -> int:
     premature = {v: [0, 0] for v in VARIANTS}
     premature_after_release = [0, 0]
     latencies = []
+    aimed: dict[int, np.ndarray | None] = {}  # release frame -> the place the executor steers to from afar
     for j in range(args.examples):
         # Alternate next-subtask examples (any frame) and done-detection examples (last-subtask frames).
         scoring_done = j % 3 == 2
@@ -118,7 +122,11 @@ def main(argv: list[str]) -> int:
         if ex is None or (not scoring_done and ex.target.done):
             continue
         if executor is not None:  # where the episode let go so far, as the runtime's executor remembers
-            executor.remember_releases([(text, states[r]) for text, r in builder.released_under(frame)])
+            released = builder.released_under(frame)
+            aims = None  # where it steered from afar, for a bowl subtask read finished by where it let go
+            if executor.bowl_release_radius is not None:
+                aims = [aimed_place(executor, text, r, frames, states, index, aimed) for text, r in released]
+            executor.remember_releases([(text, states[r]) for text, r in released], aims)
         step, ms = ask(planner, ex, frames, states)
         faults += step is None
         latencies.append(ms)
@@ -177,6 +185,25 @@ def error_row(ex, step) -> dict:
     return {"frame": ex.frame, "instruction": ex.instruction, "done": ex.done, "current": ex.current,
             "releases": ex.releases, "target": "<done>" if ex.target.done else ex.target.subtask,
             "accepted": sorted(ex.accepted), "reply": None if step is None else "<done>" if step.done else step.subtask}
+
+
+def aimed_place(executor, text: str, release: int, frames: dict, states: np.ndarray, index, cache: dict):
+    """For a release under a bowl subtask, the place the executor finds for it from afar, as it would have steered
+    there (`FlowExecutor.aimed_place`): read on the last frame before ``release`` with the effector at least the lock's
+    distance (`FlowConfig.place_lock_distance`) away from where it let go; None for other subtasks. Cached by frame."""
+    from executors.flow.subtask_colours import in_bowl
+    from hybrid.types import Observation
+
+    if release not in cache:
+        cache[release] = None
+        if in_bowl(text):
+            far, start = max(executor.cfg.place_lock_distance, 0.01), int(index.episode_start[release])
+            f = release
+            while f > start and np.linalg.norm(states[f, :2] - states[release, :2]) < far:
+                f -= 1
+            obs = Observation(images={c: v[f] for c, v in frames.items()}, state=states[f])
+            cache[release] = executor.aimed_place(obs, text)
+    return cache[release]
 
 
 MAX_CONFIRMATIONS = 10  # plan calls per example at most, while a change waits for confirmation

@@ -237,8 +237,9 @@ class VLMPlanner:
 
     def _done_after_release(self, steps: list[PlanStep], log_probs: list[float], obs: Observation) -> PlanStep | None:
         """"done" when, after a release under the subtask under way that the check scores finished (below
-        `done_score`) and passed (`min_score`) when it was taken, "done" is the likeliest of ``steps`` but that subtask
-        and every new subtask lies `AffordanceCheck.done_nats` below it; None otherwise (or with the rule off)."""
+        `done_score`; 0 with `done_on_felt`) and passed (`min_score`) when it was taken, "done" is the likeliest of
+        ``steps`` but that subtask and every new subtask lies `AffordanceCheck.done_nats` below it; None otherwise (or
+        with the rule off)."""
         if (self.affordance.done_nats is None or self.releases == 0 or self._closed or self.current is None
                 or self._doubted):
             return None
@@ -249,7 +250,8 @@ class VLMPlanner:
         if gap < self.affordance.done_nats:
             return None
         value = score_one(self._score, obs, self.current)  # a failing check: no evidence, "done" is checked as ever
-        if value is None or not value < self._done_score():
+        finished = value is not None and (value <= 0.0 if self.affordance.done_on_felt else value < self._done_score())
+        if not finished:
             return None
         why = f"done: {self.current!r} looks finished ({value:.2f}), every new subtask {gap:.1f} nats below \"done\""
         return others[0][0].model_copy(update={"reason": why})
