@@ -53,7 +53,8 @@ def test_a_block_let_go_of_far_from_the_place_steered_to_is_not_finished(executo
 def test_a_runtime_told_its_releases_and_aims_scores_alike(executor):
     release = np.array([0.3, 0.2, 0.05, 0.0])
     stack = "put the red block on the blue block"
-    executor.remember_releases([(BOWL.text, release), (stack, release)], [np.array([0.32, 0.19]), np.array([0.3, 0.2])])
+    aims = [np.array([0.32, 0.19]), np.array([0.3, 0.2])]
+    executor.remember_releases([(BOWL.text, release), (stack, release)], aims)
     bowl, other, tower = executor.affordance(at(0.0, 0.0), [BOWL.text, OTHER, stack])
     assert bowl == READ_MIN and other > READ_MIN and tower > READ_MIN  # a tower's level is finished by what the guard felt, not this
     executor.remember_releases([(BOWL.text, release)], [np.array([0.45, 0.2])])  # 15 cm off: a miss

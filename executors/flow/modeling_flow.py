@@ -51,8 +51,9 @@ REJECTED_PENALTY = 10.0
 # of not where it rested, a probe under way), which the planner's `retry_min: 1.0` trusts; the learned head's float32
 # sigmoid rounds to exactly 1 past a logit of about 17, and the held block's reading scores its likeliest colour 1.
 READ_MAX = 0.999
-# ... and the least: 0 means it felt the subtask finished (a block let go of resting on its support), which a planner's
-# `done_on_felt` trusts; a bowl subtask whose block it let go of where it aimed is read finished (`bowl_release_radius`).
+# ... and the least: 0 means it felt the subtask finished (a block let go of resting on its support), which a
+# planner's `done_on_felt` trusts; a bowl subtask whose block it let go of where it aimed is read finished
+# (`bowl_release_radius`).
 READ_MIN = 0.001
 
 
@@ -954,8 +955,8 @@ class FlowExecutor:
         """How likely each of ``subtasks`` can be started from ``obs``, in [0, 1] (`executors/flow/affordance.py`):
         the planner's SayCan-style check before it switches to a new subtask. One batch for all of them. With a
         block held and the grasp check's colour model, how likely the held block is the one each moves. What is read
-        off the cameras, or from where it let go of a block, stays within [`READ_MIN`, `READ_MAX`]; 0 and 1 are what the guarded place felt (finished, still to
-        do)."""
+        off the cameras, or from where it let go of a block, stays within [`READ_MIN`, `READ_MAX`]; 0 and 1 are what
+        the guarded place felt (finished, still to do)."""
         if not self.supports_affordance:
             raise ValueError("affordance: this executor has no heatmap waypoint head (FlowConfig.waypoint_head)")
         if not subtasks:
@@ -976,9 +977,9 @@ class FlowExecutor:
     def _released_in_bowl(self, subtasks: list[str]) -> np.ndarray:
         """``bool (k,)``: which of ``subtasks`` put a block in a bowl and had it let go of this episode (not by a grasp
         check) within `bowl_release_radius` of the place steered to from afar. The learned head reads a block just
-        let go of in its bowl as still to move in up to half of the expert's last frames (0.14-0.85); where the cup
-        let go of it is what the executor knows. A block let go of over a bowl's floor stays in it; the expert's
-        missed placements land 3-5 cm past the rim, 11-13 cm from the bowl's centre."""
+        let go of in its bowl as still to move in up to half of the expert's last frames (0.14-0.85); the expert's
+        missed placements land 3-5 cm past the rim, 11-13 cm from the bowl's centre. In the loop a block let go of
+        there may still rest on the rim or on a block already in the bowl, which this cannot tell."""
         finished = np.zeros(len(subtasks), bool)
         if self.bowl_release_radius is None:
             return finished
