@@ -283,6 +283,24 @@ def test_planner_done_ends_the_episode():
     assert result.status == "done" and result.subtasks_completed == 1 and result.steps < 500
 
 
+def test_after_done_the_robot_holds_still_while_the_scene_settles_before_it_is_judged():
+    class SettledAfterDone(RecordingPointEnv):  # solved only once the robot has held still for 3 steps
+        def _info(self):
+            still = len(self.sent) >= 3 and all(np.array_equal(a, [0.0, 0.0]) for a in self.sent[-3:])
+            return {**super()._info(), "success": still}
+
+    def episode(settle_steps):
+        a = agent(planner=MockPlanner(["go right"], calls_per_subtask=2, latency_s=0.0))
+        return run(a, env=SettledAfterDone(max_steps=100_000), max_steps=500, planner_hz=50,
+                   settle_steps=settle_steps)
+
+    result, env = episode(5)  # the env's episode ends once solved: it is not stepped past that
+    assert result.status == "done" and result.success
+    assert [a.tolist() for a in env.sent[-3:]] == [[0.0, 0.0]] * 3 and result.steps == len(env.sent)
+    result, env = episode(0)
+    assert result.status == "done" and not result.success and result.steps == len(env.sent)  # judged at once
+
+
 def test_env_success_ends_the_episode():
     class Solved(PointEnv):
         def _info(self):

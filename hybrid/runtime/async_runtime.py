@@ -52,6 +52,9 @@ class AsyncRuntimeConfig(BaseModel):
     world_model_retry_s: float = Field(1.0, gt=0, description="retry period after a world-model fault")
     max_consecutive_faults: int = Field(3, gt=0, description="end the episode after this many executor faults in a row")
     late_tolerance: float = Field(0.5, gt=0, description="a tick later than this fraction of a period misses its deadline")
+    settle_steps: int = Field(0, ge=0, description="ticks the robot holds still (the env's hold action) once the "
+                              "planner says done, before the episode is judged: a block let go of a moment before "
+                              "comes to rest (the sync loop's settle_steps)")
     instruction: str | None = Field(None, description="overrides the env's info['instruction']")
     shutdown_timeout_s: float = Field(5.0, ge=0, description="at an episode's end and on close, how long to wait for "
                                       "tier calls in flight (one left inside PyTorch at interpreter exit aborts it)")
@@ -160,7 +163,7 @@ class AsyncRuntime:
             if stop.is_set():
                 return "interrupted", info
             if s.stack.finished:
-                return "done", info
+                return "done", self._settle(s, step, t0, instruction, info)
             if s.executor_fault_streak >= cfg.max_consecutive_faults:
                 return "fault", info
             broken = next((w for w in workers.values() if w.error is not None), None)
@@ -212,6 +215,24 @@ class AsyncRuntime:
             if terminated or truncated:
                 return "terminated", info
         return "budget", info
+
+    def _settle(self, s: EpisodeState, step: int, t0: float, instruction: str, info: dict[str, Any]) -> dict[str, Any]:
+        """After "done": `settle_steps` more ticks at the control rate sending the hold action, so that what the robot
+        let go of comes to rest before the env judges the episode; the info of the last tick sent."""
+        period, env = 1.0 / self.config.control_hz, self.env
+        for _ in range(self.config.settle_steps):
+            wait = t0 + step * period - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            obs, hold = env.observe(), env.hold_action()
+            s.queue.pop()  # the step is the hold's, whatever was queued
+            s.queue.sent(hold)
+            terminated, truncated, info = env.send(hold)
+            step += 1
+            self._publish(s, step, instruction, obs, hold)
+            if terminated or truncated:  # an env is not stepped past its episode's end
+                break
+        return info
 
     def _publish(self, s: EpisodeState, step: int, instruction: str, obs: Observation, action: np.ndarray) -> None:
         depth = s.queue.depth()
