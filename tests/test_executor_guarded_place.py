@@ -261,3 +261,52 @@ def test_only_what_the_executor_felt_scores_1(probing):
     assert executor.affordance(at(0.3, 0.2, 0.0), [STACK.text, other]).tolist() == [0.999, 0.999]
     let_go_resting(executor)  # a probe under way: still to do, as the executor knows
     assert executor.affordance(at(0.3, 0.118, 0.0), [STACK.text, other]).tolist() == [1.0, 0.999]
+
+
+@pytest.fixture
+def bowl_guarded(tmp_path):
+    InHandOffset(replace(TINY, colours=["red", "blue", "green"])).save_pretrained(tmp_path / "in_hand")
+    model = tiny_model(vision_stem="conv", keypoints=4, waypoint_loss=1.0, waypoint_head="heatmap",
+                       table_homography=TOP_DOWN, waypoint_target=True, action_dim=4, place_lock_distance=0.04)
+    executor = FlowExecutor(model, in_hand=str(tmp_path / "in_hand"), place_on_released=True,
+                            guarded_place={**GUARD, "bowl_floor": 0.05, "bowl_read_finished": True}, affordance={"contrast_at": 0.0,
+                                                                                     "reach_at": 0.0})
+    executor.in_hand.read = lambda image: WristReading(np.array([0.0, 0.0], np.float32))
+    model.sample_actions = lambda batch, *a, **k: torch.from_numpy(releasing(model.cfg.chunk))[None]
+    return executor
+
+
+BOWL = Subtask(text="put the red block in the blue bowl", index=0)
+
+
+def test_a_bowl_release_waits_for_the_bowls_floor_and_is_read_finished(bowl_guarded):
+    from executors.flow.modeling_flow import READ_MIN
+
+    executor = bowl_guarded
+    chunk = executor.act(at(0.3, 0.12), BOWL)  # the learned chunk would let go 8 cm up: come down instead
+    assert (chunk.actions[:, 3] == 1.0).all() and np.allclose(chunk.actions[:, 2], -0.01)
+    executor.act(at(0.3, 0.045), BOWL)
+    chunk = executor.act(at(0.3, 0.044), BOWL)  # resting 4.4 cm up: on the bowl's floor
+    assert (chunk.actions[1:, 3] == 0.0).all() and chunk.note is None
+    assert executor.affordance(at(0.3, 0.2, 0.0), [BOWL.text])[0] == READ_MIN
+
+
+def test_a_bowl_release_resting_on_the_rim_or_a_block_gives_the_place_up(bowl_guarded):
+    executor = bowl_guarded
+    executor.act(at(0.3, 0.12), BOWL)
+    executor.act(at(0.3, 0.07), BOWL)
+    chunk = executor.act(at(0.3, 0.069), BOWL)  # resting 6.9 cm up: on the rim
+    assert chunk.note.startswith("guarded place: the held block rests not on the bowl's floor (6.9 cm up)")
+    assert (chunk.actions[:, 3] == 1.0).all() and np.isclose(chunk.actions[:, 2].sum(), 0.05)  # rises, holding
+    executor.act(at(0.3, 0.12), BOWL)  # out of retries (1): let go where it rests, nothing read
+    executor.act(at(0.3, 0.07), BOWL)
+    chunk = executor.act(at(0.3, 0.069), BOWL)
+    assert (chunk.actions[1:, 3] == 0.0).all() and executor._on_bowl_floor is None
+
+
+def test_a_bowl_release_on_the_floor_is_left_to_the_check_unless_read_finished(bowl_guarded):
+    executor = bowl_guarded
+    executor.guarded_place = executor.guarded_place.model_copy(update={"bowl_read_finished": False})
+    for z in (0.12, 0.045, 0.044):
+        chunk = executor.act(at(0.3, z), BOWL)
+    assert (chunk.actions[1:, 3] == 0.0).all() and executor._on_bowl_floor is None  # let go of, nothing read

@@ -595,6 +595,7 @@ class FlowExecutor:
         # before, where the held block came down under a block-on-block subtask
         self._guard: tuple[str | None, float, float, bool] | None = None
         self._rested: str | None = None  # the subtask under way, if its block was let go of resting on a block
+        self._on_bowl_floor: str | None = None  # the subtask under way, if its block was let go of on a bowl's floor
         self._missed: str | None = None  # the subtask under way, if its block, let go of, is not on its support
         # (subtask, effector z where the block let go of rested, probe chunks so far) while the cup feels whether
         # that block stayed (`GuardedPlaceConfig.probe`)
@@ -748,12 +749,15 @@ class FlowExecutor:
         guard, self._guard = self._guard, None
         if self._held or text != self._rested:
             self._rested = None
+        if self._held or text != self._on_bowl_floor:
+            self._on_bowl_floor = None
         if self._held or text != self._missed:
             self._missed = None
         if self._probe is not None and not self._held and self._probe[0] == text:
             return self._probe_place(actions, state, committed)
         self._probe = None
-        if not self._held or support_colour(text, self._colours) is None:
+        bowl = cfg.bowl_floor is not None and in_bowl(text)
+        if not self._held or (support_colour(text, self._colours) is None and not bowl):
             return actions, None
         # (text, z, how far below the cup the command went, guarded) at the chunk before, coming down
         came = guard if guard is not None and guard[0] == text else None
@@ -769,8 +773,14 @@ class FlowExecutor:
             if (dz < 0).all() and down >= cfg.horizon * cfg.step:
                 self._guard = (text, z, down, False)
             return actions, None
-        if z < cfg.floor and self._places_given_up.get(text, 0) < cfg.retries:  # coming down or resting on no block
+        retry = self._places_given_up.get(text, 0) < cfg.retries
+        if not bowl and z < cfg.floor and retry:  # coming down or resting on no block
             return self._rise_from(actions, state, text, z, committed)
+        if resting and bowl:  # on the bowl's floor, or on its rim or a block in it (or out of retries)
+            if z > cfg.bowl_floor and retry:
+                return self._rise_from(actions, state, text, z, committed, "not on the bowl's floor")
+            self._on_bowl_floor = text if z <= cfg.bowl_floor and cfg.bowl_read_finished else None
+            return let_go(actions, cfg, came[2] - (came[1] - z), committed, grip), None
         if resting:  # on a block (or out of retries): let go, pressing no more
             pressed = came[2] - (came[1] - z)
             if z < cfg.floor:  # out of retries: let go on no block, a miss the planner is to see
@@ -816,10 +826,10 @@ class FlowExecutor:
         return climb_straight_up(actions, cfg.rise, cfg.rise_step, 0.0, committed, grip), why
 
     def _rise_from(self, actions: np.ndarray, state: torch.Tensor, text: str | None, z: float,
-                   committed: int) -> tuple[np.ndarray, str]:
+                   committed: int, where: str = "on no block") -> tuple[np.ndarray, str]:
         """Give the place up (`_give_up_place`): the chunk rises still holding, and why."""
         self._give_up_place(state, text)
-        why = f"guarded place: the held block rests on no block ({100 * z:.1f} cm up) under {text!r}: another place"
+        why = f"guarded place: the held block rests {where} ({100 * z:.1f} cm up) under {text!r}: another place"
         log.info(why)
         return rise_holding(actions, self.guarded_place, committed, self.cfg.gripper_index), why
 
@@ -969,6 +979,8 @@ class FlowExecutor:
         scores = np.where(released, READ_MIN, np.clip(self._front_scores(batch, subtasks), READ_MIN, READ_MAX))
         if self._rested is not None:  # the guarded place felt its block come to rest on a block: finished
             scores[[text == self._rested for text in subtasks]] = 0.0
+        if self._on_bowl_floor is not None:  # let go of resting on a bowl's floor: read finished (not felt to stay)
+            scores[[text == self._on_bowl_floor for text in subtasks]] = READ_MIN
         unplaced = self._missed if self._probe is None else self._probe[0]
         if unplaced is not None:  # let go of on no block, fallen off, or not yet felt to stay: still to do
             scores[[text == unplaced for text in subtasks]] = 1.0
