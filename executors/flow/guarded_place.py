@@ -67,8 +67,9 @@ class GuardedPlaceConfig(BaseModel):
     probe_step: float = Field(0.01, gt=0)
     probe_chunks: int = Field(3, ge=2)  # chunks of the probe after which a cup held up elsewhere calls it a miss
     # m, in the state's z: under a bowl subtask too the release waits until the held block rests on something; resting
-    # with the cup at or below this the block is on the bowl's floor (4.4-4.8 cm up; on its rim 6-8.3, on a block in
-    # the bowl 8+): let go of; higher, the place is given up as on a tower. None: bowl subtasks let go as learned.
+    # with the cup at or below this the block is on the bowl's floor (the guarded descent stalls there at 5.5-6.1 cm,
+    # on a block already in the bowl at 8.3): let go of; higher, the place is given up as on a tower. None: bowl
+    # subtasks let go as learned (docs/experiments.md, "Bowls": `gather` up, `sort` out of steps).
     bowl_floor: float | None = Field(None, gt=0)
     # whether a block let go of on a bowl's floor scores its subtask READ_MIN in the planner's check (read finished)
     bowl_read_finished: bool = False
