@@ -776,14 +776,13 @@ class FlowExecutor:
         retry = self._places_given_up.get(text, 0) < cfg.retries
         if not bowl and z < cfg.floor and retry:  # coming down or resting on no block
             return self._rise_from(actions, state, text, z, committed)
-        if resting and bowl:  # on the bowl's floor, or on its rim or a block in it (or out of retries)
-            if z > cfg.bowl_floor and retry:
-                return self._rise_from(actions, state, text, z, committed, "not on the bowl's floor")
-            self._on_bowl_floor = text if z <= cfg.bowl_floor and cfg.bowl_read_finished else None
-            return let_go(actions, cfg, came[2] - (came[1] - z), committed, grip), None
-        if resting:  # on a block (or out of retries): let go, pressing no more
+        if resting:  # on a block, or a bowl's floor (or out of retries): let go, pressing no more
             pressed = came[2] - (came[1] - z)
-            if z < cfg.floor:  # out of retries: let go on no block, a miss the planner is to see
+            if bowl:  # on the floor, or on the bowl's rim or a block in it
+                if z > cfg.bowl_floor and retry:
+                    return self._rise_from(actions, state, text, z, committed, "not on the bowl's floor")
+                self._on_bowl_floor = text if z <= cfg.bowl_floor and cfg.bowl_read_finished else None
+            elif z < cfg.floor:  # out of retries: let go on no block, a miss the planner is to see
                 self._missed = text
             elif cfg.probe is not None:  # feel whether it stays before calling the subtask finished
                 self._probe = (text, z, 0)
