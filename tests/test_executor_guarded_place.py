@@ -312,3 +312,23 @@ def test_a_bowl_release_on_the_floor_is_left_to_the_check_unless_read_finished(b
     for z in (0.12, 0.045, 0.044):
         chunk = executor.act(at(0.3, z), BOWL)
     assert (chunk.actions[1:, 3] == 0.0).all() and executor._on_bowl_floor is None  # let go of, nothing read
+
+
+def test_a_bowl_release_comes_down_at_its_own_speed(bowl_guarded):
+    executor = bowl_guarded
+    executor.guarded_place = executor.guarded_place.model_copy(update={"bowl_step": 0.02})
+    chunk = executor.act(at(0.3, 0.12), BOWL)
+    assert (chunk.actions[:, 3] == 1.0).all() and np.allclose(chunk.actions[:, 2], -0.02)
+    executor.act(at(0.3, 0.045), BOWL)
+    chunk = executor.act(at(0.3, 0.044), BOWL)  # resting: the press taken back is the faster descent's
+    assert (chunk.actions[1:, 3] == 0.0).all() and np.isclose(chunk.actions[0, 2], 4 * 0.02 - 0.001)  # 4: horizon
+
+
+def test_a_bowl_release_low_in_the_bowl_lets_go_without_waiting_for_a_stall(bowl_guarded):
+    executor = bowl_guarded
+    executor.guarded_place = executor.guarded_place.model_copy(update={"bowl_low_let_go": True})
+    executor.act(at(0.3, 0.12), BOWL)  # coming down 1 cm a step (GUARD's step), 4 steps a chunk
+    chunk = executor.act(at(0.3, 0.09), BOWL)  # above the floor's height and moving: on down
+    assert (chunk.actions[:, 3] == 1.0).all() and np.allclose(chunk.actions[:, 2], -0.01)
+    chunk = executor.act(at(0.3, 0.048), BOWL)  # still moving, but inside the bowl's wall: let go now
+    assert (chunk.actions[1:, 3] == 0.0).all() and chunk.actions[0, 2] == 0.0  # it came down all it was told

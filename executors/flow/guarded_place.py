@@ -71,6 +71,12 @@ class GuardedPlaceConfig(BaseModel):
     # on a block already in the bowl at 8.3): let go of; higher, the place is given up as on a tower. None: bowl
     # subtasks let go as learned (docs/experiments.md, "Bowls": `gather` up, `sort` out of steps).
     bowl_floor: float | None = Field(None, gt=0)
+    # m per step of that descent over a bowl (None: ``step``): a bowl's floor is 4-5 cm below where the learned chunk
+    # plans its release, and 4 mm a step cost `sort` (3-5 bowl placements) its step budget
+    bowl_step: float | None = Field(None, gt=0)
+    # whether a cup at or below ``bowl_floor`` lets go at once, resting or still coming down: the held block is
+    # inside the bowl's wall, and the stall test costs a chunk
+    bowl_low_let_go: bool = False
     # whether a block let go of on a bowl's floor scores its subtask READ_MIN in the planner's check (read finished)
     bowl_read_finished: bool = False
 

@@ -776,8 +776,9 @@ class FlowExecutor:
         retry = self._places_given_up.get(text, 0) < cfg.retries
         if not bowl and z < cfg.floor and retry:  # coming down or resting on no block
             return self._rise_from(actions, state, text, z, committed)
-        if resting:  # on a block, or a bowl's floor (or out of retries): let go, pressing no more
-            pressed = came[2] - (came[1] - z)
+        low = bowl and cfg.bowl_low_let_go and z <= cfg.bowl_floor  # inside the bowl's wall: no stall to wait for
+        if resting or low:  # on a block, or a bowl's floor (or out of retries): let go, pressing no more
+            pressed = 0.0 if came is None else came[2] - (came[1] - z)
             if bowl:  # on the floor, or on the bowl's rim or a block in it
                 if z > cfg.bowl_floor and retry:
                     return self._rise_from(actions, state, text, z, committed, "not on the bowl's floor")
@@ -790,8 +791,9 @@ class FlowExecutor:
             else:
                 self._rested = text
             return let_go(actions, cfg, pressed, committed, grip), None
-        self._guard = (text, z, cfg.horizon * cfg.step, True)
-        return descend_holding(actions, committed, cfg.step, grip), None
+        step = cfg.bowl_step if bowl and cfg.bowl_step is not None else cfg.step
+        self._guard = (text, z, cfg.horizon * step, True)
+        return descend_holding(actions, committed, step, grip), None
 
     def _probe_place(self, actions: np.ndarray, state: torch.Tensor,
                      committed: int) -> tuple[np.ndarray, str | None]:
