@@ -332,3 +332,21 @@ def test_a_bowl_release_low_in_the_bowl_lets_go_without_waiting_for_a_stall(bowl
     assert (chunk.actions[:, 3] == 1.0).all() and np.allclose(chunk.actions[:, 2], -0.01)
     chunk = executor.act(at(0.3, 0.048), BOWL)  # still moving, but inside the bowl's wall: let go now
     assert (chunk.actions[1:, 3] == 0.0).all() and chunk.actions[0, 2] == 0.0  # it came down all it was told
+
+
+def test_a_bowl_release_probed_on_the_floor_is_felt_finished_and_higher_not_placed(bowl_guarded):
+    executor = bowl_guarded
+    executor.guarded_place = executor.guarded_place.model_copy(
+        update={"bowl_low_let_go": True, "bowl_read_finished": False, "probe": 0.03, "bowl_probe": 0.044})
+    executor.act(at(0.3, 0.12), BOWL)
+    chunk = executor.act(at(0.3, 0.048), BOWL)  # let go inside the bowl's wall, rising to 3 cm above the block's top
+    assert (chunk.actions[1:, 3] == 0.0).all() and np.isclose(chunk.actions[:, 2].sum(), 0.044 + 0.03 - 0.048)
+    executor.act(at(0.3, 0.074, 0.0), BOWL)  # comes down, suction off
+    chunk = executor.act(at(0.3, 0.045, 0.0), BOWL)  # stopped on the block's top: it lies on the floor
+    assert executor._rested == BOWL.text and executor.affordance(at(0.3, 0.2, 0.0), [BOWL.text])[0] == 0.0
+    executor.reset()
+    executor.act(at(0.3, 0.12), BOWL)
+    executor.act(at(0.3, 0.048), BOWL)
+    for _ in range(4):  # held up 2 cm higher (tilted on another block), `probe_chunks` chunks
+        chunk = executor.act(at(0.3, 0.064, 0.0), BOWL)
+    assert executor._missed == BOWL.text and "not where it rested" in chunk.note

@@ -77,6 +77,10 @@ class GuardedPlaceConfig(BaseModel):
     # whether a cup at or below ``bowl_floor`` lets go at once, resting or still coming down: the held block is
     # inside the bowl's wall, and the stall test costs a chunk
     bowl_low_let_go: bool = False
+    # m, in the state's z: where the cup stops on the top of a block lying on a bowl's floor. Set (with ``probe``), a
+    # block let go of in a bowl is probed there as one on a tower: felt, its subtask is finished; the cup past it or
+    # held up higher (the block tilted on another or on the rim), not placed. None: no probe.
+    bowl_probe: float | None = Field(None, gt=0)
     # whether a block let go of on a bowl's floor scores its subtask READ_MIN in the planner's check (read finished)
     bowl_read_finished: bool = False
 

@@ -783,6 +783,11 @@ class FlowExecutor:
                 if z > cfg.bowl_floor and retry:
                     return self._rise_from(actions, state, text, z, committed, "not on the bowl's floor")
                 self._on_bowl_floor = text if z <= cfg.bowl_floor and cfg.bowl_read_finished else None
+                if z <= cfg.bowl_floor and cfg.bowl_probe is not None and cfg.probe is not None:
+                    # feel the block's top where one lying on the floor has it; the climb ends `probe` above that
+                    self._probe = (text, cfg.bowl_probe, 0)
+                    rise = max(cfg.probe_step, cfg.bowl_probe + cfg.probe - z)
+                    return let_go(actions, cfg, pressed, committed, grip, rise=rise), None
             elif z < cfg.floor:  # out of retries: let go on no block, a miss the planner is to see
                 self._missed = text
             elif cfg.probe is not None:  # feel whether it stays before calling the subtask finished
