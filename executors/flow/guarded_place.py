@@ -69,13 +69,11 @@ class GuardedPlaceConfig(BaseModel):
     # m, in the state's z: under a bowl subtask too the release waits until the held block rests on something; resting
     # with the cup at or below this the block is on the bowl's floor (the guarded descent stalls there at 5.5-6.1 cm,
     # on a block already in the bowl at 8.3): let go of; higher, the place is given up as on a tower. None: bowl
-    # subtasks let go as learned (docs/experiments.md, "Bowls": `gather` up, `sort` out of steps).
+    # subtasks let go as learned (docs/experiments.md, "A guarded bowl release that lets go low in the bowl").
     bowl_floor: float | None = Field(None, gt=0)
-    # m per step of that descent over a bowl (None: ``step``): a bowl's floor is 4-5 cm below where the learned chunk
-    # plans its release, and 4 mm a step cost `sort` (3-5 bowl placements) its step budget
-    bowl_step: float | None = Field(None, gt=0)
+    bowl_step: float | None = Field(None, gt=0)  # m per step of that descent over a bowl (None: ``step``)
     # whether a cup at or below ``bowl_floor`` lets go at once, resting or still coming down: the held block is
-    # inside the bowl's wall, and the stall test costs a chunk
+    # inside the bowl's wall, and waiting for the stall test costs a chunk a placement (`sort` ran out of steps)
     bowl_low_let_go: bool = False
     # m, in the state's z: where the cup stops on the top of a block lying on a bowl's floor. Set (with ``probe``), a
     # block let go of in a bowl is probed there as one on a tower: felt, its subtask is finished; the cup past it or
