@@ -776,14 +776,16 @@ class FlowExecutor:
         retry = self._places_given_up.get(text, 0) < cfg.retries
         if not bowl and z < cfg.floor and retry:  # coming down or resting on no block
             return self._rise_from(actions, state, text, z, committed)
-        low = bowl and cfg.bowl_low_let_go and z <= cfg.bowl_floor  # inside the bowl's wall: no stall to wait for
-        if resting or low:  # on a block, or a bowl's floor (or out of retries): let go, pressing no more
+        on_floor = bowl and z <= cfg.bowl_floor  # the held block inside the bowl's wall
+        # On a block, or a bowl's floor (or out of retries): let go, pressing no more; low in a bowl, with
+        # `bowl_low_let_go`, without waiting for the stall.
+        if resting or (on_floor and cfg.bowl_low_let_go):
             pressed = 0.0 if came is None else came[2] - (came[1] - z)
             if bowl:  # on the floor, or on the bowl's rim or a block in it
-                if z > cfg.bowl_floor and retry:
+                if not on_floor and retry:
                     return self._rise_from(actions, state, text, z, committed, "not on the bowl's floor")
-                self._on_bowl_floor = text if z <= cfg.bowl_floor and cfg.bowl_read_finished else None
-                if z <= cfg.bowl_floor and cfg.bowl_probe is not None and cfg.probe is not None:
+                self._on_bowl_floor = text if on_floor and cfg.bowl_read_finished else None
+                if on_floor and cfg.bowl_probe is not None and cfg.probe is not None:
                     # feel the block's top where one lying on the floor has it; the climb ends `probe` above that
                     self._probe = (text, cfg.bowl_probe, 0)
                     rise = max(cfg.probe_step, cfg.bowl_probe + cfg.probe - z)
