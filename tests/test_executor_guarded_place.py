@@ -119,8 +119,9 @@ def test_the_guarded_place_needs_colours_to_tell_a_stack():
         FlowExecutor(model, guarded_place=GUARD)
     with pytest.raises(ValueError, match="retries"):
         GuardedPlaceConfig(**{**GUARD, "retries": -1})
-    with pytest.raises(ValueError, match="bowl_floor"):
-        GuardedPlaceConfig(**{**GUARD, "bowl_floor": 0.0})
+    for key in ("bowl_floor", "bowl_step", "bowl_probe"):  # heights and speeds: > 0
+        with pytest.raises(ValueError, match=key):
+            GuardedPlaceConfig(**{**GUARD, key: 0.0})
 
 
 def test_a_block_let_go_of_resting_on_a_block_tells_the_planners_check_its_subtask_is_finished(guarded):
