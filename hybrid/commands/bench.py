@@ -13,6 +13,7 @@ BENCHES: dict[str, str] = {
     "executor": "executors.flow.bench:main",
     "world-model": "planners.subgoal.bench:main",
     "planner": "planners.subtask.bench:main",
+    "success": "planners.subtask.bench:success_main",
 }
 
 

@@ -43,6 +43,8 @@ def main(argv: list[str]) -> int:
         executor = instantiate(compose(f"executor/{args.executor}").executor)
         planner.use_affordance(executor.affordance)
         shown |= set(executor.cfg.cameras)
+    if getattr(planner, "detector", None) is not None:
+        shown |= set(planner.detector.cfg.cameras)
     obs = fake_observation(cameras=tuple(sorted(shown)), size=args.size, seed=0)
     grip = getattr(prompt, "gripper_index", None)
     if grip is not None:  # asked with the gripper open, as the agent asks (it keeps a held block's subtask unasked)
@@ -69,6 +71,42 @@ def main(argv: list[str]) -> int:
               "latency_ms_p90": round(float(np.percentile(t, 90)), 2),
               "latency_ms_mean": round(float(t.mean()), 2), "faults": faults}
     print_result(result, args.json)
+    return 0
+
+
+def success_main(argv: list[str]) -> int:
+    """`hybrid bench success --json`: latency of one success detector reading (both cameras, one instruction)."""
+    p = argparse.ArgumentParser(prog="hybrid bench success", description=success_main.__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help="detector directory (default: configs/planner/tabletop.yaml's)")
+    p.add_argument("--calls", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the agent's planner runs beside others)")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from hybrid.config import compose
+    from hybrid.testing.doubles import fake_observation
+    from planners.subtask.success import SuccessDetector
+
+    model = args.model or (compose("planner/tabletop").planner.get("success") or {}).get("model")
+    if not model:
+        raise SystemExit("hybrid bench success: configs/planner/tabletop.yaml has no success detector; give --model")
+    torch.set_num_threads(args.threads)
+    net = SuccessDetector.from_pretrained(model)
+    obs = fake_observation(cameras=tuple(net.cfg.cameras), size=net.cfg.image_size, seed=0)
+    times = []
+    for i in range(args.warmup + args.calls):
+        t = time.perf_counter()
+        net.prob(obs.images, "sort the blocks into the bowls by colour")
+        if i >= args.warmup:
+            times.append((time.perf_counter() - t) * 1e3)
+    t = np.asarray(times)
+    print_result({"bench": "success", "model": str(model), "calls": len(t), "threads": args.threads,
+                  "parameters": sum(p.numel() for p in net.parameters()),
+                  "latency_ms_p50": round(float(np.percentile(t, 50)), 2),
+                  "latency_ms_p90": round(float(np.percentile(t, 90)), 2)}, args.json)
     return 0
 
 

@@ -65,7 +65,9 @@ def main(argv: list[str]) -> int:
 
     shipped = compose("planner/tabletop", args.overrides).planner
     args.model = args.model or shipped.model
-    planner = transformers_planner(args.model, affordance=shipped.affordance if args.affordance else None)
+    # the success detector judges "done" as in the agent (configs/planner/tabletop.yaml's success)
+    planner = transformers_planner(args.model, affordance=shipped.affordance if args.affordance else None,
+                                   success=shipped.get("success"))
     canon = (lambda s: normalize(s)) if args.exact else canonical_subtask
     dataset = open_dataset(args.data)
     states = numeric_column(dataset, FEATURES["state"])
@@ -75,6 +77,8 @@ def main(argv: list[str]) -> int:
             raise SystemExit("--on-policy: the recorded situations hold no release view, and this planner is shown "
                              f"{planner.prompt.release_camera!r} at the last release")
         names.add(planner.prompt.release_camera)
+    if planner.detector is not None:
+        names |= set(planner.detector.cfg.cameras)
     executor = None
     if args.affordance:  # the executor's cameras at its size; the planner resizes its own as at run time
         executor = instantiate(compose("executor/flow_tabletop", args.executor_override).executor)

@@ -30,6 +30,7 @@ from planners.subtask.prompting import (
 )
 from planners.subtask.replan import ReplanPolicy
 from planners.subtask.reply import BadReply, PlannerFault, make_vocabulary, parse_reply, reply_text
+from planners.subtask.success import SuccessCheck, SuccessDetector
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,11 @@ class VLMPlanner:
 
     def __init__(self, backend: Backend, prompt: PromptConfig | dict | None = None,
                  vocabulary: list[str] | None = None, max_attempts: int = 3, retry_backoff_s: float = 0.0,
-                 replan: ReplanPolicy | dict | None = None, affordance: AffordanceCheck | dict | None = None):
+                 replan: ReplanPolicy | dict | None = None, affordance: AffordanceCheck | dict | None = None,
+                 success: SuccessCheck | dict | None = None):
         """``affordance``: weigh that many candidate replies against the executor's affordance before switching
-        subtask (`planners/subtask/affordance.py`); the runtime hands the scorer over with `use_affordance`."""
+        subtask (`planners/subtask/affordance.py`); the runtime hands the scorer over with `use_affordance`.
+        ``success``: a success detector's word on "done" (`planners/subtask/success.py`; None: off)."""
         if max_attempts < 1:
             raise ValueError("max_attempts: expected >= 1")
         self.affordance = affordance if isinstance(affordance, AffordanceCheck) else \
@@ -79,6 +82,12 @@ class VLMPlanner:
             raise ValueError(f"affordance.widen: needs a subtask vocabulary and a backend that scores replies "
                              f"({type(backend).__name__})")
         self._score: AffordanceFn | None = None
+        self.success = success if isinstance(success, SuccessCheck) or success is None else \
+            SuccessCheck.model_validate(dict(success))
+        self.detector = None if self.success is None else \
+            SuccessDetector.from_pretrained(self.success.model, self.success.device)
+        self._success_p: float | None = None  # the detector's reading of the plan call under way, once read
+        self._instruction = ""
         # The executor's count of this episode's releases that placed nothing (`use_unplaced_releases`), the count
         # last seen, and such releases under the subtask under way
         self._unplaced: Callable[[], int] | None = None
@@ -172,7 +181,16 @@ class VLMPlanner:
         # the scorer judges a held block (`AffordanceCheck.while_holding`).
         if (not self.wants_affordance or self._score is None
                 or (self._closed and not self.affordance.while_holding)):
-            return parse_reply(self.backend.complete(messages, image), self.vocabulary)
+            step = self._detected_done(obs)
+            if step is not None:
+                return step
+            step = parse_reply(self.backend.complete(messages, image), self.vocabulary)
+            if step.done and self._refuses_done(obs) and self.current is not None:
+                return PlanStep(subtask=self.current, reason=self._refusal())
+            return step
+        detected = self._detected_done(obs)
+        if detected is not None:
+            return detected
         check = self.affordance
         stale = self._stale()
         steps, log_probs, bad = [], [], []
@@ -197,6 +215,11 @@ class VLMPlanner:
             raise bad[0] if bad else BadReply("empty", "no candidate reply")
         if self._closed and any(not s.done for s in steps):  # a block in the cup: a subtask is under way
             keep = [i for i, s in enumerate(steps) if not s.done]
+            steps, log_probs = [steps[i] for i in keep], [log_probs[i] for i in keep]
+        if any(s.done for s in steps) and self._refuses_done(obs):
+            keep = [i for i, s in enumerate(steps) if not s.done]
+            if not keep:  # nothing but "done": the subtask under way goes on
+                return PlanStep(subtask=self.current, reason=self._refusal()) if self.current else steps[0]
             steps, log_probs = [steps[i] for i in keep], [log_probs[i] for i in keep]
         if check.done_when_placed and steps[0].done and self._placed:
             return steps[0].model_copy(update={"reason": "done: the last release placed its block (release view)"})
@@ -234,6 +257,41 @@ class VLMPlanner:
                 reply = (step, _log_prob_of(step, steps, log_probs))
             step = self._widened(messages, image, obs, current, step, reply, step.subtask in last) or step
         return self._retried(step, obs, stale)
+
+    def _success_prob(self, obs: Observation) -> float | None:
+        """The success detector's probability that the instruction is finished in ``obs`` (read once per call);
+        None without a detector or when it fails (logged: the planner then decides as without one)."""
+        if self.detector is None:
+            return None
+        if self._success_p is None:
+            try:
+                self._success_p = self.detector.prob(obs.images, self._instruction)
+            except Exception as err:  # noqa: BLE001 - a failed reading must not stop the planner
+                log.warning("planner: the success detector failed: %s", err)
+                self._success_p = math.nan  # not read again in this call
+        return None if math.isnan(self._success_p) else self._success_p
+
+    def _detected_done(self, obs: Observation) -> PlanStep | None:
+        """"done" when the gripper has let go under the subtask under way and is open, and the success detector is
+        `SuccessCheck.done_at` sure that the task is finished; None otherwise."""
+        check = self.success
+        if (check is None or check.done_at is None or self.current is None or self.releases == 0 or self._closed
+                or self.prompt.gripper_index is None):
+            return None
+        p = self._success_prob(obs)
+        if p is None or p < check.done_at:
+            return None
+        return PlanStep(done=True, reason=f"done: the success detector finds the task finished ({p:.2f})")
+
+    def _refuses_done(self, obs: Observation) -> bool:
+        """Whether the success detector is less than `SuccessCheck.refuse_below` sure that the task is finished."""
+        if self.success is None or self.success.refuse_below is None:
+            return False
+        p = self._success_prob(obs)
+        return p is not None and p < self.success.refuse_below
+
+    def _refusal(self) -> str:
+        return f"\"done\" refused: the success detector finds the task unfinished ({self._success_p:.2f})"
 
     def _done_after_release(self, steps: list[PlanStep], log_probs: list[float], obs: Observation) -> PlanStep | None:
         """"done" when, after a release under the subtask under way that the check scores finished (below
@@ -454,6 +512,7 @@ class VLMPlanner:
 
     def plan(self, obs: Observation, instruction: str, history: list[Subtask]) -> PlanStep:
         self._track_gripper(obs)
+        self._success_p, self._instruction = None, instruction
         if self.replan.keep_while_holding and self._closed and self.current is not None:
             return PlanStep(subtask=self.current, reason="holding a block: the subtask under way is kept")
         if self._approaching() and self.current is not None:

@@ -142,9 +142,11 @@ class TransformersBackend:
 def transformers_planner(model: str, device: str = "cpu", dtype: str = "float32", max_new_tokens: int = 64,
                          prompt: dict | None = None, vocabulary: list[str] | None = None,
                          max_attempts: int = 3, replan: dict | ReplanPolicy | None = None,
-                         constrained: bool = True, affordance: dict | None = None) -> VLMPlanner:
+                         constrained: bool = True, affordance: dict | None = None,
+                         success: dict | None = None) -> VLMPlanner:
     """A `VLMPlanner` on a local model directory; its saved prompt and vocabulary are the defaults.
-    ``constrained``: with a vocabulary, decode only replies naming one of its subtasks (or done)."""
+    ``constrained``: with a vocabulary, decode only replies naming one of its subtasks (or done); ``success``: a
+    success detector's word on "done" (`planners/subtask/success.py`)."""
     saved = load_settings(model)
     vocabulary = vocabulary if vocabulary is not None else saved.get("vocabulary")
     replies = None
@@ -152,4 +154,5 @@ def transformers_planner(model: str, device: str = "cpu", dtype: str = "float32"
         replies = [reply_text(PlanStep(subtask=s)) for s in vocabulary] + [reply_text(PlanStep(done=True))]
     return VLMPlanner(TransformersBackend(model, device, dtype, max_new_tokens, replies),
                       prompt={**saved.get("prompt", {}), **dict(prompt or {})},
-                      vocabulary=vocabulary, max_attempts=max_attempts, replan=replan, affordance=affordance)
+                      vocabulary=vocabulary, max_attempts=max_attempts, replan=replan, affordance=affordance,
+                      success=success)

@@ -1,0 +1,207 @@
+"""Training of the success detector (`planners/subtask/success.py`) on LeRobot recordings.
+
+`hybrid train planner=success data=DIR [eval_data=DIR] out=DIR`. A frame is *finished* once every subtask of its
+plan is, each from its last release of the gripper (as the planner's examples count them: on a recording with
+missed placements a release that missed is not the last). The detector is asked with the gripper open (the planner
+asks for "done" after a release), so only such frames are used. Each batch holds finished frames for half, frames
+within ``after_release_s`` of a release that did not finish the task (a placement that missed, or one that left
+blocks) for a quarter, and any other open frame for the rest; colours are permuted in pixels and words alike, and
+the instruction's other words are noised as the planner's are (held-out paraphrases' unknown words).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hybrid.data import FEATURES, SubtaskIndex, decode_camera, numeric_column, open_dataset, release_events
+from hybrid.data.augment import PunctuationNoise, WordNoise, tabletop_colour_swap
+from planners.subtask.success import CLS, PAD, UNK, SuccessConfig, SuccessDetector, words
+
+log = logging.getLogger(__name__)
+CAMERA_PREFIX = "observation.images."
+
+
+class Frames:
+    """The open-gripper frames of one or more recordings: their images ``(N, cameras, H, W, 3)`` uint8, instruction,
+    whether the task is finished there, and whether a release came within the last ``after_release`` frames."""
+
+    def __init__(self, roots: str | Path | list, cameras: list[str], size: int, after_release_s: float = 1.5,
+                 gripper_index: int = -1, gripper_closed: float = 0.5):
+        from executors.flow.train_affordance import finished_subtasks
+
+        images, texts, finished, recent = [], [], [], []
+        for root in [roots] if isinstance(roots, (str, Path)) else list(roots):
+            dataset = open_dataset(root)
+            index = SubtaskIndex.from_dataset(dataset)
+            closed = numeric_column(dataset, FEATURES["state"])[:, gripper_index] >= gripper_closed
+            plan_len = np.array([len(index.plans[int(ep)]) for ep in index.episode])
+            done = finished_subtasks(index, closed) >= plan_len
+            keep = np.flatnonzero(~closed)
+            events = np.flatnonzero(release_events(index, closed))
+            window = max(1, int(round(after_release_s * index.fps)))
+            # frames since the episode's last release (a large number before its first)
+            last = np.searchsorted(events, np.arange(len(index)), side="right") - 1
+            since = np.where(last >= 0, np.arange(len(index)) - events[np.maximum(last, 0)], 10 ** 9)
+            since[(last >= 0) & (index.episode[events[np.maximum(last, 0)]] != index.episode)] = 10 ** 9
+            views = np.empty((len(index), len(cameras), size, size, 3), np.uint8)
+            for c, cam in enumerate(cameras):
+                decode_camera(dataset, CAMERA_PREFIX + cam, progress=True, resize=_shrinker(size), out=views[:, c])
+            images.append(views[keep])
+            texts += [index.instruction[i] for i in keep]
+            finished.append(done[keep])
+            recent.append(since[keep] < window)
+        self.images = np.concatenate(images)
+        self.texts, self.finished, self.recent = texts, np.concatenate(finished), np.concatenate(recent)
+        self.pos = np.flatnonzero(self.finished)
+        self.hard = np.flatnonzero(~self.finished & self.recent)
+        self.other = np.flatnonzero(~self.finished & ~self.recent)
+        if not len(self.pos) or not len(self.hard) + len(self.other):
+            raise ValueError(f"success: {roots} gives {len(self.pos)} finished open frames and "
+                             f"{len(self.hard) + len(self.other)} unfinished; it needs both")
+
+    def vocabulary(self) -> list[str]:
+        return [PAD, UNK, CLS] + sorted({w for t in set(self.texts) for w in words(t)})
+
+
+def _shrinker(size: int):
+    from executors.flow.processor_flow import resize
+
+    def shrink(frames: np.ndarray) -> np.ndarray:
+        return resize(torch.from_numpy(frames).permute(0, 3, 1, 2), size).permute(0, 2, 3, 1).numpy()
+
+    return shrink
+
+
+class Augment:
+    """A colour permutation in pixels and words (probability ``colour_swap``), then word and punctuation noise."""
+
+    def __init__(self, colour_swap: float, word_noise: float, punctuation_noise: float):
+        from hybrid.envs.tabletop.tasks import COLOURS
+
+        self.swap, self.colour_swap = tabletop_colour_swap(), colour_swap
+        self.noise, self.marks = WordNoise(keep=set(COLOURS)), PunctuationNoise()
+        self.word_noise, self.punctuation_noise = word_noise, punctuation_noise
+
+    def __call__(self, views: np.ndarray, text: str, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+        if rng.random() < self.colour_swap:
+            m = self.swap.draw(rng)
+            views, text = np.stack([self.swap.image(v, m) for v in views]), self.swap.text(text, m)
+        if rng.random() < self.word_noise:
+            text = self.noise(text, rng)
+        if rng.random() < self.punctuation_noise:
+            text = self.marks(text, rng)
+        return views, text
+
+
+def batch(frames: Frames, picks: np.ndarray, net: SuccessDetector, rng: np.random.Generator,
+          augment: Augment | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    views, texts = [], []
+    for k in picks:
+        v, t = frames.images[k], frames.texts[k]
+        if augment is not None:
+            v, t = augment(v, t, rng)
+        views.append(v)
+        texts.append(t)
+    images = torch.from_numpy(np.stack(views)).permute(0, 1, 4, 2, 3)
+    return images, net.word_ids(texts), torch.from_numpy(frames.finished[picks].astype(np.float32))
+
+
+@torch.no_grad()
+def evaluate(net: SuccessDetector, frames: Frames, thresholds=(0.5, 0.9), per_kind: int = 1000, seed: int = 1) -> dict:
+    """Held-out figures, the recording as it is: the share of finished frames called finished (recall) and of
+    unfinished ones called so (false positives), after a release and elsewhere, at each threshold."""
+    net.eval()
+    rng, out = np.random.default_rng(seed), {}
+    for name, pool in (("finished", frames.pos), ("after_release", frames.hard), ("other", frames.other)):
+        if not len(pool):
+            continue
+        picks = np.sort(rng.choice(pool, min(per_kind, len(pool)), replace=False))
+        probs = []
+        for lo in range(0, len(picks), 128):
+            images, ids, _ = batch(frames, picks[lo:lo + 128], net, rng)
+            probs.append(torch.sigmoid(net(images, ids)).numpy())
+        probs = np.concatenate(probs)
+        out[name] = {f"called_finished@{t}": round(float(np.mean(probs >= t)), 4) for t in thresholds}
+        out[name]["frames"] = len(picks)
+    return out
+
+
+def train_success(data: str | list[str], out: str, steps: int = 4000, batch_size: int = 64, lr: float = 1e-3,
+                  weight_decay: float = 1e-4, warmup: int = 200, cameras: list[str] | None = None,
+                  image_size: int = 96, widths: list[int] | None = None, layers: int = 2, heads: int = 4,
+                  after_release_s: float = 1.5, colour_swap: float = 0.5, word_noise: float = 0.5,
+                  punctuation_noise: float = 0.3, gripper_index: int = -1, gripper_closed: float = 0.5,
+                  eval_data: str | list[str] | None = None, save_every: int = 1000, seed: int = 0,
+                  threads: int | None = None, max_minutes: float | None = None, resume: bool = False) -> Path:
+    """Train a `SuccessDetector` on ``data`` (one recording or several); write it to ``out/model`` and, with
+    ``eval_data``, its held-out figures to ``out/success_eval.json`` (printed as a JSON line). ``resume``: go on
+    from ``out/checkpoint`` (written every ``save_every`` steps)."""
+    from tqdm.auto import tqdm
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    torch.manual_seed(seed)
+    cfg = SuccessConfig(cameras=list(cameras or ["front", "wrist"]), image_size=image_size,
+                        widths=list(widths or [32, 64, 96, 128]), layers=layers, heads=heads)
+    train_set = Frames(data, cfg.cameras, cfg.image_size, after_release_s, gripper_index, gripper_closed)
+    log.info("success: %d finished frames, %d unfinished after a release, %d other", len(train_set.pos),
+             len(train_set.hard), len(train_set.other))
+    out, checkpoint = Path(out), Path(out) / "checkpoint"
+    net = SuccessDetector(cfg, train_set.vocabulary())
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(warmup, 1))
+                                                 * 0.5 * (1 + np.cos(np.pi * min(s / max(steps, 1), 1.0))))
+    start = 0
+    if resume and (checkpoint / "trainer_state.pt").is_file():
+        net = SuccessDetector.from_pretrained(checkpoint)
+        optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+        state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(warmup, 1))
+                                                     * 0.5 * (1 + np.cos(np.pi * min(s / max(steps, 1), 1.0))))
+        schedule.load_state_dict(state["schedule"])
+        start = int(state["step"])
+        log.info("success: resuming at step %d", start)
+    net.train()
+    augment = Augment(colour_swap, word_noise, punctuation_noise)
+    rng, started = np.random.default_rng(seed + start), time.monotonic()
+    pools = [(train_set.pos, 0.5), (train_set.hard, 0.25), (train_set.other, 0.25)]
+    pools = [(p, w) for p, w in pools if len(p)]
+    weights = np.array([w for _, w in pools]) / sum(w for _, w in pools)
+    bar = tqdm(range(start, steps), desc="success", initial=start, total=steps)
+    for step in bar:
+        counts = rng.multinomial(batch_size, weights)
+        picks = np.concatenate([rng.choice(p, n) for (p, _), n in zip(pools, counts)])
+        images, ids, labels = batch(train_set, picks, net, rng, augment)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(images, ids), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        stop = max_minutes is not None and time.monotonic() - started > 60 * max_minutes
+        if (step + 1) % save_every == 0 or stop:
+            net.save_pretrained(checkpoint)
+            torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "step": step + 1},
+                       checkpoint / "trainer_state.pt")
+        if stop:
+            log.warning("stopping at step %d: max_minutes=%s reached", step + 1, max_minutes)
+            break
+    bar.close()
+    net.eval()
+    model_dir = out / "model"
+    net.save_pretrained(model_dir)
+    if eval_data:  # held out, and the training recordings beside (a gap is overfitting)
+        held = Frames(eval_data, cfg.cameras, cfg.image_size, after_release_s, gripper_index, gripper_closed)
+        report = {"data": eval_data, **evaluate(net, held), "train": evaluate(net, train_set)}
+        (out / "success_eval.json").write_text(json.dumps(report))
+        print(json.dumps(report))
+    return model_dir
