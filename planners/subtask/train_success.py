@@ -44,7 +44,7 @@ class Frames:
             done = finished_subtasks(index, closed) >= plan_len
             keep = np.flatnonzero(~closed)
             events = np.flatnonzero(release_events(index, closed))
-            window = max(1, int(round(after_release_s * index.fps)))
+            window = max(1, round(after_release_s * index.fps))
             # frames since the episode's last release (a large number before its first)
             last = np.searchsorted(events, np.arange(len(index)), side="right") - 1
             since = np.where(last >= 0, np.arange(len(index)) - events[np.maximum(last, 0)], 10 ** 9)
@@ -154,17 +154,16 @@ def train_success(data: str | list[str], out: str, steps: int = 4000, batch_size
              len(train_set.hard), len(train_set.other))
     out, checkpoint = Path(out), Path(out) / "checkpoint"
     net = SuccessDetector(cfg, train_set.vocabulary())
-    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(warmup, 1))
-                                                 * 0.5 * (1 + np.cos(np.pi * min(s / max(steps, 1), 1.0))))
     start = 0
     if resume and (checkpoint / "trainer_state.pt").is_file():
         net = SuccessDetector.from_pretrained(checkpoint)
-        optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    # linear warm-up, then cosine decay to 0 at ``steps``
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(warmup, 1))
+                                                 * 0.5 * (1 + np.cos(np.pi * min(s / max(steps, 1), 1.0))))
+    if resume and (checkpoint / "trainer_state.pt").is_file():
         state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(warmup, 1))
-                                                     * 0.5 * (1 + np.cos(np.pi * min(s / max(steps, 1), 1.0))))
         schedule.load_state_dict(state["schedule"])
         start = int(state["step"])
         log.info("success: resuming at step %d", start)
