@@ -82,14 +82,22 @@ def test_training_labels_finished_frames_after_the_last_release_and_writes_a_det
     frames = Frames(data, ["front", "wrist"], 16)
     assert len(frames.pos) > 0 and len(frames.hard) > 0 and frames.images.shape[1:] == (2, 16, 16, 3)
     assert frames.recent[frames.pos].all()  # the episode ends soon after its last release
+    # subtask questions: the last finished subtask (finished) or the first unfinished one, in the planner's words
+    rng = np.random.default_rng(0)
+    for k in rng.choice(len(frames.texts), 20):
+        text, finished = frames.subtask_question(k, rng)
+        plan, n = frames.plans[k], frames.count[k]
+        assert text.startswith("put ") and plan.index(text) == (n - 1 if finished else n)
     out = tmp_path / "success"
     assert hybrid(["train", "planner=success", f"data={data}", f"out={out}", "steps=3", "batch_size=8",
-                   "image_size=16", "widths=[8,8]", "layers=1", "heads=2", f"eval_data={data}", "save_every=2"]) == 0
+                   "image_size=16", "widths=[8,8]", "layers=1", "heads=2", f"eval_data={data}", "save_every=2",
+                   "subtask_fraction=0.5"]) == 0
     net = SuccessDetector.from_pretrained(out / "model")
     assert "collect" in net.vocab or "place" in net.vocab
     assert (out / "checkpoint" / "trainer_state.pt").is_file()
     report = json.loads((out / "success_eval.json").read_text())
     assert 0 <= report["finished"]["called_finished@0.5"] <= 1 and report["finished"]["frames"] == len(frames.pos)
+    assert report["subtask_finished"]["frames"] + report["subtask_unfinished"]["frames"] == len(frames.hard_or_pos)
     # resumed past its last step: nothing more to train, the model is written again
     assert hybrid(["train", "planner=success", f"data={data}", f"out={out}", "steps=3", "batch_size=8",
                    "image_size=16", "widths=[8,8]", "layers=1", "heads=2", "resume=true"]) == 0
@@ -151,6 +159,21 @@ def test_done_is_refused_while_the_detector_finds_the_task_unfinished(tmp_path, 
     free = planner_with(unsure, None, affordance=affordance, refuse_below=None, done_at=None)
     free.resume(RED, releases=1, state=obs_at(0.0).state)
     assert free.plan(obs_at(0.0), "sort the blocks", []).done
+
+
+def test_the_subtask_under_way_gives_way_once_the_detector_finds_it_finished(tmp_path):
+    sure = detector_dir(tmp_path, bias=5.0)
+    planner = planner_with(sure, RED, BLUE, done_at=None, subtask_at=0.9)
+    planner.resume(RED, releases=1, state=obs_at(0.0).state)
+    assert planner.plan(obs_at(0.0), "sort the blocks", []).subtask == BLUE
+    planner.resume(RED, releases=0, state=obs_at(0.0).state)  # not let go of yet: kept
+    assert planner.plan(obs_at(0.0), "sort the blocks", []).subtask == RED
+    alone = planner_with(sure, RED, done_at=None, subtask_at=0.9)  # nothing else among the replies: kept
+    alone.resume(RED, releases=1, state=obs_at(0.0).state)
+    assert alone.plan(obs_at(0.0), "sort the blocks", []).subtask == RED
+    unsure = planner_with(detector_dir(tmp_path, bias=-5.0, name="unsure"), RED, BLUE, done_at=None, subtask_at=0.9)
+    unsure.resume(RED, releases=1, state=obs_at(0.0).state)
+    assert unsure.plan(obs_at(0.0), "sort the blocks", []).subtask == RED
 
 
 def test_a_failing_detector_leaves_the_planner_to_decide(tmp_path, caplog):

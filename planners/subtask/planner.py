@@ -216,6 +216,12 @@ class VLMPlanner:
         if self._closed and any(not s.done for s in steps):  # a block in the cup: a subtask is under way
             keep = [i for i, s in enumerate(steps) if not s.done]
             steps, log_probs = [steps[i] for i in keep], [log_probs[i] for i in keep]
+        if self._current_finished(obs):  # its block is where it goes: a new subtask (or "done") comes next
+            keep = [i for i, s in enumerate(steps) if s.done or s.subtask != self.current]
+            if not keep:
+                found = self._widened(messages, image, obs, self.current, None, None)
+                return found or PlanStep(subtask=self.current)
+            steps, log_probs = [steps[i] for i in keep], [log_probs[i] for i in keep]
         if any(s.done for s in steps) and self._refuses_done(obs):
             keep = [i for i, s in enumerate(steps) if not s.done]
             if not keep:  # nothing but "done": the subtask under way goes on
@@ -282,6 +288,22 @@ class VLMPlanner:
         if p is None or p < check.done_at:
             return None
         return PlanStep(done=True, reason=f"done: the success detector finds the task finished ({p:.2f})")
+
+    def _current_finished(self, obs: Observation) -> bool:
+        """Whether the success detector, asked about the subtask under way after a release under it with the gripper
+        open, is `SuccessCheck.subtask_at` sure that it is finished (False when off or when the reading fails)."""
+        check = self.success
+        if (check is None or check.subtask_at is None or self.current is None or self.releases == 0 or self._closed
+                or self.prompt.gripper_index is None):
+            return False
+        try:
+            p = self.detector.prob(obs.images, self.current)
+        except Exception as err:  # noqa: BLE001 - a failed reading must not stop the planner
+            log.warning("planner: the success detector failed on %r: %s", self.current, err)
+            return False
+        if p >= check.subtask_at:
+            log.info("planner: the success detector finds %r finished (%.2f)", self.current, p)
+        return p >= check.subtask_at
 
     def _refuses_done(self, obs: Observation) -> bool:
         """Whether the success detector is less than `SuccessCheck.refuse_below` sure that the task is finished."""

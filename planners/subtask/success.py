@@ -166,4 +166,7 @@ class SuccessCheck(BaseModel):
     done_at: float | None = Field(0.9, gt=0, le=1)
     # a "done" the planner chose otherwise is refused while the detector is less sure than this (None: never)
     refuse_below: float | None = Field(0.5, ge=0, le=1)
+    # after a release under the subtask under way, with the gripper open: that subtask is finished once the detector,
+    # asked about it, is this sure, and gives way to a new one (a detector trained with subtask questions; None: off)
+    subtask_at: float | None = Field(None, gt=0, le=1)
     device: str = "cpu"

@@ -29,20 +29,28 @@ CAMERA_PREFIX = "observation.images."
 
 class Frames:
     """The open-gripper frames of one or more recordings: their images ``(N, cameras, H, W, 3)`` uint8, instruction,
-    whether the task is finished there, and whether a release came within the last ``after_release`` frames."""
+    whether the task is finished there, whether a release came within the last ``after_release`` frames, and for
+    subtask questions how many subtasks of the frame's plan are finished and the plan in the planner's words
+    (``ordinals``: its naming of same-coloured blocks, `tabletop_language.NAMINGS`)."""
 
     def __init__(self, roots: str | Path | list, cameras: list[str], size: int, after_release_s: float = 1.5,
-                 gripper_index: int = -1, gripper_closed: float = 0.5):
+                 gripper_index: int = -1, gripper_closed: float = 0.5, ordinals: str = "history"):
         from executors.flow.train_affordance import finished_subtasks
+        from planners.subtask.tabletop_language import NAMINGS, canonical_subtask
 
-        images, texts, finished, recent = [], [], [], []
+        images, texts, finished, recent, count, plans = [], [], [], [], [], []
         for root in [roots] if isinstance(roots, (str, Path)) else list(roots):
             dataset = open_dataset(root)
             index = SubtaskIndex.from_dataset(dataset)
             closed = numeric_column(dataset, FEATURES["state"])[:, gripper_index] >= gripper_closed
             plan_len = np.array([len(index.plans[int(ep)]) for ep in index.episode])
-            done = finished_subtasks(index, closed) >= plan_len
+            k = finished_subtasks(index, closed)
+            done = k >= plan_len
             keep = np.flatnonzero(~closed)
+            words_of = {ep: tuple(NAMINGS[ordinals].rewrite([canonical_subtask(t) for t in plan]))
+                        for ep, plan in index.plans.items()}
+            plans += [words_of[int(index.episode[i])] for i in keep]
+            count.append(k[keep])
             events = np.flatnonzero(release_events(index, closed))
             window = max(1, round(after_release_s * index.fps))
             # frames since the episode's last release (a large number before its first)
@@ -58,15 +66,34 @@ class Frames:
             recent.append(since[keep] < window)
         self.images = np.concatenate(images)
         self.texts, self.finished, self.recent = texts, np.concatenate(finished), np.concatenate(recent)
+        self.count, self.plans = np.concatenate(count), plans
         self.pos = np.flatnonzero(self.finished)
         self.hard = np.flatnonzero(~self.finished & self.recent)
         self.other = np.flatnonzero(~self.finished & ~self.recent)
+        self.hard_or_pos = np.flatnonzero(self.recent)
         if not len(self.pos) or not len(self.hard) + len(self.other):
             raise ValueError(f"success: {roots} gives {len(self.pos)} finished open frames and "
                              f"{len(self.hard) + len(self.other)} unfinished; it needs both")
 
     def vocabulary(self) -> list[str]:
-        return [PAD, UNK, CLS] + sorted({w for t in set(self.texts) for w in words(t)})
+        texts = set(self.texts) | {t for plan in set(self.plans) for t in plan}
+        return [PAD, UNK, CLS] + sorted({w for t in texts for w in words(t)})
+
+    def subtask_question(self, k: int, rng: np.random.Generator) -> tuple[str, bool]:
+        """Frame ``k``'s question about a subtask, as the planner asks it of the one under way: the last finished one
+        (finished: the runtime is one subtask behind) or the first unfinished one, half each where both exist."""
+        plan, n = self.plans[k], int(self.count[k])
+        j = n - 1 if n == len(plan) or (n > 0 and rng.random() < 0.5) else n
+        return plan[j], j < n
+
+    def questions(self, picks: np.ndarray, subtask: np.ndarray, rng: np.random.Generator) -> tuple[list, np.ndarray]:
+        """The texts and labels of frames ``picks``: a subtask question where ``subtask``, else the instruction's."""
+        texts, labels = [], []
+        for k, sub in zip(picks, subtask, strict=True):
+            text, label = self.subtask_question(k, rng) if sub else (self.texts[k], bool(self.finished[k]))
+            texts.append(text)
+            labels.append(label)
+        return texts, np.array(labels, np.float32)
 
 
 def _shrinker(size: int):
@@ -100,22 +127,25 @@ class Augment:
 
 
 def batch(frames: Frames, picks: np.ndarray, net: SuccessDetector, rng: np.random.Generator,
-          augment: Augment | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    views, texts = [], []
-    for k in picks:
-        v, t = frames.images[k], frames.texts[k]
+          augment: Augment | None = None, subtask: np.ndarray | None = None) -> tuple[torch.Tensor, ...]:
+    """Images, word ids and labels of frames ``picks``; ``subtask``: which of them ask about a subtask."""
+    texts, labels = frames.questions(picks, np.zeros(len(picks), bool) if subtask is None else subtask, rng)
+    views = []
+    for n, k in enumerate(picks):
+        v = frames.images[k]
         if augment is not None:
-            v, t = augment(v, t, rng)
+            v, texts[n] = augment(v, texts[n], rng)
         views.append(v)
-        texts.append(t)
     images = torch.from_numpy(np.stack(views)).permute(0, 1, 4, 2, 3)
-    return images, net.word_ids(texts), torch.from_numpy(frames.finished[picks].astype(np.float32))
+    return images, net.word_ids(texts), torch.from_numpy(labels)
 
 
 @torch.no_grad()
-def evaluate(net: SuccessDetector, frames: Frames, thresholds=(0.5, 0.9), per_kind: int = 1000, seed: int = 1) -> dict:
+def evaluate(net: SuccessDetector, frames: Frames, thresholds=(0.5, 0.9), per_kind: int = 1000, seed: int = 1,
+             subtasks: bool = False) -> dict:
     """Held-out figures, the recording as it is: the share of finished frames called finished (recall) and of
-    unfinished ones called so (false positives), after a release and elsewhere, at each threshold."""
+    unfinished ones called so (false positives), after a release and elsewhere, at each threshold; with
+    ``subtasks`` the same for subtask questions asked after a release."""
     net.eval()
     rng, out = np.random.default_rng(seed), {}
     for name, pool in (("finished", frames.pos), ("after_release", frames.hard), ("other", frames.other)):
@@ -129,6 +159,17 @@ def evaluate(net: SuccessDetector, frames: Frames, thresholds=(0.5, 0.9), per_ki
         probs = np.concatenate(probs)
         out[name] = {f"called_finished@{t}": round(float(np.mean(probs >= t)), 4) for t in thresholds}
         out[name]["frames"] = len(picks)
+    if subtasks:  # the subtask under way after a release: finished (one behind) or not (a miss, or more to do)
+        picks = np.sort(rng.choice(frames.hard_or_pos, min(per_kind, len(frames.hard_or_pos)), replace=False))
+        probs, labels = [], []
+        for lo in range(0, len(picks), 128):
+            images, ids, y = batch(frames, picks[lo:lo + 128], net, rng, subtask=np.ones(len(picks[lo:lo + 128]), bool))
+            probs.append(torch.sigmoid(net(images, ids)).numpy())
+            labels.append(y.numpy() > 0.5)
+        probs, labels = np.concatenate(probs), np.concatenate(labels)
+        for name, mask in (("subtask_finished", labels), ("subtask_unfinished", ~labels)):
+            out[name] = {f"called_finished@{t}": round(float(np.mean(probs[mask] >= t)), 4) for t in thresholds}
+            out[name]["frames"] = int(mask.sum())
     return out
 
 
@@ -138,10 +179,13 @@ def train_success(data: str | list[str], out: str, steps: int = 4000, batch_size
                   after_release_s: float = 1.5, colour_swap: float = 0.5, word_noise: float = 0.5,
                   punctuation_noise: float = 0.3, gripper_index: int = -1, gripper_closed: float = 0.5,
                   eval_data: str | list[str] | None = None, save_every: int = 1000, seed: int = 0,
-                  threads: int | None = None, max_minutes: float | None = None, resume: bool = False) -> Path:
+                  threads: int | None = None, max_minutes: float | None = None, resume: bool = False,
+                  subtask_fraction: float = 0.0, ordinals: str = "history") -> Path:
     """Train a `SuccessDetector` on ``data`` (one recording or several); write it to ``out/model`` and, with
     ``eval_data``, its held-out figures to ``out/success_eval.json`` (printed as a JSON line). ``resume``: go on
-    from ``out/checkpoint`` (written every ``save_every`` steps)."""
+    from ``out/checkpoint`` (written every ``save_every`` steps). ``subtask_fraction``: the share of each batch
+    asked about a subtask instead of the instruction (is the one under way finished?), half of them just after a
+    release, named as the planner names it (``ordinals``)."""
     from tqdm.auto import tqdm
 
     if threads:
@@ -149,7 +193,7 @@ def train_success(data: str | list[str], out: str, steps: int = 4000, batch_size
     torch.manual_seed(seed)
     cfg = SuccessConfig(cameras=list(cameras or ["front", "wrist"]), image_size=image_size,
                         widths=list(widths or [32, 64, 96, 128]), layers=layers, heads=heads)
-    train_set = Frames(data, cfg.cameras, cfg.image_size, after_release_s, gripper_index, gripper_closed)
+    train_set = Frames(data, cfg.cameras, cfg.image_size, after_release_s, gripper_index, gripper_closed, ordinals)
     log.info("success: %d finished frames, %d unfinished after a release, %d other", len(train_set.pos),
              len(train_set.hard), len(train_set.other))
     out, checkpoint = Path(out), Path(out) / "checkpoint"
@@ -175,9 +219,15 @@ def train_success(data: str | list[str], out: str, steps: int = 4000, batch_size
     weights = np.array([w for _, w in pools]) / sum(w for _, w in pools)
     bar = tqdm(range(start, steps), desc="success", initial=start, total=steps)
     for step in bar:
-        counts = rng.multinomial(batch_size, weights)
-        picks = np.concatenate([rng.choice(p, n) for (p, _), n in zip(pools, counts)])
-        images, ids, labels = batch(train_set, picks, net, rng, augment)
+        n_sub = int(rng.binomial(batch_size, subtask_fraction))
+        counts = rng.multinomial(batch_size - n_sub, weights)
+        picks = [rng.choice(p, n) for (p, _), n in zip(pools, counts)]
+        if n_sub:  # subtask questions: half just after a release, half anywhere
+            picks += [rng.choice(train_set.hard_or_pos, n_sub // 2), rng.integers(len(train_set.texts), size=n_sub -
+                                                                                n_sub // 2)]
+        picks = np.concatenate(picks)
+        subtask = np.arange(len(picks)) >= batch_size - n_sub
+        images, ids, labels = batch(train_set, picks, net, rng, augment, subtask)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(net(images, ids), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -199,8 +249,10 @@ def train_success(data: str | list[str], out: str, steps: int = 4000, batch_size
     model_dir = out / "model"
     net.save_pretrained(model_dir)
     if eval_data:  # held out, and the training recordings beside (a gap is overfitting)
-        held = Frames(eval_data, cfg.cameras, cfg.image_size, after_release_s, gripper_index, gripper_closed)
-        report = {"data": eval_data, **evaluate(net, held), "train": evaluate(net, train_set)}
+        held = Frames(eval_data, cfg.cameras, cfg.image_size, after_release_s, gripper_index, gripper_closed, ordinals)
+        asks = subtask_fraction > 0
+        report = {"data": eval_data, **evaluate(net, held, subtasks=asks), "train": evaluate(net, train_set,
+                                                                                            subtasks=asks)}
         (out / "success_eval.json").write_text(json.dumps(report))
         print(json.dumps(report))
     return model_dir
