@@ -103,6 +103,31 @@ def test_training_labels_finished_frames_after_the_last_release_and_writes_a_det
                    "image_size=16", "widths=[8,8]", "layers=1", "heads=2", "resume=true"]) == 0
 
 
+def test_an_agents_rollouts_add_the_scenes_it_leaves_labelled_by_the_simulator(tmp_path):
+    """A rollout recording's questions: finished where the sim's answer is "done", just after a release where one
+    came under the subtask under way; only open-gripper frames, and no subtask questions."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from planners.subtask.on_policy import features, situation_frame
+    from planners.subtask.train_success import Frames
+
+    dataset = LeRobotDataset.create("local/onpol", fps=10, root=tmp_path / "onpol", robot_type="tabletop",
+                                    use_videos=False, features=features({"front": (16, 16, 3), "wrist": (16, 16, 3)}, 4,
+                                                                        video=False))
+    asked = [(0.0, 0, PlanStep(subtask=RED)), (0.0, 1, PlanStep(subtask=BLUE)), (1.0, 1, PlanStep(subtask=BLUE)),
+             (0.0, 1, PlanStep(done=True)), (0.0, 2, PlanStep(done=True))]  # (suction, releases, the sim's answer)
+    for gripper, releases, target in asked:
+        frame = situation_frame(obs_at(gripper), "sort the blocks", [], RED, releases, target, frozenset())
+        dataset.add_frame(frame)
+    dataset.save_episode()
+    dataset.finalize()
+    frames = Frames(tmp_path / "onpol", ["front", "wrist"], 16)
+    assert frames.on_policy.all() and len(frames.texts) == 4  # the closed-gripper question left out
+    assert frames.finished.tolist() == [False, False, True, True] and frames.recent.tolist() == [False, True, True, True]
+    assert len(frames.pos) == 0 and frames.pos_on_policy.tolist() == [2, 3] and frames.hard.tolist() == [1]
+    assert (frames.count == -1).all() and len(frames.hard_or_pos) == 0
+
+
 class Beams:
     """Ranked candidate replies, the same every call; ``complete`` gives the first."""
 

@@ -64,7 +64,8 @@ def _planner_rollouts(cfg) -> int:
     # The planner runs inline: its hook reads the simulator, which only the loop's thread may touch.
     agent = HybridAgent(instantiate(spec.planner), instantiate(spec.world_model) if spec.use_subgoals else None,
                         instantiate(spec.executor), AgentConfig(planner_timeout_s=None, use_subgoals=spec.use_subgoals))
-    loop = SyncLoopConfig(max_steps=spec.max_steps, execute_horizon=spec.execute_horizon, max_consecutive_faults=5)
+    loop = SyncLoopConfig(max_steps=spec.max_steps, execute_horizon=spec.execute_horizon, max_consecutive_faults=5,
+                          after_success_steps=spec.after_success_steps)
     env = instantiate(cfg.env, task=cfg.task, split=cfg.split)
     try:
         summary = record_planner_rollouts(cfg.out, env, agent, loop, cfg.episodes, cfg.seed,

@@ -31,48 +31,45 @@ class Frames:
     """The open-gripper frames of one or more recordings: their images ``(N, cameras, H, W, 3)`` uint8, instruction,
     whether the task is finished there, whether a release came within the last ``after_release`` frames, and for
     subtask questions how many subtasks of the frame's plan are finished and the plan in the planner's words
-    (``ordinals``: its naming of same-coloured blocks, `tabletop_language.NAMINGS`)."""
+    (``ordinals``: its naming of same-coloured blocks, `tabletop_language.NAMINGS`).
+
+    A recording of an agent's own rollouts (`hybrid record planner_rollouts.enabled=true`) gives the scenes the
+    agent leaves, each question labelled by the simulator: finished where its answer is "done", just after a
+    release where a release under the subtask under way came before it (`on_policy` marks them; they ask no
+    subtask questions, ``count`` -1)."""
 
     def __init__(self, roots: str | Path | list, cameras: list[str], size: int, after_release_s: float = 1.5,
                  gripper_index: int = -1, gripper_closed: float = 0.5, ordinals: str = "history"):
-        from executors.flow.train_affordance import finished_subtasks
-        from planners.subtask.tabletop_language import NAMINGS, canonical_subtask
+        from planners.subtask.on_policy import COLUMNS
 
-        images, texts, finished, recent, count, plans = [], [], [], [], [], []
+        images, texts, finished, recent, count, plans, on_policy = [], [], [], [], [], [], []
         for root in [roots] if isinstance(roots, (str, Path)) else list(roots):
             dataset = open_dataset(root)
-            index = SubtaskIndex.from_dataset(dataset)
             closed = numeric_column(dataset, FEATURES["state"])[:, gripper_index] >= gripper_closed
-            plan_len = np.array([len(index.plans[int(ep)]) for ep in index.episode])
-            k = finished_subtasks(index, closed)
-            done = k >= plan_len
             keep = np.flatnonzero(~closed)
-            words_of = {ep: tuple(NAMINGS[ordinals].rewrite([canonical_subtask(t) for t in plan]))
-                        for ep, plan in index.plans.items()}
-            plans += [words_of[int(index.episode[i])] for i in keep]
-            count.append(k[keep])
-            events = np.flatnonzero(release_events(index, closed))
-            window = max(1, round(after_release_s * index.fps))
-            # frames since the episode's last release (a large number before its first)
-            last = np.searchsorted(events, np.arange(len(index)), side="right") - 1
-            since = np.where(last >= 0, np.arange(len(index)) - events[np.maximum(last, 0)], 10 ** 9)
-            since[(last >= 0) & (index.episode[events[np.maximum(last, 0)]] != index.episode)] = 10 ** 9
-            views = np.empty((len(index), len(cameras), size, size, 3), np.uint8)
+            rollouts = COLUMNS["target"] in dataset.features
+            if rollouts:
+                part = _rollout_frames(dataset)
+            else:
+                part = _expert_frames(dataset, closed, after_release_s, ordinals)
+            for out, values in zip((texts, finished, recent, count, plans), part, strict=True):
+                out += [values[i] for i in keep]
+            on_policy += [rollouts] * len(keep)
+            views = np.empty((len(closed), len(cameras), size, size, 3), np.uint8)
             for c, cam in enumerate(cameras):
                 decode_camera(dataset, CAMERA_PREFIX + cam, progress=True, resize=_shrinker(size), out=views[:, c])
             images.append(views[keep])
-            texts += [index.instruction[i] for i in keep]
-            finished.append(done[keep])
-            recent.append(since[keep] < window)
+        self.texts, self.plans = texts, plans
+        self.finished, self.recent, self.count = np.array(finished, bool), np.array(recent, bool), np.array(count)
+        self.on_policy = np.array(on_policy, bool)
         self.images = np.concatenate(images)
-        self.texts, self.finished, self.recent = texts, np.concatenate(finished), np.concatenate(recent)
-        self.count, self.plans = np.concatenate(count), plans
-        self.pos = np.flatnonzero(self.finished)
+        self.pos = np.flatnonzero(self.finished & ~self.on_policy)
+        self.pos_on_policy = np.flatnonzero(self.finished & self.on_policy)
         self.hard = np.flatnonzero(~self.finished & self.recent)
         self.other = np.flatnonzero(~self.finished & ~self.recent)
-        self.hard_or_pos = np.flatnonzero(self.recent)
-        if not len(self.pos) or not len(self.hard) + len(self.other):
-            raise ValueError(f"success: {roots} gives {len(self.pos)} finished open frames and "
+        self.hard_or_pos = np.flatnonzero(self.recent & (self.count >= 0))  # subtask questions just after a release
+        if not len(self.pos) + len(self.pos_on_policy) or not len(self.hard) + len(self.other):
+            raise ValueError(f"success: {roots} gives {len(self.pos) + len(self.pos_on_policy)} finished open frames and "
                              f"{len(self.hard) + len(self.other)} unfinished; it needs both")
 
     def vocabulary(self) -> list[str]:
@@ -94,6 +91,37 @@ class Frames:
             texts.append(text)
             labels.append(label)
         return texts, np.array(labels, np.float32)
+
+
+def _expert_frames(dataset, closed: np.ndarray, after_release_s: float, ordinals: str) -> tuple[list, ...]:
+    """Per frame of an expert recording: instruction, task finished, a release within ``after_release_s``, how many
+    subtasks are finished, the plan in the planner's words."""
+    from executors.flow.train_affordance import finished_subtasks
+    from planners.subtask.tabletop_language import NAMINGS, canonical_subtask
+
+    index = SubtaskIndex.from_dataset(dataset)
+    k = finished_subtasks(index, closed)
+    done = k >= np.array([len(index.plans[int(ep)]) for ep in index.episode])
+    events = np.flatnonzero(release_events(index, closed))
+    window = max(1, round(after_release_s * index.fps))
+    # frames since the episode's last release (a large number before its first)
+    frames = np.arange(len(index))
+    last = np.searchsorted(events, frames, side="right") - 1
+    since = np.where(last >= 0, frames - events[np.maximum(last, 0)], 10 ** 9)
+    since[(last >= 0) & (index.episode[events[np.maximum(last, 0)]] != index.episode)] = 10 ** 9
+    words_of = {ep: tuple(NAMINGS[ordinals].rewrite([canonical_subtask(t) for t in plan]))
+                for ep, plan in index.plans.items()}
+    return (list(index.instruction), list(done), list(since < window), list(k),
+            [words_of[int(ep)] for ep in index.episode])
+
+
+def _rollout_frames(dataset) -> tuple[list, ...]:
+    """The same per question of an agent's rollout recording, labelled by the simulator (no subtask questions)."""
+    from planners.subtask.on_policy import examples
+
+    exs = examples(dataset)
+    return ([ex.instruction for ex in exs], [ex.target.done for ex in exs], [ex.releases > 0 for ex in exs],
+            [-1] * len(exs), [()] * len(exs))
 
 
 def _shrinker(size: int):
@@ -148,7 +176,8 @@ def evaluate(net: SuccessDetector, frames: Frames, thresholds=(0.5, 0.9), per_ki
     ``subtasks`` the same for subtask questions asked after a release."""
     net.eval()
     rng, out = np.random.default_rng(seed), {}
-    for name, pool in (("finished", frames.pos), ("after_release", frames.hard), ("other", frames.other)):
+    for name, pool in (("finished", frames.pos), ("finished_on_policy", frames.pos_on_policy),
+                       ("after_release", frames.hard), ("other", frames.other)):
         if not len(pool):
             continue
         picks = np.sort(rng.choice(pool, min(per_kind, len(pool)), replace=False))
@@ -214,7 +243,10 @@ def train_success(data: str | list[str], out: str, steps: int = 4000, batch_size
     net.train()
     augment = Augment(colour_swap, word_noise, punctuation_noise)
     rng, started = np.random.default_rng(seed + start), time.monotonic()
-    pools = [(train_set.pos, 0.5), (train_set.hard, 0.25), (train_set.other, 0.25)]
+    # finished frames for half (a fifth of all from the agent's own rollouts, where there are some)
+    on_policy = 0.2 if len(train_set.pos_on_policy) else 0.0
+    pools = [(train_set.pos, 0.5 - on_policy), (train_set.pos_on_policy, on_policy), (train_set.hard, 0.25),
+             (train_set.other, 0.25)]
     pools = [(p, w) for p, w in pools if len(p)]
     weights = np.array([w for _, w in pools]) / sum(w for _, w in pools)
     bar = tqdm(range(start, steps), desc="success", initial=start, total=steps)
@@ -223,8 +255,8 @@ def train_success(data: str | list[str], out: str, steps: int = 4000, batch_size
         counts = rng.multinomial(batch_size - n_sub, weights)
         picks = [rng.choice(p, n) for (p, _), n in zip(pools, counts)]
         if n_sub:  # subtask questions: half just after a release, half anywhere
-            picks += [rng.choice(train_set.hard_or_pos, n_sub // 2), rng.integers(len(train_set.texts), size=n_sub -
-                                                                                n_sub // 2)]
+            picks += [rng.choice(train_set.hard_or_pos, n_sub // 2),
+                      rng.choice(np.flatnonzero(train_set.count >= 0), n_sub - n_sub // 2)]
         picks = np.concatenate(picks)
         subtask = np.arange(len(picks)) >= batch_size - n_sub
         images, ids, labels = batch(train_set, picks, net, rng, augment, subtask)
