@@ -176,8 +176,10 @@ def evaluate(net: SuccessDetector, frames: Frames, thresholds=(0.5, 0.9), per_ki
     ``subtasks`` the same for subtask questions asked after a release."""
     net.eval()
     rng, out = np.random.default_rng(seed), {}
+    own = frames.on_policy[frames.hard]
     for name, pool in (("finished", frames.pos), ("finished_on_policy", frames.pos_on_policy),
-                       ("after_release", frames.hard), ("other", frames.other)):
+                       ("after_release", frames.hard[~own]), ("after_release_on_policy", frames.hard[own]),
+                       ("other", frames.other)):
         if not len(pool):
             continue
         picks = np.sort(rng.choice(pool, min(per_kind, len(pool)), replace=False))
@@ -243,9 +245,14 @@ def train_success(data: str | list[str], out: str, steps: int = 4000, batch_size
     net.train()
     augment = Augment(colour_swap, word_noise, punctuation_noise)
     rng, started = np.random.default_rng(seed + start), time.monotonic()
-    # finished frames for half (a fifth of all from the agent's own rollouts, where there are some)
-    on_policy = 0.2 if len(train_set.pos_on_policy) else 0.0
-    pools = [(train_set.pos, 0.5 - on_policy), (train_set.pos_on_policy, on_policy), (train_set.hard, 0.25),
+    # finished frames for half, unfinished ones just after a release for a quarter, the rest any other; where there
+    # are rollouts of the agent, two fifths of the finished and half of the after-release ones are theirs (a few
+    # thousand questions among the expert's 100k frames: the scenes the agent itself leaves)
+    own = train_set.on_policy
+    pos_own = 0.2 if len(train_set.pos_on_policy) else 0.0
+    hard_own = 0.125 if (own[train_set.hard]).any() else 0.0
+    pools = [(train_set.pos, 0.5 - pos_own), (train_set.pos_on_policy, pos_own),
+             (train_set.hard[~own[train_set.hard]], 0.25 - hard_own), (train_set.hard[own[train_set.hard]], hard_own),
              (train_set.other, 0.25)]
     pools = [(p, w) for p, w in pools if len(p)]
     weights = np.array([w for _, w in pools]) / sum(w for _, w in pools)
