@@ -166,6 +166,20 @@ def test_done_is_taken_on_the_detectors_word_after_a_release_with_the_gripper_op
     assert planner.plan(obs_at(0.0), "sort the blocks", []).subtask == RED
 
 
+@pytest.mark.parametrize("done_nats, done", [(0.5, True), (2.0, False)])
+def test_with_done_nats_the_detector_and_the_planners_ranking_must_agree(tmp_path, done_nats, done):
+    # replies ranked 1 nat apart: the subtask under way, "done", a new subtask
+    planner = planner_with(detector_dir(tmp_path, bias=5.0), RED, None, BLUE, done_nats=done_nats)
+    planner.resume(RED, releases=1, state=obs_at(0.0).state)
+    step = planner.plan(obs_at(0.0), "sort the blocks", [])
+    assert step.done == done
+    if done:
+        assert "every new subtask 1.0 nats below" in step.reason
+    ranked_new_first = planner_with(detector_dir(tmp_path, bias=5.0, name="sure"), RED, BLUE, None, done_nats=0.5)
+    ranked_new_first.resume(RED, releases=1, state=obs_at(0.0).state)
+    assert not ranked_new_first.plan(obs_at(0.0), "sort the blocks", []).done
+
+
 @pytest.mark.parametrize("affordance", [True, False])
 def test_done_is_refused_while_the_detector_finds_the_task_unfinished(tmp_path, affordance):
     unsure = detector_dir(tmp_path, bias=-5.0)  # p = 0.007

@@ -188,7 +188,7 @@ class VLMPlanner:
             if step.done and self._refuses_done(obs) and self.current is not None:
                 return PlanStep(subtask=self.current, reason=self._refusal())
             return step
-        detected = self._detected_done(obs)
+        detected = self._detected_done(obs) if self.success is None or self.success.done_nats is None else None
         if detected is not None:
             return detected
         check = self.affordance
@@ -216,6 +216,10 @@ class VLMPlanner:
         if self._closed and any(not s.done for s in steps):  # a block in the cup: a subtask is under way
             keep = [i for i, s in enumerate(steps) if not s.done]
             steps, log_probs = [steps[i] for i in keep], [log_probs[i] for i in keep]
+        if self.success is not None and self.success.done_nats is not None:
+            detected = self._detected_done(obs, steps, log_probs)
+            if detected is not None:
+                return detected
         if self._current_finished(obs):  # its block is where it goes: a new subtask (or "done") comes next
             keep = [i for i, s in enumerate(steps) if s.done or s.subtask != self.current]
             if not keep:
@@ -277,17 +281,29 @@ class VLMPlanner:
                 self._success_p = math.nan  # not read again in this call
         return None if math.isnan(self._success_p) else self._success_p
 
-    def _detected_done(self, obs: Observation) -> PlanStep | None:
+    def _detected_done(self, obs: Observation, steps: list[PlanStep] | None = None,
+                       log_probs: list[float] | None = None) -> PlanStep | None:
         """"done" when the gripper has let go under the subtask under way and is open, and the success detector is
-        `SuccessCheck.done_at` sure that the task is finished; None otherwise."""
+        `SuccessCheck.done_at` sure that the task is finished (with `SuccessCheck.done_nats`, and the planner ranks
+        "done" that far above every new subtask of ``steps``); None otherwise."""
         check = self.success
         if (check is None or check.done_at is None or self.current is None or self.releases == 0 or self._closed
                 or self.prompt.gripper_index is None):
             return None
+        gap = None
+        if check.done_nats is not None:
+            others = [(s, lp) for s, lp in zip(steps or [], log_probs or [], strict=True)
+                      if s.done or s.subtask != self.current]
+            if not others or not others[0][0].done:
+                return None
+            gap = others[0][1] - max((lp for _, lp in others[1:]), default=-math.inf)
+            if gap < check.done_nats:
+                return None
         p = self._success_prob(obs)
         if p is None or p < check.done_at:
             return None
-        return PlanStep(done=True, reason=f"done: the success detector finds the task finished ({p:.2f})")
+        also = "" if gap is None else f", every new subtask {gap:.1f} nats below \"done\""
+        return PlanStep(done=True, reason=f"done: the success detector finds the task finished ({p:.2f}){also}")
 
     def _current_finished(self, obs: Observation) -> bool:
         """Whether the success detector, asked about the subtask under way after a release under it with the gripper

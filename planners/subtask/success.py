@@ -164,6 +164,9 @@ class SuccessCheck(BaseModel):
     model: str  # a `SuccessDetector` directory
     # after a release under the subtask under way, with the gripper open: "done" once the detector is this sure
     done_at: float | None = Field(0.9, gt=0, le=1)
+    # with done_at: "done" also needs the planner to rank it this many nats above every new subtask among its replies
+    # (the subtask under way aside; needs candidate replies): two readings of the scene that must agree (None: not)
+    done_nats: float | None = Field(None, gt=0)
     # a "done" the planner chose otherwise is refused while the detector is less sure than this (None: never)
     refuse_below: float | None = Field(0.5, ge=0, le=1)
     # after a release under the subtask under way, with the gripper open: that subtask is finished once the detector,
