@@ -17,7 +17,7 @@ from planners.subtask.success import CLS, PAD, UNK, SuccessConfig, SuccessDetect
 
 RED, BLUE = (f"put the {c} block in the {c} bowl" for c in ("red", "blue"))
 VOCAB = [PAD, UNK, CLS, "sort", "the", "blocks", "red", "blue"]
-TINY = SuccessConfig(image_size=16, widths=[8, 8], layers=1, heads=2, max_words=8)
+TINY = SuccessConfig(cameras=["front", "wrist"], image_size=16, widths=[8, 8], layers=1, heads=2, max_words=8)
 
 
 def detector_dir(tmp_path, bias: float | None = None, name: str = "sd"):
@@ -91,7 +91,7 @@ def test_training_labels_finished_frames_after_the_last_release_and_writes_a_det
     out = tmp_path / "success"
     assert hybrid(["train", "planner=success", f"data={data}", f"out={out}", "steps=3", "batch_size=8",
                    "image_size=16", "widths=[8,8]", "layers=1", "heads=2", f"eval_data={data}", "save_every=2",
-                   "subtask_fraction=0.5"]) == 0
+                   "subtask_fraction=0.5", "cameras=[front,wrist]"]) == 0
     net = SuccessDetector.from_pretrained(out / "model")
     assert "collect" in net.vocab or "place" in net.vocab
     assert (out / "checkpoint" / "trainer_state.pt").is_file()

@@ -5,10 +5,10 @@ release it cannot tell a placed block from a missed one, and once its history ho
 finished it says "done" with blocks left (traced in the tabletop's bowl families). Success detection is a task of its
 own in the field (Du et al., 2023, "Vision-language models as success detectors"): a classifier of (instruction,
 observation) -> finished, trained on episodes whose end is known. `SuccessDetector` is a small one: a CNN over each
-camera (the front camera sees which blocks are left, the wrist camera what lies under the cup at a release), a
-word-level embedding of the instruction (an unknown word is one token, as word noise teaches it), and a transformer
-encoder over both whose first token is read out. The planner takes "done" on its word after a release and refuses
-"done" against it (`SuccessCheck`).
+camera (the front camera sees which blocks are left), a word-level embedding of the instruction (an unknown word is
+one token, as word noise teaches it), and a transformer encoder over both whose first token is read out. The planner
+takes "done" on its word after a release, where its own replies rank "done" first too, and can refuse "done"
+against it (`SuccessCheck`).
 
 `hybrid train planner=success data=DIR out=DIR` trains one on LeRobot recordings (`planners/subtask/train_success.py`).
 """
@@ -41,7 +41,9 @@ def words(text: str) -> list[str]:
 
 @dataclass
 class SuccessConfig:
-    cameras: list[str] = field(default_factory=lambda: ["front", "wrist"])  # read together, in this order
+    # read together, in this order; the front camera alone by default: with the wrist camera beside it the tabletop's
+    # detector read the view of a release, not the blocks left (docs/experiments.md, "A success detector")
+    cameras: list[str] = field(default_factory=lambda: ["front"])
     image_size: int = 96  # square input per camera, pixels
     widths: list[int] = field(default_factory=lambda: [32, 64, 96, 128])  # stride-2 conv stages; the last: the width
     layers: int = 2  # transformer encoder layers over the text and image tokens

@@ -21,7 +21,7 @@ import torch
 
 from hybrid.data import FEATURES, SubtaskIndex, decode_camera, numeric_column, open_dataset, release_events
 from hybrid.data.augment import PunctuationNoise, WordNoise, tabletop_colour_swap
-from planners.subtask.success import CLS, PAD, UNK, SuccessConfig, SuccessDetector, words
+from planners.subtask.success import CLS, CONFIG_NAME, PAD, UNK, SuccessConfig, SuccessDetector, words
 
 log = logging.getLogger(__name__)
 CAMERA_PREFIX = "observation.images."
@@ -222,21 +222,25 @@ def train_success(data: str | list[str], out: str, steps: int = 4000, batch_size
     if threads:
         torch.set_num_threads(int(threads))
     torch.manual_seed(seed)
-    cfg = SuccessConfig(cameras=list(cameras or ["front", "wrist"]), image_size=image_size,
+    cfg = SuccessConfig(cameras=list(cameras or ["front"]), image_size=image_size,
                         widths=list(widths or [32, 64, 96, 128]), layers=layers, heads=heads)
+    out, checkpoint = Path(out), Path(out) / "checkpoint"
+    resuming = resume and (checkpoint / "trainer_state.pt").is_file()
+    if resuming:  # the run's own model: its cameras and shape, whatever the arguments say
+        saved = SuccessConfig(**json.loads((checkpoint / CONFIG_NAME).read_text()))
+        if saved != cfg:
+            log.warning("success: resuming %s with its own settings %s", checkpoint, saved)
+        cfg = saved
     train_set = Frames(data, cfg.cameras, cfg.image_size, after_release_s, gripper_index, gripper_closed, ordinals)
     log.info("success: %d finished frames, %d unfinished after a release, %d other", len(train_set.pos),
              len(train_set.hard), len(train_set.other))
-    out, checkpoint = Path(out), Path(out) / "checkpoint"
-    net = SuccessDetector(cfg, train_set.vocabulary())
+    net = SuccessDetector.from_pretrained(checkpoint) if resuming else SuccessDetector(cfg, train_set.vocabulary())
     start = 0
-    if resume and (checkpoint / "trainer_state.pt").is_file():
-        net = SuccessDetector.from_pretrained(checkpoint)
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     # linear warm-up, then cosine decay to 0 at ``steps``
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(warmup, 1))
                                                  * 0.5 * (1 + np.cos(np.pi * min(s / max(steps, 1), 1.0))))
-    if resume and (checkpoint / "trainer_state.pt").is_file():
+    if resuming:
         state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
