@@ -86,7 +86,8 @@ class VLMPlanner:
             SuccessCheck.model_validate(dict(success))
         self.detector = None if self.success is None else \
             SuccessDetector.from_pretrained(self.success.model, self.success.device)
-        self._success_p: float | None = None  # the detector's reading of the plan call under way, once read
+        # the detector's readings in the plan call under way, by the text asked about (nan: the reading failed)
+        self._success_p: dict[str, float] = {}
         self._instruction = ""
         # The executor's count of this episode's releases that placed nothing (`use_unplaced_releases`), the count
         # last seen, and such releases under the subtask under way
@@ -268,18 +269,21 @@ class VLMPlanner:
             step = self._widened(messages, image, obs, current, step, reply, step.subtask in last) or step
         return self._retried(step, obs, stale)
 
-    def _success_prob(self, obs: Observation) -> float | None:
-        """The success detector's probability that the instruction is finished in ``obs`` (read once per call);
-        None without a detector or when it fails (logged: the planner then decides as without one)."""
+    def _success_prob(self, obs: Observation, text: str | None = None) -> float | None:
+        """The success detector's probability that ``text`` (default: the instruction) is finished in ``obs``, read
+        once per plan call; None without a detector or when it fails (logged: the planner then decides as without
+        one)."""
         if self.detector is None:
             return None
-        if self._success_p is None:
+        text = self._instruction if text is None else text
+        if text not in self._success_p:
             try:
-                self._success_p = self.detector.prob(obs.images, self._instruction)
+                self._success_p[text] = self.detector.prob(obs.images, text)
             except Exception as err:  # noqa: BLE001 - a failed reading must not stop the planner
-                log.warning("planner: the success detector failed: %s", err)
-                self._success_p = math.nan  # not read again in this call
-        return None if math.isnan(self._success_p) else self._success_p
+                log.warning("planner: the success detector failed on %r: %s", text, err)
+                self._success_p[text] = math.nan  # not read again in this call
+        p = self._success_p[text]
+        return None if math.isnan(p) else p
 
     def _detected_done(self, obs: Observation, steps: list[PlanStep] | None = None,
                        log_probs: list[float] | None = None) -> PlanStep | None:
@@ -312,10 +316,8 @@ class VLMPlanner:
         if (check is None or check.subtask_at is None or self.current is None or self.releases == 0 or self._closed
                 or self.prompt.gripper_index is None):
             return False
-        try:
-            p = self.detector.prob(obs.images, self.current)
-        except Exception as err:  # noqa: BLE001 - a failed reading must not stop the planner
-            log.warning("planner: the success detector failed on %r: %s", self.current, err)
+        p = self._success_prob(obs, self.current)
+        if p is None:
             return False
         if p >= check.subtask_at:
             log.info("planner: the success detector finds %r finished (%.2f)", self.current, p)
@@ -329,7 +331,8 @@ class VLMPlanner:
         return p is not None and p < self.success.refuse_below
 
     def _refusal(self) -> str:
-        return f"\"done\" refused: the success detector finds the task unfinished ({self._success_p:.2f})"
+        p = self._success_p[self._instruction]
+        return f"\"done\" refused: the success detector finds the task unfinished ({p:.2f})"
 
     def _done_after_release(self, steps: list[PlanStep], log_probs: list[float], obs: Observation) -> PlanStep | None:
         """"done" when, after a release under the subtask under way that the check scores finished (below
@@ -550,7 +553,7 @@ class VLMPlanner:
 
     def plan(self, obs: Observation, instruction: str, history: list[Subtask]) -> PlanStep:
         self._track_gripper(obs)
-        self._success_p, self._instruction = None, instruction
+        self._success_p, self._instruction = {}, instruction
         if self.replan.keep_while_holding and self._closed and self.current is not None:
             return PlanStep(subtask=self.current, reason="holding a block: the subtask under way is kept")
         if self._approaching() and self.current is not None:

@@ -183,25 +183,30 @@ def evaluate(net: SuccessDetector, frames: Frames, thresholds=(0.5, 0.9), per_ki
         if not len(pool):
             continue
         picks = np.sort(rng.choice(pool, min(per_kind, len(pool)), replace=False))
-        probs = []
-        for lo in range(0, len(picks), 128):
-            images, ids, _ = batch(frames, picks[lo:lo + 128], net, rng)
-            probs.append(torch.sigmoid(net(images, ids)).numpy())
-        probs = np.concatenate(probs)
+        probs, _ = _probs(net, frames, picks, rng)
         out[name] = {f"called_finished@{t}": round(float(np.mean(probs >= t)), 4) for t in thresholds}
         out[name]["frames"] = len(picks)
     if subtasks:  # the subtask under way after a release: finished (one behind) or not (a miss, or more to do)
         picks = np.sort(rng.choice(frames.hard_or_pos, min(per_kind, len(frames.hard_or_pos)), replace=False))
-        probs, labels = [], []
-        for lo in range(0, len(picks), 128):
-            images, ids, y = batch(frames, picks[lo:lo + 128], net, rng, subtask=np.ones(len(picks[lo:lo + 128]), bool))
-            probs.append(torch.sigmoid(net(images, ids)).numpy())
-            labels.append(y.numpy() > 0.5)
-        probs, labels = np.concatenate(probs), np.concatenate(labels)
+        probs, labels = _probs(net, frames, picks, rng, subtask=True)
+        labels = labels > 0.5
         for name, mask in (("subtask_finished", labels), ("subtask_unfinished", ~labels)):
             out[name] = {f"called_finished@{t}": round(float(np.mean(probs[mask] >= t)), 4) for t in thresholds}
             out[name]["frames"] = int(mask.sum())
     return out
+
+
+def _probs(net: SuccessDetector, frames: Frames, picks: np.ndarray, rng: np.random.Generator,
+           subtask: bool = False, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """The detector's probabilities and the labels of frames ``picks`` (their subtask questions with ``subtask``),
+    in batches of ``size``."""
+    probs, labels = [], []
+    for lo in range(0, len(picks), size):
+        chunk = picks[lo:lo + size]
+        images, ids, y = batch(frames, chunk, net, rng, subtask=np.full(len(chunk), subtask))
+        probs.append(torch.sigmoid(net(images, ids)).numpy())
+        labels.append(y.numpy())
+    return np.concatenate(probs), np.concatenate(labels)
 
 
 def train_success(data: str | list[str], out: str, steps: int = 4000, batch_size: int = 64, lr: float = 1e-3,
