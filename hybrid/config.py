@@ -12,6 +12,18 @@ CONFIG_DIR = PROJECT_ROOT / "configs"
 # `${hybrid_root:}` in a config is the project's root, so shipped checkpoints resolve from any directory.
 OmegaConf.register_new_resolver("hybrid_root", lambda: str(PROJECT_ROOT), replace=True)
 
+SHIPPED_CHECKPOINTS = PROJECT_ROOT / "demos" / "tabletop" / "checkpoints"
+
+
+def _tabletop_checkpoints(*, _root_: DictConfig) -> str:
+    """The composed config's `checkpoints` where it sets one (a `hybrid train-demo` run's output, e.g.
+    `hybrid eval checkpoints=DIR`), else the shipped ones."""
+    return str(_root_.get("checkpoints", None) or SHIPPED_CHECKPOINTS)
+
+
+# `${tabletop_checkpoints:}/planner`: a tabletop tier's checkpoint, from the set the config names.
+OmegaConf.register_new_resolver("tabletop_checkpoints", _tabletop_checkpoints, replace=True)
+
 
 def _tabletop_homography(camera: str = "front") -> list[list[float]]:
     from hybrid.envs.tabletop.scene import table_homography  # MuJoCo only when a config asks for it

@@ -28,6 +28,17 @@ def test_subtask_index_segments(tiny):
     assert idx.instruction[0] == "put the red block in the blue bowl"
 
 
+def test_indices_of_several_recordings_join_with_frames_and_episodes_numbered_on(tiny):
+    one = SubtaskIndex.from_dataset(tiny)
+    both = SubtaskIndex.concat([one, one])
+    assert len(both) == 40 and set(both.plans) == {0, 1, 2, 3} and both.plans[3] == PLAN
+    assert both.episode[25] == 2 and both.episode_start[25] == 20 and both.episode_end[25] == 29
+    assert both.subtask_start[27] == 25 and both.subtask_end[27] == 29 and both.subtask_index[27] == 1
+    assert both.done_subtasks(27) == [PLAN[0]] and both.instruction[27] == one.instruction[7]
+    with pytest.raises(ValueError, match="fps"):
+        SubtaskIndex.concat([one, SubtaskIndex(*[getattr(one, f) for f in one.__dataclass_fields__][:-1], fps=1.0)])
+
+
 def test_hindsight_goals_stay_in_episode_and_ahead(tiny):
     idx = SubtaskIndex.from_dataset(tiny)
     rng = np.random.default_rng(0)

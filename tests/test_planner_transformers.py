@@ -65,6 +65,13 @@ def test_random_tiny_vlm_saves_and_reloads_through_the_auto_classes(tmp_path):
                                                                       skip_special_tokens=True)[0]
 
 
+def test_a_missing_local_model_directory_is_named(tmp_path):
+    from planners.subtask.transformers_backend import transformers_planner
+
+    with pytest.raises(FileNotFoundError, match="planner model directory not found"):
+        transformers_planner(str(tmp_path / "no_such_run" / "planner"))
+
+
 def test_constrained_decoding_keeps_even_a_random_model_inside_the_vocabulary(tmp_path):
     from planners.subtask.planner import PlannerFault
     from planners.subtask.tabletop_model import TabletopModelConfig, build, save
@@ -176,6 +183,18 @@ def test_a_planner_naming_blocks_from_the_history_is_trained_and_scored_in_that_
     assert not any(s.startswith(("put the other", "put a ")) for s in settings["vocabulary"])
     assert evaluate.main(["--data", str(data.root), "--model", str(out), "--examples", "6", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["next_examples"] > 0
+
+
+def test_a_planner_trains_on_several_recordings_at_once(tiny_data, tmp_path):
+    from planners.subtask.train import train
+
+    other = make_tiny_dataset(tmp_path / "other", episodes=1, frames_per_subtask=4,
+                              plan=["put the green block in the yellow bowl"])
+    out = tmp_path / "both"
+    train([str(tiny_data.root), str(other.root)], str(out), steps=2, batch_size=2, warmup_steps=1, threads=1,
+          model=TINY)
+    vocabulary = json.loads((out / "planner.json").read_text())["vocabulary"]
+    assert "put the green block in the yellow bowl" in vocabulary and set(PLAN) <= set(vocabulary)
 
 
 def test_fine_tuning_at_a_larger_image_size_reads_the_larger_grid(trained, tiny_data, tmp_path):

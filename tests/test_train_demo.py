@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from omegaconf import OmegaConf
 
 from hybrid.commands import train_demo
@@ -14,7 +15,6 @@ def test_fine_tuning_stage_waits_for_its_base_and_only_shipped_stages_are_copied
     lock = threading.Lock()
 
     def fake_stage(name, args, log_dir):
-        out = next(a.removeprefix("out=") for a in args if a.startswith("out="))
         if name.startswith("record"):
             (tmp_path / "work" / f"tabletop_{name.removeprefix('record_')}" / "meta").mkdir(parents=True)
         else:
@@ -67,13 +67,17 @@ def test_fine_tuning_stage_waits_for_its_base_and_only_shipped_stages_are_copied
             f"planner_rollouts.executor.path={work / 'runs' / 'dagger' / 'model'}"} <= set(situations_args)
     assert f"on_policy=[{work / 'tabletop_situations'}]" in by_name["asked"][0]
     assert f"data={work / 'tabletop_train'}" in by_name["asked"][0]
+    assert "record_train" in by_name["other"][1] and "record_heldout" in by_name["tuned"][1]  # recorded first
     rendered = by_name["rendered"][0]  # a stage with `data: null` is given none
     assert not any(a.startswith("data=") for a in rendered) and rendered[-2:] == [f"out={work / 'runs' / 'rendered'}",
                                                                                     "resume=true"]
 
 
-def test_the_shipped_pipeline_names_only_earlier_stages_and_its_own_recordings():
-    cfg = train_demo.compose("train_demo", [])
+@pytest.mark.parametrize("recipe", ["full", "fast"])
+def test_each_recipe_names_only_earlier_stages_and_its_own_recordings(recipe):
+    cfg = train_demo.compose("train_demo", [f"recipe={recipe}"])
+    shipped = {name for name, spec in cfg.trainings.items() if spec.get("ship") is not None}
+    assert {"planner", "world_model", "executor", "executor_flat", "in_hand", "held_colour"} <= shipped  # what loads
     names = list(cfg.trainings)
     for i, (name, spec) in enumerate(cfg.trainings.items()):
         if spec.get("init_from"):

@@ -1,4 +1,5 @@
-"""`hybrid train-demo [overrides]`: record the tabletop data, train every tabletop tier, ship the checkpoints.
+"""`hybrid train-demo [recipe=full|fast] [overrides]`: record the tabletop data, train every tabletop tier, ship
+the checkpoints (`out=DIR` elsewhere than the shipped ones: `hybrid demo checkpoints=DIR` / `hybrid eval ...` load them).
 
 Each stage is a `hybrid record` / `hybrid train` run of its own (a subprocess with one CPU thread, a few
 in parallel), so the pipeline is exactly what a user would type, and a stage that fails names its log.
@@ -28,8 +29,8 @@ def _stage(name: str, args: list[str], log_dir: Path) -> float:
     start = time.perf_counter()
     print(f"[{name}] hybrid {' '.join(args)}  (log: {log})", flush=True)
     with open(log, "w") as f:
-        code = subprocess.run([sys.executable, "-m", "hybrid.cli", *args], stdout=f, stderr=subprocess.STDOUT,
-                              env=env).returncode
+        code = subprocess.run([sys.executable, "-m", "hybrid.cli", *args], check=False, stdout=f,
+                              stderr=subprocess.STDOUT, env=env).returncode
     if code:
         raise RuntimeError(f"stage {name} failed with exit code {code}; see {log}")
     took = time.perf_counter() - start
@@ -85,10 +86,6 @@ def main(argv: list[str]) -> int:
         timings[f"record_{split}"] = _stage(f"record_{split}", ["record", "env=tabletop", *args,
                                                                  f"out={data[split]}", "progress=false"], logs)
 
-    for split, spec in cfg.record.items():
-        if OmegaConf.is_list(spec):  # the expert's own recordings come first; rollouts when their executor is there
-            record(split)
-
     def train(name: str) -> float:
         spec = cfg.trainings[name]
         recording = spec.get("data", "train")  # which recording(s) it trains on; null: none (it renders its own)
@@ -97,6 +94,8 @@ def main(argv: list[str]) -> int:
         for split in recordings + on_policy:  # a rollout recording's stages first, outside the lock: one of
             for stage in stages_of(split):    # them may itself be waiting for the lock
                 futures[stage].result()
+            if split in expert:  # the expert's own recordings are jobs of the pool (below)
+                expert[split].result()
         with recording_lock:  # one stage records a rollout recording, the others wait for it
             for split in recordings + on_policy:
                 record(split)
@@ -110,11 +109,17 @@ def main(argv: list[str]) -> int:
             args.append(f"init={runs[spec.init_from]}")
         return _stage(name, args, logs)
 
-    # Stages start in the order listed; one that fine-tunes another (listed before it) waits for it.
+    # The expert's recordings first, as jobs of the pool beside each other and beside the stages that need none;
+    # then the stages in the order listed: one that fine-tunes another (listed before it) or trains on a recording
+    # waits for it (submitted earlier, so it runs or has run: the pool cannot wait on itself). Rollout recordings
+    # are made once the stages they roll out are done.
     with ThreadPoolExecutor(max_workers=int(cfg.parallel)) as pool:
         futures = {}
+        expert = {split: pool.submit(record, split) for split, spec in cfg.record.items() if OmegaConf.is_list(spec)}
         for name in cfg.trainings:
             futures[name] = pool.submit(train, name)
+        for future in expert.values():
+            future.result()
         for name, future in futures.items():
             timings[name] = future.result()
 
@@ -127,5 +132,6 @@ def main(argv: list[str]) -> int:
         shutil.copytree(runs[name] / spec.ship, out / name, ignore=ignore)
     size_mb = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20
     print(OmegaConf.to_yaml({"minutes": {k: round(v / 60, 1) for k, v in timings.items()},
-                             "shipped": str(out), "size_mb": round(size_mb, 1)}))
+                             "shipped": str(out), "size_mb": round(size_mb, 1),
+                             "use": f"hybrid demo checkpoints={out}; hybrid eval checkpoints={out} ..."}))
     return 0

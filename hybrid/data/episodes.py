@@ -79,6 +79,24 @@ class SubtaskIndex:
         return cls(episode, episode_start, episode_end, sub_idx, subtask_start, subtask_end, texts, instruction, plans,
                    float(dataset.fps))
 
+    @classmethod
+    def concat(cls, indices: list[SubtaskIndex]) -> SubtaskIndex:
+        """Several recordings' indices as one, frames and episodes numbered on after each other (their frames are
+        concatenated in the same order by the caller)."""
+        if len({index.fps for index in indices}) > 1:
+            raise ValueError(f"recordings differ in fps: {[index.fps for index in indices]}")
+        frames = np.cumsum([0] + [len(index) for index in indices])
+        episodes = np.cumsum([0] + [int(index.episode.max()) + 1 if len(index) else 0 for index in indices])
+
+        def joined(field: str, offsets: np.ndarray) -> np.ndarray:
+            return np.concatenate([getattr(index, field) + off for index, off in zip(indices, offsets)])
+
+        plans = {ep + int(off): plan for index, off in zip(indices, episodes) for ep, plan in index.plans.items()}
+        return cls(joined("episode", episodes), joined("episode_start", frames), joined("episode_end", frames),
+                   np.concatenate([index.subtask_index for index in indices]), joined("subtask_start", frames),
+                   joined("subtask_end", frames), [t for index in indices for t in index.subtask_text],
+                   [t for index in indices for t in index.instruction], plans, indices[0].fps)
+
     def __len__(self) -> int:
         return len(self.episode)
 

@@ -151,7 +151,7 @@ def collate(processor, frames: np.ndarray, examples, prompt: PromptConfig,
     return batch
 
 
-def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: float = 1e-3,
+def train(data: str | list[str], out: str, steps: int = 3000, batch_size: int = 32, lr: float = 1e-3,
           warmup_steps: int = 100, weight_decay: float = 0.01, checkpoint_every: int = 250,
           resume: bool = True, seed: int = 0, done_tail_s: float = 0.5, camera: str | list[str] = "front",
           canonical: bool = True, model: dict | None = None, max_minutes: float | None = None,
@@ -225,10 +225,10 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     if on_policy and ordinals != "history":
         raise ValueError("on_policy: its labels name same-coloured blocks from the history (ordinals=history)")
     naming = NAMINGS[ordinals]
-    dataset = open_dataset(data)
-    index = SubtaskIndex.from_dataset(dataset)
+    datasets = [open_dataset(root) for root in ([data] if isinstance(data, (str, Path)) else list(data))]
+    index = SubtaskIndex.concat([SubtaskIndex.from_dataset(dataset) for dataset in datasets])
     to_canonical = canonical_subtask if canonical else (lambda s: " ".join(s.split()))
-    states = numeric_column(dataset, FEATURES["state"])
+    states = np.concatenate([numeric_column(dataset, FEATURES["state"]) for dataset in datasets])
     gripper = None if gripper_index is None else states[:, gripper_index]
     builder = ExampleBuilder(index, to_canonical, done_tail_s, gripper, prompt.gripper_closed, naming.rewrite)
     if placed_fraction > 0 and not len(builder.release_frames):
@@ -237,8 +237,9 @@ def train(data: str, out: str, steps: int = 3000, batch_size: int = 32, lr: floa
     seen = sorted({s for plan in builder.plans.values() for s in plan})
     vocab = vocabulary(colours_in(seen), naming.ordinals) if canonical else seen
     vocab += [s for s in seen if s not in vocab]
-    frames = decode_views(dataset, views, cfg.image_size)
-    release_frames = None if release_camera is None else decode_views(dataset, [release_camera], cfg.image_size)
+    frames = np.concatenate([decode_views(dataset, views, cfg.image_size) for dataset in datasets])
+    release_frames = None if release_camera is None else np.concatenate(
+        [decode_views(dataset, [release_camera], cfg.image_size) for dataset in datasets])
     situations = []  # on-policy examples; their frames and states follow the recording's
     for root in on_policy:
         extra = open_dataset(root)

@@ -147,6 +147,9 @@ def transformers_planner(model: str, device: str = "cpu", dtype: str = "float32"
     """A `VLMPlanner` on a local model directory; its saved prompt and vocabulary are the defaults.
     ``constrained``: with a vocabulary, decode only replies naming one of its subtasks (or done); ``success``: a
     success detector's word on "done" (`planners/subtask/success.py`)."""
+    if str(model).startswith(("/", "./", "../", "~")) and not Path(model).expanduser().is_dir():
+        # a local path, not a hub id: say so rather than let the hub client reject it as a malformed repo id
+        raise FileNotFoundError(f"planner model directory not found: {model}")
     saved = load_settings(model)
     vocabulary = vocabulary if vocabulary is not None else saved.get("vocabulary")
     replies = None
