@@ -71,6 +71,27 @@ def test_fine_tuning_stage_waits_for_its_base_and_only_shipped_stages_are_copied
     rendered = by_name["rendered"][0]  # a stage with `data: null` is given none
     assert not any(a.startswith("data=") for a in rendered) and rendered[-2:] == [f"out={work / 'runs' / 'rendered'}",
                                                                                     "resume=true"]
+    assert not any(a.startswith("seed=") for name, args, _ in calls if not name.startswith("record")
+                   for a in args)  # each stage its own seed
+
+
+def test_one_seed_for_every_training_stage(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_stage(name, args, log_dir):
+        if name.startswith("record"):
+            (tmp_path / "work" / f"tabletop_{name.removeprefix('record_')}" / "meta").mkdir(parents=True)
+        calls.append((name, args))
+        return 1.0
+
+    cfg = train_demo.compose("train_demo", [f"work_dir={tmp_path / 'work'}", f"out={tmp_path / 'ship'}", "seed=3"])
+    cfg.trainings = OmegaConf.create({"a": {"args": ["planner=tabletop"], "ship": None},
+                                      "b": {"args": ["executor=in_hand"], "ship": None, "data": None}})
+    monkeypatch.setattr(train_demo, "_stage", fake_stage)
+    monkeypatch.setattr(train_demo, "compose", lambda name, argv: cfg)
+    assert train_demo.main([]) == 0
+    assert all(args[-1] == "seed=3" for name, args in calls if not name.startswith("record"))
+    assert not any("seed=3" in args for name, args in calls if name.startswith("record"))  # the same recordings
 
 
 @pytest.mark.parametrize("recipe", ["full", "fast"])

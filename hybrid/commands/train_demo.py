@@ -102,6 +102,8 @@ def main(argv: list[str]) -> int:
         where = [f"data=[{','.join(str(data[r]) for r in recordings)}]"] if OmegaConf.is_list(recording) else \
             [f"data={data[r]}" for r in recordings]  # one recording, or none
         args = ["train", *spec.args, *where, f"out={runs[name]}", "resume=true"]
+        if cfg.get("seed") is not None:
+            args.append(f"seed={int(cfg.seed)}")
         if on_policy:
             args.append(f"on_policy=[{','.join(str(data[r]) for r in on_policy)}]")
         if spec.get("init_from"):  # a fine-tuning stage starts from another stage's result
