@@ -119,6 +119,16 @@ def test_training_resumes_from_its_checkpoint(trained, tiny_data):
     assert json.loads((trained / STATE_DIR / "step.json").read_text()) == {"step": 130}
 
 
+def test_eval_reads_the_planner_of_a_checkpoint_set(trained, tiny_data, capsys, tmp_path):
+    from planners.subtask import evaluate
+
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "planner").symlink_to(trained, target_is_directory=True)  # as `hybrid train-demo out=` lays out
+    assert evaluate.main(["--data", str(tiny_data.root), "--checkpoints", str(tmp_path / "set"), "--examples", "3",
+                          "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["model"] == str(tmp_path / "set" / "planner")
+
+
 @pytest.mark.slow
 def test_eval_and_bench_print_their_json(trained, tiny_data, capsys, tmp_path, monkeypatch):
     from planners.subtask import bench, evaluate

@@ -48,6 +48,7 @@ def main(argv: list[str]) -> int:
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
+    began = time.perf_counter()
 
     data = {split: work / f"tabletop_{split}" for split in cfg.record}
     runs = {name: work / "runs" / name for name in cfg.trainings}
@@ -134,6 +135,7 @@ def main(argv: list[str]) -> int:
         shutil.copytree(runs[name] / spec.ship, out / name, ignore=ignore)
     size_mb = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20
     print(OmegaConf.to_yaml({"minutes": {k: round(v / 60, 1) for k, v in timings.items()},
+                             "total_minutes": round((time.perf_counter() - began) / 60, 1),
                              "shipped": str(out), "size_mb": round(size_mb, 1),
                              "use": f"hybrid demo checkpoints={out}; hybrid eval checkpoints={out} ..."}))
     return 0

@@ -40,6 +40,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--exact", action="store_true", help="compare subtask text exactly, not canonically")
     p.add_argument("--affordance", action="store_true",
                    help="check candidate replies against the tabletop executor's affordance, as the agent does")
+    p.add_argument("--checkpoints", default=None, help="a `hybrid train-demo` output: its planner, and with "
+                   "--affordance its executor (default: the shipped ones)")
     p.add_argument("--executor-override", action="append", default=[], metavar="KEY=VALUE",
                    help="with --affordance, a Hydra override of configs/executor/flow_tabletop.yaml (repeatable), "
                         "e.g. executor.bowl_release_radius=0.08")
@@ -63,7 +65,8 @@ def main(argv: list[str]) -> int:
     from planners.subtask.tabletop_language import NAMINGS, canonical_subtask
     from planners.subtask.transformers_backend import load_settings, transformers_planner
 
-    shipped = compose("planner/tabletop", args.overrides).planner
+    chosen = [] if args.checkpoints is None else [f"+checkpoints={args.checkpoints}"]  # `${tabletop_checkpoints:}`
+    shipped = compose("planner/tabletop", chosen + args.overrides).planner
     args.model = args.model or shipped.model
     # the success detector judges "done" as in the agent (configs/planner/tabletop.yaml's success)
     planner = transformers_planner(args.model, affordance=shipped.affordance if args.affordance else None,
@@ -81,7 +84,7 @@ def main(argv: list[str]) -> int:
         names |= set(planner.detector.cfg.cameras)
     executor = None
     if args.affordance:  # the executor's cameras at its size; the planner resizes its own as at run time
-        executor = instantiate(compose("executor/flow_tabletop", args.executor_override).executor)
+        executor = instantiate(compose("executor/flow_tabletop", chosen + args.executor_override).executor)
         planner.use_affordance(executor.affordance)
         names, size = names | set(executor.cfg.cameras), executor.cfg.image_size
         if executor.colour_reader is not None:  # it judges a held block (AffordanceCheck.while_holding)
