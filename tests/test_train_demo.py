@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from hybrid.commands import train_demo
+from hybrid.config import SHIPPED_CHECKPOINTS
 
 
 def test_fine_tuning_stage_waits_for_its_base_and_only_shipped_stages_are_copied(tmp_path, monkeypatch):
@@ -99,6 +101,8 @@ def test_each_recipe_names_only_earlier_stages_and_its_own_recordings(recipe):
     cfg = train_demo.compose("train_demo", [f"recipe={recipe}"])
     shipped = {name for name, spec in cfg.trainings.items() if spec.get("ship") is not None}
     assert {"planner", "world_model", "executor", "executor_flat", "in_hand", "held_colour"} <= shipped  # what loads
+    # only the full recipe writes over the shipped checkpoints
+    assert (Path(cfg.out).resolve() == SHIPPED_CHECKPOINTS) == (recipe == "full")
     names = list(cfg.trainings)
     for i, (name, spec) in enumerate(cfg.trainings.items()):
         if spec.get("init_from"):
