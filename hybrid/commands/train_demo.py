@@ -1,5 +1,6 @@
-"""`hybrid train-demo [recipe=full|fast] [overrides]`: record the tabletop data, train every tabletop tier, ship
-the checkpoints (`out=DIR` elsewhere than the shipped ones: `hybrid demo checkpoints=DIR` / `hybrid eval ...` load them).
+"""`hybrid train-demo [recipe=full|fast] [overrides]`: record the tabletop data, train every tabletop tier, write
+the checkpoints to `out` (the full recipe's: the shipped ones; `hybrid demo checkpoints=DIR` / `hybrid eval ...` load
+any other).
 
 Each stage is a `hybrid record` / `hybrid train` run of its own (a subprocess with one CPU thread, a few
 in parallel), so the pipeline is exactly what a user would type, and a stage that fails names its log.

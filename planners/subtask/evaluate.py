@@ -65,12 +65,12 @@ def main(argv: list[str]) -> int:
     from planners.subtask.tabletop_language import NAMINGS, canonical_subtask
     from planners.subtask.transformers_backend import load_settings, transformers_planner
 
-    chosen = [] if args.checkpoints is None else [f"+checkpoints={args.checkpoints}"]  # `${tabletop_checkpoints:}`
-    shipped = compose("planner/tabletop", chosen + args.overrides).planner
-    args.model = args.model or shipped.model
+    checkpoint_set = [] if args.checkpoints is None else [f"+checkpoints={args.checkpoints}"]  # tabletop_checkpoints
+    config = compose("planner/tabletop", checkpoint_set + args.overrides).planner
+    args.model = args.model or config.model
     # the success detector judges "done" as in the agent (configs/planner/tabletop.yaml's success)
-    planner = transformers_planner(args.model, affordance=shipped.affordance if args.affordance else None,
-                                   success=shipped.get("success"))
+    planner = transformers_planner(args.model, affordance=config.affordance if args.affordance else None,
+                                   success=config.get("success"))
     canon = (lambda s: normalize(s)) if args.exact else canonical_subtask
     dataset = open_dataset(args.data)
     states = numeric_column(dataset, FEATURES["state"])
@@ -84,7 +84,7 @@ def main(argv: list[str]) -> int:
         names |= set(planner.detector.cfg.cameras)
     executor = None
     if args.affordance:  # the executor's cameras at its size; the planner resizes its own as at run time
-        executor = instantiate(compose("executor/flow_tabletop", chosen + args.executor_override).executor)
+        executor = instantiate(compose("executor/flow_tabletop", checkpoint_set + args.executor_override).executor)
         planner.use_affordance(executor.affordance)
         names, size = names | set(executor.cfg.cameras), executor.cfg.image_size
         if executor.colour_reader is not None:  # it judges a held block (AffordanceCheck.while_holding)
