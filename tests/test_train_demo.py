@@ -56,6 +56,8 @@ def test_fine_tuning_stage_waits_for_its_base_and_only_shipped_stages_are_copied
     work = tmp_path / "work"
     assert f"data=[{work / 'tabletop_train'},{work / 'tabletop_heldout'}]" in by_name["both"][0]  # or several
     assert sorted(p.name for p in (tmp_path / "ship").iterdir()) == ["asked", "other", "tuned"]  # not the base
+    kept = OmegaConf.load(tmp_path / "work" / "train_demo.yaml")  # the run's timings and the recipe that made it
+    assert kept.summary.minutes.tuned == pytest.approx(1 / 60, abs=0.05) and "tuned" in kept.config.trainings
     rollouts_args, done_before_rollouts = by_name["record_rollouts"]
     assert "other" in done_before_rollouts and "dagger" not in done_before_rollouts
     assert f"takeover.executor.path={work / 'runs' / 'other' / 'model'}" in rollouts_args

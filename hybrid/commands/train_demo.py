@@ -5,6 +5,7 @@ any other).
 Each stage is a `hybrid record` / `hybrid train` run of its own (a subprocess with one CPU thread, a few
 in parallel), so the pipeline is exactly what a user would type, and a stage that fails names its log.
 Re-running resumes: a recorded dataset is kept, and trainers resume from their last checkpoint.
+The minutes per stage and the composed recipe are written to `<work_dir>/train_demo.yaml`.
 """
 
 from __future__ import annotations
@@ -135,8 +136,11 @@ def main(argv: list[str]) -> int:
         shutil.rmtree(out / name, ignore_errors=True)
         shutil.copytree(runs[name] / spec.ship, out / name, ignore=ignore)
     size_mb = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20
-    print(OmegaConf.to_yaml({"minutes": {k: round(v / 60, 1) for k, v in timings.items()},
-                             "total_minutes": round((time.perf_counter() - began) / 60, 1),
-                             "shipped": str(out), "size_mb": round(size_mb, 1),
-                             "use": f"hybrid demo checkpoints={out}; hybrid eval checkpoints={out} ..."}))
+    summary = {"minutes": {k: round(v / 60, 1) for k, v in timings.items()},
+               "total_minutes": round((time.perf_counter() - began) / 60, 1),
+               "shipped": str(out), "size_mb": round(size_mb, 1),
+               "use": f"hybrid demo checkpoints={out}; hybrid eval checkpoints={out} ..."}
+    print(OmegaConf.to_yaml(summary))
+    # Kept beside the run's data with the composed recipe, so that a second run compares against what made this one.
+    OmegaConf.save({"summary": summary, "config": cfg}, work / "train_demo.yaml")
     return 0
