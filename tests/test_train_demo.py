@@ -98,6 +98,26 @@ def test_one_seed_for_every_training_stage(tmp_path, monkeypatch):
     assert not any("seed=3" in args for name, args in calls if name.startswith("record"))  # the same recordings
 
 
+def test_a_resumed_run_adds_its_minutes_to_the_saved_ones(tmp_path, monkeypatch):
+    took = {"record_train": 600.0, "a": 1200.0}  # the first run's seconds; a resumed one skips the recording
+
+    def fake_stage(name, args, log_dir):
+        if name.startswith("record"):
+            (tmp_path / "work" / f"tabletop_{name.removeprefix('record_')}" / "meta").mkdir(parents=True)
+            (tmp_path / "work" / f"tabletop_{name.removeprefix('record_')}" / "meta" / "info.json").write_text("{}")
+        return took.pop(name, 6.0)  # a finished trainer resumes and stops at once
+
+    cfg = train_demo.compose("train_demo", [f"work_dir={tmp_path / 'work'}", f"out={tmp_path / 'ship'}"])
+    cfg.record = OmegaConf.create({"train": ["task=all", "episodes=2"]})
+    cfg.trainings = OmegaConf.create({"a": {"args": ["planner=tabletop"], "ship": None}})
+    monkeypatch.setattr(train_demo, "_stage", fake_stage)
+    monkeypatch.setattr(train_demo, "compose", lambda name, argv: cfg)
+    assert train_demo.main([]) == 0 and train_demo.main([]) == 0
+    summary = OmegaConf.load(tmp_path / "work" / "train_demo.yaml").summary
+    assert summary.runs == 2
+    assert summary.minutes.record_train == 10.0 and summary.minutes.a == 20.1  # 20 + 0.1 of the resumed run
+
+
 @pytest.mark.parametrize("recipe", ["full", "fast"])
 def test_each_recipe_names_only_earlier_stages_and_its_own_recordings(recipe):
     cfg = train_demo.compose("train_demo", [f"recipe={recipe}"])

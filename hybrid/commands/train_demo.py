@@ -5,7 +5,8 @@ any other).
 Each stage is a `hybrid record` / `hybrid train` run of its own (a subprocess with one CPU thread, a few
 in parallel), so the pipeline is exactly what a user would type, and a stage that fails names its log.
 Re-running resumes: a recorded dataset is kept, and trainers resume from their last checkpoint.
-The minutes per stage and the composed recipe are written to `<work_dir>/train_demo.yaml`.
+The minutes per stage and the composed recipe are written to `<work_dir>/train_demo.yaml`; a resumed run adds its
+minutes to the ones there, so the file holds what the whole work_dir took, however many runs built it.
 """
 
 from __future__ import annotations
@@ -142,5 +143,20 @@ def main(argv: list[str]) -> int:
                "use": f"hybrid demo checkpoints={out}; hybrid eval checkpoints={out} ..."}
     print(OmegaConf.to_yaml(summary))
     # Kept beside the run's data with the composed recipe, so that a second run compares against what made this one.
-    OmegaConf.save({"summary": summary, "config": cfg}, work / "train_demo.yaml")
+    saved = work / "train_demo.yaml"
+    OmegaConf.save({"summary": _add_earlier_runs(summary, saved), "config": cfg}, saved)
     return 0
+
+
+def _add_earlier_runs(summary: dict, saved: Path) -> dict:
+    """``summary`` with the minutes of the runs that built the work_dir before this one added: a resumed run
+    skips what is done (a kept recording takes no time, a finished trainer seconds), so its own minutes alone
+    would overwrite what the work_dir really took."""
+    if not saved.is_file():
+        return {**summary, "runs": 1}
+    before = OmegaConf.to_container(OmegaConf.load(saved)).get("summary", {})
+    minutes = dict(before.get("minutes", {}))
+    for stage, took in summary["minutes"].items():
+        minutes[stage] = round(minutes.get(stage, 0.0) + took, 1)
+    return {**summary, "minutes": minutes, "runs": before.get("runs", 1) + 1,
+            "total_minutes": round(before.get("total_minutes", 0.0) + summary["total_minutes"], 1)}
