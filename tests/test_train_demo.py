@@ -103,8 +103,9 @@ def test_a_resumed_run_adds_its_minutes_to_the_saved_ones(tmp_path, monkeypatch)
 
     def fake_stage(name, args, log_dir):
         if name.startswith("record"):
-            (tmp_path / "work" / f"tabletop_{name.removeprefix('record_')}" / "meta").mkdir(parents=True)
-            (tmp_path / "work" / f"tabletop_{name.removeprefix('record_')}" / "meta" / "info.json").write_text("{}")
+            meta = tmp_path / "work" / f"tabletop_{name.removeprefix('record_')}" / "meta"
+            meta.mkdir(parents=True)
+            (meta / "info.json").write_text("{}")  # a finished recording, kept by the resumed run
         return took.pop(name, 6.0)  # a finished trainer resumes and stops at once
 
     cfg = train_demo.compose("train_demo", [f"work_dir={tmp_path / 'work'}", f"out={tmp_path / 'ship'}"])

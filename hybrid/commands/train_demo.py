@@ -5,8 +5,8 @@ any other).
 Each stage is a `hybrid record` / `hybrid train` run of its own (a subprocess with one CPU thread, a few
 in parallel), so the pipeline is exactly what a user would type, and a stage that fails names its log.
 Re-running resumes: a recorded dataset is kept, and trainers resume from their last checkpoint.
-The minutes per stage and the composed recipe are written to `<work_dir>/train_demo.yaml`; a resumed run adds its
-minutes to the ones there, so the file holds what the whole work_dir took, however many runs built it.
+The minutes per stage and the composed recipe are written to `<work_dir>/train_demo.yaml` when a run finishes; a
+resumed run adds its minutes to the ones there (an interrupted run writes none, so its minutes are not counted).
 """
 
 from __future__ import annotations
