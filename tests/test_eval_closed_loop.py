@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from hybrid.cli import main
 from hybrid.eval.closed_loop import wilson_interval
 from hybrid.eval.compare import mcnemar_exact
@@ -172,3 +174,12 @@ def test_success_statistics_match_their_textbook_values():
     assert wilson_interval(35, 50) == [0.562, 0.809]
     assert wilson_interval(0, 50) == [0.0, 0.071] and wilson_interval(50, 50) == [0.929, 1.0]
     assert wilson_interval(0, 0) == [0.0, 1.0]
+
+
+def test_eval_stops_before_any_episode_when_an_agents_checkpoint_is_missing(tmp_path):
+    # a `hybrid train-demo recipe=fast` run without `baselines=true` ships no flat baseline
+    args = ["eval", "--episodes", "1", *DOUBLES[:3], "executor@tiers.flat=flow_flat", "families=[pick_place]",
+            f"checkpoints={tmp_path / 'ship'}", f"trace={tmp_path / 'trace.jsonl'}"]
+    with pytest.raises(RuntimeError, match=r"agent 'flat': its executor cannot be built(.|\n)*'~agents.flat'"):
+        main(args)
+    assert not (tmp_path / "trace.jsonl").exists()  # the agents before it ran no episode

@@ -119,15 +119,42 @@ def test_a_resumed_run_adds_its_minutes_to_the_saved_ones(tmp_path, monkeypatch)
     assert summary.minutes.record_train == 10.0 and summary.minutes.a == 20.1  # 20 + 0.1 of the resumed run
 
 
+def test_baselines_are_trained_after_the_tiers_and_only_when_asked(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_stage(name, args, log_dir):
+        if name.startswith("record"):
+            meta = tmp_path / "work" / f"tabletop_{name.removeprefix('record_')}" / "meta"
+            meta.mkdir(parents=True)
+            (meta / "info.json").write_text("{}")  # a finished recording, kept by the second run
+        (tmp_path / "work" / "runs" / name / "model").mkdir(parents=True, exist_ok=True)
+        calls.append(name)
+        return 60.0
+
+    cfg = train_demo.compose("train_demo", ["recipe=fast", f"work_dir={tmp_path / 'work'}", f"out={tmp_path / 'ship'}"])
+    cfg.record = OmegaConf.create({"train": ["task=all", "episodes=2"]})
+    cfg.trainings = OmegaConf.create({"tier": {"args": ["executor=tabletop"], "ship": "model"}})
+    cfg.baseline_trainings = OmegaConf.create({"flat": {"args": ["executor=flat"], "ship": "model"}})
+    monkeypatch.setattr(train_demo, "_stage", fake_stage)
+    monkeypatch.setattr(train_demo, "compose", lambda name, argv: cfg)
+    assert train_demo.main([]) == 0
+    assert calls == ["record_train", "tier"] and sorted(p.name for p in (tmp_path / "ship").iterdir()) == ["tier"]
+    cfg.baselines = True  # the same work_dir again: the tier resumes, the baseline is trained and shipped beside it
+    assert train_demo.main([]) == 0
+    assert calls[2:] == ["tier", "flat"] and sorted(p.name for p in (tmp_path / "ship").iterdir()) == ["flat", "tier"]
+    assert OmegaConf.load(tmp_path / "work" / "train_demo.yaml").summary.minutes.flat == 1.0
+
+
 @pytest.mark.parametrize("recipe", ["full", "fast"])
 def test_each_recipe_names_only_earlier_stages_and_its_own_recordings(recipe):
-    cfg = train_demo.compose("train_demo", [f"recipe={recipe}"])
-    shipped = {name for name, spec in cfg.trainings.items() if spec.get("ship") is not None}
+    cfg = train_demo.compose("train_demo", [f"recipe={recipe}", "baselines=true"])
+    stages = train_demo._stages(cfg)
+    shipped = {name for name, spec in stages.items() if spec.get("ship") is not None}
     assert {"planner", "world_model", "executor", "executor_flat", "in_hand", "held_colour"} <= shipped  # what loads
     # only the full recipe writes over the shipped checkpoints
     assert (Path(cfg.out).resolve() == SHIPPED_CHECKPOINTS) == (recipe == "full")
-    names = list(cfg.trainings)
-    for i, (name, spec) in enumerate(cfg.trainings.items()):
+    names = list(stages)
+    for i, (name, spec) in enumerate(stages.items()):
         if spec.get("init_from"):
             assert spec.init_from in names[:i], name  # listed before, or the pool could wait on itself
         recordings = spec.get("data", "train")  # null: a stage that renders its own data (the in-hand offset)

@@ -162,6 +162,8 @@ class FlowConfig:
 
     @classmethod
     def load(cls, directory: str | Path) -> FlowConfig:
+        if not (Path(directory) / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"no flow executor checkpoint in {directory}: {CONFIG_NAME} is missing")
         return cls(**json.loads((Path(directory) / CONFIG_NAME).read_text()))
 
 

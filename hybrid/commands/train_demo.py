@@ -20,7 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from hybrid.config import compose, print_config_help, wants_help
 
@@ -47,6 +47,7 @@ def main(argv: list[str]) -> int:
         print_config_help("train_demo", argv)
         return 0
     cfg = compose("train_demo", argv)
+    trainings = _stages(cfg)
     work = Path(cfg.work_dir).resolve()
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -54,14 +55,14 @@ def main(argv: list[str]) -> int:
     began = time.perf_counter()
 
     data = {split: work / f"tabletop_{split}" for split in cfg.record}
-    runs = {name: work / "runs" / name for name in cfg.trainings}
+    runs = {name: work / "runs" / name for name in trainings}
     recording_lock = threading.Lock()
 
     def model_of(stage: str) -> Path:
         """Where a stage's trained model is, once it has finished: the executors' trainers write it to `model/`
         in their run directory, the planner's and the world model's to the run directory itself."""
         futures[stage].result()
-        trainer = str(cfg.trainings[stage].args[0]).split("=")[0]
+        trainer = str(trainings[stage].args[0]).split("=")[0]
         return runs[stage] / "model" if trainer == "executor" else runs[stage]
 
     def stages_of(split: str) -> list[str]:
@@ -91,7 +92,7 @@ def main(argv: list[str]) -> int:
                                                                  f"out={data[split]}", "progress=false"], logs)
 
     def train(name: str) -> float:
-        spec = cfg.trainings[name]
+        spec = trainings[name]
         recording = spec.get("data", "train")  # which recording(s) it trains on; null: none (it renders its own)
         recordings = list(recording) if OmegaConf.is_list(recording) else [] if recording is None else [recording]
         on_policy = list(spec.get("on_policy") or [])  # a planner's own situations (planner_rollouts recordings)
@@ -122,7 +123,7 @@ def main(argv: list[str]) -> int:
     with ThreadPoolExecutor(max_workers=int(cfg.parallel)) as pool:
         futures = {}
         expert = {split: pool.submit(record, split) for split, spec in cfg.record.items() if OmegaConf.is_list(spec)}
-        for name in cfg.trainings:
+        for name in trainings:
             futures[name] = pool.submit(train, name)
         for future in expert.values():
             future.result()
@@ -131,7 +132,7 @@ def main(argv: list[str]) -> int:
 
     out = Path(cfg.out)
     ignore = shutil.ignore_patterns(*cfg.exclude)
-    for name, spec in cfg.trainings.items():
+    for name, spec in trainings.items():
         if spec.get("ship") is None:  # an intermediate stage (e.g. the base a fine-tuning starts from)
             continue
         shutil.rmtree(out / name, ignore_errors=True)
@@ -146,6 +147,14 @@ def main(argv: list[str]) -> int:
     saved = work / "train_demo.yaml"
     OmegaConf.save({"summary": _add_earlier_runs(summary, saved), "config": cfg}, saved)
     return 0
+
+
+def _stages(cfg: DictConfig) -> DictConfig:
+    """The training stages this run trains, in the pool's order: the recipe's `trainings` (the agent's tiers), then,
+    with `baselines=true`, its `baseline_trainings` (models the evaluation compares against, which the agent never loads)."""
+    if not cfg.baselines or not cfg.get("baseline_trainings"):
+        return cfg.trainings
+    return OmegaConf.create({**cfg.trainings, **cfg.baseline_trainings})
 
 
 def _add_earlier_runs(summary: dict, saved: Path) -> dict:

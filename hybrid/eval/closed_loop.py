@@ -38,6 +38,18 @@ class _TierCache:
         return self.built[key]
 
 
+def _build_all(cfg, tiers: _TierCache) -> None:
+    """Every agent's tiers, before the first episode: a checkpoint that is missing (e.g. a `hybrid train-demo` run's
+    flat baseline, trained only with `baselines=true`) stops the run at once, not after the agents before it ran."""
+    for name, spec in cfg.agents.items():
+        for role in ("planner", "world_model", "executor"):
+            try:
+                tiers(spec.get(role))
+            except Exception as e:
+                raise RuntimeError(f"agent {name!r}: its {role} cannot be built: {e}\n"
+                                   f"(evaluate without it: '~agents.{name}')") from e
+
+
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> list[float]:
     """Wilson's score interval of a success rate (at ``z``: 1.96 for 95%), [lo, hi] rounded to 3 places."""
     if n == 0:
@@ -50,6 +62,7 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> list[float]:
 
 def evaluate(cfg) -> dict:
     tiers = _TierCache()
+    _build_all(cfg, tiers)
     loop = SyncLoopConfig(**OmegaConf.to_container(cfg.loop))
     adapter_cfg = EnvAdapterConfig(**OmegaConf.to_container(cfg.adapter))
     # the env must not truncate an episode before the loop's window after success has run out (success at the
