@@ -16,7 +16,7 @@ def test_eval_reports_every_agent_per_family(capsys):
     assert main(["eval", "--episodes", "1", "--json", *DOUBLES]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(report["agents"]) == {"oracle", "hierarchical", "oracle_subgoals", "language_only", "flat"}
-    for name, agent in report["agents"].items():
+    for agent in report["agents"].values():
         fam = agent["families"]["pick_place"]
         assert fam["success"] == 0.0  # zero actions never solve a task
         assert fam["success_ci95"] == [0.0, 0.793]  # Wilson's interval of 0 in 1
