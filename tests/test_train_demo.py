@@ -171,3 +171,11 @@ def test_each_recipe_names_only_earlier_stages_and_its_own_recordings(recipe):
     for name, spec in cfg.trainings.items():  # on-policy recordings come from earlier stages than the one using them
         for split in spec.get("on_policy") or []:
             assert cfg.record[split].planner in names[:names.index(name)], name
+
+
+def test_a_stage_log_keeps_every_run_of_the_stage(tmp_path):
+    # a resumed run appends: the first run's training log is what says how that stage went
+    train_demo._stage("cli", ["--help"], tmp_path)
+    train_demo._stage("cli", ["--help"], tmp_path)
+    log = (tmp_path / "cli.log").read_text()
+    assert log.count("=== ") == 2 and log.count("usage: hybrid") == 2

@@ -26,12 +26,15 @@ from hybrid.config import compose, print_config_help, wants_help
 
 
 def _stage(name: str, args: list[str], log_dir: Path) -> float:
-    """Run `hybrid <args>` with one CPU thread; its output goes to ``log_dir/<name>.log``. Returns seconds."""
+    """Run `hybrid <args>` with one CPU thread; its output is appended to ``log_dir/<name>.log`` (a resumed run's
+    after the first's, which stays). Returns seconds."""
     log = log_dir / f"{name}.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     start = time.perf_counter()
     print(f"[{name}] hybrid {' '.join(args)}  (log: {log})", flush=True)
-    with open(log, "w") as f:
+    with open(log, "a") as f:
+        f.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} hybrid {' '.join(args)}\n")
+        f.flush()  # before the child's output, which goes to the same file
         code = subprocess.run([sys.executable, "-m", "hybrid.cli", *args], check=False, stdout=f,
                               stderr=subprocess.STDOUT, env=env).returncode
     if code:
