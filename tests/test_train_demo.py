@@ -12,6 +12,13 @@ from hybrid.commands import train_demo
 from hybrid.config import SHIPPED_CHECKPOINTS
 
 
+def _finish_recording(work: Path, stage: str) -> None:
+    """What a finished `record_<split>` stage leaves: a dataset a resumed run keeps."""
+    meta = work / f"tabletop_{stage.removeprefix('record_')}" / "meta"
+    meta.mkdir(parents=True)
+    (meta / "info.json").write_text("{}")
+
+
 def test_fine_tuning_stage_waits_for_its_base_and_only_shipped_stages_are_copied(tmp_path, monkeypatch):
     calls, finished = [], set()
     lock = threading.Lock()
@@ -103,9 +110,7 @@ def test_a_resumed_run_adds_its_minutes_to_the_saved_ones(tmp_path, monkeypatch)
 
     def fake_stage(name, args, log_dir):
         if name.startswith("record"):
-            meta = tmp_path / "work" / f"tabletop_{name.removeprefix('record_')}" / "meta"
-            meta.mkdir(parents=True)
-            (meta / "info.json").write_text("{}")  # a finished recording, kept by the resumed run
+            _finish_recording(tmp_path / "work", name)
         return took.pop(name, 6.0)  # a finished trainer resumes and stops at once
 
     cfg = train_demo.compose("train_demo", [f"work_dir={tmp_path / 'work'}", f"out={tmp_path / 'ship'}"])
@@ -124,9 +129,7 @@ def test_baselines_are_trained_after_the_tiers_and_only_when_asked(tmp_path, mon
 
     def fake_stage(name, args, log_dir):
         if name.startswith("record"):
-            meta = tmp_path / "work" / f"tabletop_{name.removeprefix('record_')}" / "meta"
-            meta.mkdir(parents=True)
-            (meta / "info.json").write_text("{}")  # a finished recording, kept by the second run
+            _finish_recording(tmp_path / "work", name)
         (tmp_path / "work" / "runs" / name / "model").mkdir(parents=True, exist_ok=True)
         calls.append(name)
         return 60.0
