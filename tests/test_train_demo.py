@@ -138,6 +138,7 @@ def test_baselines_are_trained_after_the_tiers_and_only_when_asked(tmp_path, mon
     cfg.record = OmegaConf.create({"train": ["task=all", "episodes=2"]})
     cfg.trainings = OmegaConf.create({"tier": {"args": ["executor=tabletop"], "ship": "model"}})
     cfg.baseline_trainings = OmegaConf.create({"flat": {"args": ["executor=flat"], "ship": "model"}})
+    cfg.parallel = 1  # one worker: the stages finish in the pool's order (two would race to append)
     monkeypatch.setattr(train_demo, "_stage", fake_stage)
     monkeypatch.setattr(train_demo, "compose", lambda name, argv: cfg)
     assert train_demo.main([]) == 0
