@@ -67,3 +67,24 @@ def test_augmentation_noises_punctuation_when_asked():
                                  == INSTRUCTION.replace(",", "").replace(":", "") for o in outs)
     plain = augmentation(np.random.default_rng(0), colour_swap=0.0, word_noise=0.0)
     assert plain(ex, frame)[0].instruction == INSTRUCTION
+
+
+def test_familiar_noise_takes_spans_of_the_phrases_and_never_a_meaning_word():
+    phrases = ["put each block in the bowl of the same colour", "stack red at the bottom, then blue"]
+    noise = WordNoise(set(COLOURS), p_replace=0.5, p_insert=0.5, phrases=phrases, p_familiar=1.0,
+                      placement=["bottom", "then"])
+    assert "of the" in noise.spans and "bowl of the" in noise.spans
+    assert not any(set(span.split()) & (set(COLOURS) | {"bottom", "then"}) for span in noise.spans)
+    text = "collect all green blocks into the red bowl"
+    outs = [noise(text, np.random.default_rng(seed)) for seed in range(30)]
+    vocab = {w for p in phrases for w in p.replace(",", "").split()} | set(text.split())
+    for out in outs:
+        assert set(out.split()) <= vocab  # only words the phrases or the instruction hold: none invented
+        assert [w for w in out.split() if w in COLOURS] == ["green", "red"]
+    assert any(out != text for out in outs)
+
+
+def test_familiar_noise_off_draws_as_before():
+    plain = WordNoise(set(COLOURS))
+    familiar_off = WordNoise(set(COLOURS), phrases=["the bowl of the same colour"], p_familiar=0.0)
+    assert plain(INSTRUCTION, np.random.default_rng(3)) == familiar_off(INSTRUCTION, np.random.default_rng(3))

@@ -98,6 +98,8 @@ STACK_ORDERS = [
     "{0} as the base, followed by {rest}",
     "{0} on the bottom, then {rest}",
 ]
+# The words of those orders that say which level a colour is: noise may drop them, never move them elsewhere.
+STACK_PLACEMENT = ("bottom", "first", "table", "base", "then", "followed", "top")
 
 SUBTASKS: dict[str, list[str]] = {
     "place": [
