@@ -4,6 +4,7 @@ kept; punctuation marks dropped, swapped and added, the words kept."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from hybrid.data.augment import PunctuationNoise, WordNoise
 from hybrid.envs.tabletop.tasks import COLOURS
@@ -88,3 +89,8 @@ def test_familiar_noise_off_draws_as_before():
     plain = WordNoise(set(COLOURS))
     familiar_off = WordNoise(set(COLOURS), phrases=["the bowl of the same colour"], p_familiar=0.0)
     assert plain(INSTRUCTION, np.random.default_rng(3)) == familiar_off(INSTRUCTION, np.random.default_rng(3))
+
+
+def test_familiar_noise_without_phrases_is_refused():
+    with pytest.raises(ValueError, match="no phrases"):
+        WordNoise(set(COLOURS), phrases=["red blue"], p_familiar=0.5)  # every word kept: no span to take

@@ -84,8 +84,8 @@ class WordNoise:
 
     A familiar word in an unfamiliar place throws it off too: "of the" occurs only in `sort`'s "the bowl of the
     same colour", and a planner read the held-out "get all *of the* green cubes into the orange bowl" as sorting
-    (of 26 situations it answered wrong, right in 8 as worded, 11 with "blocks" for "cubes", 24 with "all" for
-    "all of the"). With ``p_familiar`` that share of the replaced and inserted words are spans of one to three
+    (of 26 situations it answered wrong, right in 8 as worded, 11 with "blocks" for "cubes", 24 without "of the",
+    e.g. "put all the green cubes ..."). With ``p_familiar`` that share of the replaced and inserted words are spans of one to three
     words of the ``phrases`` (the training instructions) instead, so no word of one task's wording decides the
     task alone. A span never carries a kept word nor one of ``placement`` (words that say where the kept ones
     go, e.g. "bottom" in a stack's order: moved elsewhere they would change the meaning).
