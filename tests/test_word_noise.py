@@ -94,3 +94,21 @@ def test_familiar_noise_off_draws_as_before():
 def test_familiar_noise_without_phrases_is_refused():
     with pytest.raises(ValueError, match="no phrases"):
         WordNoise(set(COLOURS), phrases=["red blue"], p_familiar=0.5)  # every word kept: no span to take
+
+
+def test_familiar_spans_only_inserted_keep_every_word_of_the_instruction_in_order():
+    phrases = ["put each block in the bowl of the same colour", "sort the blocks by colour into the matching bowls"]
+    text = "sort the blocks into the bowls by colour"
+    inserts = WordNoise(set(COLOURS), p_replace=0.0, p_insert=0.5, phrases=phrases, p_familiar=1.0,
+                        familiar_replaces=False)
+    out = inserts(text, np.random.default_rng(0)).split()
+    assert len(out) > len(text.split())
+    it = iter(out)
+    assert all(word in it for word in text.split())  # the instruction's words are all there, in their order
+    replaces = WordNoise(set(COLOURS), p_replace=1.0, p_insert=0.0, phrases=phrases, p_familiar=1.0,
+                         familiar_replaces=False)
+    vocab = {w for p in phrases for w in p.split()}
+    for seed in range(10):
+        out = replaces(text, np.random.default_rng(seed)).split()
+        assert len(out) == len(text.split())
+        assert not set(out) & (vocab - set(COLOURS))  # replaced by unknown words only, never familiar ones
