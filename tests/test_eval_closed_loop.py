@@ -23,7 +23,7 @@ def test_eval_reports_every_agent_per_family(capsys):
         # the tabletop's placement probe: nothing was picked up, so nothing was released
         assert fam["releases_per_episode"] == 0 and fam["release_error_cm_p50"] is None
         # and its grounding probe: what each agent's subtasks asked for, against the scene
-        assert {"subtasks_per_episode", "ungrounded_subtasks", "steps_on_ungrounded"} <= set(fam)
+        assert {"subtasks_per_episode", "ungrounded_subtasks", "off_task_subtasks", "steps_on_ungrounded"} <= set(fam)
         assert "executor" in agent["latency_ms_p50"]
     assert "world_model" in report["agents"]["oracle_subgoals"]["latency_ms_p50"]
     for oracle in ("oracle", "oracle_subgoals"):

@@ -159,3 +159,4 @@ def test_every_subtask_of_the_experts_plan_is_grounded_when_it_begins(family):
     assert info["success"]
     summary = probe.summary()
     assert summary["subtasks_per_episode"] == len(info["subtasks"]) and summary["ungrounded_subtasks"] == 0.0
+    assert summary["off_task_subtasks"] == 0.0  # the expert's plan is the task's own

@@ -127,7 +127,32 @@ def test_grounding_probe_tells_blocks_still_to_move_from_placed_and_absent_ones(
     step(asked, index=1)  # asked again for the block just placed
     step(None)
     step(spec.instruction)  # an agent acting on the instruction itself (the flat one) is not judged
-    assert probe.summary() == {"subtasks_per_episode": 2.0, "ungrounded_subtasks": 0.5, "steps_on_ungrounded": 0.25}
+    assert probe.summary() == {"subtasks_per_episode": 2.0, "ungrounded_subtasks": 0.5, "off_task_subtasks": 0.0,
+                               "steps_on_ungrounded": 0.25}
+
+
+def test_grounding_probe_counts_a_sort_subtask_into_another_colours_bowl_as_off_the_task(env):
+    from types import SimpleNamespace
+
+    from hybrid.envs.tabletop.grounding import GroundingProbe, goal_pairs, named_pair
+    from hybrid.types import Subtask
+
+    env.reset(seed=3, options={"family": "sort"})
+    spec, probe = env.scene.spec, GroundingProbe(env)
+    colour = spec.block_colours[spec.goals[0].block]
+    other = next(c for c in spec.bowl_colours if c != colour)
+    assert named_pair(f"put another {colour} block in the {other} bowl") == (colour, f"bowl {other}")
+    assert named_pair("stack the red cube on the blue block") == ("red", "on blue")
+    assert named_pair("wave at the camera") is None
+    assert (colour, f"bowl {colour}") in goal_pairs(spec)
+    probe.on_episode_start(spec.instruction, {})
+    for index, text in enumerate([f"put the {colour} block in the {colour} bowl",  # what the task asks
+                                  f"put the {colour} block in the {other} bowl",   # there, but the wrong bowl
+                                  "wave at the camera"]):                            # names no move at all
+        probe.on_step(SimpleNamespace(current_subtask=Subtask(text=text, index=index), instruction=spec.instruction))
+    summary = probe.summary()
+    assert summary["off_task_subtasks"] == round(2 / 3, 3)
+    assert summary["ungrounded_subtasks"] == round(1 / 3, 3)  # the wrong bowl still names a block to move
 
 
 def test_grounding_probe_knows_a_stacked_block_is_done(env):

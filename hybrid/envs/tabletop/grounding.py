@@ -4,7 +4,8 @@ Success and the placement probe judge where blocks end up; they do not say whose
 that asks for "the blue block in the blue bowl" when no blue block is left outside that bowl (or none is on
 the table at all) costs the episode the steps the executor spends looking for it. `GroundingProbe` is a
 runtime subscriber that checks every subtask the agent switches to against the physics at that moment:
-`hybrid eval` reports the share of such subtasks and of the steps spent on them.
+`hybrid eval` reports the share of such subtasks and of the steps spent on them, and the share that would move a
+block where the task does not want it (`sort`'s blue block into the red bowl: grounded, yet off the task).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from hybrid.envs.tabletop.scene import BLOCK_HALF, BOWL_INNER
+from hybrid.envs.tabletop.tasks import StackOn
 
 _BLOCK = re.compile(r"\b([a-z]+)\s+(?:block|cube)s?\b")
 _BOWL = re.compile(r"\b([a-z]+)\s+bowl\b")
@@ -24,17 +26,20 @@ class GroundingProbe:
     """Counts the subtasks the agent works on (a new one each time its current subtask changes) and those that
     name no block still to be moved: for "<colour> block ... <colour> bowl", no block of that colour is outside
     that bowl; for "<colour> block on the <colour> block", either block is missing or the first already rests
-    on the second. Text that names neither counts as ungrounded too."""
+    on the second. Text that names neither counts as ungrounded too. Off the task: the (block colour, bowl or
+    lower block colour) pair the text names is no goal's of the episode's task."""
 
     def __init__(self, env):
         self.env = env
-        self.asked = self.ungrounded = self.steps = self.steps_ungrounded = self.episodes = 0
+        self.asked = self.ungrounded = self.off_task = self.steps = self.steps_ungrounded = self.episodes = 0
+        self._goals: set[tuple[str, str]] = set()
         self._current: tuple[int, str] | None = None
         self._grounded = True
 
     def on_episode_start(self, instruction: str, info: dict[str, Any]) -> None:
         self.episodes += 1
         self._current, self._grounded = None, True
+        self._goals = goal_pairs(self.env.scene.spec)
 
     def on_step(self, record) -> None:
         subtask = record.current_subtask
@@ -45,6 +50,7 @@ class GroundingProbe:
             self._grounded = self.grounded(subtask.text)
             self.asked += 1
             self.ungrounded += not self._grounded
+            self.off_task += named_pair(subtask.text) not in self._goals
         self.steps += 1
         self.steps_ungrounded += not self._grounded
 
@@ -82,10 +88,34 @@ class GroundingProbe:
 
     def summary(self) -> dict[str, float | None]:
         """``subtasks_per_episode`` (subtasks taken on), ``ungrounded_subtasks`` (their share naming no block
-        still to be moved) and ``steps_on_ungrounded`` (the share of steps spent on those); both None without
-        a subtask (an agent that acts on the instruction itself)."""
+        still to be moved), ``off_task_subtasks`` (their share naming a move no goal of the task asks for) and
+        ``steps_on_ungrounded`` (the share of steps spent on ungrounded ones); None without a subtask (an agent
+        that acts on the instruction itself)."""
         return {
             "subtasks_per_episode": round(self.asked / max(1, self.episodes), 2),
             "ungrounded_subtasks": round(self.ungrounded / self.asked, 3) if self.asked else None,
+            "off_task_subtasks": round(self.off_task / self.asked, 3) if self.asked else None,
             "steps_on_ungrounded": round(self.steps_ungrounded / self.steps, 3) if self.steps else None,
         }
+
+
+def named_pair(text: str) -> tuple[str, str] | None:
+    """(block colour, "bowl <colour>" | "on <colour>") of a subtask's text, or None when it names no such move."""
+    t = text.lower()
+    blocks, bowl = _BLOCK.findall(t), _BOWL.search(t)
+    if bowl and blocks:
+        return blocks[0], f"bowl {bowl.group(1)}"
+    if len(blocks) >= 2:
+        return blocks[0], f"on {blocks[1]}"
+    return None
+
+
+def goal_pairs(spec) -> set[tuple[str, str]]:
+    """The (block colour, destination) pairs of a task's goals, as `named_pair` spells them."""
+    pairs = set()
+    for goal in spec.goals:
+        if isinstance(goal, StackOn):
+            pairs.add((spec.block_colours[goal.block], f"on {spec.block_colours[goal.base]}"))
+        else:
+            pairs.add((goal.colour, f"bowl {spec.bowl_colours[goal.bowl]}"))
+    return pairs
