@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from runtime_support import RecordingPointEnv, rrd_entities
 
 from hybrid import HybridAgent
 from hybrid.agent import AgentConfig
@@ -15,7 +16,6 @@ from hybrid.runtime.env_adapter import EnvAdapter
 from hybrid.testing import MockExecutor, MockPlanner, MockWorldModel, PointEnv
 from hybrid.types import ActionChunk
 from hybrid.viz import RerunView, RerunViewConfig
-from runtime_support import RecordingPointEnv, rrd_entities
 
 
 class EndlessPointEnv(RecordingPointEnv):

@@ -2,9 +2,9 @@ import subprocess
 import sys
 
 import numpy as np
+from runtime_support import rrd_entities
 
 from hybrid.cli import COMMANDS, main
-from runtime_support import rrd_entities
 
 
 def test_help_lists_every_subcommand():

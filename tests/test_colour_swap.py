@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from hybrid.data.augment import TABLETOP_HUES, ColourSwap, _hue
 from hybrid.envs.tabletop.tasks import PALETTE
 from hybrid.types import PlanStep
-from hybrid.data.augment import TABLETOP_HUES, ColourSwap, _hue
 from planners.subtask.examples import Example
 from planners.subtask.train import swap_colours
 

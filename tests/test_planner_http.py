@@ -157,9 +157,10 @@ def test_unreachable_server_faults():
 def test_real_transformers_serve_round_trip(tmp_path):
     pytest.importorskip("fastapi")
     pytest.importorskip("uvicorn")
+    from test_planner_transformers import TINY
+
     from hybrid.testing.datasets import make_tiny_dataset
     from planners.subtask.train import train
-    from test_planner_transformers import TINY
 
     data = make_tiny_dataset(tmp_path / "data", episodes=2, frames_per_subtask=4)
     model = tmp_path / "model"

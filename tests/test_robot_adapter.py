@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from lerobot.robots import Robot, RobotConfig
+from runtime_support import rrd_entities
 
 from hybrid.commands.run import execute
 from hybrid.config import compose
 from hybrid.runtime.robot_adapter import RobotEnv, RobotMapping, make_robot
-from runtime_support import rrd_entities
 
 JOINTS = ["shoulder_pan.pos", "elbow_flex.pos", "gripper.pos"]
 

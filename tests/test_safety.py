@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from runtime_support import RecordingPointEnv
 
 from hybrid import HybridAgent
 from hybrid.agent import AgentConfig
@@ -10,7 +11,6 @@ from hybrid.runtime.env_adapter import EnvAdapter
 from hybrid.runtime.safety import SafetyConfig, SafetyFilter, UnsafeAction
 from hybrid.testing import MockExecutor, MockPlanner, MockWorldModel
 from hybrid.types import ActionChunk
-from runtime_support import RecordingPointEnv
 
 
 class EndlessEnv(RecordingPointEnv):

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from runtime_support import RecordingPointEnv, rrd_entities
 
 from hybrid import HybridAgent
 from hybrid.agent import AgentConfig
@@ -7,7 +8,6 @@ from hybrid.runtime.env_adapter import EnvAdapter
 from hybrid.runtime.sync import SyncLoopConfig, run_episode
 from hybrid.testing import MockExecutor, MockPlanner, MockWorldModel, PointEnv
 from hybrid.viz import RerunView, RerunViewConfig
-from runtime_support import RecordingPointEnv, rrd_entities
 
 PLAN_ENTITIES = {"/instruction", "/plan/subtasks", "/obs/front", "/plan/subgoal/front", "/executor/chunk",
                  "/executor/action", "/latency/planner", "/latency/world_model", "/latency/executor"}

@@ -28,8 +28,12 @@ def _clip_text_encoder(vocab_size: int, eos_token_id: int, hidden: int = 32):
 
 
 def tiny_instruct_pix2pix():
-    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
-    from diffusers import UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        EulerAncestralDiscreteScheduler,
+        StableDiffusionInstructPix2PixPipeline,
+        UNet2DConditionModel,
+    )
 
     from planners.subgoal.tabletop_model import build_word_tokenizer
 
@@ -49,7 +53,12 @@ def tiny_instruct_pix2pix():
 
 
 def tiny_flux_kontext():
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        FluxKontextPipeline,
+        FluxTransformer2DModel,
+    )
     from transformers import T5Config, T5EncoderModel
 
     from planners.subgoal.tabletop_model import build_word_tokenizer
@@ -71,10 +80,20 @@ def tiny_flux_kontext():
 
 
 def tiny_qwen_image_edit():
-    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageEditPipeline
-    from diffusers import QwenImageTransformer2DModel
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2TokenizerFast
-    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImageEditPipeline,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2TokenizerFast,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
 
     from planners.subgoal.tabletop_model import build_word_tokenizer
 
@@ -185,7 +204,11 @@ def test_saved_world_model_keeps_its_config(saved_cheap, tmp_path):
 def test_tabletop_patches_keep_the_full_resolution_and_round_trip(tmp_path):
     import torch
 
-    from planners.subgoal.tabletop_model import TabletopSubgoalPipeline, build_tabletop_pipeline, image_size_of
+    from planners.subgoal.tabletop_model import (
+        TabletopSubgoalPipeline,
+        build_tabletop_pipeline,
+        image_size_of,
+    )
 
     pipe = build_tabletop_pipeline(WORDS, sample_size=16, patch_size=2, channels=(8, 16), text_dim=16, text_layers=1)
     assert (pipe.unet.config.sample_size, pipe.unet.config.in_channels, pipe.unet.config.out_channels) == (8, 24, 12)

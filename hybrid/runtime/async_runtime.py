@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from hybrid.agent import HybridAgent
 from hybrid.runtime.chunk_queue import BlendMode, ChunkQueue
-from hybrid.runtime.control_env import ControlEnv, as_control_env
+from hybrid.runtime.control_env import as_control_env
 from hybrid.runtime.env_adapter import ObservationError
 from hybrid.runtime.safety import SafetyConfig, SafetyFilter, UnsafeAction
 from hybrid.runtime.subgoals import SubgoalBoard

@@ -77,7 +77,7 @@ def main(argv: list[str]) -> int:
         frames = frames[np.linspace(0, len(frames) - 1, args.max_pairs).round().astype(int)]
 
     result: dict = {"eval": "world-model", "model": wm.name, "data": str(args.data), "steps": wm.config.num_inference_steps,
-                    "episodes": int(len(np.unique(idx.episode[frames]))), "pairs_per_camera": int(len(frames)),
+                    "episodes": len(np.unique(idx.episode[frames])), "pairs_per_camera": len(frames),
                     "cameras": {}}
     start = time.perf_counter()
     for cam in cache.cameras:

@@ -18,7 +18,8 @@ conditional flow model in pixel space, built from diffusers components and saved
 # No `from __future__ import annotations`: diffusers reads the pipeline's __init__ annotations at load time.
 
 import re
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -161,7 +162,7 @@ class TabletopSubgoalPipeline(DiffusionPipeline):
                 out = callback_on_step_end(self, i, t, {"latents": latents}) or {}
                 latents = out.pop("latents", latents)
 
-        up = lambda x: F.interpolate(x, size=current_full.shape[-2:], mode="bilinear", align_corners=False)  # noqa: E731
+        up = lambda x: F.interpolate(x, size=current_full.shape[-2:], mode="bilinear", align_corners=False)
         change = 2.0 * up(latents.float())
         goal = current_full + change
         if change_threshold and size != current_full.shape[-1]:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -122,8 +123,12 @@ def train(data: str, out: str, steps: int = 6000, batch_size: int = 16, lr: floa
 
     from hybrid.data.augment import tabletop_colour_swap
     from planners.subgoal.configuration import WorldModelConfig
-    from planners.subgoal.tabletop_model import (ConditionalDenoiser, TabletopSubgoalPipeline,
-                                                 build_tabletop_pipeline, words_of)
+    from planners.subgoal.tabletop_model import (
+        ConditionalDenoiser,
+        TabletopSubgoalPipeline,
+        build_tabletop_pipeline,
+        words_of,
+    )
     from planners.subgoal.world_model import SubgoalWorldModel
 
     if num_threads:
