@@ -112,3 +112,16 @@ def test_familiar_spans_only_inserted_keep_every_word_of_the_instruction_in_orde
         out = replaces(text, np.random.default_rng(seed)).split()
         assert len(out) == len(text.split())
         assert not set(out) & (vocab - set(COLOURS))  # replaced by unknown words only, never familiar ones
+
+
+def test_function_word_spans_carry_no_task_word():
+    from hybrid.data.augment import FUNCTION_WORDS
+    from hybrid.envs.tabletop.tasks import INSTRUCTIONS
+
+    phrases = [t.format(colour="red", bowl="blue", order="red at the bottom, then blue")
+               for family in INSTRUCTIONS.values() for t in family]
+    noise = WordNoise(set(COLOURS), phrases=phrases, p_familiar=1.0, only_function_words=True)
+    assert "of the" in noise.spans and "into the" in noise.spans
+    assert all(set(span.split()) <= FUNCTION_WORDS for span in noise.spans)
+    every = WordNoise(set(COLOURS), phrases=phrases, p_familiar=1.0)
+    assert "by colour" in every.spans and "by colour" not in noise.spans  # sort's words stay decisive

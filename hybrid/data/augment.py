@@ -91,19 +91,23 @@ class WordNoise:
     go, e.g. "bottom" in a stack's order: moved elsewhere they would change the meaning).
 
     With ``familiar_replaces=False`` familiar spans are only inserted and a replaced word always becomes an
-    unknown one: a span in place of a word that names the task ("sort", "matching") leaves another task's
-    words in its stead, and a planner so trained put blocks in other colours' bowls under `sort` (wrong-bowl
-    subtasks 26 and 117 of ~650 per 100 episodes on two seeds, against 4 and 9 without familiar spans).
+    unknown one, so an instruction keeps all its own words. Neither way kept the tabletop's `sort`: spans of its
+    words ("by colour", "matching bowls") inserted into the other tasks' instructions teach that they decide
+    nothing either, and the planners asked for moves no goal holds (a block into another colour's bowl) in about
+    a fifth of `sort`'s subtasks, against 6-11% without familiar spans (docs/experiments.md). With
+    ``only_function_words`` a span is made of `FUNCTION_WORDS` alone ("of the", "into the"): the words that tell
+    no task from another, so the tasks' own words stay decisive (untried in training).
     """
 
     def __init__(self, keep: set[str] | frozenset[str], p_replace: float = 0.2, p_insert: float = 0.1,
                  phrases: Iterable[str] = (), p_familiar: float = 0.0, placement: Iterable[str] = (),
-                 familiar_replaces: bool = True):
+                 familiar_replaces: bool = True, only_function_words: bool = False):
         self.keep = frozenset(w.lower() for w in keep)
         self.p_replace, self.p_insert, self.p_familiar = p_replace, p_insert, p_familiar
         self.familiar_replaces = familiar_replaces
         avoid = self.keep | {w.lower() for w in placement}
-        self.spans = familiar_spans(phrases, avoid) if p_familiar > 0 else []
+        only = FUNCTION_WORDS if only_function_words else None
+        self.spans = familiar_spans(phrases, avoid, only=only) if p_familiar > 0 else []
         if p_familiar > 0 and not self.spans:
             raise ValueError("p_familiar: no phrases to take familiar words from")
 
@@ -130,15 +134,22 @@ class WordNoise:
         return " ".join(out)
 
 
-def familiar_spans(phrases: Iterable[str], avoid: set[str] | frozenset[str], longest: int = 3) -> list[str]:
-    """Every run of 1..``longest`` consecutive words of ``phrases`` without a word of ``avoid``, marks stripped."""
+# Closed-class words (articles, prepositions, pronouns): in any instruction they may sit anywhere without naming a task.
+FUNCTION_WORDS = frozenset({"a", "an", "the", "of", "in", "into", "to", "on", "at", "by", "with", "up", "over",
+                            "it", "its", "their"})
+
+
+def familiar_spans(phrases: Iterable[str], avoid: set[str] | frozenset[str], longest: int = 3,
+                   only: set[str] | frozenset[str] | None = None) -> list[str]:
+    """Every run of 1..``longest`` consecutive words of ``phrases`` without a word of ``avoid`` (and with
+    ``only``, of its words alone), marks stripped."""
     spans = set()
     for phrase in phrases:
         words = [w.rstrip(TRAILING_MARKS).lower() for w in phrase.split()]
         for n in range(1, longest + 1):
             for i in range(len(words) - n + 1):
                 span = words[i:i + n]
-                if all(w and w not in avoid for w in span):
+                if all(w and w not in avoid and (only is None or w in only) for w in span):
                     spans.add(" ".join(span))
     return sorted(spans)
 

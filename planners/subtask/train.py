@@ -65,12 +65,13 @@ def target_text(ex: Example) -> str:
 
 def augmentation(rng: np.random.Generator, colour_swap: float, word_noise: float, release_noise: float = 0.0,
                  punctuation_noise: float = 0.0, word_noise_rate: float = 0.2, phrases: Iterable[str] = (),
-                 word_noise_familiar: float = 0.0, word_noise_familiar_replaces: bool = True):
+                 word_noise_familiar: float = 0.0, word_noise_familiar_replaces: bool = True,
+                 word_noise_function_words: bool = False):
     """The training augmentation of an (example, frame): a colour permutation with probability ``colour_swap``,
     then unknown words in the instruction with probability ``word_noise`` (`hybrid/data/augment.py`: each word
     replaced with probability ``word_noise_rate``, an unknown one inserted before it with half that, and of
     these ``word_noise_familiar`` words of the ``phrases`` instead, the inserted ones only unless
-    ``word_noise_familiar_replaces``), then its
+    ``word_noise_familiar_replaces``, spans of function words alone with ``word_noise_function_words``), then its
     punctuation noised with probability ``punctuation_noise``, then,
     with probability ``release_noise``, a release counted where the current subtask is unfinished (a dropped
     or missed block: the answer stays the current subtask, so the image must confirm a placement)."""
@@ -78,7 +79,8 @@ def augmentation(rng: np.random.Generator, colour_swap: float, word_noise: float
 
     swap = tabletop_colour_swap() if colour_swap > 0 else None
     noise = WordNoise(set(COLOURS), word_noise_rate, word_noise_rate / 2, phrases, word_noise_familiar,
-                      placement=STACK_PLACEMENT, familiar_replaces=word_noise_familiar_replaces)
+                      placement=STACK_PLACEMENT, familiar_replaces=word_noise_familiar_replaces,
+                      only_function_words=word_noise_function_words)
     marks = PunctuationNoise()
 
     def augment(ex: Example, image: np.ndarray):
@@ -169,12 +171,14 @@ def train(data: str | list[str], out: str, steps: int = 3000, batch_size: int = 
           on_policy: str | list[str] | None = None, on_policy_fraction: float = 0.0,
           punctuation_noise: float = 0.0, release_camera: str | None = None, placed_fraction: float = 0.0,
           placed_in_prompt: bool = False, placed_noise: float = 0.1, word_noise_rate: float = 0.2,
-          word_noise_familiar: float = 0.0, word_noise_familiar_replaces: bool = True) -> Path:
+          word_noise_familiar: float = 0.0, word_noise_familiar_replaces: bool = True,
+          word_noise_function_words: bool = False) -> Path:
     """``colour_swap``: probability that an example's colours are permuted (words and pixels, `augment.py`);
     ``word_noise``: probability that some of an instruction's words are replaced by unknown ones (`WordNoise`),
     each with probability ``word_noise_rate``, and ``word_noise_familiar`` of those words taken from the
     recording's own instructions instead (`WordNoise`: no familiar word decides the task alone), only the
-    inserted ones unless ``word_noise_familiar_replaces``;
+    inserted ones unless ``word_noise_familiar_replaces``, and of function words alone with
+    ``word_noise_function_words`` (`FUNCTION_WORDS`);
     ``punctuation_noise``: probability that an instruction's punctuation is noised (`PunctuationNoise`);
     ``done_fraction``: share of examples drawn from the frames labelled done, which are a few per episode;
     ``state_in_prompt``: write the robot state into the prompt (`PromptConfig.state_in_prompt`);
@@ -303,7 +307,8 @@ def train(data: str | list[str], out: str, steps: int = 3000, batch_size: int = 
     all_frames = np.arange(len(index))
     done_frames = np.flatnonzero([builder.is_done_frame(i) for i in all_frames])
     augment = augmentation(rng, colour_swap, word_noise, release_noise, punctuation_noise, word_noise_rate,
-                           sorted(set(index.instruction)), word_noise_familiar, word_noise_familiar_replaces)
+                           sorted(set(index.instruction)), word_noise_familiar, word_noise_familiar_replaces,
+                           word_noise_function_words)
 
     released = [ex for ex in situations if ex.release_placed is not None]  # on-policy, after a release
 
