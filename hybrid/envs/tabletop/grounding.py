@@ -62,29 +62,29 @@ class GroundingProbe:
 
     def grounded(self, text: str) -> bool:
         """Whether ``text`` names a block that is still to be moved, in the scene as it is now."""
+        pair = named_pair(text)
+        if pair is None:
+            return False
+        block, (where, target) = pair[0], pair[1].split(" ", 1)
         scene = self.env.scene
         spec = scene.spec
-        t = text.lower()
-        blocks, bowl = _BLOCK.findall(t), _BOWL.search(t)
         colours = np.array(spec.block_colours)
         pos = np.array([scene.block_pos(i) for i in range(len(colours))])
         loose = np.ones(len(colours), bool)  # let go of: a held block is still being moved
         loose[list(scene.held_blocks())] = False
-        if bowl and blocks:
-            if bowl.group(1) not in spec.bowl_colours:
+        if where == "bowl":
+            if target not in spec.bowl_colours:
                 return False
-            centre = scene.bowl_pos(spec.bowl_colours.index(bowl.group(1)))
+            centre = scene.bowl_pos(spec.bowl_colours.index(target))
             inside = np.linalg.norm(pos[:, :2] - centre[:2], axis=1) < BOWL_INNER
             low = pos[:, 2] < 3 * BLOCK_HALF  # on the floor, not passing over the rim
-            return bool(np.any((colours == blocks[0]) & ~(inside & low & loose)))
-        if len(blocks) >= 2:
-            upper, lower = np.flatnonzero(colours == blocks[0]), np.flatnonzero(colours == blocks[1])
-            if len(upper) == 0 or len(lower) == 0:
-                return False
-            on = np.linalg.norm(pos[upper[0], :2] - pos[lower[0], :2]) < BLOCK_HALF and loose[upper[0]] \
-                and pos[upper[0], 2] - pos[lower[0], 2] > BLOCK_HALF
-            return not on
-        return False
+            return bool(np.any((colours == block) & ~(inside & low & loose)))
+        upper, lower = np.flatnonzero(colours == block), np.flatnonzero(colours == target)
+        if len(upper) == 0 or len(lower) == 0:
+            return False
+        on = np.linalg.norm(pos[upper[0], :2] - pos[lower[0], :2]) < BLOCK_HALF and loose[upper[0]] \
+            and pos[upper[0], 2] - pos[lower[0], 2] > BLOCK_HALF
+        return not on
 
     def summary(self) -> dict[str, float | None]:
         """``subtasks_per_episode`` (subtasks taken on), ``ungrounded_subtasks`` (their share naming no block
